@@ -1,0 +1,114 @@
+"""Per-party cost accounting: bytes, messages and rounds, attributed to named scopes.
+
+Rounds are counted with a Lamport-style clock (one per party): an online message is
+stamped ``clock + 1`` when sent, and a receiver sets ``clock = max(clock, stamp)``.  So
+messages sent before any receive share a round, and a party's clock at the end of a job
+is the number of sequential communication steps on its critical path.  Offline messages
+(correlated randomness from the add2 dealer or from seed set-up) are counted apart and do
+not advance the clock: they could all be sent ahead of time.
+
+Scopes nest (``with party.scope("layer0"): with party.scope("softmax"): ...``) and are
+recorded by their full path ``"layer0/softmax"``.  Bytes and messages are *exclusive*
+(attributed to the innermost scope); rounds and seconds are *inclusive* (clock and wall
+time elapsed inside the scope).  :meth:`Accounting.breakdown` aggregates by leaf name.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field, asdict
+
+
+@dataclass
+class Counters:
+    bytes_sent: int = 0           # online payload bytes this party sent
+    messages_sent: int = 0
+    offline_bytes_sent: int = 0   # dealer / set-up traffic
+    offline_messages_sent: int = 0
+    rounds: int = 0               # inclusive, clock ticks elapsed in scope
+    seconds: float = 0.0          # inclusive wall time in scope
+    calls: int = 0                # times the scope was entered
+
+    def add(self, other: "Counters") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Accounting:
+    """Counters of one party: totals, per-scope, and the round clock."""
+
+    party_id: int
+    clock: int = 0
+    total: Counters = field(default_factory=Counters)
+    scopes: dict = field(default_factory=lambda: defaultdict(Counters))
+    wire_bytes_sent: int = 0      # set by transports that frame payloads (gRPC)
+    _stack: list = field(default_factory=list)
+
+    # -- called by the transport -------------------------------------------------
+    def on_send(self, nbytes: int, offline: bool) -> int:
+        """Record a send; return the round stamp to put on the message (0 if offline)."""
+        c = self.scopes[self.path]
+        if offline:
+            self.total.offline_bytes_sent += nbytes
+            self.total.offline_messages_sent += 1
+            c.offline_bytes_sent += nbytes
+            c.offline_messages_sent += 1
+            return 0
+        self.total.bytes_sent += nbytes
+        self.total.messages_sent += 1
+        c.bytes_sent += nbytes
+        c.messages_sent += 1
+        return self.clock + 1
+
+    def on_recv(self, stamp: int) -> None:
+        if stamp > self.clock:
+            self.clock = stamp
+
+    # -- scopes ------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return "/".join(self._stack)
+
+    @contextmanager
+    def scope(self, name: str):
+        if not name or "/" in name:
+            raise ValueError(f"scope names must be non-empty and contain no '/': {name!r}")
+        self._stack.append(name)
+        c0, t0 = self.clock, time.perf_counter()
+        try:
+            yield
+        finally:
+            c = self.scopes[self.path]
+            c.rounds += self.clock - c0
+            c.seconds += time.perf_counter() - t0
+            c.calls += 1
+            self._stack.pop()
+
+    def snapshot(self) -> dict:
+        """A plain-dict copy of every counter (safe to send across processes)."""
+        tot = self.total.as_dict()
+        tot["rounds"] = self.clock
+        return {"party": self.party_id, "total": tot, "wire_bytes_sent": self.wire_bytes_sent,
+                "scopes": {k: v.as_dict() for k, v in self.scopes.items() if k}}
+
+    def breakdown(self) -> dict:
+        """Counters aggregated by leaf scope name (bytes exclusive, rounds inclusive)."""
+        return breakdown(self.snapshot())
+
+
+def breakdown(snapshot: dict) -> dict:
+    out: dict = defaultdict(Counters)
+    for path, d in snapshot["scopes"].items():
+        leaf = path.rsplit("/", 1)[-1]
+        out[leaf].add(Counters(**d))
+    return {k: v.as_dict() for k, v in out.items()}
+
+
+def max_over_parties(snapshots: list, key: str) -> int:
+    """Max of a total counter over parties (the usual 'per party' figure)."""
+    return max(s["total"][key] for s in snapshots)

@@ -1,0 +1,117 @@
+"""The Transport interface every protocol talks through.
+
+A protocol never touches sockets; a transport never knows about secrets.  A transport
+moves numpy arrays between the three parties, in order, per directed link, and counts
+what it moves (:mod:`mpcache.net.accounting`).  Concrete transports implement only
+:meth:`Transport._deliver` and :meth:`Transport._collect`; framing checks (sequence,
+tag, session) and accounting live here once, so the in-process and gRPC transports
+account identically.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .accounting import Accounting
+
+N_PARTIES = 3
+#: Largest single message accepted (payload bytes); bigger tensors are a protocol bug.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
+
+
+class TransportError(RuntimeError):
+    """Communication failed: a peer died, stalled past the deadline, or sent garbage."""
+
+
+class PeerTimeout(TransportError):
+    pass
+
+
+class PeerAborted(TransportError):
+    pass
+
+
+class ProtocolMismatch(TransportError):
+    """A received message is not the one the protocol expects (tag, order, session)."""
+
+
+@dataclass
+class Message:
+    session: str
+    sender: int
+    seq: int          # per directed link, starting at 0
+    tag: str          # the protocol step, e.g. "rep3.mul"
+    stamp: int        # round stamp (0 for offline traffic)
+    payload: np.ndarray
+
+
+class Transport:
+    """Base class: sequencing, validation and accounting around a raw delivery layer."""
+
+    def __init__(self, party_id: int, session: str = "default", timeout: float = 30.0,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        if party_id not in range(N_PARTIES):
+            raise ValueError(f"party id must be 0, 1 or 2, got {party_id}")
+        self.party_id = party_id
+        self.session = session
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self.acct = Accounting(party_id)
+        self._send_seq = [0] * N_PARTIES
+        self._recv_seq = [0] * N_PARTIES
+
+    # -- to implement --------------------------------------------------------------
+    def _deliver(self, to: int, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _collect(self, frm: int, tag: str) -> Message:
+        """Block until the next message from ``frm`` arrives (raise on deadline)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # -- the interface protocols use ---------------------------------------------------
+    def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
+        if to == self.party_id or to not in range(N_PARTIES):
+            raise ValueError(f"party {self.party_id} cannot send to {to}")
+        payload = np.asarray(payload)
+        if not payload.flags.c_contiguous:   # (ascontiguousarray would make 0-d arrays 1-d)
+            payload = payload.copy()
+        if payload.nbytes > self.max_message_bytes:
+            raise TransportError(f"message {tag!r} of {payload.nbytes} bytes exceeds the "
+                                 f"limit of {self.max_message_bytes} bytes")
+        stamp = self.acct.on_send(payload.nbytes, offline)
+        msg = Message(self.session, self.party_id, self._send_seq[to], tag, stamp, payload)
+        self._send_seq[to] += 1
+        self._deliver(to, msg)
+
+    def recv(self, frm: int, tag: str) -> np.ndarray:
+        if frm == self.party_id or frm not in range(N_PARTIES):
+            raise ValueError(f"party {self.party_id} cannot receive from {frm}")
+        msg = self._collect(frm, tag)
+        want = self._recv_seq[frm]
+        if msg.session != self.session:
+            raise ProtocolMismatch(f"party {self.party_id}: message from party {frm} is for "
+                                   f"session {msg.session!r}, expected {self.session!r}")
+        if msg.sender != frm:
+            raise ProtocolMismatch(f"party {self.party_id}: message on the link from party "
+                                   f"{frm} claims sender {msg.sender}")
+        if msg.seq != want:
+            kind = "duplicate" if msg.seq < want else "out-of-order"
+            raise ProtocolMismatch(f"party {self.party_id}: {kind} message from party {frm} "
+                                   f"(seq {msg.seq}, expected {want}) at step {tag!r}")
+        if msg.tag != tag:
+            raise ProtocolMismatch(f"party {self.party_id}: expected step {tag!r} from party "
+                                   f"{frm}, got {msg.tag!r} (parties are running different "
+                                   f"programs)")
+        self._recv_seq[frm] += 1
+        self.acct.on_recv(msg.stamp)
+        return msg.payload
+
+    # -- conveniences -----------------------------------------------------------------
+    def exchange(self, to: int, payload: np.ndarray, frm: int, tag: str) -> np.ndarray:
+        """Send to one peer and receive from another in the same round."""
+        self.send(to, payload, tag)
+        return self.recv(frm, tag)

@@ -1,0 +1,177 @@
+"""Additive 2PC between P0 and P1 with P2 as a dealer of correlated randomness.
+
+References: Beaver, "Efficient Multiparty Protocols Using Circuit Randomization",
+CRYPTO 1991 (multiplication triples); matrix triples as in SecureML (Mohassel, Zhang,
+S&P 2017, Sec. 4.1); CrypTen's trusted-third-party mode is the same trust model.
+Cost formulas: docs/protocols.md.
+
+Sharing: x = x0 + x1, P0 holds x0, P1 holds x1 (``data`` has one slot).  P2 holds no
+shares (a zero-memory phantom that tracks shapes) and never sees data: it only sends
+randomness, which is counted as *offline* traffic.  Seed compression: every dealt value
+P0 needs is drawn from the P0-P2 key, every value P1 needs except the correlated one
+(c1 = ab - c0, [s], [m]) from the P1-P2 key; so the dealer sends one value per product.
+
+What each party learns: P0 and P1 see only openings masked by dealer randomness
+(uniform), plus outputs at ``reveal``.  P2 sees nothing but its own randomness and
+whatever is explicitly revealed to it.  Security needs P2 not to collude with P0 or P1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import ring_matmul
+from ..ring import RING
+from . import truncation as tr
+from .base import Protocol, ProtocolError, phantom
+
+DEALER = 2
+
+
+class Add2(Protocol):
+    name = "add2"
+    slots = 1
+
+    def __init__(self, party):
+        super().__init__(party)
+        self.active = party.id != DEALER
+
+    # -- key helpers: the P0-P1 key is k_0; P2 shares k_2 with P0 and k_1 with P1 ------------
+    def _prg_dealer(self):
+        """At P0/P1: the stream shared with the dealer."""
+        return self.party.prg_prev if self.id == 0 else self.party.prg_next
+
+    def _prg_peer(self):
+        """At P0/P1: the stream shared with the other data party."""
+        return self.party.prg_next if self.id == 0 else self.party.prg_prev
+
+    # -- sharing ------------------------------------------------------------------------
+    def share(self, x, owner):
+        """Owner o in {0,1} keeps x - r and the peer keeps r (r from their common key):
+        no share bytes move; only the shape (8 bytes/dim) goes to the two others."""
+        self.check_owner(owner)
+        if owner == DEALER:
+            raise ProtocolError("in add2 the dealer P2 holds no data; share from P0 or P1")
+        p = self.party
+        if self.id == owner:
+            x = np.asarray(x, dtype=RING)
+            for other in (1 - owner, DEALER):
+                self.send_shape(p, other, x.shape, "add2.share.shape")
+            return (x - self._prg_peer().ring(x.shape))[None]
+        shape = self.recv_shape(p, owner, "add2.share.shape")
+        if self.id == DEALER:
+            return phantom(shape, 1)
+        return self._prg_peer().ring(shape)[None]
+
+    def reveal(self, data, to):
+        """P0 and P1 send their shares to whoever must learn the value (8 bytes/value per
+        recipient).  Revealing to all includes the dealer, so every party's program sees
+        the same public values."""
+        p = self.party
+        targets = [0, 1, 2] if to is None else [to]
+        if self.active:
+            for t in targets:
+                if t != self.id:
+                    p.send(t, data[0], "add2.reveal")
+        if self.id not in targets:
+            return None
+        parts = [data[0]] if self.active else []
+        for src in (0, 1):
+            if src != self.id:
+                parts.append(p.recv(src, "add2.reveal"))
+        return parts[0] + parts[1]
+
+    # -- local --------------------------------------------------------------------------
+    def add_public(self, data, c):
+        shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
+        if not self.active:
+            return phantom(shape, 1)
+        out = np.array(np.broadcast_to(data, (1,) + shape))
+        if self.id == 0:
+            out[0] += c
+        return out
+
+    # -- Beaver multiplication ---------------------------------------------------------------
+    def _triple(self, sa, sb, sc, op):
+        """(a, b, c) with c = op(a, b) of shape ``sc``: a, b and c0 come from the dealer
+        keys; only c1 = op(a, b) - c0 is sent (offline, to P1)."""
+        p = self.party
+        if self.id == DEALER:
+            a0, b0 = p.prg_next.ring(sa), p.prg_next.ring(sb)      # key k_2 (with P0)
+            a1, b1 = p.prg_prev.ring(sa), p.prg_prev.ring(sb)      # key k_1 (with P1)
+            c0 = p.prg_next.ring(sc)
+            p.send(1, op(a0 + a1, b0 + b1) - c0, "add2.triple", offline=True)
+            return None
+        g = self._prg_dealer()
+        a, b = g.ring(sa), g.ring(sb)
+        c = g.ring(sc) if self.id == 0 else p.recv(DEALER, "add2.triple")
+        return a, b, c
+
+    def _beaver(self, x, y, op, tag, sc):
+        p = self.party
+        sa, sb = x.shape[1:], y.shape[1:]
+        if self.id == DEALER:
+            self._triple(sa, sb, sc, op)
+            return None
+        a, b, c = self._triple(sa, sb, sc, op)
+        e_own, f_own = x[0] - a, y[0] - b
+        other = 1 - self.id
+        p.send(other, np.concatenate([e_own.reshape(-1), f_own.reshape(-1)]), tag)
+        ef = p.recv(other, tag)
+        e = e_own + ef[:e_own.size].reshape(e_own.shape)
+        f = f_own + ef[e_own.size:].reshape(f_own.shape)
+        z = c + op(e, b) + op(a, f)
+        if self.id == 0:
+            z = z + op(e, f)
+        return z
+
+    def _out_shape(self, x, y, matmul):
+        sx, sy = x.shape[1:], y.shape[1:]
+        if not matmul:
+            return np.broadcast_shapes(sx, sy)
+        return np.matmul(np.broadcast_to(np.zeros((), np.int8), sx),
+                         np.broadcast_to(np.zeros((), np.int8), sy)).shape
+
+    def _product(self, x, y, matmul):
+        op = ring_matmul if matmul else np.multiply
+        shape = self._out_shape(x, y, matmul)
+        return self._beaver(x, y, op, "add2.matmul" if matmul else "add2.mul", shape), shape
+
+    def mul(self, a, b):
+        z, shape = self._product(a, b, False)
+        return phantom(shape, 1) if z is None else z[None]
+
+    def matmul(self, a, b):
+        z, shape = self._product(a, b, True)
+        return phantom(shape, 1) if z is None else z[None]
+
+    # -- truncation (truncation.py): one opening between P0 and P1 ------------------------------
+    def _trunc_value(self, z, shape, f):
+        p = self.party
+        if self.id == DEALER:
+            s0, m0, s1, m1 = tr.dealer_mask(p.prg_next, p.prg_prev, shape, f)
+            p.send(1, np.stack([s1, m1]), "add2.trunc.deal", offline=True)
+            return phantom(shape, 1)
+        if self.id == 0:
+            ra, s_part, m_part = tr.p0_mask(p.prg_prev, shape)
+            u = tr.offset(z + ra)
+        else:
+            u = z + tr.p1_mask(p.prg_next, shape)
+            sm = p.recv(DEALER, "add2.trunc.deal")
+            s_part, m_part = sm[0], sm[1]
+        other = 1 - self.id
+        p.send(other, u, "add2.trunc.open")
+        c = u + p.recv(other, "add2.trunc.open")
+        return tr.opener_share(c, s_part, m_part, f, self.id == 0)[None]
+
+    def trunc(self, a, f):
+        """1 round, 8 bytes/value for P0 and P1; dealer: 16 bytes/value offline."""
+        return self._trunc_value(None if self.id == DEALER else a[0], a.shape[1:], f)
+
+    def mul_trunc(self, a, b, f):
+        """Beaver product then truncation: 2 rounds (the opening needs the product)."""
+        z, shape = self._product(a, b, False)
+        return self._trunc_value(z, shape, f)
+
+    def matmul_trunc(self, a, b, f):
+        z, shape = self._product(a, b, True)
+        return self._trunc_value(z, shape, f)

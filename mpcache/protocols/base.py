@@ -1,0 +1,99 @@
+"""What both protocols share: the share layout and the local (communication-free) ops.
+
+A party's share of a tensor of shape ``S`` is one uint64 array ``data`` of shape
+``(slots, *S)``: rep3 keeps two ring elements per value (slots=2), add2 one (slots=1).
+Reshape, transpose, indexing, concatenation, sum and addition act on ``data`` with the
+leading slot axis left alone, so :class:`mpcache.tensor.SecretTensor` implements them once
+for both protocols.  The add2 dealer holds no data: its ``data`` is a zero-strided
+*phantom* of the right shape (no memory) so it can follow the program's shapes and
+produce correlated randomness of the right sizes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ring import RING
+
+
+class ProtocolError(ValueError):
+    """Invalid use of a protocol (bad owner, bad shapes...)."""
+
+
+def phantom(shape, slots: int) -> np.ndarray:
+    """A zero-memory stand-in share of the given shape (for parties that hold none)."""
+    return np.broadcast_to(np.zeros((), dtype=RING), (slots,) + tuple(shape))
+
+
+def is_phantom(a: np.ndarray) -> bool:
+    return a.ndim > 0 and all(s == 0 for s in a.strides) and a.size > 1
+
+
+def align(data: np.ndarray, ndim: int) -> np.ndarray:
+    """Insert axes after the slot axis so the value part has ``ndim`` dims (broadcasting)."""
+    extra = ndim - (data.ndim - 1)
+    if extra <= 0:
+        return data
+    return data.reshape((data.shape[0],) + (1,) * extra + data.shape[1:])
+
+
+class Protocol:
+    """Interface of a sharing protocol; see rep3.py and add2.py for the two instances.
+
+    Interactive methods take and return share ``data`` arrays (ring elements, no
+    fixed-point meaning); fixed-point bookkeeping lives in SecretTensor.
+    """
+
+    name = "?"
+    slots = 0
+
+    def __init__(self, party):
+        self.party = party
+        self.id = party.id
+
+    #: False only for the add2 dealer, which holds no shares.
+    active = True
+
+    # -- sharing ----------------------------------------------------------------------
+    def share(self, x: np.ndarray | None, owner: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def reveal(self, data: np.ndarray, to: int | None) -> np.ndarray | None:
+        raise NotImplementedError
+
+    # -- local -------------------------------------------------------------------------
+    def add_public(self, data: np.ndarray, c: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- interactive ----------------------------------------------------------------------
+    def mul(self, a, b):
+        raise NotImplementedError
+
+    def matmul(self, a, b):
+        raise NotImplementedError
+
+    def mul_trunc(self, a, b, f: int):
+        raise NotImplementedError
+
+    def matmul_trunc(self, a, b, f: int):
+        raise NotImplementedError
+
+    def trunc(self, a, f: int):
+        raise NotImplementedError
+
+    def zeros_like_share(self, shape) -> np.ndarray:
+        if not self.active:
+            return phantom(shape, self.slots)
+        return np.zeros((self.slots,) + tuple(shape), dtype=RING)
+
+    def check_owner(self, owner: int) -> None:
+        if owner not in (0, 1, 2):
+            raise ProtocolError(f"owner must be party 0, 1 or 2, got {owner!r}")
+
+    # -- shape helpers shared by both protocols -----------------------------------------------
+    @staticmethod
+    def send_shape(party, to: int, shape, tag: str) -> None:
+        party.send(to, np.asarray(shape, dtype=np.int64).reshape(-1), tag)
+
+    @staticmethod
+    def recv_shape(party, frm: int, tag: str) -> tuple:
+        return tuple(int(s) for s in party.recv(frm, tag))

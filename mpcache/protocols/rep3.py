@@ -1,0 +1,180 @@
+"""Replicated 3PC over Z_2^64 (semi-honest, honest majority).
+
+References: Araki, Furukawa, Lindell, Nof, Ohara, "High-Throughput Semi-Honest Secure
+Three-Party Computation with an Honest Majority", CCS 2016; Mohassel, Rindal, "ABY3",
+CCS 2018, Sec. 3 and 5.1.  Cost formulas: docs/protocols.md.
+
+Sharing: x = x0 + x1 + x2; party P_i holds (x_i, x_{i+1}) as ``data[0], data[1]``.
+Any two parties can reconstruct; one party's two components are uniform and independent
+of x.  Zero-sharings come from the pairwise keys (``alpha_i = F(k_i) - F(k_{i-1})``) with
+no communication.
+
+What each party learns: nothing but uniformly random ring elements, except at an
+explicit ``reveal`` (the output) and in truncation, where P0 and P1 see ``x + r`` for a
+uniform ``r`` unknown to them (uniform as well).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import ring_matmul
+from ..ring import RING
+from . import truncation as tr
+from .base import Protocol
+
+
+class Rep3(Protocol):
+    name = "rep3"
+    slots = 2
+
+    @property
+    def next(self):
+        return (self.id + 1) % 3
+
+    @property
+    def prev(self):
+        return (self.id - 1) % 3
+
+    # -- sharing ------------------------------------------------------------------------
+    def share(self, x, owner):
+        """Owner o draws x_o (key with P_{o-1}) and x_{o+1} (key with P_{o+1}) and sends
+        x_{o+2} = x - x_o - x_{o+1} to both others: 1 round, 16 bytes/value from the owner."""
+        self.check_owner(owner)
+        p = self.party
+        o = owner
+        if self.id == o:
+            x = np.asarray(x, dtype=RING)
+            xo = p.prg_prev.ring(x.shape)
+            xo1 = p.prg_next.ring(x.shape)
+            x2 = x - xo - xo1
+            p.send(self.next, x2, "rep3.share")
+            p.send(self.prev, x2, "rep3.share")
+            return np.stack([xo, xo1])
+        x2 = p.recv(o, "rep3.share")
+        if self.id == (o + 1) % 3:      # holds (x_{o+1}, x_{o+2})
+            return np.stack([p.prg_prev.ring(x2.shape), x2])
+        return np.stack([x2, p.prg_next.ring(x2.shape)])   # P_{o+2}: (x_{o+2}, x_o)
+
+    def reveal(self, data, to):
+        """To all: P_i sends x_{i+1} to P_{i-1} (1 round, 8 bytes/value each).
+        To one party t: P_{t+1} sends x_{t+2} to P_t."""
+        p = self.party
+        if to is None:
+            p.send(self.prev, data[1], "rep3.reveal")
+            missing = p.recv(self.next, "rep3.reveal")
+            return data[0] + data[1] + missing
+        if self.id == (to + 1) % 3:
+            p.send(to, data[1], "rep3.reveal")
+        if self.id == to:
+            return data[0] + data[1] + p.recv(self.next, "rep3.reveal")
+        return None
+
+    # -- local --------------------------------------------------------------------------
+    def add_to_component(self, data, c, j):
+        """Add public ``c`` to component x_j: held in slot 0 by P_j, slot 1 by P_{j-1}."""
+        shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
+        out = np.array(np.broadcast_to(data, (2,) + shape))
+        if self.id == j:
+            out[0] += c
+        elif self.id == (j - 1) % 3:
+            out[1] += c
+        return out
+
+    def add_public(self, data, c):
+        return self.add_to_component(data, c, 0)
+
+    def _zero(self, shape):
+        return self.party.prg_next.ring(shape) - self.party.prg_prev.ring(shape)
+
+    # -- multiplication --------------------------------------------------------------------
+    def _local_products(self, a, b, matmul: bool):
+        """3-out-of-3 additive share z_i of a*b (or a@b), masked by a zero-sharing."""
+        if matmul:
+            z = ring_matmul(a[0], b[0] + b[1]) + ring_matmul(a[1], b[0])
+        else:
+            z = a[0] * (b[0] + b[1]) + a[1] * b[0]
+        return z + self._zero(z.shape)
+
+    def _reshare(self, z, tag):
+        """P_i sends z_i to P_{i-1}: 1 round, 8 bytes per value per party."""
+        self.party.send(self.prev, z, tag)
+        return np.stack([z, self.party.recv(self.next, tag)])
+
+    def mul(self, a, b):
+        return self._reshare(self._local_products(a, b, False), "rep3.mul")
+
+    def matmul(self, a, b):
+        return self._reshare(self._local_products(a, b, True), "rep3.matmul")
+
+    # -- truncation ---------------------------------------------------------------------------
+    # Exact truncation (truncation.py): open c = x + 2^62 + r to P0 and P1 (round 1), each
+    # computes an additive share of x >> f, then re-share to replicated form (round 2).
+    def _open_c(self, own, shared, shape, f, fused):
+        """Round 1.  ``own``: this party's contribution (at P2 only when ``fused``: its
+        3-additive part); ``shared``: a term both openers know (x_1 for a replicated
+        input, 0 for a 3-additive one).  Returns (c, s_part, m_part) at P0/P1, Nones at P2."""
+        p = self.party
+        if self.id == 2:
+            s0, m0, s1, m1 = tr.dealer_mask(p.prg_next, p.prg_prev, shape, f)
+            p.send(1, np.stack([s1, m1]), "rep3.trunc.deal", offline=True)
+            if fused:
+                p.send(0, own, "rep3.trunc.open")
+                p.send(1, own, "rep3.trunc.open")
+            return None, None, None
+        if self.id == 0:
+            ra, s_part, m_part = tr.p0_mask(p.prg_prev, shape)    # key k_2 (P2-P0)
+            u = tr.offset(own + ra)
+        else:
+            u = own + tr.p1_mask(p.prg_next, shape)                 # key k_1 (P1-P2)
+            sm = p.recv(2, "rep3.trunc.deal")
+            s_part, m_part = sm[0], sm[1]
+        other = 1 - self.id
+        p.send(other, u, "rep3.trunc.open")
+        c = u + p.recv(other, "rep3.trunc.open") + shared
+        if fused:
+            c = c + p.recv(2, "rep3.trunc.open")
+        return c, s_part, m_part
+
+    def _reshare_2of2(self, y, shape):
+        """Round 2: openers' additive shares (P0: yA, P1: yB) -> replicated.
+        y0 = F(k_2); P0 sends y1 = yA - y0 - rho to P1; P1 sends y2 = yB + rho to P2,
+        with rho = F(k_0) so P2 sees a masked value."""
+        p = self.party
+        if self.id == 0:
+            y0 = p.prg_prev.ring(shape)
+            y1 = y - y0 - p.prg_next.ring(shape)
+            p.send(1, y1, "rep3.trunc.reshare")
+            return np.stack([y0, y1])
+        if self.id == 1:
+            y2 = y + p.prg_prev.ring(shape)
+            p.send(2, y2, "rep3.trunc.reshare")
+            return np.stack([p.recv(0, "rep3.trunc.reshare"), y2])
+        y0 = p.prg_next.ring(shape)
+        return np.stack([p.recv(1, "rep3.trunc.reshare"), y0])
+
+    def _truncate(self, own, shared, shape, f, fused):
+        c, s_part, m_part = self._open_c(own, shared, shape, f, fused)
+        y = None if self.id == 2 else tr.opener_share(c, s_part, m_part, f, self.id == 0)
+        return self._reshare_2of2(y, shape)
+
+    def trunc(self, a, f):
+        """Replicated x -> x >> f.  P0 contributes x_0, P1 contributes x_2; both know x_1.
+        2 rounds; P0 and P1 send 2 values each per element, P2 none online."""
+        shape = a.shape[1:]
+        if self.id == 0:
+            return self._truncate(a[0], a[1], shape, f, False)
+        if self.id == 1:
+            return self._truncate(a[1], a[0], shape, f, False)
+        return self._truncate(None, None, shape, f, False)
+
+    def _mul_trunc(self, a, b, f, matmul):
+        """Fused fixed-point product: the 3-additive products go straight into the masked
+        opening (no separate multiplication round).  2 rounds, 2 values/element/party."""
+        z = self._local_products(a, b, matmul)
+        return self._truncate(z, np.uint64(0), z.shape, f, True)
+
+    def mul_trunc(self, a, b, f):
+        return self._mul_trunc(a, b, f, False)
+
+    def matmul_trunc(self, a, b, f):
+        return self._mul_trunc(a, b, f, True)

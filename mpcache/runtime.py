@@ -1,0 +1,209 @@
+"""The party runtime: one :class:`Party` per process or thread, and :class:`Session`.
+
+mpcache programs are SPMD: the *same* job function runs at all three parties, each with
+its own :class:`Party` (its shares, its PRG keys, its transport).  ``Session.run`` starts
+the three parties as threads over the in-process transport; ``mpcache launch`` starts
+them as processes over gRPC.  The job code does not change.
+
+    def job(p):
+        x = p.share(np.array([1.5, -2.0]), owner=0)    # P0's input; others pass None
+        w = p.share(np.array([[0.5], [0.25]]), owner=1)
+        return p.reveal(x @ w)                         # to all parties
+    print(mpcache.Session("rep3").run(job).output)     # [-0.25]
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .net.accounting import breakdown
+from .net.local import LocalNetwork
+from .net.transport import Transport, TransportError
+from .prg import PRG, array_to_key, fresh_key, key_to_array
+from .ring import FixedPoint
+
+PROTOCOLS = ("rep3", "add2")
+
+
+def make_protocol(name: str, party: "Party"):
+    if name == "rep3":
+        from .protocols.rep3 import Rep3
+        return Rep3(party)
+    if name == "add2":
+        from .protocols.add2 import Add2
+        return Add2(party)
+    raise ValueError(f"unknown protocol {name!r}; choose one of {PROTOCOLS}")
+
+
+class Party:
+    """One party's view of a session: id, protocol, transport, keys, accounting."""
+
+    def __init__(self, party_id: int, protocol: str, transport: Transport,
+                 fxp: FixedPoint = FixedPoint(), rng: np.random.Generator | None = None):
+        self.id = party_id
+        self.transport = transport
+        self.fxp = fxp
+        self.protocol_name = protocol
+        self._rng = rng
+        # Wrap-around is the ring's reduction; numpy warns on it only for 0-d scalars.
+        # numpy's error state is per thread (context), so this touches only this party.
+        np.seterr(over="ignore")
+        self._setup_keys()
+        self.protocol = make_protocol(protocol, self)
+
+    # -- keys ------------------------------------------------------------------------
+    def _setup_keys(self) -> None:
+        """Agree pairwise keys: P_i draws k_i and sends it to P_{i+1} (offline)."""
+        mine = fresh_key(self._rng)
+        with self.scope("setup"):
+            self.transport.send((self.id + 1) % 3, key_to_array(mine), "setup.key",
+                                offline=True)
+            left = array_to_key(self.transport.recv((self.id - 1) % 3, "setup.key"))
+        #: prg_next is shared with P_{i+1} (key k_i); prg_prev with P_{i-1} (key k_{i-1}).
+        self.prg_next = PRG(mine)
+        self.prg_prev = PRG(left)
+        #: Local randomness nobody else sees (e.g. sharing one's own input).
+        self.prg_own = PRG(fresh_key(self._rng))
+
+    def prg_with(self, other: int) -> PRG:
+        if other == (self.id + 1) % 3:
+            return self.prg_next
+        if other == (self.id - 1) % 3:
+            return self.prg_prev
+        raise ValueError(f"party {self.id} shares no key with party {other}")
+
+    # -- accounting ------------------------------------------------------------------
+    @property
+    def acct(self):
+        return self.transport.acct
+
+    def scope(self, name: str):
+        return self.acct.scope(name)
+
+    def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
+        self.transport.send(to, payload, tag, offline)
+
+    def recv(self, frm: int, tag: str) -> np.ndarray:
+        return self.transport.recv(frm, tag)
+
+    # -- the public API (delegates to the protocol) -------------------------------------
+    def share(self, x, owner: int = 0, *, integer: bool = False):
+        """Secret-share ``x`` held by party ``owner``; other parties pass ``None``.
+
+        Floats are fixed-point encoded (checked: see :mod:`mpcache.ring`); with
+        ``integer=True`` integer arrays are shared as ring integers (no fraction).
+        Only the owner's ``x`` is read; the shape travels with the shares.
+        """
+        from .tensor import SecretTensor
+        return SecretTensor.share(self, x, owner, integer=integer)
+
+    def reveal(self, t, to: int | None = None):
+        """Open a secret tensor to party ``to`` (or to all if None). Others get None."""
+        return t.reveal(to)
+
+    def stats(self) -> dict:
+        return self.acct.snapshot()
+
+    def __repr__(self):
+        return f"Party({self.id}, {self.protocol_name})"
+
+
+@dataclass
+class RunResult:
+    outputs: list            # per party: whatever the job returned there
+    stats: list              # per party: Accounting.snapshot()
+    seconds: float
+
+    @property
+    def output(self):
+        """The output of party 0 (by convention the client who receives results)."""
+        return self.outputs[0]
+
+    def max_over_parties(self, key: str) -> int:
+        return max(s["total"][key] for s in self.stats)
+
+    @property
+    def bytes_per_party(self) -> int:
+        return self.max_over_parties("bytes_sent")
+
+    @property
+    def rounds(self) -> int:
+        return self.max_over_parties("rounds")
+
+    def breakdown(self) -> dict:
+        """Per-scope counters, max over parties per counter."""
+        out: dict = {}
+        for s in self.stats:
+            for name, d in breakdown(s).items():
+                tgt = out.setdefault(name, dict(d))
+                for k, v in d.items():
+                    tgt[k] = max(tgt[k], v)
+        return out
+
+
+class PartyFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Session:
+    """Configuration of a three-party session and the in-process driver.
+
+    ``protocol``: ``"rep3"`` (replicated 3PC) or ``"add2"`` (additive 2PC + dealer).
+    ``seed``: makes every party's randomness reproducible (tests only; never in
+    deployment, where keys come from the OS).
+    """
+
+    protocol: str = "rep3"
+    fxp: FixedPoint = field(default_factory=FixedPoint)
+    timeout: float = 30.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
+        if isinstance(self.fxp, int):
+            self.fxp = FixedPoint(self.fxp)
+
+    def run(self, job, *args, **kwargs) -> RunResult:
+        """Run ``job(party, *args, **kwargs)`` at all three parties (threads)."""
+        net = LocalNetwork()
+        sid = uuid.uuid4().hex[:12]
+        outputs, stats, errors = [None] * 3, [None] * 3, [None] * 3
+        seeds = (np.random.SeedSequence(self.seed).spawn(3) if self.seed is not None
+                 else [None] * 3)
+
+        def body(i):
+            try:
+                rng = np.random.default_rng(seeds[i]) if seeds[i] is not None else None
+                tr = net.transport(i, session=sid, timeout=self.timeout)
+                party = Party(i, self.protocol, tr, self.fxp, rng)
+                outputs[i] = job(party, *args, **kwargs)
+                stats[i] = party.stats()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                errors[i] = e
+                errors[i].__mpcache_tb__ = traceback.format_exc()
+                net.fail(i, e)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=body, args=(i,), name=f"mpcache-P{i}", daemon=True)
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        secs = time.perf_counter() - t0
+        # Report the root cause: a party's own error rather than the others' aborts.
+        primary = [e for e in errors if e is not None and not isinstance(e, TransportError)]
+        first = primary[0] if primary else next((e for e in errors if e is not None), None)
+        if first is not None:
+            if not isinstance(first, TransportError):
+                raise first
+            raise PartyFailed(str(first)) from first
+        return RunResult(outputs, stats, secs)
+

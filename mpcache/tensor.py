@@ -1,0 +1,380 @@
+"""SecretTensor: a numpy-like handle on this party's share of a secret tensor.
+
+One class serves both protocols: structural and linear ops act on the share ``data``
+(see protocols/base.py) and interactive ops go to ``party.protocol``.  Fixed-point
+bookkeeping lives here: ``frac`` is the number of fractional bits (``f`` for fixed-point
+tensors, 0 for ring integers such as one-hot vectors).
+
+Products: fixed x fixed -> truncated by ``f`` (protocol's fused ``mul_trunc``);
+fixed x integer and integer x integer -> exact ring product, no truncation.
+Public operands: Python/numpy *integers* multiply exactly with no communication;
+*floats* are encoded with ``f`` bits and need one truncation (communication).
+Adding a fixed tensor and an integer tensor lifts the integer one by 2^f (local).
+
+A SecretTensor never converts to numpy implicitly (``np.asarray(t)`` raises) and its
+repr shows no share values: the only way to see a value is :meth:`reveal`.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .kernels import ring_matmul
+from .protocols.base import align, phantom
+from .ring import RING, FixedPointRangeError, encode_int
+
+
+class SessionMismatch(ValueError):
+    """Two secret tensors from different sessions (or parties) were combined."""
+
+
+def _is_int_public(v) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return True
+    if isinstance(v, numbers.Integral):
+        return True
+    return isinstance(v, np.ndarray) and v.dtype.kind in "iub"
+
+
+class SecretTensor:
+    __array_ufunc__ = None        # make numpy defer to our reflected operators
+    __array_priority__ = 1000
+
+    def __init__(self, party, data: np.ndarray, frac: int):
+        self.party = party
+        self.data = data
+        self.frac = int(frac)
+
+    # -- creation / opening --------------------------------------------------------------
+    @classmethod
+    def share(cls, party, x, owner: int = 0, *, integer: bool = False) -> "SecretTensor":
+        ring = None
+        if party.id == owner:
+            if x is None:
+                raise ValueError(f"party {owner} owns the input but passed None")
+            ring = _encode_input(party, x, integer)
+        with party.scope("share") if not party.acct._stack else _null():
+            data = party.protocol.share(ring, owner)
+        return cls(party, data, 0 if integer else party.fxp.frac_bits)
+
+    def reveal(self, to: int | None = None):
+        """Open to party ``to`` (None: all).  Returns floats for fixed-point tensors and
+        int64 for ring integers; parties that do not receive get None."""
+        if to is not None and to not in (0, 1, 2):
+            raise ValueError(f"reveal target must be 0, 1, 2 or None, got {to!r}")
+        u = self.party.protocol.reveal(self.data, to)
+        if u is None:
+            return None
+        if self.frac == 0:
+            return u.view(np.int64)
+        return self.party.fxp.decode(u, self.frac)
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim - 1
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        kind = "int" if self.frac == 0 else f"fixed<{self.frac}>"
+        return (f"SecretTensor(shape={self.shape}, {kind}, party={self.party.id}, "
+                f"protocol={self.party.protocol_name})")
+
+    def __array__(self, *a, **k):
+        raise TypeError("a SecretTensor cannot become a numpy array; call .reveal() first")
+
+    def __bool__(self):
+        raise TypeError("the truth value of a secret is secret; use comparisons + select")
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _new(self, data, frac=None) -> "SecretTensor":
+        return SecretTensor(self.party, data, self.frac if frac is None else frac)
+
+    @property
+    def _proto(self):
+        return self.party.protocol
+
+    def _check(self, other: "SecretTensor") -> None:
+        if other.party is not self.party:
+            raise SessionMismatch("cannot combine secret tensors of different sessions")
+
+    def _local(self, fn, *operands) -> "SecretTensor":
+        """Apply a local function of the share data; the add2 dealer tracks shape only."""
+        datas = [self.data] + [o.data if isinstance(o, SecretTensor) else o for o in operands]
+        if self._proto.active:
+            return self._new(fn(*datas))
+        probes = [np.broadcast_to(np.zeros((), np.uint8), d.shape) if isinstance(d, np.ndarray)
+                  else d for d in datas]
+        return self._new(phantom(fn(*probes).shape[1:], self._proto.slots))
+
+    def _structural(self, fn) -> "SecretTensor":
+        """A reshaping/indexing op on the value axes (slot axis untouched)."""
+        return self._local(fn)
+
+    def _lift(self) -> "SecretTensor":
+        """Integer tensor -> fixed-point tensor (exact, local)."""
+        f = self.party.fxp.frac_bits
+        return self._local(lambda d: d * np.uint64(1 << f)).with_frac(f)
+
+    def with_frac(self, frac: int) -> "SecretTensor":
+        return SecretTensor(self.party, self.data, frac)
+
+    def _public(self, v, frac: int) -> np.ndarray:
+        if _is_int_public(v):
+            return encode_int(np.asarray(v)) * np.uint64(1 << frac) if frac else encode_int(
+                np.asarray(v))
+        return self.party.fxp.encode(v, frac)
+
+    def _bshape(self, *shapes, what="combine"):
+        try:
+            return np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ValueError(f"cannot {what} shapes {' and '.join(map(str, shapes))}") from None
+
+    # -- addition ---------------------------------------------------------------------------------
+    def __add__(self, other):
+        if isinstance(other, SecretTensor):
+            self._check(other)
+            a, b = self, other
+            if a.frac != b.frac:
+                a, b = (a._lift(), b) if a.frac == 0 else (a, b._lift())
+            nd = len(a._bshape(a.shape, b.shape, what="add"))
+            return a._local(lambda x, y: align(x, nd) + align(y, nd), b)
+        if _is_int_public(other) or self.frac > 0:
+            c = self._public(other, self.frac)
+            self._bshape(self.shape, c.shape, what="add")
+            return self._local(lambda d: self._proto.add_public(d, c))
+        return self._lift() + other
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return self._local(lambda d: np.uint64(0) - d)
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    # -- multiplication ------------------------------------------------------------------------------
+    def __mul__(self, other):
+        if isinstance(other, SecretTensor):
+            self._check(other)
+            self._bshape(self.shape, other.shape, what="multiply")
+            nd = max(self.ndim, other.ndim)
+            a, b = align(self.data, nd), align(other.data, nd)
+            with self.party.scope("mul") if not self.party.acct._stack else _null():
+                if self.frac and other.frac:
+                    return self._new(self._proto.mul_trunc(a, b, self.party.fxp.frac_bits),
+                                     self.frac + other.frac - self.party.fxp.frac_bits)
+                return self._new(self._proto.mul(a, b), self.frac + other.frac)
+        if _is_int_public(other):
+            c = encode_int(np.asarray(other))
+            self._bshape(self.shape, c.shape, what="multiply")
+            return self._local(lambda d: d * c)
+        f = self.party.fxp.frac_bits
+        c = self.party.fxp.encode(other)
+        self._bshape(self.shape, c.shape, what="multiply")
+        prod = self._local(lambda d: d * c)
+        if self.frac == 0:
+            return prod.with_frac(f)
+        return prod.truncate(f)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        if isinstance(other, SecretTensor):
+            return self * other.reciprocal()
+        return self * (1.0 / np.asarray(other, dtype=np.float64))
+
+    def truncate(self, bits: int | None = None) -> "SecretTensor":
+        """Divide by 2^bits (default f) with the exact truncation protocol."""
+        bits = self.party.fxp.frac_bits if bits is None else bits
+        with self.party.scope("trunc") if not self.party.acct._stack else _null():
+            return self._new(self._proto.trunc(self.data, bits), self.frac)
+
+    # -- matmul -------------------------------------------------------------------------------------------
+    def __matmul__(self, other):
+        if isinstance(other, SecretTensor):
+            self._check(other)
+            _check_matmul(self.shape, other.shape)
+            with self.party.scope("matmul") if not self.party.acct._stack else _null():
+                if self.frac and other.frac:
+                    d = self._proto.matmul_trunc(self.data, other.data, self.party.fxp.frac_bits)
+                    return self._new(d, self.frac + other.frac - self.party.fxp.frac_bits)
+                return self._new(self._proto.matmul(self.data, other.data),
+                                 self.frac + other.frac)
+        c, exact = self._public_operand(other)
+        _check_matmul(self.shape, c.shape)
+        prod = self._local(lambda d: _matmul_slots(d, c, secret_left=True))
+        return self._finish_public_product(prod, exact)
+
+    def __rmatmul__(self, other):
+        c, exact = self._public_operand(other)
+        _check_matmul(c.shape, self.shape)
+        prod = self._local(lambda d: _matmul_slots(d, c, secret_left=False))
+        return self._finish_public_product(prod, exact)
+
+    def _public_operand(self, v):
+        if _is_int_public(v):
+            return encode_int(np.asarray(v)), True
+        return self.party.fxp.encode(v), False
+
+    def _finish_public_product(self, prod, exact):
+        if exact:
+            return prod
+        if self.frac == 0:
+            return prod.with_frac(self.party.fxp.frac_bits)
+        return prod.truncate()
+
+    # -- reductions and shapes -------------------------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        ax = _value_axes(axis, self.ndim)
+        return self._local(lambda d: d.sum(axis=ax, keepdims=keepdims, dtype=RING))
+
+    def mean(self, axis=None, keepdims=False):
+        ax = _value_axes(axis, self.ndim)
+        n = int(np.prod([self.shape[a - 1] for a in ax])) if ax else 1
+        return self.sum(axis, keepdims) * (1.0 / n)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return self._structural(lambda d: d.reshape((d.shape[0],) + tuple(shape)))
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        axes = tuple(range(self.ndim))[::-1] if not axes else tuple(a % self.ndim for a in axes)
+        return self._structural(lambda d: d.transpose((0,) + tuple(a + 1 for a in axes)))
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def swapaxes(self, a, b):
+        return self._structural(lambda d: np.swapaxes(d, a % self.ndim + 1, b % self.ndim + 1))
+
+    def expand_dims(self, axis):
+        return self._structural(lambda d: np.expand_dims(d, axis % (self.ndim + 1) + 1))
+
+    def squeeze(self, axis=None):
+        ax = None if axis is None else tuple(a + 1 for a in _value_axes(axis, self.ndim))
+        if ax is None:
+            ax = tuple(i + 1 for i, s in enumerate(self.shape) if s == 1)
+        return self._structural(lambda d: np.squeeze(d, axis=ax))
+
+    def flatten(self):
+        return self.reshape(self.size)
+
+    def broadcast_to(self, shape):
+        shape = tuple(shape)
+        return self._structural(lambda d: np.broadcast_to(
+            align(d, len(shape)), (d.shape[0],) + shape).copy())
+
+    def __getitem__(self, idx):
+        if isinstance(idx, SecretTensor):
+            raise TypeError("indexing with a secret index: use one_hot + gather")
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        return self._structural(lambda d: d[(slice(None),) + idx])
+
+    def copy(self):
+        return self._local(lambda d: d.copy())
+
+
+# -- module-level helpers -------------------------------------------------------------------------------
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def _encode_input(party, x, integer: bool) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == object:
+        raise TypeError("cannot share an object array")
+    if integer:
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)):
+                raise FixedPointRangeError("cannot share non-finite values")
+            if not np.all(a == np.round(a)):
+                raise ValueError("integer=True but the values are not integers")
+            a = a.astype(np.int64)
+        return encode_int(a)
+    return party.fxp.encode(a)
+
+
+def _value_axes(axis, ndim):
+    """Value axes -> data axes (+1 for the slot axis)."""
+    if axis is None:
+        return tuple(range(1, ndim + 1))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of bounds for a tensor of {ndim} dims")
+        out.append(a % ndim + 1)
+    return tuple(out)
+
+
+def _check_matmul(sa, sb):
+    ka = sa[-1] if sa else None
+    kb = sb[0] if len(sb) == 1 else (sb[-2] if sb else None)
+    if not sa or not sb or ka != kb:
+        raise ValueError(f"matmul shape mismatch: {sa} @ {sb}")
+
+
+def _matmul_slots(d, c, secret_left):
+    """Per-slot product of share data ``d`` (slot axis first) with a public array ``c``,
+    following numpy's matmul rules on the value axes.  Linear: no communication."""
+    vd = d.ndim - 1
+    if secret_left:
+        if vd == 1:                                   # vector @ public
+            if c.ndim == 1:
+                return ring_matmul(d, c)
+            out = ring_matmul(d.reshape((d.shape[0],) + (1,) * (c.ndim - 1) + d.shape[1:]), c)
+            return out[..., 0, :]
+        return ring_matmul(align(d, c.ndim) if c.ndim > vd else d, c)
+    if vd == 1:                                       # public @ vector
+        if c.ndim == 1:
+            return ring_matmul(d, c)
+        out = ring_matmul(c, d.reshape((d.shape[0],) + (1,) * (c.ndim - 2) + (d.shape[1], 1)))
+        return out[..., 0]
+    return ring_matmul(c, align(d, c.ndim) if c.ndim > vd else d)
+
+
+def concatenate(tensors, axis=0):
+    ts = list(tensors)
+    if not ts:
+        raise ValueError("need at least one tensor to concatenate")
+    first = ts[0]
+    for t in ts[1:]:
+        first._check(t)
+    fr = max(t.frac for t in ts)
+    ts = [t._lift() if t.frac != fr else t for t in ts]
+    ax = _value_axes(axis, first.ndim)[0]
+    if not first._proto.active:
+        shp = np.concatenate([np.broadcast_to(np.zeros((), np.uint8), t.data.shape) for t in ts],
+                             axis=ax).shape
+        return first._new(phantom(shp[1:], first._proto.slots), fr)
+    return first._new(np.concatenate([t.data for t in ts], axis=ax), fr)
+
+
+def stack(tensors, axis=0):
+    ts = list(tensors)
+    if not ts:
+        raise ValueError("need at least one tensor to stack")
+    nd = ts[0].ndim + 1
+    return concatenate([t.expand_dims(axis % nd) for t in ts], axis=axis % nd)
