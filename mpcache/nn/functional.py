@@ -1,0 +1,156 @@
+"""Backend-neutral non-linear functions for the transformer layers.
+
+Every layer in :mod:`mpcache.nn` calls these instead of ``np.*`` so that ONE piece of layer
+code runs on plaintext numpy arrays (the accuracy reference) and on secret-shared tensors
+(the cost measurement).  Dispatch is on the argument's type only, never on its value:
+
+* numpy arrays / numpy scalars / python numbers -> a numpy implementation in float64;
+  float32 inputs are the one exception and stay float32 (a float32 model is a deliberate
+  speed choice: float32 exp/tanh run 2-10x faster here and softmax is ~40% of a 1024-token
+  prefill; the layer-correctness tests run float64).
+* anything else (a secret tensor) -> the method of the same meaning on that object:
+  ``x.softmax(axis=)``, ``x.exp()``, ``x.reciprocal()``, ``x.rsqrt()``, ``x.silu()``,
+  ``x.gelu()``, ``x.relu()``, ``x.argmax(axis=)`` (one-hot result), ``x.max(axis=,
+  keepdims=)``, ``x.mean(axis=, keepdims=)``; ``concatenate``/``stack`` of lists holding any
+  non-numpy item go to ``mpcache.concatenate(list, axis)`` / ``mpcache.stack(list, axis)``.
+
+Layer code may otherwise only use python operators, ``reshape``, ``transpose(axes)``, ``.T``,
+slicing/integer indexing with public indices, ``.sum(axis, keepdims)`` and products/sums
+with public numpy arrays or python floats -- no boolean masks, no value-dependent control flow.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "is_plain", "softmax", "exp", "reciprocal", "rsqrt", "silu", "gelu", "relu",
+    "argmax_onehot", "max", "mean", "concatenate", "stack", "one_hot",
+]
+
+_PLAIN = (np.ndarray, np.generic, float, int)
+_GELU_C = float(np.sqrt(2.0 / np.pi))
+
+
+def is_plain(x) -> bool:
+    """True for plaintext values (numpy arrays/scalars, python numbers)."""
+    return isinstance(x, _PLAIN) and not isinstance(x, bool)
+
+
+def _work(x) -> np.ndarray:
+    """float32 stays float32, everything else becomes float64 (no copy when already so)."""
+    a = np.asarray(x)
+    return a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
+
+
+def softmax(x, axis: int = -1):
+    """Numerically stable softmax (max subtracted first, as the MPC protocol also does)."""
+    if is_plain(x):
+        z = _work(x)
+        z = z - z.max(axis=axis, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=axis, keepdims=True)
+        return z
+    return x.softmax(axis=axis)
+
+
+def exp(x):
+    if is_plain(x):
+        return np.exp(_work(x))
+    return x.exp()
+
+
+def reciprocal(x):
+    if is_plain(x):
+        return 1.0 / _work(x)
+    return x.reciprocal()
+
+
+def rsqrt(x):
+    """1/sqrt(x): the norms need it as one op (MPC computes it directly by Newton)."""
+    if is_plain(x):
+        return 1.0 / np.sqrt(_work(x))
+    return x.rsqrt()
+
+
+def silu(x):
+    """x * sigmoid(x), written via tanh so large |x| never overflows exp."""
+    if is_plain(x):
+        z = _work(x)
+        t = np.tanh(z * 0.5)
+        t += 1.0
+        t *= z
+        t *= 0.5
+        return t
+    return x.silu()
+
+
+def gelu(x):
+    """GELU, tanh approximation (GPT-2's 'gelu_new')."""
+    if is_plain(x):
+        z = _work(x)
+        return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3)))
+    return x.gelu()
+
+
+def relu(x):
+    if is_plain(x):
+        z = _work(x)
+        return np.maximum(z, 0.0)
+    return x.relu()
+
+
+def argmax_onehot(x, axis: int = -1):
+    """One-hot of the argmax along ``axis`` (same shape as ``x``; ties -> first index).
+
+    A one-hot (not an index) is what MPC can produce without revealing anything, and it
+    feeds straight into ``onehot @ arange(V)`` or ``onehot @ E`` (a private lookup).
+    """
+    if is_plain(x):
+        z = np.asarray(x)
+        idx = np.expand_dims(np.argmax(z, axis=axis), axis)
+        out = np.zeros(z.shape, dtype=z.dtype if z.dtype.kind == "f" else np.float64)
+        np.put_along_axis(out, idx, 1.0, axis=axis)
+        return out
+    return x.argmax(axis=axis)
+
+
+def max(x, axis: int = -1, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name
+    if is_plain(x):
+        return np.asarray(x).max(axis=axis, keepdims=keepdims)
+    return x.max(axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis: int = -1, keepdims: bool = False):
+    if is_plain(x):
+        return _work(x).mean(axis=axis, keepdims=keepdims)
+    return x.mean(axis=axis, keepdims=keepdims)
+
+
+def concatenate(items, axis: int = 0):
+    """np.concatenate for all-plaintext lists, otherwise ``mpcache.concatenate``."""
+    items = list(items)
+    if all(is_plain(t) for t in items):
+        return np.concatenate(items, axis=axis)
+    import mpcache  # lazy: the MPC engine is optional for plaintext use
+
+    return mpcache.concatenate(items, axis)
+
+
+def stack(items, axis: int = 0):
+    """np.stack for all-plaintext lists, otherwise ``mpcache.stack``."""
+    items = list(items)
+    if all(is_plain(t) for t in items):
+        return np.stack(items, axis=axis)
+    import mpcache
+
+    return mpcache.stack(items, axis)
+
+
+def one_hot(indices, n: int, dtype=np.float64) -> np.ndarray:
+    """Plaintext helper: ``indices.shape + (n,)`` one-hot rows (the client encodes its ids)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"token id out of range [0, {n})")
+    out = np.zeros(idx.shape + (n,), dtype=dtype)
+    np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
+    return out

@@ -1,0 +1,128 @@
+"""Per-layer KV cache with a hook for eviction / selection policies.
+
+Layout: for each layer, K and V of shape ``[n_kv_heads, T, head_dim]`` (keys stored AFTER
+RoPE, so a kept token never needs its position again for attention), plus a public int64
+array ``positions[T]`` with each kept token's absolute position.  Positions are public in
+the MPCache threat model (the number and order of kept tokens is public), and they are what
+the causal mask of a multi-token query is built from once tokens have been evicted.
+
+Hook: ``policy`` is ``None`` by default.  Attention always reads the cache through
+
+    keys, values = cache.view(layer, query)
+
+With no policy that is the whole cache.  A policy object may implement
+
+    policy.view(cache, layer, query) -> (keys, values, positions)
+
+to substitute a selection (e.g. one-hot [k, C] @ clustered K, or a public subset); it returns
+the public positions of the rows it selected, or ``None`` when the query is a single decode
+token (no masking needed).  ``query`` is the RoPE'd, pre-scaled query ``[n_heads, T_q, hd]``.
+Optionally ``policy.observe(cache, layer, probs)`` receives the attention probabilities
+``[n_kv_heads, group * T_q, S]`` of every call (H2O-style accumulated scores need them).
+Static eviction rewrites the stored tokens with :meth:`replace` or :meth:`keep`.
+
+Plaintext appends grow a numpy buffer geometrically (amortised O(new tokens), so decoding
+never copies the prefix); secret tensors are appended with ``functional.concatenate``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Keys/values of every layer; ``n_seen`` is the absolute position of the next token."""
+
+    def __init__(self, n_layers: int, policy=None):
+        self.n_layers = int(n_layers)
+        self.policy = policy
+        self.n_seen = 0
+        self._k = [None] * self.n_layers   # buffer (numpy) or tensor (secret)
+        self._v = [None] * self.n_layers
+        self._len = [0] * self.n_layers
+        self._pos = [np.zeros(0, dtype=np.int64) for _ in range(self.n_layers)]
+        self._view_pos = [None] * self.n_layers
+
+    # ------------------------------------------------------------------ reading
+    def length(self, layer: int) -> int:
+        return self._len[layer]
+
+    def keys(self, layer: int):
+        k = self._k[layer]
+        return k if k is None or not F.is_plain(k) else k[:, : self._len[layer]]
+
+    def values(self, layer: int):
+        v = self._v[layer]
+        return v if v is None or not F.is_plain(v) else v[:, : self._len[layer]]
+
+    def positions(self, layer: int) -> np.ndarray:
+        return self._pos[layer]
+
+    def view(self, layer: int, query):
+        """What attention attends to: the full cache, or the policy's selection."""
+        if self.policy is None:
+            self._view_pos[layer] = self._pos[layer]
+            return self.keys(layer), self.values(layer)
+        keys, values, positions = self.policy.view(self, layer, query)
+        self._view_pos[layer] = None if positions is None else np.asarray(positions, np.int64)
+        return keys, values
+
+    def view_positions(self, layer: int):
+        """Public positions of the rows the last :meth:`view` returned (None: unmasked)."""
+        return self._view_pos[layer]
+
+    def observe(self, layer: int, probs) -> None:
+        if self.policy is not None and hasattr(self.policy, "observe"):
+            self.policy.observe(self, layer, probs)
+
+    # ------------------------------------------------------------------ writing
+    def append(self, layer: int, k, v, positions) -> None:
+        """Append ``k, v`` of shape [n_kv_heads, T_new, head_dim] at public ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        t_new = positions.shape[0]
+        old_k, n = self._k[layer], self._len[layer]
+        if old_k is None:
+            if F.is_plain(k) and F.is_plain(v):
+                self._k[layer], self._v[layer] = self._grow(None, k, 0), self._grow(None, v, 0)
+            else:
+                self._k[layer], self._v[layer] = k, v
+        elif F.is_plain(old_k) and F.is_plain(k) and F.is_plain(v):
+            self._k[layer] = self._grow(old_k, k, n)
+            self._v[layer] = self._grow(self._v[layer], v, n)
+        else:
+            self._k[layer] = F.concatenate([self.keys(layer), k], axis=1)
+            self._v[layer] = F.concatenate([self.values(layer), v], axis=1)
+        self._len[layer] = n + t_new
+        self._pos[layer] = np.concatenate([self._pos[layer], positions])
+
+    @staticmethod
+    def _grow(buf, new, n):
+        new = np.asarray(new)
+        t = new.shape[1]
+        if buf is None or buf.shape[1] < n + t or buf.dtype != new.dtype:
+            cap = max(16, 2 * (n + t))
+            grown = np.empty((new.shape[0], cap, new.shape[2]), dtype=new.dtype)
+            if buf is not None and n:
+                grown[:, :n] = buf[:, :n]
+            buf = grown
+        buf[:, n:n + t] = new
+        return buf
+
+    def replace(self, layer: int, keys, values, positions) -> None:
+        """Overwrite a layer's contents (compaction / eviction results)."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        self._k[layer], self._v[layer] = keys, values
+        self._len[layer] = positions.shape[0]
+        self._pos[layer] = positions
+
+    def keep(self, layer: int, index) -> None:
+        """Keep only the rows at PUBLIC indices ``index`` (static eviction by public choice)."""
+        index = np.asarray(index, dtype=np.int64)
+        self.replace(layer, self.keys(layer)[:, index], self.values(layer)[:, index],
+                     self._pos[layer][index])
+
+    def reset(self) -> None:
+        self.__init__(self.n_layers, self.policy)

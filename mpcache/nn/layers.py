@@ -1,0 +1,232 @@
+"""Transformer layers written once for plaintext numpy and for secret-shared tensors.
+
+Rules (so the same code runs under MPC): activations only meet python operators, reshape,
+``transpose(axes)``, ``.T``, public slicing/indexing, ``.sum``, :mod:`functional`, and public
+numpy constants / python floats.  Weights may be numpy arrays or secret tensors.  Shapes,
+positions and masks are public (architecture and token count are public in MPCache's
+threat model), so python control flow on them is fine.
+
+Conventions: activations are ``[T, hidden]`` (no batch); Linear weights are ``[in, out]``;
+per-head tensors are ``[heads, T, head_dim]``; ``@`` on 3-D operands is a batched matmul
+over the leading (head) axis, as in numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+
+__all__ = [
+    "MASK_VALUE", "Embedding", "Linear", "RMSNorm", "LayerNorm", "RoPE",
+    "SwiGLU", "GeluMLP", "Attention", "causal_mask",
+]
+
+#: Additive mask for disallowed (future) keys.  Finite on purpose: fixed point cannot hold
+#: -inf, and after softmax's max-subtraction exp() of anything below about -14 is 0 anyway.
+MASK_VALUE = -1.0e4
+
+
+class Embedding:
+    """Token embedding as a private lookup: ``one_hot(tokens) @ E``.
+
+    Under MPC the token ids are the client's secret, so ``E[id]`` (an index) would leak them.
+    A one-hot ``[T, V]`` times ``E [V, H]`` is one matmul, and in replicated 3PC a matmul
+    costs its OUTPUT size (T x H ring elements sent), not V x H, so the lookup is as cheap as
+    any linear layer's output.  ``tokens`` is either integer ids (the plaintext client path:
+    the one-hot is built here) or an already one-hot ``[T, V]`` tensor (e.g. the secret result
+    of ``argmax_onehot`` fed back during decoding, never revealed).
+
+    With plaintext integer ids AND a numpy table, ``fast_plaintext`` uses ``E[ids]``: exactly
+    equal to the one-hot product (each row has a single 1), without a [T, V] x [V, H] matmul.
+    """
+
+    fast_plaintext = True
+
+    def __init__(self, weight):
+        self.weight = weight  # [V, H]
+        self.vocab_size = int(weight.shape[0])
+
+    def __call__(self, tokens, dtype=np.float64):
+        if _is_int_ids(tokens):
+            ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+            if self.fast_plaintext and isinstance(self.weight, np.ndarray):
+                if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+                    raise ValueError(f"token id out of range [0, {self.vocab_size})")
+                return self.weight[ids]
+            # public ids with secret weights: an INTEGER one-hot multiplies exactly under MPC
+            tokens = F.one_hot(ids, self.vocab_size,
+                               dtype=dtype if F.is_plain(self.weight) else np.int64)
+        return tokens @ self.weight
+
+
+def _is_int_ids(tokens) -> bool:
+    if isinstance(tokens, (int, np.integer)):
+        return True
+    if isinstance(tokens, (list, tuple)):
+        return all(isinstance(t, (int, np.integer)) for t in tokens)
+    return isinstance(tokens, np.ndarray) and tokens.dtype.kind in "iu"
+
+
+class Linear:
+    """``x @ W (+ b)`` with ``W`` stored ``[in, out]`` (so no transpose on the hot path)."""
+
+    def __init__(self, weight, bias=None):
+        self.weight = weight
+        self.bias = bias
+
+    def __call__(self, x):
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class RMSNorm:
+    """``x * rsqrt(mean(x^2) + eps) * g``: one mean, one rsqrt per row under MPC.
+
+    ``prescale`` (public, default 1) squares ``a*x`` instead of ``x`` and corrects after the
+    rsqrt -- identical maths, but it keeps ``x^2`` inside a fixed-point ring: SmolLM2's
+    residual stream reaches |x| ~ 2.4e4 and mean(x^2) ~ 1e6 on its attention-sink token,
+    whose square overflows Z_2^64 at 18 fractional bits, while layer 0 has mean(x^2) ~ 6e-3
+    (so one scale does not fit all layers: set ``block.attn_norm.prescale`` per layer)."""
+
+    def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
+        self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)
+
+    def __call__(self, x):
+        a = self.prescale
+        xs = x if a == 1.0 else x * a
+        ms = F.mean(xs * xs, axis=-1, keepdims=True)
+        r = F.rsqrt(ms + self.eps * a * a)
+        return x * (r if a == 1.0 else r * a) * self.weight
+
+
+class LayerNorm:
+    """``(x - mean) * rsqrt(var + eps) * g + b`` (variance of the centred x, as PyTorch).
+    ``prescale`` as in :class:`RMSNorm`."""
+
+    def __init__(self, weight, bias, eps: float = 1e-5, prescale: float = 1.0):
+        self.weight, self.bias, self.eps, self.prescale = weight, bias, float(eps), float(prescale)
+
+    def __call__(self, x):
+        a = self.prescale
+        xc = x - F.mean(x, axis=-1, keepdims=True)
+        xs = xc if a == 1.0 else xc * a
+        r = F.rsqrt(F.mean(xs * xs, axis=-1, keepdims=True) + self.eps * a * a)
+        return xc * (r if a == 1.0 else r * a) * self.weight + self.bias
+
+
+class RoPE:
+    """Rotary position embedding, "rotate-half" (GPT-NeoX / HF LLaMA) form.
+
+    Pairs are (i, i + head_dim/2).  llama.cpp's GGUF converter permutes the rows of Q and K
+    so that its own kernel can rotate ADJACENT pairs (2i, 2i+1); the SmolLM2 loader undoes
+    that permutation at load time (as HF's GGUF loader does), so weights match the HF layout
+    and this form.  Positions are public, so cos/sin are public numpy tables and RoPE costs
+    two public-constant products, a local negation and a concatenate -- no interaction
+    beyond truncation under MPC.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, max_positions: int = 2048,
+                 dtype=np.float64):
+        if head_dim % 2:
+            raise ValueError("RoPE needs an even head_dim")
+        self.head_dim = head_dim
+        half = head_dim // 2
+        inv_freq = 1.0 / (theta ** (np.arange(half, dtype=np.float64) * 2.0 / head_dim))
+        ang = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+        cos, sin = np.cos(ang), np.sin(ang)
+        self.cos = np.concatenate([cos, cos], axis=1).astype(dtype)      # [P, hd]
+        # sign of rotate_half folded in: rot(x) = [-x2, x1] -> [x2, x1] * [-sin, sin]
+        self.sin = np.concatenate([-sin, sin], axis=1).astype(dtype)
+
+    def __call__(self, x, positions):
+        """``x``: [heads, T, head_dim]; ``positions``: public int array [T]."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and positions.max() >= self.cos.shape[0]:
+            raise ValueError(f"position {positions.max()} beyond the RoPE table "
+                             f"({self.cos.shape[0]}); raise max_positions")
+        half = self.head_dim // 2
+        swapped = F.concatenate([x[:, :, half:], x[:, :, :half]], axis=2)
+        return x * self.cos[positions] + swapped * self.sin[positions]
+
+
+class SwiGLU:
+    """LLaMA MLP: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, gate: Linear, up: Linear, down: Linear):
+        self.gate, self.up, self.down = gate, up, down
+
+    def __call__(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class GeluMLP:
+    """GPT-2 MLP: ``proj(gelu(fc(x)))``."""
+
+    def __init__(self, fc: Linear, proj: Linear):
+        self.fc, self.proj = fc, proj
+
+    def __call__(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+def causal_mask(q_positions, k_positions, dtype=np.float64):
+    """Public additive mask [T_q, S]: 0 where key position <= query position, else MASK_VALUE.
+
+    Built from positions (not from index order) so it stays right after eviction.
+    Returns None when nothing is masked (the usual decode step) to skip the addition.
+    """
+    q = np.asarray(q_positions, dtype=np.int64)[:, None]
+    k = np.asarray(k_positions, dtype=np.int64)[None, :]
+    bad = k > q
+    if not bad.any():
+        return None
+    return np.where(bad, MASK_VALUE, 0.0).astype(dtype)
+
+
+class Attention:
+    """Causal self-attention with grouped-query heads and a KV cache.
+
+    GQA without copying K/V: query head h uses KV head h // group (HF's repeat_kv and
+    llama.cpp's broadcast agree on this), so ``q [n_heads, T, hd]`` reshapes for free into
+    ``[n_kv, group*T, hd]`` and scores are ONE batched matmul against ``K^T [n_kv, hd, S]``.
+    The 1/sqrt(hd) scale multiplies q (smaller than the scores when S is large).
+    """
+
+    def __init__(self, q: Linear, k: Linear, v: Linear, o: Linear, n_heads: int,
+                 n_kv_heads: int, head_dim: int, rope: RoPE | None = None, dtype=np.float64):
+        if n_heads % n_kv_heads:
+            raise ValueError("n_heads must be a multiple of n_kv_heads")
+        self.q, self.k, self.v, self.o = q, k, v, o
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.group = n_heads // n_kv_heads
+        self.rope = rope
+        self.scale = 1.0 / float(np.sqrt(head_dim))
+        self.dtype = dtype
+
+    def __call__(self, x, positions, cache, layer: int):
+        """``x`` [T, hidden] at public absolute ``positions`` [T]; returns [T, hidden]."""
+        positions = np.asarray(positions, dtype=np.int64)
+        t, nh, nkv, hd, g = positions.shape[0], self.n_heads, self.n_kv_heads, self.head_dim, self.group
+        q = self.q(x).reshape(t, nh, hd).transpose((1, 0, 2))     # [nh, T, hd]
+        k = self.k(x).reshape(t, nkv, hd).transpose((1, 0, 2))    # [nkv, T, hd]
+        v = self.v(x).reshape(t, nkv, hd).transpose((1, 0, 2))
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        q = q * self.scale
+        cache.append(layer, k, v, positions)
+        keys, values = cache.view(layer, q)
+        k_pos = cache.view_positions(layer)
+
+        scores = q.reshape(nkv, g * t, hd) @ keys.transpose((0, 2, 1))  # [nkv, g*T, S]
+        if k_pos is not None:
+            mask = causal_mask(positions, k_pos, self.dtype)
+            if mask is not None:                          # public decision on public data
+                s = int(k_pos.shape[0])                   # rows are ordered (group, T)
+                scores = (scores.reshape(nkv, g, t, s) + mask).reshape(nkv, g * t, s)
+        elif t > 1:
+            raise ValueError("policy returned no positions for a multi-token query")
+        probs = F.softmax(scores, axis=-1)
+        cache.observe(layer, probs)
+        ctx = probs @ values                                          # [nkv, g*T, hd]
+        ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
+        return self.o(ctx)

@@ -1,0 +1,258 @@
+"""Decoder-only transformer (LLaMA-style and GPT-2-style) with a KV cache.
+
+One code path for plaintext and MPC: the layers only use the operations allowed in
+:mod:`mpcache.nn.layers`; weights in the ``weights`` dict may be numpy arrays or secret
+tensors.  Weight names (all Linear weights ``[in, out]``)::
+
+    embed [V, H]    pos_embed [P, H] (gpt2)    lm_head [H, V] (untied only)
+    final_norm.weight / .bias (bias: gpt2)
+    layers.{i}.attn_norm.weight/.bias   layers.{i}.mlp_norm.weight/.bias
+    layers.{i}.attn.{q,k,v,o}.weight/.bias (biases optional)
+    layers.{i}.mlp.{gate,up,down}.weight (llama)   layers.{i}.mlp.{fc,proj}.weight/.bias (gpt2)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import functional as F
+from .kv_cache import KVCache
+from .layers import (Attention, Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RoPE,
+                     SwiGLU)
+
+__all__ = ["DecoderConfig", "Decoder", "random_weights", "gpt2_small_config",
+           "random_gpt2_small"]
+
+
+@dataclass
+class DecoderConfig:
+    """Architecture (public).  ``arch='llama'``: RMSNorm, RoPE, GQA, SwiGLU; ``'gpt2'``:
+    LayerNorm, learned positions, GELU MLP, MHA, biases."""
+
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    mlp_hidden: int | None = None
+    arch: str = "llama"
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_positions: int = 2048
+    tie_embeddings: bool = True
+    norm_prescale: float = 1.0      # see layers.RMSNorm: keeps x^2 in fixed-point range
+    dtype: str = "float64"          # plaintext compute dtype, also of public constants
+
+    def __post_init__(self):
+        if self.arch not in ("llama", "gpt2"):
+            raise ValueError(f"unknown arch {self.arch!r}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.n_heads
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.hidden_size
+        if self.arch == "gpt2" and self.n_kv_heads != self.n_heads:
+            raise ValueError("gpt2 arch uses multi-head attention (n_kv_heads == n_heads)")
+
+    @property
+    def np_dtype(self):
+        return np.dtype(self.dtype)
+
+
+class Block:
+    """Pre-norm residual block: ``h = x + attn(norm(x)); h + mlp(norm(h))``."""
+
+    def __init__(self, attn_norm, attn, mlp_norm, mlp):
+        self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
+
+    def __call__(self, x, positions, cache, layer):
+        h = x + self.attn(self.attn_norm(x), positions, cache, layer)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Decoder:
+    """A decoder over a weight dict.  ``prefill``/``decode_step`` keep ``self.cache``.
+
+    Only the last position goes through the final norm and LM head during generation (the
+    other rows are never needed), which matters under MPC where the head is V wide.
+    """
+
+    def __init__(self, config: DecoderConfig, weights: dict):
+        self.config = c = config
+        self.weights = w = weights
+        dt = c.np_dtype
+        self.embed = Embedding(w["embed"])
+        self.pos_embed = w.get("pos_embed")
+        rope = None
+        if c.arch == "llama":
+            rope = RoPE(c.head_dim, c.rope_theta, c.max_positions, dtype=dt)
+        self.rope = rope
+        self.blocks = []
+        for i in range(c.n_layers):
+            p = f"layers.{i}."
+            lin = lambda n: Linear(w[p + n + ".weight"], w.get(p + n + ".bias"))  # noqa: E731
+            attn = Attention(lin("attn.q"), lin("attn.k"), lin("attn.v"), lin("attn.o"),
+                             c.n_heads, c.n_kv_heads, c.head_dim, rope=rope, dtype=dt)
+            if c.arch == "llama":
+                mlp = SwiGLU(lin("mlp.gate"), lin("mlp.up"), lin("mlp.down"))
+            else:
+                mlp = GeluMLP(lin("mlp.fc"), lin("mlp.proj"))
+            self.blocks.append(Block(self._norm(p + "attn_norm"), attn,
+                                     self._norm(p + "mlp_norm"), mlp))
+        self.final_norm = self._norm("final_norm")
+        self.lm_head_weight = w["embed"].T if c.tie_embeddings else w["lm_head"]  # [H, V]
+        # onehot @ arange(V): integer so MPC multiplies exactly (no truncation)
+        self.token_values = np.arange(c.vocab_size, dtype=np.int64)
+        self.cache: KVCache | None = None
+
+    def _norm(self, name):
+        c, w = self.config, self.weights
+        if c.arch == "llama":
+            return RMSNorm(w[name + ".weight"], c.norm_eps, c.norm_prescale)
+        return LayerNorm(w[name + ".weight"], w[name + ".bias"], c.norm_eps, c.norm_prescale)
+
+    # ------------------------------------------------------------------ forward
+    def new_cache(self, policy=None) -> KVCache:
+        return KVCache(self.config.n_layers, policy=policy)
+
+    def hidden_states(self, tokens, cache: KVCache):
+        """Run ``tokens`` (int ids [T], or a one-hot [T, V]) at positions ``cache.n_seen..``
+        through all blocks, appending to ``cache``; returns the last block's output [T, H]
+        (before the final norm)."""
+        x = self.embed(tokens, dtype=self.config.np_dtype)
+        t = int(x.shape[0])
+        if t == 0:
+            raise ValueError("no tokens")
+        positions = np.arange(cache.n_seen, cache.n_seen + t, dtype=np.int64)
+        if positions[-1] >= self.config.max_positions:
+            raise ValueError(f"sequence exceeds max_positions={self.config.max_positions}")
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[cache.n_seen:cache.n_seen + t]
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, cache, i)
+        cache.n_seen += t
+        return x
+
+    def logits(self, h):
+        """Final norm + LM head on hidden rows ``h`` [T, H] -> [T, V]."""
+        return self.final_norm(h) @ self.lm_head_weight
+
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False):
+        """Logits of the last position [V] (or of every position [T, V])."""
+        h = self.hidden_states(tokens, cache)
+        if all_logits:
+            return self.logits(h)
+        t = int(h.shape[0])
+        return self.logits(h[t - 1:t]).reshape(self.config.vocab_size)
+
+    def prefill(self, token_ids, policy=None, all_logits: bool = False):
+        """Start a fresh cache, run the prompt, return the last position's logits [V]."""
+        self.cache = self.new_cache(policy)
+        return self.forward(token_ids, self.cache, all_logits=all_logits)
+
+    def decode_step(self, token):
+        """One token (an int id or a one-hot [V] / [1, V]) through the cache -> logits [V].
+
+        Only the new token is computed; the prefix lives in ``self.cache``."""
+        if self.cache is None:
+            raise RuntimeError("call prefill() before decode_step()")
+        if _is_scalar_id(token):
+            token = [int(token)]
+        elif len(token.shape) == 1:
+            token = token.reshape(1, self.config.vocab_size)
+        return self.forward(token, self.cache)
+
+    # ------------------------------------------------------------------ greedy
+    def greedy_onehot(self, logits):
+        """One-hot of the argmax (stays secret under MPC; feed it to ``decode_step``)."""
+        return F.argmax_onehot(logits, axis=-1)
+
+    def greedy_token(self, logits):
+        """``argmax_onehot(logits) @ arange(V)``: the token id (a secret scalar under MPC)."""
+        return self.greedy_onehot(logits) @ self.token_values
+
+    def generate(self, prompt_ids, max_new_tokens: int, stop_ids=(), policy=None) -> list:
+        """Plaintext greedy generation (the output is revealed, so stopping is allowed)."""
+        logits = self.prefill(np.asarray(prompt_ids, dtype=np.int64), policy=policy)
+        out = []
+        stop = set(int(s) for s in stop_ids)
+        for _ in range(max_new_tokens):
+            tok = int(round(float(self.greedy_token(logits))))
+            if tok in stop:
+                break
+            out.append(tok)
+            if len(out) == max_new_tokens:
+                break
+            logits = self.decode_step(tok)
+        return out
+
+
+def _is_scalar_id(token) -> bool:
+    return isinstance(token, (int, np.integer)) or (
+        isinstance(token, np.ndarray) and token.dtype.kind in "iu" and token.size == 1)
+
+
+# ---------------------------------------------------------------------- random models
+def random_weights(config: DecoderConfig, seed: int = 0, std: float = 0.02) -> dict:
+    """Seeded random weights (GPT-2 init: N(0, std), residual projections scaled by
+    1/sqrt(2 n_layers), norms at gain 1 / bias 0, small random biases)."""
+    c = config
+    rng = np.random.default_rng(seed)
+    dt = c.np_dtype
+
+    def normal(shape, s=std):
+        return (rng.standard_normal(shape, dtype=np.float32) * s).astype(dt)
+
+    w = {"embed": normal((c.vocab_size, c.hidden_size))}
+    gpt2 = c.arch == "gpt2"
+    if gpt2:
+        w["pos_embed"] = normal((c.max_positions, c.hidden_size), 0.01)
+    if not c.tie_embeddings:
+        w["lm_head"] = normal((c.hidden_size, c.vocab_size))
+
+    def norm(name):
+        w[name + ".weight"] = (1.0 + normal((c.hidden_size,), 0.1 if not gpt2 else 0.0))
+        if gpt2:
+            w[name + ".bias"] = np.zeros(c.hidden_size, dtype=dt)
+
+    res_std = std / np.sqrt(2 * c.n_layers)
+    q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    for i in range(c.n_layers):
+        p = f"layers.{i}."
+        norm(p + "attn_norm")
+        norm(p + "mlp_norm")
+        shapes = {"attn.q": (c.hidden_size, q_out), "attn.k": (c.hidden_size, kv_out),
+                  "attn.v": (c.hidden_size, kv_out), "attn.o": (q_out, c.hidden_size)}
+        if gpt2:
+            shapes.update({"mlp.fc": (c.hidden_size, c.mlp_hidden),
+                           "mlp.proj": (c.mlp_hidden, c.hidden_size)})
+        else:
+            shapes.update({"mlp.gate": (c.hidden_size, c.mlp_hidden),
+                           "mlp.up": (c.hidden_size, c.mlp_hidden),
+                           "mlp.down": (c.mlp_hidden, c.hidden_size)})
+        for name, shape in shapes.items():
+            residual = name in ("attn.o", "mlp.proj", "mlp.down")
+            w[p + name + ".weight"] = normal(shape, res_std if residual else std)
+            if gpt2:
+                w[p + name + ".bias"] = normal((shape[1],), 0.01)
+    norm("final_norm")
+    return w
+
+
+def gpt2_small_config(vocab_size: int = 50257, n_layers: int = 12, max_positions: int = 1024,
+                      dtype: str = "float32") -> DecoderConfig:
+    """GPT-2 small: 12 layers, hidden 768, 12 heads, MLP 3072, vocab 50257, 1024 positions."""
+    return DecoderConfig(vocab_size=vocab_size, hidden_size=768, n_layers=n_layers, n_heads=12,
+                         n_kv_heads=12, head_dim=64, mlp_hidden=3072, arch="gpt2",
+                         norm_eps=1e-5, max_positions=max_positions, tie_embeddings=True,
+                         dtype=dtype)
+
+
+def random_gpt2_small(vocab_size: int = 50257, seed: int = 0, n_layers: int = 12,
+                      max_positions: int = 1024, dtype: str = "float32") -> Decoder:
+    """A seeded random-weight GPT-2-small-shaped decoder (the cost benchmark model)."""
+    cfg = gpt2_small_config(vocab_size, n_layers, max_positions, dtype)
+    return Decoder(cfg, random_weights(cfg, seed))
