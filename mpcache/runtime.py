@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .net.accounting import breakdown
+from .net.accounting import breakdown, scope_rounds, scope_totals
 from .net.local import LocalNetwork
 from .net.transport import Transport, TransportError
 from .prg import PRG, array_to_key, fresh_key, key_to_array
@@ -88,8 +88,8 @@ class Party:
     def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
         self.transport.send(to, payload, tag, offline)
 
-    def recv(self, frm: int, tag: str) -> np.ndarray:
-        return self.transport.recv(frm, tag)
+    def recv(self, frm: int, tag: str, shape: tuple | None = None) -> np.ndarray:
+        return self.transport.recv(frm, tag, shape)
 
     # -- the public API (delegates to the protocol) -------------------------------------
     def share(self, x, owner: int = 0, *, integer: bool = False):
@@ -135,14 +135,28 @@ class RunResult:
     def rounds(self) -> int:
         return self.max_over_parties("rounds")
 
+    def scope(self, name: str) -> dict:
+        """Counters of scope ``name`` (nested scopes included), max over parties each."""
+        per = [scope_totals(s, name) for s in self.stats]
+        out = {k: max(p[k] for p in per) for k in per[0]}
+        out["rounds"] = scope_rounds(self.stats, name)
+        return out
+
+    def per_party(self, key: str) -> list:
+        return [s["total"][key] for s in self.stats]
+
     def breakdown(self) -> dict:
-        """Per-scope counters, max over parties per counter."""
+        """Per-scope counters aggregated by leaf name: max over parties per counter,
+        rounds on the cross-party critical path (see accounting.scope_rounds)."""
         out: dict = {}
         for s in self.stats:
             for name, d in breakdown(s).items():
                 tgt = out.setdefault(name, dict(d))
                 for k, v in d.items():
                     tgt[k] = max(tgt[k], v)
+        for name in out:
+            paths = {p for s in self.stats for p in s["spans"] if p.rsplit("/", 1)[-1] == name}
+            out[name]["rounds"] = sum(scope_rounds(self.stats, p) for p in paths)
         return out
 
 

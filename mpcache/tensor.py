@@ -54,8 +54,7 @@ class SecretTensor:
             if x is None:
                 raise ValueError(f"party {owner} owns the input but passed None")
             ring = _encode_input(party, x, integer)
-        with party.scope("share") if not party.acct._stack else _null():
-            data = party.protocol.share(ring, owner)
+        data = party.protocol.share(ring, owner)
         return cls(party, data, 0 if integer else party.fxp.frac_bits)
 
     def reveal(self, to: int | None = None):
@@ -175,11 +174,10 @@ class SecretTensor:
             self._bshape(self.shape, other.shape, what="multiply")
             nd = max(self.ndim, other.ndim)
             a, b = align(self.data, nd), align(other.data, nd)
-            with self.party.scope("mul") if not self.party.acct._stack else _null():
-                if self.frac and other.frac:
-                    return self._new(self._proto.mul_trunc(a, b, self.party.fxp.frac_bits),
-                                     self.frac + other.frac - self.party.fxp.frac_bits)
-                return self._new(self._proto.mul(a, b), self.frac + other.frac)
+            if self.frac and other.frac:
+                return self._new(self._proto.mul_trunc(a, b, self.party.fxp.frac_bits),
+                                 self.frac + other.frac - self.party.fxp.frac_bits)
+            return self._new(self._proto.mul(a, b), self.frac + other.frac)
         if _is_int_public(other):
             c = encode_int(np.asarray(other))
             self._bshape(self.shape, c.shape, what="multiply")
@@ -202,20 +200,17 @@ class SecretTensor:
     def truncate(self, bits: int | None = None) -> "SecretTensor":
         """Divide by 2^bits (default f) with the exact truncation protocol."""
         bits = self.party.fxp.frac_bits if bits is None else bits
-        with self.party.scope("trunc") if not self.party.acct._stack else _null():
-            return self._new(self._proto.trunc(self.data, bits), self.frac)
+        return self._new(self._proto.trunc(self.data, bits), self.frac)
 
     # -- matmul -------------------------------------------------------------------------------------------
     def __matmul__(self, other):
         if isinstance(other, SecretTensor):
             self._check(other)
             _check_matmul(self.shape, other.shape)
-            with self.party.scope("matmul") if not self.party.acct._stack else _null():
-                if self.frac and other.frac:
-                    d = self._proto.matmul_trunc(self.data, other.data, self.party.fxp.frac_bits)
-                    return self._new(d, self.frac + other.frac - self.party.fxp.frac_bits)
-                return self._new(self._proto.matmul(self.data, other.data),
-                                 self.frac + other.frac)
+            if self.frac and other.frac:
+                d = self._proto.matmul_trunc(self.data, other.data, self.party.fxp.frac_bits)
+                return self._new(d, self.frac + other.frac - self.party.fxp.frac_bits)
+            return self._new(self._proto.matmul(self.data, other.data), self.frac + other.frac)
         c, exact = self._public_operand(other)
         _check_matmul(self.shape, c.shape)
         prod = self._local(lambda d: _matmul_slots(d, c, secret_left=True))
@@ -269,7 +264,7 @@ class SecretTensor:
         return self._structural(lambda d: np.expand_dims(d, axis % (self.ndim + 1) + 1))
 
     def squeeze(self, axis=None):
-        ax = None if axis is None else tuple(a + 1 for a in _value_axes(axis, self.ndim))
+        ax = None if axis is None else _value_axes(axis, self.ndim)
         if ax is None:
             ax = tuple(i + 1 for i, s in enumerate(self.shape) if s == 1)
         return self._structural(lambda d: np.squeeze(d, axis=ax))
@@ -293,14 +288,6 @@ class SecretTensor:
 
 
 # -- module-level helpers -------------------------------------------------------------------------------
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
 def _encode_input(party, x, integer: bool) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == object:

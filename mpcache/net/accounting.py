@@ -11,6 +11,11 @@ Scopes nest (``with party.scope("layer0"): with party.scope("softmax"): ...``) a
 recorded by their full path ``"layer0/softmax"``.  Bytes and messages are *exclusive*
 (attributed to the innermost scope); rounds and seconds are *inclusive* (clock and wall
 time elapsed inside the scope).  :meth:`Accounting.breakdown` aggregates by leaf name.
+
+Rounds of a scope across parties: parties enter a scope with different clocks (one that
+only sent may lag), so per-party clock deltas over-count.  Each scope call records its
+(entry, exit) clocks, and the session-level figure is, summed over calls,
+``max over parties of exit - max over parties of entry`` (:func:`scope_rounds`).
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ class Accounting:
     clock: int = 0
     total: Counters = field(default_factory=Counters)
     scopes: dict = field(default_factory=lambda: defaultdict(Counters))
+    spans: dict = field(default_factory=lambda: defaultdict(list))   # path -> [(in, out)]
     wire_bytes_sent: int = 0      # set by transports that frame payloads (gRPC)
     _stack: list = field(default_factory=list)
 
@@ -86,6 +92,7 @@ class Accounting:
             c = self.scopes[self.path]
             c.rounds += self.clock - c0
             c.seconds += time.perf_counter() - t0
+            self.spans[self.path].append((c0, self.clock))
             c.calls += 1
             self._stack.pop()
 
@@ -94,7 +101,8 @@ class Accounting:
         tot = self.total.as_dict()
         tot["rounds"] = self.clock
         return {"party": self.party_id, "total": tot, "wire_bytes_sent": self.wire_bytes_sent,
-                "scopes": {k: v.as_dict() for k, v in self.scopes.items() if k}}
+                "scopes": {k: v.as_dict() for k, v in self.scopes.items() if k},
+                "spans": {k: list(v) for k, v in self.spans.items()}}
 
     def breakdown(self) -> dict:
         """Counters aggregated by leaf scope name (bytes exclusive, rounds inclusive)."""
@@ -107,6 +115,26 @@ def breakdown(snapshot: dict) -> dict:
         leaf = path.rsplit("/", 1)[-1]
         out[leaf].add(Counters(**d))
     return {k: v.as_dict() for k, v in out.items()}
+
+
+def scope_totals(snapshot: dict, name: str) -> dict:
+    """Counters of scope path ``name`` including everything nested inside it."""
+    out = Counters()
+    for path, d in snapshot["scopes"].items():
+        if path == name or path.startswith(name + "/"):
+            c = Counters(**d)
+            if path != name:   # rounds/seconds/calls are inclusive already
+                c.rounds = c.seconds = c.calls = 0
+            out.add(c)
+    return out.as_dict()
+
+
+def scope_rounds(snapshots: list, path: str) -> int:
+    """Critical-path rounds of scope ``path`` across parties, summed over its calls."""
+    spans = [s["spans"].get(path, []) for s in snapshots]
+    n = min(len(sp) for sp in spans)
+    return sum(max(sp[i][1] for sp in spans) - max(sp[i][0] for sp in spans)
+               for i in range(n))
 
 
 def max_over_parties(snapshots: list, key: str) -> int:

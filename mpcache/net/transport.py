@@ -60,6 +60,9 @@ class Transport:
         self.acct = Accounting(party_id)
         self._send_seq = [0] * N_PARTIES
         self._recv_seq = [0] * N_PARTIES
+        #: Callables ``obs(direction, peer, msg, scope_path)`` seeing every message this
+        #: party sends ("send") or accepts ("recv"): transcripts and view audits.
+        self.observers: list = []
 
     # -- to implement --------------------------------------------------------------
     def _deliver(self, to: int, msg: Message) -> None:
@@ -85,9 +88,12 @@ class Transport:
         stamp = self.acct.on_send(payload.nbytes, offline)
         msg = Message(self.session, self.party_id, self._send_seq[to], tag, stamp, payload)
         self._send_seq[to] += 1
+        for obs in self.observers:
+            obs("send", to, msg, self.acct.path)
         self._deliver(to, msg)
 
-    def recv(self, frm: int, tag: str) -> np.ndarray:
+    def recv(self, frm: int, tag: str, shape: tuple | None = None) -> np.ndarray:
+        """Next message from ``frm``; it must carry step ``tag`` (and ``shape`` if given)."""
         if frm == self.party_id or frm not in range(N_PARTIES):
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
         msg = self._collect(frm, tag)
@@ -106,12 +112,18 @@ class Transport:
             raise ProtocolMismatch(f"party {self.party_id}: expected step {tag!r} from party "
                                    f"{frm}, got {msg.tag!r} (parties are running different "
                                    f"programs)")
+        if shape is not None and tuple(msg.payload.shape) != tuple(shape):
+            raise ProtocolMismatch(f"party {self.party_id}: step {tag!r} from party {frm} "
+                                   f"carries shape {tuple(msg.payload.shape)}, expected "
+                                   f"{tuple(shape)} (parties are running different programs)")
         self._recv_seq[frm] += 1
         self.acct.on_recv(msg.stamp)
+        for obs in self.observers:
+            obs("recv", frm, msg, self.acct.path)
         return msg.payload
 
     # -- conveniences -----------------------------------------------------------------
     def exchange(self, to: int, payload: np.ndarray, frm: int, tag: str) -> np.ndarray:
-        """Send to one peer and receive from another in the same round."""
+        """Send to one peer and receive (same shape) from another in the same round."""
         self.send(to, payload, tag)
-        return self.recv(frm, tag)
+        return self.recv(frm, tag, np.shape(payload))

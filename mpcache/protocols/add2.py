@@ -77,7 +77,7 @@ class Add2(Protocol):
         parts = [data[0]] if self.active else []
         for src in (0, 1):
             if src != self.id:
-                parts.append(p.recv(src, "add2.reveal"))
+                parts.append(p.recv(src, "add2.reveal", data.shape[1:]))
         return parts[0] + parts[1]
 
     # -- local --------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class Add2(Protocol):
             return None
         g = self._prg_dealer()
         a, b = g.ring(sa), g.ring(sb)
-        c = g.ring(sc) if self.id == 0 else p.recv(DEALER, "add2.triple")
+        c = g.ring(sc) if self.id == 0 else p.recv(DEALER, "add2.triple", sc)
         return a, b, c
 
     def _beaver(self, x, y, op, tag, sc):
@@ -116,7 +116,7 @@ class Add2(Protocol):
         e_own, f_own = x[0] - a, y[0] - b
         other = 1 - self.id
         p.send(other, np.concatenate([e_own.reshape(-1), f_own.reshape(-1)]), tag)
-        ef = p.recv(other, tag)
+        ef = p.recv(other, tag, (e_own.size + f_own.size,))
         e = e_own + ef[:e_own.size].reshape(e_own.shape)
         f = f_own + ef[e_own.size:].reshape(f_own.shape)
         z = c + op(e, b) + op(a, f)
@@ -145,22 +145,22 @@ class Add2(Protocol):
         return phantom(shape, 1) if z is None else z[None]
 
     # -- truncation (truncation.py): one opening between P0 and P1 ------------------------------
-    def _trunc_value(self, z, shape, f):
+    def _trunc_value(self, z, shape, f, tag="add2.trunc"):
         p = self.party
         if self.id == DEALER:
             s0, m0, s1, m1 = tr.dealer_mask(p.prg_next, p.prg_prev, shape, f)
-            p.send(1, np.stack([s1, m1]), "add2.trunc.deal", offline=True)
+            p.send(1, np.stack([s1, m1]), tag + ".deal", offline=True)
             return phantom(shape, 1)
         if self.id == 0:
             ra, s_part, m_part = tr.p0_mask(p.prg_prev, shape)
             u = tr.offset(z + ra)
         else:
             u = z + tr.p1_mask(p.prg_next, shape)
-            sm = p.recv(DEALER, "add2.trunc.deal")
+            sm = p.recv(DEALER, tag + ".deal", (2,) + tuple(shape))
             s_part, m_part = sm[0], sm[1]
         other = 1 - self.id
-        p.send(other, u, "add2.trunc.open")
-        c = u + p.recv(other, "add2.trunc.open")
+        p.send(other, u, tag + ".open")
+        c = u + p.recv(other, tag + ".open", shape)
         return tr.opener_share(c, s_part, m_part, f, self.id == 0)[None]
 
     def trunc(self, a, f):

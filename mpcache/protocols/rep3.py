@@ -61,12 +61,12 @@ class Rep3(Protocol):
         p = self.party
         if to is None:
             p.send(self.prev, data[1], "rep3.reveal")
-            missing = p.recv(self.next, "rep3.reveal")
+            missing = p.recv(self.next, "rep3.reveal", data.shape[1:])
             return data[0] + data[1] + missing
         if self.id == (to + 1) % 3:
             p.send(to, data[1], "rep3.reveal")
         if self.id == to:
-            return data[0] + data[1] + p.recv(self.next, "rep3.reveal")
+            return data[0] + data[1] + p.recv(self.next, "rep3.reveal", data.shape[1:])
         return None
 
     # -- local --------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class Rep3(Protocol):
     def _reshare(self, z, tag):
         """P_i sends z_i to P_{i-1}: 1 round, 8 bytes per value per party."""
         self.party.send(self.prev, z, tag)
-        return np.stack([z, self.party.recv(self.next, tag)])
+        return np.stack([z, self.party.recv(self.next, tag, z.shape)])
 
     def mul(self, a, b):
         return self._reshare(self._local_products(a, b, False), "rep3.mul")
@@ -109,33 +109,33 @@ class Rep3(Protocol):
     # -- truncation ---------------------------------------------------------------------------
     # Exact truncation (truncation.py): open c = x + 2^62 + r to P0 and P1 (round 1), each
     # computes an additive share of x >> f, then re-share to replicated form (round 2).
-    def _open_c(self, own, shared, shape, f, fused):
+    def _open_c(self, own, shared, shape, f, fused, tag):
         """Round 1.  ``own``: this party's contribution (at P2 only when ``fused``: its
         3-additive part); ``shared``: a term both openers know (x_1 for a replicated
         input, 0 for a 3-additive one).  Returns (c, s_part, m_part) at P0/P1, Nones at P2."""
         p = self.party
         if self.id == 2:
             s0, m0, s1, m1 = tr.dealer_mask(p.prg_next, p.prg_prev, shape, f)
-            p.send(1, np.stack([s1, m1]), "rep3.trunc.deal", offline=True)
+            p.send(1, np.stack([s1, m1]), tag + ".deal", offline=True)
             if fused:
-                p.send(0, own, "rep3.trunc.open")
-                p.send(1, own, "rep3.trunc.open")
+                p.send(0, own, tag + ".open")
+                p.send(1, own, tag + ".open")
             return None, None, None
         if self.id == 0:
             ra, s_part, m_part = tr.p0_mask(p.prg_prev, shape)    # key k_2 (P2-P0)
             u = tr.offset(own + ra)
         else:
             u = own + tr.p1_mask(p.prg_next, shape)                 # key k_1 (P1-P2)
-            sm = p.recv(2, "rep3.trunc.deal")
+            sm = p.recv(2, tag + ".deal", (2,) + tuple(shape))
             s_part, m_part = sm[0], sm[1]
         other = 1 - self.id
-        p.send(other, u, "rep3.trunc.open")
-        c = u + p.recv(other, "rep3.trunc.open") + shared
+        p.send(other, u, tag + ".open")
+        c = u + p.recv(other, tag + ".open", shape) + shared
         if fused:
-            c = c + p.recv(2, "rep3.trunc.open")
+            c = c + p.recv(2, tag + ".open", shape)
         return c, s_part, m_part
 
-    def _reshare_2of2(self, y, shape):
+    def _reshare_2of2(self, y, shape, tag):
         """Round 2: openers' additive shares (P0: yA, P1: yB) -> replicated.
         y0 = F(k_2); P0 sends y1 = yA - y0 - rho to P1; P1 sends y2 = yB + rho to P2,
         with rho = F(k_0) so P2 sees a masked value."""
@@ -143,19 +143,19 @@ class Rep3(Protocol):
         if self.id == 0:
             y0 = p.prg_prev.ring(shape)
             y1 = y - y0 - p.prg_next.ring(shape)
-            p.send(1, y1, "rep3.trunc.reshare")
+            p.send(1, y1, tag + ".reshare")
             return np.stack([y0, y1])
         if self.id == 1:
             y2 = y + p.prg_prev.ring(shape)
-            p.send(2, y2, "rep3.trunc.reshare")
-            return np.stack([p.recv(0, "rep3.trunc.reshare"), y2])
+            p.send(2, y2, tag + ".reshare")
+            return np.stack([p.recv(0, tag + ".reshare", shape), y2])
         y0 = p.prg_next.ring(shape)
-        return np.stack([p.recv(1, "rep3.trunc.reshare"), y0])
+        return np.stack([p.recv(1, tag + ".reshare", shape), y0])
 
-    def _truncate(self, own, shared, shape, f, fused):
-        c, s_part, m_part = self._open_c(own, shared, shape, f, fused)
+    def _truncate(self, own, shared, shape, f, fused, tag="rep3.trunc"):
+        c, s_part, m_part = self._open_c(own, shared, shape, f, fused, tag)
         y = None if self.id == 2 else tr.opener_share(c, s_part, m_part, f, self.id == 0)
-        return self._reshare_2of2(y, shape)
+        return self._reshare_2of2(y, shape, tag)
 
     def trunc(self, a, f):
         """Replicated x -> x >> f.  P0 contributes x_0, P1 contributes x_2; both know x_1.
@@ -171,7 +171,8 @@ class Rep3(Protocol):
         """Fused fixed-point product: the 3-additive products go straight into the masked
         opening (no separate multiplication round).  2 rounds, 2 values/element/party."""
         z = self._local_products(a, b, matmul)
-        return self._truncate(z, np.uint64(0), z.shape, f, True)
+        tag = "rep3.matmul_trunc" if matmul else "rep3.mul_trunc"
+        return self._truncate(z, np.uint64(0), z.shape, f, True, tag)
 
     def mul_trunc(self, a, b, f):
         return self._mul_trunc(a, b, f, False)

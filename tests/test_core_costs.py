@@ -1,0 +1,103 @@
+"""Exact byte and round counts, checked against protocols/costs.py at three shapes."""
+import numpy as np
+import pytest
+
+import mpcache
+from mpcache.protocols.costs import cost
+from mpcache.testing import assert_budget, run_op
+
+
+def _assert(res, c, scope="op"):
+    assert_budget(res, scope, bytes_per_party=c["bytes"], rounds=c["rounds"],
+                  offline_bytes=c["offline"])
+
+
+@pytest.mark.parametrize("n", [1, 17, 1000])
+def test_rep3_mul_is_8_bytes_per_product_per_party_one_round(n):
+    x = np.arange(n)
+    _, res = run_op("rep3", lambda p, a, b: a * b, x, x + 1, integer=(0, 1))
+    for s in res.stats:       # every party, not only the max
+        assert s["scopes"]["op"]["bytes_sent"] == 8 * n
+    _assert(res, cost("rep3", "mul_ring", n=n))
+    assert res.scope("op")["rounds"] == 1
+
+
+@pytest.mark.parametrize("m,k,q", [(1, 5, 3), (4, 7, 9), (16, 64, 32)])
+def test_rep3_matmul_costs_output_size(m, k, q):
+    a, b = np.ones((m, k), np.int64), np.ones((k, q), np.int64)
+    _, res = run_op("rep3", lambda p, x, y: x @ y, a, b, integer=(0, 1))
+    for s in res.stats:
+        assert s["scopes"]["op"]["bytes_sent"] == 8 * m * q
+    _assert(res, cost("rep3", "matmul_ring", m=m, k=k, q=q))
+
+
+@pytest.mark.parametrize("protocol", ["rep3", "add2"])
+@pytest.mark.parametrize("shape", [(3,), (4, 5), (2, 3, 7)])
+def test_elementwise_costs(protocol, shape):
+    n = int(np.prod(shape))
+    x = np.full(shape, 1.5)
+    for op, fn, integer in [("mul_ring", lambda p, a, b: a * b, (0, 1)),
+                            ("mul_fixed", lambda p, a, b: a * b, ()),
+                            ("trunc", lambda p, a, b: a * 0.5, ())]:
+        _, res = run_op(protocol, fn, x.astype(np.int64) if integer else x,
+                        x.astype(np.int64) if integer else x, integer=integer)
+        _assert(res, cost(protocol, op, n=n))
+
+
+@pytest.mark.parametrize("protocol", ["rep3", "add2"])
+@pytest.mark.parametrize("m,k,q", [(1, 8, 8), (3, 5, 2), (8, 16, 4)])
+def test_matmul_costs(protocol, m, k, q):
+    a, b = np.ones((m, k)), np.ones((k, q))
+    _, res = run_op(protocol, lambda p, x, y: x @ y, a, b)
+    _assert(res, cost(protocol, "matmul_fixed", m=m, k=k, q=q))
+    _, res = run_op(protocol, lambda p, x, y: x @ y, a.astype(int), b.astype(int), integer=(0, 1))
+    _assert(res, cost(protocol, "matmul_ring", m=m, k=k, q=q))
+
+
+@pytest.mark.parametrize("protocol", ["rep3", "add2"])
+@pytest.mark.parametrize("shape", [(1,), (6, 2), (3, 4, 5)])
+def test_share_and_reveal_costs(protocol, shape):
+    n = int(np.prod(shape))
+    x = np.ones(shape)
+
+    def job(p):
+        with p.scope("share"):
+            t = p.share(x if p.id == 0 else None, owner=0)
+        with p.scope("reveal"):
+            return p.reveal(t)
+    res = mpcache.Session(protocol).run(job)
+    _assert(res, cost(protocol, "share", n=n, ndim=len(shape)), "share")
+    _assert(res, cost(protocol, "reveal", n=n), "reveal")
+    assert all(np.array_equal(o, x) for o in res.outputs)
+
+
+def test_linear_ops_are_free(protocol):
+    x = np.ones((4, 4))
+    _, res = run_op(protocol, lambda p, a, b: ((a + b) * 3 - a.T + 2.0)[1:].sum(axis=0), x, x)
+    assert_budget(res, bytes_per_party=0, rounds=0, offline_bytes=0)
+
+
+def test_scope_breakdown_and_totals_agree(protocol):
+    x = np.ones((8, 8))
+
+    def job(p):
+        a = p.share(x if p.id == 0 else None, 0)
+        with p.scope("layer"):
+            with p.scope("linear"):
+                b = a @ a
+            with p.scope("act"):
+                c = b * b
+        return p.reveal(c)
+    res = mpcache.Session(protocol).run(job)
+    bd = res.breakdown()
+    layer = res.scope("layer")
+    assert layer["bytes_sent"] == max(
+        s["scopes"]["layer/linear"]["bytes_sent"] + s["scopes"]["layer/act"]["bytes_sent"]
+        for s in res.stats)
+    assert layer["rounds"] == bd["linear"]["rounds"] + bd["act"]["rounds"] == 4
+    # totals = scoped traffic + the unscoped share and reveal (P0 is the owner)
+    p0 = res.stats[0]
+    unscoped = cost(protocol, "share", n=64, ndim=2)["bytes"] + cost(protocol, "reveal", n=64)[
+        "bytes"]
+    assert p0["total"]["bytes_sent"] == sum(
+        v["bytes_sent"] for v in p0["scopes"].values()) + unscoped

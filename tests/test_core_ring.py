@@ -1,0 +1,83 @@
+"""Ring, fixed point and the local ring matmul kernel."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mpcache import kernels
+from mpcache.kernels import ring_matmul
+from mpcache.ring import FixedPoint, FixedPointRangeError, arshift, encode_int, to_signed
+
+u64 = st.integers(0, 2**64 - 1)
+
+
+def u64_arrays(shape):
+    return hnp.arrays(np.uint64, shape, elements=u64)
+
+
+@settings(max_examples=40)
+@given(st.data(), st.integers(1, 9), st.integers(1, 40), st.integers(1, 9),
+       st.sampled_from([(), (2,), (3, 1)]))
+def test_ring_matmul_exact(data, m, k, n, batch):
+    a = data.draw(u64_arrays(batch + (m, k)))
+    b = data.draw(u64_arrays((k, n)))
+    assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 300, 70), (5, 2000, 9), (16, 3, 4096)])
+def test_ring_matmul_exact_blas_path(m, k, n):
+    rng = np.random.default_rng(m * k)
+    a = rng.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
+    assert np.array_equal(ring_matmul(a, b), a @ b)
+
+
+def test_ring_matmul_chunks_inner_dimension(monkeypatch):
+    monkeypatch.setattr(kernels, "_K_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2**64, (40, 30), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (30, 50), dtype=np.uint64, endpoint=False)
+    assert np.array_equal(ring_matmul(a, b), a @ b)
+
+
+def test_ring_matmul_worst_case_operands():
+    a = np.full((8, 4096), 2**64 - 1, dtype=np.uint64)
+    b = np.full((4096, 8), 2**64 - 1, dtype=np.uint64)
+    assert np.array_equal(ring_matmul(a, b), a @ b)
+
+
+def test_ring_matmul_vectors_and_errors():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**64, (7,), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (7, 5), dtype=np.uint64, endpoint=False)
+    assert np.array_equal(ring_matmul(a, b), a @ b)
+    assert np.array_equal(ring_matmul(b.T, a), b.T @ a)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        ring_matmul(b, b)
+
+
+@given(hnp.arrays(np.float64, hnp.array_shapes(max_dims=2),
+                  elements=st.floats(-2**25, 2**25, allow_nan=False)))
+def test_fixed_point_roundtrip(x):
+    fx = FixedPoint(18)
+    assert np.all(np.abs(fx.decode(fx.encode(x)) - x) <= 0.5 / fx.scale)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 2.0**26, -(2.0**27)])
+def test_fixed_point_rejects_bad_values(bad):
+    with pytest.raises(FixedPointRangeError):
+        FixedPoint(18).encode(np.array([1.0, bad]))
+
+
+def test_fixed_point_config():
+    assert FixedPoint(12).max_value == 2.0**38
+    with pytest.raises(ValueError):
+        FixedPoint(40)
+
+
+@given(st.integers(-2**63, 2**63 - 1), st.integers(0, 62))
+def test_signed_view_and_arshift(v, k):
+    u = encode_int(np.array([v]))
+    assert int(to_signed(u)[0]) == v
+    assert int(to_signed(arshift(u, k))[0]) == v >> k
