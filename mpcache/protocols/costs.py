@@ -19,8 +19,8 @@ def cost(protocol: str, op: str, n: int = 0, m: int = 0, k: int = 0, q: int = 0,
 
 
 _REP3 = {
-    # owner sends x_{o+2} to both others
-    "share": lambda n, **_: (2 * E * n, 1, 0),
+    # owner sends x - x_o to P_{o+1} (x_{o+2} = 0) and the shape to P_{o+2}
+    "share": lambda n, ndim, **_: (E * n + E * ndim, 1, 0),
     # each P_i sends one component to P_{i-1}
     "reveal": lambda n, **_: (E * n, 1, 0),
     # local cross terms + zero-sharing, one value to one neighbour

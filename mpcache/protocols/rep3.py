@@ -37,23 +37,27 @@ class Rep3(Protocol):
 
     # -- sharing ------------------------------------------------------------------------
     def share(self, x, owner):
-        """Owner o draws x_o (key with P_{o-1}) and x_{o+1} (key with P_{o+1}) and sends
-        x_{o+2} = x - x_o - x_{o+1} to both others: 1 round, 16 bytes/value from the owner."""
+        """Owner o sets x_{o+2} = 0, draws x_o from its key with P_{o-1} and sends
+        x_{o+1} = x - x_o to P_{o+1}: 1 round, 8 bytes/value from the owner only.
+
+        Each non-owner sees one uniform value (x - x_o, or x_o) and a public zero, which
+        is enough: later products re-randomise with zero-sharings.  The shape reaches
+        P_{o+2} in a 1-element-per-dimension message."""
         self.check_owner(owner)
         p = self.party
         o = owner
         if self.id == o:
             x = np.asarray(x, dtype=RING)
             xo = p.prg_prev.ring(x.shape)
-            xo1 = p.prg_next.ring(x.shape)
-            x2 = x - xo - xo1
-            p.send(self.next, x2, "rep3.share")
-            p.send(self.prev, x2, "rep3.share")
+            xo1 = x - xo
+            p.send(self.next, xo1, "rep3.share")
+            self.send_shape(p, self.prev, x.shape, "rep3.share.shape")
             return np.stack([xo, xo1])
-        x2 = p.recv(o, "rep3.share")
-        if self.id == (o + 1) % 3:      # holds (x_{o+1}, x_{o+2})
-            return np.stack([p.prg_prev.ring(x2.shape), x2])
-        return np.stack([x2, p.prg_next.ring(x2.shape)])   # P_{o+2}: (x_{o+2}, x_o)
+        if self.id == (o + 1) % 3:      # holds (x_{o+1}, x_{o+2} = 0)
+            xo1 = p.recv(o, "rep3.share")
+            return np.stack([xo1, np.zeros_like(xo1)])
+        shape = self.recv_shape(p, o, "rep3.share.shape")   # P_{o+2}: (0, x_o)
+        return np.stack([np.zeros(shape, RING), p.prg_next.ring(shape)])
 
     def reveal(self, data, to):
         """To all: P_i sends x_{i+1} to P_{i-1} (1 round, 8 bytes/value each).
