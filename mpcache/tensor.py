@@ -182,13 +182,7 @@ class SecretTensor:
             c = encode_int(np.asarray(other))
             self._bshape(self.shape, c.shape, what="multiply")
             return self._local(lambda d: d * c)
-        f = self.party.fxp.frac_bits
-        c = self.party.fxp.encode(other)
-        self._bshape(self.shape, c.shape, what="multiply")
-        prod = self._local(lambda d: d * c)
-        if self.frac == 0:
-            return prod.with_frac(f)
-        return prod.truncate(f)
+        return self.mul_public(other)
 
     __rmul__ = __mul__
 
@@ -196,6 +190,27 @@ class SecretTensor:
         if isinstance(other, SecretTensor):
             return self * other.reciprocal()
         return self * (1.0 / np.asarray(other, dtype=np.float64))
+
+    def mul_public(self, c, truncate: bool = True) -> "SecretTensor":
+        """Times public reals ``c`` (encoded with f bits).  With ``truncate=False`` the
+        result keeps f extra fractional bits and no communication happens: sum several
+        such products, then call :meth:`rescale` once (one truncation for all)."""
+        if _is_int_public(c):
+            return self * c
+        f = self.party.fxp.frac_bits
+        enc = self.party.fxp.encode(c)
+        self._bshape(self.shape, enc.shape, what="multiply")
+        prod = self._local(lambda d: d * enc).with_frac(self.frac + f)
+        return prod.rescale() if truncate and self.frac > 0 else prod
+
+    def rescale(self, bits: int | None = None) -> "SecretTensor":
+        """Drop ``bits`` (default f) fractional bits: exact truncation protocol; the value
+        is unchanged (``frac`` decreases by ``bits``)."""
+        bits = self.party.fxp.frac_bits if bits is None else bits
+        if bits > self.frac:
+            raise ValueError(f"cannot drop {bits} fractional bits from a tensor with "
+                             f"{self.frac}")
+        return self._new(self._proto.trunc(self.data, bits), self.frac - bits)
 
     def truncate(self, bits: int | None = None) -> "SecretTensor":
         """Divide by 2^bits (default f) with the exact truncation protocol."""
@@ -230,9 +245,8 @@ class SecretTensor:
     def _finish_public_product(self, prod, exact):
         if exact:
             return prod
-        if self.frac == 0:
-            return prod.with_frac(self.party.fxp.frac_bits)
-        return prod.truncate()
+        prod = prod.with_frac(self.frac + self.party.fxp.frac_bits)
+        return prod if self.frac == 0 else prod.rescale()
 
     # -- reductions and shapes -------------------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
@@ -284,7 +298,7 @@ class SecretTensor:
         return self._structural(lambda d: d[(slice(None),) + idx])
 
     def copy(self):
-        return self._local(lambda d: d.copy())
+        return self._local(lambda d: np.ascontiguousarray(d).copy() if d.flags.c_contiguous else np.ascontiguousarray(d))
 
 
 # -- module-level helpers -------------------------------------------------------------------------------

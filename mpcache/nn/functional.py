@@ -20,11 +20,14 @@ with public numpy arrays or python floats -- no boolean masks, no value-dependen
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 __all__ = [
-    "is_plain", "softmax", "exp", "reciprocal", "rsqrt", "silu", "gelu", "relu",
-    "argmax_onehot", "max", "mean", "concatenate", "stack", "one_hot",
+    "is_plain", "scope", "weighted_sum", "softmax", "exp", "reciprocal", "rsqrt", "silu", "gelu", "relu",
+    "argmax_onehot", "top_k_onehot", "top_k_indices", "max", "mean", "concatenate", "stack",
+    "one_hot",
 ]
 
 _PLAIN = (np.ndarray, np.generic, float, int)
@@ -34,6 +37,31 @@ _GELU_C = float(np.sqrt(2.0 / np.pi))
 def is_plain(x) -> bool:
     """True for plaintext values (numpy arrays/scalars, python numbers)."""
     return isinstance(x, _PLAIN) and not isinstance(x, bool)
+
+
+def scope(x, name: str):
+    """Cost-accounting scope for the op on ``x``: a party scope for secret tensors (so a
+    decoding step prints a breakdown: linear, attn_scores, softmax, ...), a no-op for
+    plaintext."""
+    party = getattr(x, "party", None)
+    if party is None:
+        return contextlib.nullcontext()
+    return party.scope(name)
+
+
+def weighted_sum(terms):
+    """``sum(x * c for x, c in terms)`` with public real ``c``: under MPC the products are
+    kept at double precision and truncated once (one truncation instead of one per term)."""
+    if all(is_plain(x) for x, _ in terms):
+        out = None
+        for x, c in terms:
+            out = x * c if out is None else out + x * c
+        return out
+    acc = None
+    for x, c in terms:
+        t = x.mul_public(c, truncate=False)
+        acc = t if acc is None else acc + t
+    return acc.rescale() if acc.frac > acc.party.fxp.frac_bits else acc
 
 
 def _work(x) -> np.ndarray:
@@ -112,6 +140,41 @@ def argmax_onehot(x, axis: int = -1):
         np.put_along_axis(out, idx, 1.0, axis=axis)
         return out
     return x.argmax(axis=axis)
+
+
+def top_k_indices(x, k: int, axis: int = -1) -> np.ndarray:
+    """Plaintext only: indices of the ``k`` largest entries along ``axis``, ASCENDING index
+    order (ties -> lower index wins).  Shape: ``x.shape`` with ``axis`` replaced by ``k``.
+
+    This is the contract of :func:`top_k_onehot` in index form; policies use it as their
+    numpy fast path (``X[idx]`` instead of ``onehot @ X``) and the tests check both agree."""
+    z = np.moveaxis(np.asarray(x), axis, -1)
+    n = z.shape[-1]
+    k = int(k)
+    if not 0 <= k <= n:
+        raise ValueError(f"top-k with k={k} over {n} entries")
+    order = np.argsort(-z, axis=-1, kind="stable")[..., :k]   # stable: ties keep index order
+    return np.moveaxis(np.sort(order, axis=-1), -1, axis)
+
+
+def top_k_onehot(x, k: int, axis: int = -1):
+    """One-hot selection matrix of the ``k`` largest entries along ``axis``.
+
+    ``x`` [..., n] (``axis`` moved last) -> ``[..., k, n]``: row j is the one-hot of the j-th
+    selected index, rows in ASCENDING index order (so a gather ``onehot @ X`` keeps the
+    original order of the kept rows: clusters of neighbouring tokens stay neighbours), ties
+    broken towards the lower index.  Under MPC the same call goes to ``x.top_k(k, axis=)``,
+    which must honour this contract and reveals nothing but ``k`` (public).  ``k`` and ``n``
+    are public; the choice is not.  Gathering is then ``onehot @ X`` (a matmul whose MPC cost
+    is the OUTPUT size)."""
+    if is_plain(x):
+        z = np.moveaxis(np.asarray(x), axis, -1)
+        idx = top_k_indices(z, k, axis=-1)
+        out = np.zeros(z.shape[:-1] + (int(k), z.shape[-1]),
+                       dtype=z.dtype if z.dtype.kind == "f" else np.float64)
+        np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
+        return out
+    return x.top_k(k, axis=axis)
 
 
 def max(x, axis: int = -1, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name

@@ -75,8 +75,9 @@ class Linear:
         self.bias = bias
 
     def __call__(self, x):
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
+        with F.scope(x, "linear"):
+            y = x @ self.weight
+            return y if self.bias is None else y + self.bias
 
 
 class RMSNorm:
@@ -92,11 +93,12 @@ class RMSNorm:
         self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)
 
     def __call__(self, x):
-        a = self.prescale
-        xs = x if a == 1.0 else x * a
-        ms = F.mean(xs * xs, axis=-1, keepdims=True)
-        r = F.rsqrt(ms + self.eps * a * a)
-        return x * (r if a == 1.0 else r * a) * self.weight
+        with F.scope(x, "norm"):
+            a = self.prescale
+            xs = x if a == 1.0 else x * a
+            ms = F.mean(xs * xs, axis=-1, keepdims=True)
+            r = F.rsqrt(ms + self.eps * a * a)
+            return x * (r if a == 1.0 else r * a) * self.weight
 
 
 class LayerNorm:
@@ -107,11 +109,12 @@ class LayerNorm:
         self.weight, self.bias, self.eps, self.prescale = weight, bias, float(eps), float(prescale)
 
     def __call__(self, x):
-        a = self.prescale
-        xc = x - F.mean(x, axis=-1, keepdims=True)
-        xs = xc if a == 1.0 else xc * a
-        r = F.rsqrt(F.mean(xs * xs, axis=-1, keepdims=True) + self.eps * a * a)
-        return xc * (r if a == 1.0 else r * a) * self.weight + self.bias
+        with F.scope(x, "norm"):
+            a = self.prescale
+            xc = x - F.mean(x, axis=-1, keepdims=True)
+            xs = xc if a == 1.0 else xc * a
+            r = F.rsqrt(F.mean(xs * xs, axis=-1, keepdims=True) + self.eps * a * a)
+            return xc * (r if a == 1.0 else r * a) * self.weight + self.bias
 
 
 class RoPE:
@@ -138,7 +141,7 @@ class RoPE:
         # sign of rotate_half folded in: rot(x) = [-x2, x1] -> [x2, x1] * [-sin, sin]
         self.sin = np.concatenate([-sin, sin], axis=1).astype(dtype)
 
-    def __call__(self, x, positions):
+    def __call__(self, x, positions, scale: float = 1.0):
         """``x``: [heads, T, head_dim]; ``positions``: public int array [T]."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and positions.max() >= self.cos.shape[0]:
@@ -146,7 +149,9 @@ class RoPE:
                              f"({self.cos.shape[0]}); raise max_positions")
         half = self.head_dim // 2
         swapped = F.concatenate([x[:, :, half:], x[:, :, :half]], axis=2)
-        return x * self.cos[positions] + swapped * self.sin[positions]
+        # one truncation under MPC; ``scale`` folds attention's 1/sqrt(d) into the tables
+        return F.weighted_sum([(x, self.cos[positions] * scale),
+                               (swapped, self.sin[positions] * scale)])
 
 
 class SwiGLU:
@@ -156,7 +161,10 @@ class SwiGLU:
         self.gate, self.up, self.down = gate, up, down
 
     def __call__(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        g, u = self.gate(x), self.up(x)
+        with F.scope(x, "mlp_act"):
+            h = F.silu(g) * u
+        return self.down(h)
 
 
 class GeluMLP:
@@ -166,7 +174,10 @@ class GeluMLP:
         self.fc, self.proj = fc, proj
 
     def __call__(self, x):
-        return self.proj(F.gelu(self.fc(x)))
+        h = self.fc(x)
+        with F.scope(x, "mlp_act"):
+            h = F.gelu(h)
+        return self.proj(h)
 
 
 def causal_mask(q_positions, k_positions, dtype=np.float64):
@@ -210,14 +221,17 @@ class Attention:
         q = self.q(x).reshape(t, nh, hd).transpose((1, 0, 2))     # [nh, T, hd]
         k = self.k(x).reshape(t, nkv, hd).transpose((1, 0, 2))    # [nkv, T, hd]
         v = self.v(x).reshape(t, nkv, hd).transpose((1, 0, 2))
-        if self.rope is not None:
-            q, k = self.rope(q, positions), self.rope(k, positions)
-        q = q * self.scale
+        with F.scope(x, "rope"):
+            if self.rope is not None:
+                q, k = self.rope(q, positions, self.scale), self.rope(k, positions)
+            else:
+                q = q * self.scale
         cache.append(layer, k, v, positions)
         keys, values = cache.view(layer, q)
         k_pos = cache.view_positions(layer)
 
-        scores = q.reshape(nkv, g * t, hd) @ keys.transpose((0, 2, 1))  # [nkv, g*T, S]
+        with F.scope(x, "attn_scores"):
+            scores = q.reshape(nkv, g * t, hd) @ keys.transpose((0, 2, 1))  # [nkv, g*T, S]
         if k_pos is not None:
             mask = causal_mask(positions, k_pos, self.dtype)
             if mask is not None:                          # public decision on public data
@@ -225,8 +239,10 @@ class Attention:
                 scores = (scores.reshape(nkv, g, t, s) + mask).reshape(nkv, g * t, s)
         elif t > 1:
             raise ValueError("policy returned no positions for a multi-token query")
-        probs = F.softmax(scores, axis=-1)
+        with F.scope(x, "softmax"):
+            probs = F.softmax(scores, axis=-1)
         cache.observe(layer, probs)
-        ctx = probs @ values                                          # [nkv, g*T, hd]
+        with F.scope(x, "attn_context"):
+            ctx = probs @ values                                      # [nkv, g*T, hd]
         ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
         return self.o(ctx)

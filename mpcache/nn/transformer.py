@@ -21,7 +21,7 @@ from .kv_cache import KVCache
 from .layers import (Attention, Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RoPE,
                      SwiGLU)
 
-__all__ = ["DecoderConfig", "Decoder", "random_weights", "gpt2_small_config",
+__all__ = ["DecoderConfig", "Decoder", "random_weights", "weight_shapes", "gpt2_small_config",
            "random_gpt2_small"]
 
 
@@ -196,29 +196,24 @@ def _is_scalar_id(token) -> bool:
 
 
 # ---------------------------------------------------------------------- random models
-def random_weights(config: DecoderConfig, seed: int = 0, std: float = 0.02) -> dict:
-    """Seeded random weights (GPT-2 init: N(0, std), residual projections scaled by
-    1/sqrt(2 n_layers), norms at gain 1 / bias 0, small random biases)."""
+def weight_shapes(config: DecoderConfig) -> dict:
+    """Every weight name of the architecture and its shape, in a fixed order.
+
+    The architecture is public, so parties that hold no weights (under MPC) know from this
+    alone which tensors the model owner will share."""
     c = config
-    rng = np.random.default_rng(seed)
-    dt = c.np_dtype
-
-    def normal(shape, s=std):
-        return (rng.standard_normal(shape, dtype=np.float32) * s).astype(dt)
-
-    w = {"embed": normal((c.vocab_size, c.hidden_size))}
     gpt2 = c.arch == "gpt2"
+    out = {"embed": (c.vocab_size, c.hidden_size)}
     if gpt2:
-        w["pos_embed"] = normal((c.max_positions, c.hidden_size), 0.01)
+        out["pos_embed"] = (c.max_positions, c.hidden_size)
     if not c.tie_embeddings:
-        w["lm_head"] = normal((c.hidden_size, c.vocab_size))
+        out["lm_head"] = (c.hidden_size, c.vocab_size)
 
     def norm(name):
-        w[name + ".weight"] = (1.0 + normal((c.hidden_size,), 0.1 if not gpt2 else 0.0))
+        out[name + ".weight"] = (c.hidden_size,)
         if gpt2:
-            w[name + ".bias"] = np.zeros(c.hidden_size, dtype=dt)
+            out[name + ".bias"] = (c.hidden_size,)
 
-    res_std = std / np.sqrt(2 * c.n_layers)
     q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     for i in range(c.n_layers):
         p = f"layers.{i}."
@@ -234,11 +229,39 @@ def random_weights(config: DecoderConfig, seed: int = 0, std: float = 0.02) -> d
                            "mlp.up": (c.hidden_size, c.mlp_hidden),
                            "mlp.down": (c.mlp_hidden, c.hidden_size)})
         for name, shape in shapes.items():
-            residual = name in ("attn.o", "mlp.proj", "mlp.down")
-            w[p + name + ".weight"] = normal(shape, res_std if residual else std)
+            out[p + name + ".weight"] = shape
             if gpt2:
-                w[p + name + ".bias"] = normal((shape[1],), 0.01)
+                out[p + name + ".bias"] = (shape[1],)
     norm("final_norm")
+    return out
+
+
+def random_weights(config: DecoderConfig, seed: int = 0, std: float = 0.02) -> dict:
+    """Seeded random weights (GPT-2 init: N(0, std), residual projections scaled by
+    1/sqrt(2 n_layers), norms at gain 1 / bias 0, small random biases)."""
+    c = config
+    rng = np.random.default_rng(seed)
+    dt = c.np_dtype
+    gpt2 = c.arch == "gpt2"
+    res_std = std / np.sqrt(2 * c.n_layers)
+
+    def normal(shape, s):
+        return (rng.standard_normal(shape, dtype=np.float32) * s).astype(dt)
+
+    w = {}
+    for name, shape in weight_shapes(c).items():
+        if "norm" in name:
+            if name.endswith(".bias"):
+                w[name] = np.zeros(shape, dtype=dt)
+            else:
+                w[name] = 1.0 + normal(shape, 0.1 if not gpt2 else 0.0)
+        elif name == "pos_embed":
+            w[name] = normal(shape, 0.01)
+        elif name.endswith(".bias"):
+            w[name] = normal(shape, 0.01)
+        else:
+            residual = any(r in name for r in ("attn.o", "mlp.proj", "mlp.down"))
+            w[name] = normal(shape, res_std if residual else std)
     return w
 
 
