@@ -29,7 +29,7 @@ def _bench(sub) -> None:
     net.add_argument("--sizes-mib", type=int, nargs="*", default=[1, 16, 256])
     net.add_argument("--json", dest="json_path")
     net.set_defaults(func=_run_bench_net)
-    p.set_defaults(_bench_sub=bsub)
+    p.set_defaults(_bench_sub=bsub)   # plugins add `bench` subcommands through this
 
 
 def _run_bench_ops(a) -> int:

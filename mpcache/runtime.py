@@ -142,6 +142,20 @@ class RunResult:
         out["rounds"] = scope_rounds(self.stats, name)
         return out
 
+    def breakdown_under(self, prefix: str) -> dict:
+        """Counters per direct child scope of ``prefix`` (e.g. "decode" -> linear, softmax,
+        ...), each including its nested scopes; ``"other"`` is the rest of ``prefix``.
+        Bytes/seconds: max over parties; rounds: cross-party critical path."""
+        children = sorted({p[len(prefix) + 1:].split("/", 1)[0] for s in self.stats
+                           for p in s["scopes"] if p.startswith(prefix + "/")})
+        out = {c: self.scope(f"{prefix}/{c}") for c in children}
+        total = self.scope(prefix)
+        other = {k: total[k] - sum(v[k] for v in out.values()) for k in total}
+        other["calls"] = total["calls"]
+        out["other"] = {k: max(v, 0) if k != "seconds" else max(v, 0.0)
+                        for k, v in other.items()}
+        return out
+
     def per_party(self, key: str) -> list:
         return [s["total"][key] for s in self.stats]
 

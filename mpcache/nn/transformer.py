@@ -107,6 +107,8 @@ class Decoder:
         # onehot @ arange(V): integer so MPC multiplies exactly (no truncation)
         self.token_values = np.arange(c.vocab_size, dtype=np.int64)
         self.cache: KVCache | None = None
+        #: Optional progress callback ``on_layer(i, n_layers)`` after each block.
+        self.on_layer = None
 
     def _norm(self, name):
         c, w = self.config, self.weights
@@ -133,6 +135,8 @@ class Decoder:
             x = x + self.pos_embed[cache.n_seen:cache.n_seen + t]
         for i, block in enumerate(self.blocks):
             x = block(x, positions, cache, i)
+            if self.on_layer is not None:
+                self.on_layer(i, len(self.blocks))
         cache.n_seen += t
         return x
 
