@@ -1,0 +1,295 @@
+"""Run one party (``mpcache party``) or all three as local processes (``mpcache launch``).
+
+A party process: connect the gRPC transport, build the :class:`~mpcache.runtime.Party`,
+run the job, say BYE (or ABORT with a secret-free reason), write its output JSON.
+
+The launcher starts the three parties as subprocesses of this Python, prefixes their
+log lines ``[P0] ...``, and when one fails gives the others ``kill_grace_s`` to report
+their own (clear) errors before killing them; it exits non-zero if any party failed.
+On success it prints the revealed result's accuracy against the plaintext reference,
+the measured time, and the modelled ``compute + rounds x RTT + bytes / bandwidth``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import NetConfig
+from .shaping import LAN, WAN, describe_model
+from .transport import TransportError
+
+log = logging.getLogger("mpcache.party")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM (the launcher stopping a party)."""
+
+
+def on_sigterm(*_):
+    raise Terminated("terminated by SIGTERM")
+
+
+def party_rng(seed, party_id: int):
+    """The same per-party generator :class:`mpcache.Session` derives from ``seed``."""
+    if seed is None:
+        return None
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[party_id])
+
+
+def run_party(cfg: NetConfig, party_id: int, job_name: str | None = None, job_argv=(),
+              output: str | None = None) -> int:
+    """Run one party to completion; returns the process exit code (0 = success)."""
+    from ..jobs import get_job
+    from ..ring import FixedPoint
+    from ..runtime import Party
+    from .grpc_transport import GrpcTransport
+
+    job_name = job_name or cfg.job_name
+    if not job_name:
+        log.error("P%d: no job given (config [job] name or `-- JOB ARGS`)", party_id)
+        return 2
+    job_argv = list(job_argv) if job_argv else list(cfg.job_args)
+    try:
+        spec = get_job(job_name)
+        kwargs = spec.parse(job_argv)
+    except (ValueError, SystemExit) as e:
+        log.error("P%d FAILED: bad job: %s", party_id, e)
+        return 2
+    shaping = (f"{cfg.shaping.name} ({cfg.shaping.delay_ms:g} ms one-way, "
+               f"{cfg.shaping.bandwidth_mbps:g} Mbit/s)" if cfg.shaping else "none")
+    log.info("P%d: listening on %s; protocol %s, frac_bits %d, %s, session %s, shaping %s",
+             party_id, cfg.parties[party_id].bind, cfg.protocol, cfg.frac_bits,
+             "PLAINTEXT (loopback)" if cfg.insecure else "mutual TLS", cfg.session, shaping)
+    log.info("P%d: job %s %s", party_id, job_name, kwargs)
+    tr = None
+    try:
+        tr = GrpcTransport(party_id, cfg)
+        log.info("P%d: connected to parties %s", party_id, tr.peers)
+        party = Party(party_id, cfg.protocol, tr, FixedPoint(cfg.frac_bits),
+                      party_rng(cfg.seed, party_id))
+        t0, wait0 = time.perf_counter(), tr.wait_s
+        out = spec(party, **kwargs)
+        secs, waited = time.perf_counter() - t0, tr.wait_s - wait0
+        tr.close()
+    except TransportError as e:
+        log.error("P%d FAILED: %s", party_id, e)
+        if tr is not None:
+            tr.abort(tr.failure_cause or str(e))
+        return 3
+    except BaseException as e:  # noqa: BLE001 - report, tell the peers, exit non-zero
+        # The traceback stays in this party's log; peers learn only the exception type
+        # (an exception message could quote a private input).
+        if isinstance(e, (KeyboardInterrupt, SystemExit, Terminated)):
+            why = str(e) if isinstance(e, Terminated) else f"interrupted ({type(e).__name__})"
+            log.error("P%d FAILED: %s", party_id, why)
+            reason = f"party {party_id} was {why}"
+        else:
+            log.error("P%d FAILED: %s: %s\n%s", party_id, type(e).__name__, e,
+                      traceback.format_exc())
+            reason = f"{type(e).__name__} in party {party_id} (details in its log)"
+        if tr is not None:
+            tr.abort(reason)
+        return 1
+    out = out if isinstance(out, dict) else {"result": out}
+    stats = out.get("stats") or party.stats()
+    tot = stats["total"]
+    log.info("P%d: done in %.3f s (%.3f s waiting): sent %d B online + %d B offline in %d "
+             "messages, %d rounds, %d wire bytes", party_id, secs, waited,
+             tot["bytes_sent"], tot["offline_bytes_sent"], tot["messages_sent"],
+             tot["rounds"], stats.get("wire_bytes_sent", 0))
+    if output:
+        res = out.get("result")
+        doc = {**_jsonable(out), "party": party_id, "job": job_name, "args": kwargs,
+               "protocol": cfg.protocol, "session": cfg.session, "seconds": secs,
+               "wait_seconds": waited, "stats": _jsonable(stats),
+               "dtype": None if res is None else str(np.asarray(res).dtype)}
+        Path(output).write_text(json.dumps(doc))
+    return 0
+
+
+# -- the launcher ---------------------------------------------------------------------------
+@dataclass
+class LaunchResult:
+    returncode: int
+    returncodes: list
+    outputs: list                  # per party: its output JSON (None if it failed)
+    logs: list                     # per party: its log lines
+    seconds: float
+    session: str
+    summary: list = field(default_factory=list)
+
+    def log_text(self, i: int) -> str:
+        return "\n".join(self.logs[i])
+
+
+def _child_env(extra=None) -> dict:
+    env = dict(os.environ)
+    extra = dict(extra or {})
+    paths = [str(ROOT), *extra.pop("PYTHONPATH", "").split(os.pathsep),
+             *env.get("PYTHONPATH", "").split(os.pathsep)]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+    env.update(extra)
+    return env
+
+
+def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
+           session: str | None = None, kill_grace_s: float = 2.0, deadline_s: float | None = None,
+           echo=True, env=None, cfg: NetConfig | None = None) -> LaunchResult:
+    """Start P0, P1, P2 as subprocesses and wait for them (see the module docstring).
+
+    ``party_args`` go to every ``mpcache party`` command line, ``per_party_args[i]`` only
+    to party ``i`` (tests use it to inject a mismatched fixed point, another CA, ...).
+    """
+    from .config import load_config
+    cfg = cfg or load_config(config_path)
+    session = session or f"run-{uuid.uuid4().hex[:12]}"
+    out_dir = tempfile.mkdtemp(prefix="mpcache-launch-")
+    per_party_args = per_party_args or {}
+    job_argv = [a for a in job_argv if a != "--"] if job_argv else []
+    procs, logs, readers = [], [[], [], []], []
+    lock = threading.Lock()
+    stream = sys.stdout if echo is True else echo
+
+    def pump(i, pipe):
+        for raw in pipe:
+            line = raw.rstrip("\n")
+            with lock:
+                logs[i].append(line)
+                if stream:
+                    print(f"[P{i}] {line}", file=stream, flush=True)
+
+    t0 = time.perf_counter()
+    for i in range(3):
+        cmd = [sys.executable, "-m", "mpcache.cli_net", "party", "--id", str(i), "--config",
+               str(config_path), "--session", session, "--output",
+               os.path.join(out_dir, f"p{i}.json"), *party_args, *per_party_args.get(i, [])]
+        if job_argv:
+            cmd += ["--", *job_argv]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=_child_env(env), bufsize=1)
+        procs.append(p)
+        th = threading.Thread(target=pump, args=(i, p.stdout), daemon=True)
+        th.start()
+        readers.append(th)
+
+    failed_at = None
+    try:
+        while any(p.poll() is None for p in procs):
+            now = time.perf_counter()
+            if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+                failed_at = now
+            if failed_at is not None and now - failed_at > kill_grace_s:
+                _stop(procs, stream, "a party failed")
+                break
+            if deadline_s is not None and now - t0 > deadline_s:
+                _stop(procs, stream, f"launch deadline of {deadline_s} s passed")
+                break
+            time.sleep(0.05)
+    finally:    # Ctrl-C or an error here must not leave parties behind
+        if any(p.poll() is None for p in procs):
+            _stop(procs, stream, "launcher interrupted")
+    for p in procs:
+        p.wait()
+    for th in readers:
+        th.join(5)
+    secs = time.perf_counter() - t0
+    rcs = [p.returncode for p in procs]
+    outputs = []
+    for i in range(3):
+        f = Path(out_dir) / f"p{i}.json"
+        outputs.append(json.loads(f.read_text()) if rcs[i] == 0 and f.exists() else None)
+        f.unlink(missing_ok=True)
+    os.rmdir(out_dir)
+    rc = 0 if all(r == 0 for r in rcs) else next(r for r in rcs if r != 0)
+    rc = rc if rc > 0 else 1 if rc != 0 else 0    # a signal death is a failure too
+    res = LaunchResult(rc, rcs, outputs, logs, secs, session)
+    res.summary = summarize(res, cfg)
+    return res
+
+
+def _stop(procs, stream, why: str) -> None:
+    alive = [(i, p) for i, p in enumerate(procs) if p.poll() is None]
+    if stream and alive:
+        print(f"[launch] {why}: stopping {', '.join(f'P{i}' for i, _ in alive)}",
+              file=stream, flush=True)
+    for _, p in alive:
+        p.send_signal(signal.SIGTERM)
+    end = time.monotonic() + 2.0
+    for _, p in alive:
+        try:
+            p.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def summarize(res: LaunchResult, cfg: NetConfig) -> list:
+    """Lines describing the run: status, accuracy, measured vs modelled latency."""
+    from ..jobs import reference
+    lines = []
+    for i, rc in enumerate(res.returncodes):
+        if rc != 0:
+            why = next((ln for ln in reversed(res.logs[i]) if "FAILED" in ln), None)
+            how = f"was killed by signal {signal.Signals(-rc).name}" if rc < 0 else \
+                f"exited with code {rc}"
+            lines.append(f"P{i} {how}" + (f": {why.split('FAILED: ', 1)[-1]}" if why else ""))
+    if res.returncode != 0 or not all(res.outputs):
+        return lines or ["launch failed"]
+    o = res.outputs[0]
+    seconds = max(x["seconds"] for x in res.outputs)
+    compute = max(x["seconds"] - x["wait_seconds"] for x in res.outputs)
+    rounds = max(x["stats"]["total"]["rounds"] for x in res.outputs)
+    nbytes = max(x["stats"]["total"]["bytes_sent"] + x["stats"]["total"]["offline_bytes_sent"]
+                 for x in res.outputs)
+    wire = max(x["stats"].get("wire_bytes_sent", 0) for x in res.outputs)
+    lines.append(f"job {o['job']} {o['args']} protocol {o['protocol']}: OK at all parties")
+    if o["result"] is not None:
+        got = np.asarray(o["result"], dtype=np.float64)
+        line = f"result shape {got.shape}"
+        try:
+            ref = reference(o["job"], **o["args"])
+        except Exception:  # noqa: BLE001 - custom jobs have no reference
+            ref = None
+        if ref is not None and ref.shape == got.shape:
+            line += f", max |error| vs plaintext {float(np.max(np.abs(got - ref), initial=0)):.3g}"
+        lines.append(line)
+    lines.append(f"per party (max): {nbytes} B sent ({wire} on the wire), {rounds} rounds")
+    shaping = cfg.shaping.name if cfg.shaping else "none"
+    lines.append(f"measured {seconds:.3f} s (network shaping: {shaping}); "
+                 f"compute ~{compute:.3f} s (time not blocked in receive)")
+    for preset in ([cfg.shaping] if cfg.shaping else [LAN, WAN]):
+        lines.append(describe_model(compute, rounds, nbytes, preset))
+    return lines
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
