@@ -45,6 +45,18 @@ class SecretTensor:
         self.party = party
         self.data = data
         self.frac = int(frac)
+        self._persist = None
+
+    def persist(self) -> "SecretTensor":
+        """Mark a 2-D right operand that will be multiplied many times (a weight matrix).
+
+        add2 opens ``W - B`` for a fixed mask ``B`` now (one-time cost: 8 bytes per
+        element per party) so every later ``x @ W`` opens only ``x - A``; rep3 caches a
+        slot sum (no communication).  Results are identical either way."""
+        if self.ndim != 2:
+            raise ValueError("persist() is for 2-D weight matrices")
+        self._persist = self._proto.persist(self.data)
+        return self
 
     # -- creation / opening --------------------------------------------------------------
     @classmethod
@@ -222,6 +234,10 @@ class SecretTensor:
         if isinstance(other, SecretTensor):
             self._check(other)
             _check_matmul(self.shape, other.shape)
+            if other._persist is not None:
+                f = self.party.fxp.frac_bits if self.frac and other.frac else None
+                d = self._proto.matmul_persistent(self.data, other.data, other._persist, f)
+                return self._new(d, self.frac + other.frac - (f or 0))
             if self.frac and other.frac:
                 d = self._proto.matmul_trunc(self.data, other.data, self.party.fxp.frac_bits)
                 return self._new(d, self.frac + other.frac - self.party.fxp.frac_bits)

@@ -101,3 +101,38 @@ def test_scope_breakdown_and_totals_agree(protocol):
         "bytes"]
     assert p0["total"]["bytes_sent"] == sum(
         v["bytes_sent"] for v in p0["scopes"].values()) + unscoped
+
+
+@pytest.mark.parametrize("m,k,q", [(1, 8, 8), (3, 5, 2), (4, 16, 32)])
+def test_persistent_weight_matmul(protocol, m, k, q):
+    """x @ W with W persisted: same values; add2 opens only x - A per product."""
+    rng = np.random.default_rng(m + k + q)
+    x, w = rng.uniform(-2, 2, (m, k)), rng.uniform(-2, 2, (k, q))
+    xi, wi = rng.integers(-9, 9, (m, k)), rng.integers(-9, 9, (k, q))
+
+    def job(p):
+        W = p.share(w if p.id == 1 else None, 1)
+        Wi = p.share(wi if p.id == 1 else None, 1, integer=True)
+        with p.scope("persist"):
+            W.persist(), Wi.persist()
+        X = p.share(x if p.id == 0 else None, 0)
+        Xi = p.share(xi if p.id == 0 else None, 0, integer=True)
+        with p.scope("op"):
+            y = X @ W
+        with p.scope("op_ring"):
+            yi = Xi @ Wi
+        with p.scope("op_twice"):
+            y2 = X @ W
+        return p.reveal(y, 0), p.reveal(yi, 0), p.reveal(y2, 0)
+    res = mpcache.Session(protocol).run(job)
+    y, yi, y2 = res.output
+    assert np.max(np.abs(y - x @ w)) < 1e-4 and np.max(np.abs(y2 - x @ w)) < 1e-4
+    assert np.array_equal(yi, xi @ wi)
+    fixed, ring = res.scope("op"), res.scope("op_ring")
+    if protocol == "add2":
+        assert fixed["bytes_sent"] == 8 * (m * k + m * q) and fixed["rounds"] == 2
+        assert ring["bytes_sent"] == 8 * m * k and ring["rounds"] == 1
+        assert res.scope("persist")["bytes_sent"] == 8 * (k * q) * 2
+    else:
+        assert ring["bytes_sent"] == 8 * m * q and ring["rounds"] == 1
+        assert fixed == {**fixed, "bytes_sent": 16 * m * q, "rounds": 2}

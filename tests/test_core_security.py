@@ -28,6 +28,9 @@ def view(protocol, observer, owner, secret):
             seen.append(x.data.ravel())
         y = x * x                      # fixed-point product + truncation
         z = x.reshape(64, 64) @ w      # matmul
+        wp = p.share(np.full((64, 64), 0.25) if p.id == owner else None, owner=owner)
+        wp.persist()                   # opens W - B once (add2)
+        x.reshape(64, 64) @ wp         # persistent-weight matmul: opens x - A
         (y * 0.25 + z.sum()).sum()     # truncation by a public float
         return None
     mpcache.Session(protocol).run(job)

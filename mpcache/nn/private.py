@@ -116,6 +116,10 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
     if config.tie_embeddings:
         sw["lm_head"] = sw["embed"].T.copy()
         cfg = dataclasses.replace(config, tie_embeddings=False)
+    with party.scope("persist_weights"):
+        for name, t in sw.items():
+            if t.ndim == 2 and name != "pos_embed":    # right operands of matmuls
+                t.persist()
     cfg = dataclasses.replace(cfg, dtype="float64")
     dec = Decoder(cfg, sw)
     if prescales:

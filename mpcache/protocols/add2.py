@@ -175,3 +175,51 @@ class Add2(Protocol):
     def matmul_trunc(self, a, b, f):
         z, shape = self._product(a, b, True)
         return self._trunc_value(z, shape, f)
+
+    # -- persistent operands (weights): open W - B once, reuse B for every product ----------
+    # A right operand that is multiplied many times (a weight matrix at every token) gets a
+    # fixed mask B; F = W - B is opened once.  Each later product x @ W needs a fresh left
+    # mask A and C = A @ B from the dealer, and opens only e = x - A: online bytes drop from
+    # 8(mk + kq) to 8mk per party.  F reveals nothing: B is uniform and never reused with
+    # another W; e reveals nothing: A is fresh.  (Matrix-triple reuse, as in SecureML's
+    # offline phase.)
+    def persist(self, w):
+        p = self.party
+        shape = w.shape[1:]
+        if self.id == DEALER:
+            return {"B": p.prg_next.ring(shape) + p.prg_prev.ring(shape)}
+        b = self._prg_dealer().ring(shape)
+        other = 1 - self.id
+        p.send(other, w[0] - b, "add2.persist.open")
+        f = (w[0] - b) + p.recv(other, "add2.persist.open", shape)
+        return {"B": b, "F": f}
+
+    def matmul_persistent(self, x, w, state, f_bits=None):
+        """x @ W with W persistent; truncates by ``f_bits`` if given (fixed x fixed)."""
+        p = self.party
+        sx = x.shape[1:]
+        sz = np.matmul(np.broadcast_to(np.zeros((), np.int8), sx),
+                       np.broadcast_to(np.zeros((), np.int8), w.shape[1:])).shape
+        if self.id == DEALER:
+            a = p.prg_next.ring(sx) + p.prg_prev.ring(sx)
+            c0 = p.prg_next.ring(sz)
+            p.send(1, ring_matmul(a, state["B"]) - c0, "add2.ptriple", offline=True)
+            z = None
+        else:
+            g = self._prg_dealer()
+            if self.id == 0:
+                a = g.ring(sx)
+                c = g.ring(sz)
+            else:
+                a = g.ring(sx)
+                c = p.recv(DEALER, "add2.ptriple", sz)
+            e_own = x[0] - a
+            other = 1 - self.id
+            p.send(other, e_own, "add2.pmatmul")
+            e = e_own + p.recv(other, "add2.pmatmul", sx)
+            z = c + ring_matmul(e, state["B"]) + ring_matmul(a, state["F"])
+            if self.id == 0:
+                z = z + ring_matmul(e, state["F"])
+        if f_bits is None:
+            return phantom(sz, 1) if z is None else z[None]
+        return self._trunc_value(z, sz, f_bits)

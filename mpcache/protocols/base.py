@@ -80,6 +80,13 @@ class Protocol:
     def trunc(self, a, f: int):
         raise NotImplementedError
 
+    def persist(self, w) -> dict:
+        """Precompute per-operand state for a right operand used in many matmuls."""
+        raise NotImplementedError
+
+    def matmul_persistent(self, x, w, state, f_bits=None):
+        raise NotImplementedError
+
     def zeros_like_share(self, shape) -> np.ndarray:
         if not self.active:
             return phantom(shape, self.slots)

@@ -110,6 +110,19 @@ class Rep3(Protocol):
     def matmul(self, a, b):
         return self._reshare(self._local_products(a, b, True), "rep3.matmul")
 
+    # -- persistent operands (weights) -----------------------------------------------------
+    def persist(self, w):
+        """Cache x_i + x_{i+1} of a weight: each product then needs one add fewer pass over
+        the weight (memory for time; no communication)."""
+        return {"sum": w[0] + w[1]}
+
+    def matmul_persistent(self, x, w, state, f_bits=None):
+        z = ring_matmul(x[0], state["sum"]) + ring_matmul(x[1], w[0])
+        z = z + self._zero(z.shape)
+        if f_bits is None:
+            return self._reshare(z, "rep3.matmul")
+        return self._truncate(z, np.uint64(0), z.shape, f_bits, True, "rep3.matmul_trunc")
+
     # -- truncation ---------------------------------------------------------------------------
     # Exact truncation (truncation.py): open c = x + 2^62 + r to P0 and P1 (round 1), each
     # computes an additive share of x >> f, then re-share to replicated form (round 2).
