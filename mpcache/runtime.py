@@ -13,6 +13,7 @@ them as processes over gRPC.  The job code does not change.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -118,6 +119,8 @@ class RunResult:
     outputs: list            # per party: whatever the job returned there
     stats: list              # per party: Accounting.snapshot()
     seconds: float
+    #: per party: a :class:`mpcache.trace.Transcript` when the session was traced
+    transcripts: list | None = None
 
     @property
     def output(self):
@@ -185,12 +188,20 @@ class Session:
     ``protocol``: ``"rep3"`` (replicated 3PC) or ``"add2"`` (additive 2PC + dealer).
     ``seed``: makes every party's randomness reproducible (tests only; never in
     deployment, where keys come from the OS).
+    ``trace``: record every message each party sends and receives (metadata only:
+    step, scope, tag, peer, dtype, shape, bytes, round, offline; see mpcache/trace.py
+    and docs/teaching.md).  ``True`` keeps the transcripts on ``RunResult.transcripts``;
+    a path also writes them there (JSON lines).  With ``trace=False`` the environment
+    variable ``MPCACHE_TRACE=FILE`` turns tracing on for every session of the process.
+    ``trace_values``: also record share values (toy data only: warns).
     """
 
     protocol: str = "rep3"
     fxp: FixedPoint = field(default_factory=FixedPoint)
     timeout: float = 30.0
     seed: int | None = None
+    trace: bool | str = False
+    trace_values: bool = False
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -205,11 +216,17 @@ class Session:
         outputs, stats, errors = [None] * 3, [None] * 3, [None] * 3
         seeds = (np.random.SeedSequence(self.seed).spawn(3) if self.seed is not None
                  else [None] * 3)
+        recorders = None
+        if self.trace or self.trace_values or os.environ.get("MPCACHE_TRACE"):
+            from .trace import session_recorders
+            recorders = session_recorders(self, sid)
 
         def body(i):
             try:
                 rng = np.random.default_rng(seeds[i]) if seeds[i] is not None else None
                 tr = net.transport(i, session=sid, timeout=self.timeout)
+                if recorders is not None:
+                    recorders[i].attach(tr)
                 party = Party(i, self.protocol, tr, self.fxp, rng)
                 outputs[i] = job(party, *args, **kwargs)
                 stats[i] = party.stats()
@@ -233,5 +250,8 @@ class Session:
             if not isinstance(first, TransportError):
                 raise first
             raise PartyFailed(str(first)) from first
-        return RunResult(outputs, stats, secs)
+        if recorders is None:
+            return RunResult(outputs, stats, secs)
+        from .trace import finish_session
+        return RunResult(outputs, stats, secs, finish_session(self, recorders, stats))
 
