@@ -1,0 +1,34 @@
+"""KV-cache eviction / selection policies (MPCache and baselines) behind one interface.
+
+    from mpcache.nn.policies import make_policy
+    logits = decoder.prefill(ids, policy=make_policy("mpcache", budget=0.05))
+    logits = decoder.decode_step(tok)          # the policy selects every step
+
+See :mod:`.base` for the hooks and the budget semantics, ``docs/policies.md`` for each policy.
+"""
+from .base import (BIG, Policy, PrefillRecorder, Selection, attention_stats, budget_tokens,
+                   clone_cache, select)
+from .full import FullCache
+from .h2o import H2O
+from .mpcache_policy import MPCache
+from .quest import Quest
+from .snapkv import SnapKV
+from .streaming import StreamingLLM
+from .topk import TokenTopK
+
+__all__ = ["BIG", "Policy", "PrefillRecorder", "Selection", "attention_stats",
+           "budget_tokens", "clone_cache", "select", "FullCache", "StreamingLLM", "H2O",
+           "SnapKV", "Quest", "TokenTopK", "MPCache", "POLICIES", "make_policy"]
+
+#: CLI / harness names.
+POLICIES = {p.name: p for p in (FullCache, StreamingLLM, H2O, SnapKV, Quest, TokenTopK,
+                                 MPCache)}
+
+
+def make_policy(name: str, budget=None, **kw) -> Policy:
+    """Build a policy by name (``full`` ignores the budget)."""
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose from {sorted(POLICIES)}") from None
+    return cls(budget, **kw)

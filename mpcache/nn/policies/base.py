@@ -1,0 +1,248 @@
+"""The eviction / selection policy interface shared by MPCache and its baselines.
+
+One policy object plugs into :class:`~mpcache.nn.kv_cache.KVCache` (``decoder.prefill(ids,
+policy=p)``) and is called by the SAME decoder code at two moments:
+
+* **prefill** (the prompt, one multi-token call): :meth:`Policy.view` returns the whole
+  cache (prefill attention is exact), then :meth:`Policy.observe` receives the attention
+  probabilities, reduces them to the column sums the policy asked for
+  (:meth:`Policy.stat_windows`) and calls :meth:`Policy.prefill_done` -- the place for
+  static eviction (``cache.keep`` / ``cache.replace``).
+* **decode** (one token per call): :meth:`Policy.view` calls :meth:`Policy.select`, the
+  dynamic selection, which returns the keys/values attention reads this step (exactly
+  ``budget_tokens`` rows once the cache is larger); :meth:`Policy.after_step` sees the
+  probabilities (H2O accumulates them).
+
+Budget: ``budget`` is kept tokens / prompt tokens (0.05 = 5%); the number of rows attention
+reads per decode step is ``B = round(budget * T_prompt)`` for every policy (``None`` or
+``>= 1``: no limit).  B, the cache length, cluster counts and k are public; WHICH tokens are
+chosen is not.  So data-dependent choices go through :func:`select` (top-k -> one-hot [k, n],
+gather = one-hot @ X, both matmuls, backend-neutral); ``fast=True`` swaps in the provably
+identical numpy index path (same ``top_k_indices`` contract, ``X[idx]``) for plaintext speed.
+
+For accuracy sweeps, :class:`PrefillRecorder` runs ONE prefill for many policies: it keeps
+the union of the attention statistics they need and hands each a private copy of the cache
+through :meth:`Policy.attach` -- the same ``prefill_done`` code runs as in the direct path.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..kv_cache import KVCache
+
+__all__ = ["BIG", "Policy", "Selection", "select", "budget_tokens", "attention_stats",
+           "window_counts", "clone_cache", "PrefillRecorder"]
+
+#: Public additive constant used to force-keep / exclude rows in a score vector.  Finite
+#: (fixed point holds it) and far above any attention score or key bound of a real model.
+BIG = 1.0e4
+
+
+def budget_tokens(budget, n_prompt: int) -> int:
+    """Rows attention may read per decode step: ``round(budget * n_prompt)`` (>= 1)."""
+    if budget is None or budget >= 1.0:
+        return 1 << 62
+    if budget <= 0:
+        raise ValueError("budget must be > 0")
+    return max(1, int(round(float(budget) * int(n_prompt))))
+
+
+class Selection:
+    """A per-head top-k choice over n rows: one-hot ``[h, k, n]`` or (fast) indices ``[h, k]``.
+
+    Both forms follow :func:`~mpcache.nn.functional.top_k_onehot`'s contract (ascending row
+    order), so :meth:`gather` gives bit-identical results on finite inputs."""
+
+    def __init__(self, onehot=None, index=None):
+        self.onehot, self.index = onehot, index
+
+    @property
+    def k(self) -> int:
+        if self.onehot is not None:
+            return int(self.onehot.shape[-2])
+        return int(self.index.shape[-1])
+
+    def gather(self, x):
+        """``x`` [h, n, w] (or [n, w] shared by heads) -> [h, k, w]."""
+        if self.onehot is not None:
+            return self.onehot @ x
+        idx = self.index
+        if len(x.shape) == 2:
+            return x[idx]
+        if idx.shape[0] == 1 and x.shape[0] != 1:
+            return x[:, idx[0]]
+        return np.take_along_axis(x, idx[:, :, None], axis=1)
+
+    def indicator(self, n: int):
+        """0/1 ``[h, n]``: which rows are selected (``ones @ onehot``)."""
+        if self.onehot is not None:
+            return self.onehot.sum(axis=-2)
+        out = np.zeros(self.index.shape[:-1] + (n,))
+        np.put_along_axis(out, self.index, 1.0, axis=-1)
+        return out
+
+    def scatter(self, vals, n: int):
+        """Per-selected-row values ``[h, k]`` back onto the n rows (zeros elsewhere)."""
+        if self.onehot is not None:
+            h, k = vals.shape[0], vals.shape[1]
+            return (vals.reshape(h, 1, k) @ self.onehot).reshape(h, n)
+        out = np.zeros(self.index.shape[:-1] + (n,), dtype=np.asarray(vals).dtype)
+        np.put_along_axis(out, self.index, vals, axis=-1)
+        return out
+
+
+def select(scores, k: int, fast: bool = True) -> Selection:
+    """Top-``k`` along the last axis of ``scores`` [h, n] (k public)."""
+    if fast and F.is_plain(scores):
+        return Selection(index=F.top_k_indices(scores, k, axis=-1))
+    return Selection(onehot=F.top_k_onehot(scores, k, axis=-1))
+
+
+def window_counts(n: int, w: int) -> np.ndarray:
+    """How many of the last ``w`` queries (causal) can see key j: ``min(w, n - j)``."""
+    return np.minimum(w, n - np.arange(n)).astype(np.float64)
+
+
+def attention_stats(probs, t_q: int, windows) -> dict:
+    """Column sums of the attention of the last ``w`` queries, per KV head, for each ``w``.
+
+    ``probs`` is ``[n_kv, group * T, S]`` (rows ordered (group, T), as Attention makes them);
+    the group's query heads are SUMMED (GQA: a KV row is worth what it is worth to all the
+    query heads that read it).  Returns ``{w: [n_kv, S]}``."""
+    nkv, rows, s = probs.shape
+    g = rows // t_q
+    p = probs.reshape(nkv, g, t_q, s)
+    out = {}
+    for w in sorted(set(int(w) for w in windows)):
+        w = min(max(w, 1), t_q)
+        out[w] = p[:, :, t_q - w:, :].sum(axis=2).sum(axis=1)
+    return out
+
+
+def clone_cache(cache: KVCache, policy=None) -> KVCache:
+    """An independent copy of a (plaintext) cache, e.g. to fork one prefill many ways."""
+    c = KVCache(cache.n_layers, policy=policy)
+    for layer in range(cache.n_layers):
+        c.replace(layer, np.array(cache.keys(layer)), np.array(cache.values(layer)),
+                  cache.positions(layer).copy())
+    c.n_seen = cache.n_seen
+    return c
+
+
+class Policy:
+    """Base class: no eviction, full view.  Subclasses override the four hooks
+    (:meth:`stat_windows`, :meth:`prefill_done`, :meth:`select`, :meth:`after_step`).
+
+    ``budget``: kept tokens / prompt tokens (``None``: full).  ``fast``: numpy index path
+    instead of one-hot matmuls (plaintext only; results identical)."""
+
+    name = "full"
+
+    def __init__(self, budget=None, fast: bool = True):
+        self.budget = budget
+        self.fast = bool(fast)
+        self._cache = None
+        self.n_prompt = 0
+        self.B = 0
+        self._tq = 0
+
+    def __repr__(self):
+        return f"{type(self).__name__}(budget={self.budget})"
+
+    # ------------------------------------------------------------- subclass hooks
+    def reset(self, cache, n_prompt: int) -> None:
+        """New prompt: forget all state (called before any other hook)."""
+        self._cache, self.n_prompt = cache, int(n_prompt)
+        self.B = budget_tokens(self.budget, n_prompt)
+        self.prefilled = False
+
+    def stat_windows(self, n_prompt: int) -> tuple:
+        """Prefill attention statistics wanted: numbers of LAST queries to sum over."""
+        return ()
+
+    def prefill_done(self, cache, layer: int, stats: dict) -> None:
+        """Static eviction for ``layer`` right after its prefill attention."""
+
+    def select(self, cache, layer: int, query):
+        """Decode-step keys, values (``[n_kv, rows, hd]``) attention reads."""
+        return cache.keys(layer), cache.values(layer)
+
+    def after_step(self, cache, layer: int, probs) -> None:
+        """Decode-step attention probabilities ``[n_kv, group, rows]``."""
+
+    # ------------------------------------------------------------- KVCache hook
+    def view(self, cache, layer, query):
+        t_q = int(query.shape[1])
+        if cache is not self._cache:
+            if t_q == 1 and cache.n_seen > 0:
+                raise RuntimeError("policy attached to a cache it did not prefill; use attach()")
+            self.reset(cache, t_q)
+        self._tq = t_q
+        if t_q > 1:
+            if self.prefilled or cache.n_seen > 0:
+                raise NotImplementedError("policies support one prompt chunk, then decoding")
+            return cache.keys(layer), cache.values(layer), cache.positions(layer)
+        keys, values = self.select(cache, layer, query)
+        return keys, values, None
+
+    def observe(self, cache, layer, probs):
+        if self._tq > 1:
+            wins = self.stat_windows(self.n_prompt)
+            stats = attention_stats(probs, self._tq, wins) if wins else {}
+            self.prefill_done(cache, layer, stats)
+            if layer == cache.n_layers - 1:
+                self.prefilled = True
+        else:
+            self.after_step(cache, layer, probs)
+
+    def attach(self, cache, stats_per_layer, n_prompt: int) -> None:
+        """Take over a cache prefilled elsewhere (see :class:`PrefillRecorder`)."""
+        cache.policy = self
+        self.reset(cache, n_prompt)
+        for layer in range(cache.n_layers):
+            stats = stats_per_layer[layer]
+            need = {min(max(int(w), 1), n_prompt) for w in self.stat_windows(n_prompt)}
+            self.prefill_done(cache, layer, {w: stats[w] for w in need})
+        self.prefilled = True
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    def group_query(query, n_kv: int):
+        """Decode query ``[n_heads, 1, hd]`` -> ``[n_kv, group, hd]`` (GQA grouping)."""
+        nh, _, hd = query.shape
+        return query.reshape(n_kv, nh // n_kv, hd)
+
+
+class PrefillRecorder(Policy):
+    """Runs one prefill for several policies: records the union of their prefill statistics
+    (per layer) without evicting, then :meth:`fork` gives each policy its own cache copy."""
+
+    name = "recorder"
+
+    def __init__(self, policies):
+        super().__init__(None)
+        self.policies = list(policies)
+        self.stats = []
+
+    def reset(self, cache, n_prompt):
+        super().reset(cache, n_prompt)
+        self.stats = [None] * cache.n_layers
+
+    def stat_windows(self, n_prompt):
+        return tuple(sorted({w for p in self.policies for w in p.stat_windows(n_prompt)}))
+
+    def prefill_done(self, cache, layer, stats):
+        self.stats[layer] = stats
+
+    def fork(self, cache, policy) -> KVCache:
+        """A private copy of the prefilled ``cache`` with ``policy`` attached and its static
+        eviction applied (identical to having prefilled with ``policy`` itself)."""
+        c = clone_cache(cache)
+        policy.attach(c, self.stats, self.n_prompt)
+        return c
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
