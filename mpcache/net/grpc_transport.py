@@ -423,7 +423,7 @@ class GrpcTransport(Transport):
             if k == 0:
                 hdr = pb.Frame(session=msg.session, sender=msg.sender, seq=msg.seq,
                                tag=msg.tag, dtype=arr.dtype.str, shape=arr.shape,
-                               stamp=msg.stamp, offline=msg.stamp == 0, chunk=0,
+                               stamp=msg.stamp, offline=msg.offline, chunk=0,
                                n_chunks=n_chunks, total_bytes=total)
             else:
                 hdr = pb.Frame(session=msg.session, sender=msg.sender, seq=msg.seq, chunk=k)

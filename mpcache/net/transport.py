@@ -44,6 +44,7 @@ class Message:
     tag: str          # the protocol step, e.g. "rep3.mul"
     stamp: int        # round stamp (0 for offline traffic)
     payload: np.ndarray
+    offline: bool = False   # correlated randomness / set-up, not on the online path
 
 
 class Transport:
@@ -86,7 +87,8 @@ class Transport:
             raise TransportError(f"message {tag!r} of {payload.nbytes} bytes exceeds the "
                                  f"limit of {self.max_message_bytes} bytes")
         stamp = self.acct.on_send(payload.nbytes, offline)
-        msg = Message(self.session, self.party_id, self._send_seq[to], tag, stamp, payload)
+        msg = Message(self.session, self.party_id, self._send_seq[to], tag, stamp, payload,
+                      offline)
         self._send_seq[to] += 1
         for obs in self.observers:
             obs("send", to, msg, self.acct.path)

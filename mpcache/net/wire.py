@@ -141,7 +141,7 @@ class Reassembler:
             return None
         self.head = None
         arr = self.buf.view(self.dtype).reshape(self.shape)
-        return Message(h.session, h.sender, h.seq, h.tag, h.stamp, arr)
+        return Message(h.session, h.sender, h.seq, h.tag, h.stamp, arr, h.offline)
 
     def _start(self, fr: pb.Frame) -> None:
         j = self.j
