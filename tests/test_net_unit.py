@@ -180,7 +180,7 @@ def test_receive_deadline_names_peer_and_step():
     res, err = run3(cfg, fn)
     assert isinstance(err[0], PeerTimeout)
     assert "party 2" in str(err[0]) and "'never.sent'" in str(err[0])
-    assert 0.9 < fn.elapsed < 3.0
+    assert 0.9 < fn.elapsed < 8.0      # bounded (not hung); wide for loaded CI machines
     for i in (1, 2):
         assert isinstance(err[i], PeerAborted) and "party 0 aborted" in str(err[i])
 
