@@ -1,0 +1,525 @@
+"""``mpcache explain OP``: run one op on random data with tracing and narrate the protocol.
+
+For every communication step (grouped by round and protocol tag) it prints what the
+parties compute locally, who sends what to whom (bytes, dtype, shape), and one line on
+what the receiver learns: a uniformly random masked value, the shape (public), dealer
+randomness, or the revealed output.  The narration comes from :data:`TAGS`, a table from
+message tags to explanations; a tag missing from the table is printed as such (never
+guessed).  The numbers come from a real traced run (:mod:`mpcache.trace`), and the totals
+are checked against the cost formulas (:mod:`mpcache.protocols.costs`) when one exists.
+
+    mpcache explain mul --protocol rep3
+    mpcache explain matmul --protocol add2 --shape 2x3x4
+    mpcache explain softmax --protocol rep3 --shape 1x8
+
+Docs: docs/teaching.md.  Everything here runs on random toy data with a fixed seed; the
+optional ``--values`` flag prints share values (toy data only).
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# -- the tag table --------------------------------------------------------------------------
+# kind: what the receiver learns, in one word: "random" (uniform, masked), "shape"
+# (public metadata), "dealer" (correlated randomness, uniform to its receiver), "output"
+# (a revealed value, by design), "key" (set-up).
+LEARNS = {
+    "random": "a uniformly random ring element per value (masked): nothing about the data",
+    "dealer": "dealer randomness, uniformly random to the receiver: nothing about the data",
+    "shape": "the shape only (public under the threat model)",
+    "output": "the revealed output (by design: the program asked to open it)",
+    "key": "a PRG key it now shares with the sender (set-up, no data)",
+}
+
+
+@dataclass
+class TagInfo:
+    title: str
+    local: str            # what the parties compute locally before/for this message
+    learns: str           # why the receiver learns only `kind`
+    kind: str = "random"
+
+
+TAGS: dict[str, TagInfo] = {
+    # -- session set-up ----------------------------------------------------------------
+    "setup.key": TagInfo(
+        "pairwise PRG keys",
+        "P_i draws a 128-bit key k_i from the OS and sends it to P_{i+1}; both then draw "
+        "identical Philox streams from it (zero-sharings, masks, dealt values)",
+        "key k_{i-1}, shared with its left neighbour only", "key"),
+    # -- rep3 ------------------------------------------------------------------------------
+    "rep3.share": TagInfo(
+        "input sharing",
+        "owner o sets x_{o+2} = 0, draws x_o from its key with P_{o-1} (which derives the "
+        "same x_o) and sends x_{o+1} = x - x_o to P_{o+1}",
+        "x - x_o, where x_o comes from a key the receiver does not hold"),
+    "rep3.share.shape": TagInfo(
+        "input shape",
+        "owner o tells P_{o+2} the shape; P_{o+2} holds (x_{o+2}, x_o) = (0, F(k))",
+        "the shape of the input", "shape"),
+    "rep3.reveal": TagInfo(
+        "reveal",
+        "P_i sends its second component x_{i+1} to P_{i-1}; each party adds the three "
+        "components x_0 + x_1 + x_2",
+        "the component it was missing, so it reconstructs x", "output"),
+    "rep3.mul": TagInfo(
+        "ring product: re-sharing",
+        "each P_i computes z_i = x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i + alpha_i, where "
+        "alpha_i = F(k_i) - F(k_{i-1}) is a zero-sharing (no communication), and sends z_i "
+        "to P_{i-1}",
+        "z_{i+1}, masked by alpha_{i+1}, which needs key k_{i+1} the receiver does not hold"),
+    "rep3.matmul": TagInfo(
+        "ring matmul: re-sharing",
+        "each P_i computes z_i = X_i@(Y_i + Y_{i+1}) + X_{i+1}@Y_i + alpha_i (local "
+        "matmuls, zero-sharing alpha from the keys) and sends z_i to P_{i-1}: the cost is "
+        "the OUTPUT size",
+        "z_{i+1}, masked by alpha_{i+1} (key k_{i+1}, not held by the receiver)"),
+    "rep3.*.deal": TagInfo(
+        "truncation mask (dealt by P2)",
+        "P2 derives the mask r = F(k_2) + F(k_1) (a half from each key it holds), and "
+        "deals [r >> f] and [msb(r)]: P0's parts come from the P0-P2 key, P1's parts "
+        "(s - s0, m - m0) are sent",
+        "s - s0 and m - m0, masked by s0, m0 from the P0-P2 key P1 does not hold",
+        "dealer"),
+    "rep3.mul_trunc.open": TagInfo(
+        "fused product + masked opening c = x*y + 2^62 + r",
+        "every P_i computes its 3-additive product part z_i (cross terms + zero-sharing); "
+        "P2 sends z_2 to P0 and P1; P0 sends z_0 + 2^62 + r_a, P1 sends z_1 + r_b "
+        "(r_a from the P0-P2 key, r_b from the P1-P2 key); P0, P1 add everything: "
+        "c = x*y + 2^62 + r",
+        "from P2: z_2, masked by its zero-share alpha_2 (needs the key the receiver lacks); "
+        "from the other opener: a value masked by its half of r; so c is uniform"),
+    "rep3.matmul_trunc.open": TagInfo(
+        "fused matmul + masked opening c = X@Y + 2^62 + r",
+        "as for mul_trunc, with local matmuls: P2 sends Z_2 to P0 and P1, P0 and P1 "
+        "exchange their masked parts and add up c",
+        "masked values only: c = X@Y + 2^62 + r with r unknown to each opener"),
+    "rep3.trunc.open": TagInfo(
+        "masked opening c = x + 2^62 + r",
+        "P0 sends x_0 + 2^62 + r_a to P1, P1 sends x_2 + r_b to P0 (both know x_1); each "
+        "adds c = x + 2^62 + r",
+        "a value masked by the sender's half of r, which the receiver does not hold"),
+    "rep3.*.reshare": TagInfo(
+        "back to replicated form",
+        "from c, P0 and P1 compute additive shares yA + yB = x >> f (the wrap bit is "
+        "(1 - msb(c)) * [msb(r)]); y0 = F(k_2); P0 sends y1 = yA - y0 - rho to P1 and P1 "
+        "sends y2 = yB + rho to P2, rho = F(k_0)",
+        "P1 gets y1, masked by y0 (key k_2, not P1's); P2 gets y2, masked by rho (key "
+        "k_0, not P2's)"),
+    # -- add2 ---------------------------------------------------------------------------------
+    "add2.share.shape": TagInfo(
+        "input sharing (only the shape moves)",
+        "owner o keeps x - r, the other data party derives r from the P0-P1 key; the "
+        "dealer P2 only learns the shape",
+        "the shape of the input", "shape"),
+    "add2.reveal": TagInfo(
+        "reveal",
+        "P0 and P1 send their additive shares to every party that must learn x",
+        "the other share, so it reconstructs x = x0 + x1", "output"),
+    "add2.triple": TagInfo(
+        "Beaver triple (dealt by P2)",
+        "P2 draws a0, b0, c0 from the P0-P2 key and a1, b1 from the P1-P2 key, and sends "
+        "c1 = op(a0 + a1, b0 + b1) - c0 to P1 (P0 derives its parts itself)",
+        "c1, masked by c0 from the P0-P2 key P1 does not hold", "dealer"),
+    "add2.mul": TagInfo(
+        "Beaver product: open e = x - a, f = y - b",
+        "P_i sends e_i = x_i - a_i and f_i = y_i - b_i; then z_i = c_i + e*b_i + a_i*f "
+        "(+ e*f at P0), no more communication",
+        "e_j, f_j, masked by the dealer's a_j, b_j (from a key the receiver lacks)"),
+    "add2.matmul": TagInfo(
+        "matrix triple: open E = X - A, F = Y - B",
+        "P_i sends E_i = X_i - A_i and F_i = Y_i - B_i; then Z_i = C_i + E@B_i + A_i@F "
+        "(+ E@F at P0): the cost is the INPUT sizes",
+        "E_j, F_j, masked by dealer matrices A_j, B_j (from a key the receiver lacks)"),
+    "add2.*.deal": TagInfo(
+        "truncation mask (dealt by P2)",
+        "P2 derives r = F(k_2) + F(k_1) and deals [r >> f], [msb(r)]: P0's parts from the "
+        "P0-P2 key, P1's parts sent",
+        "s - s0 and m - m0, masked by s0, m0 from the P0-P2 key P1 does not hold",
+        "dealer"),
+    "add2.*.open": TagInfo(
+        "masked opening c = x + 2^62 + r",
+        "P0 sends x_0 + 2^62 + r_a, P1 sends x_1 + r_b; both add c and compute their "
+        "additive share of x >> f locally (1 round in add2)",
+        "a value masked by the sender's half of r, which the receiver does not hold"),
+    "add2.persist.open": TagInfo(
+        "persistent weight: open W - B once",
+        "each data party sends W_i - B_i for a dealer mask B used with this weight only",
+        "W_j - B_j, masked by B_j (from a key the receiver lacks)"),
+    "add2.ptriple": TagInfo(
+        "per-product triple for a persistent weight (dealt by P2)",
+        "P2 sends C1 = A@B - C0 to P1 for a fresh left mask A",
+        "C1, masked by C0 from the P0-P2 key", "dealer"),
+    "add2.pmatmul": TagInfo(
+        "persistent-weight matmul: open E = X - A only",
+        "P_i sends E_i = X_i - A_i; Z_i = C_i + E@B_i + A_i@F (+ E@F at P0)",
+        "E_j, masked by the fresh dealer mask A_j"),
+}
+
+UNKNOWN = TagInfo("(not in the tag table)", "see the protocol module's docstring",
+                  "not documented in mpcache/explain.py's TAGS table: check the protocol's "
+                  "docs and run the view audit (mpcache.testing)", "?")
+
+
+def lookup(tag: str) -> TagInfo:
+    """The explanation of a message tag: exact entry, else the first matching pattern."""
+    if tag in TAGS:
+        return TAGS[tag]
+    for pat, info in TAGS.items():
+        if "*" in pat and fnmatch.fnmatchcase(tag, pat):
+            return info
+    return UNKNOWN
+
+
+# -- ops that can be explained --------------------------------------------------------------------
+@dataclass
+class OpSpec:
+    doc: str
+    default_shape: tuple
+    inputs: callable            # shape -> list of (name, shape, owner, integer, lo, hi)
+    run: callable               # (party, *secrets) -> secret result (or plaintext via reveal)
+    reference: callable         # (*plain inputs) -> expected output
+    cost: callable | None = None   # (protocol, shape) -> costs.cost(...) dict
+    atol: float = 1e-3
+    needs: tuple = ()           # SecretTensor attributes / functions the op needs
+    notes: list = field(default_factory=list)
+
+
+def _n(shape):
+    return int(np.prod(shape))
+
+
+def _c(op, **kw):
+    def f(protocol, shape):
+        from .protocols.costs import cost
+        return cost(protocol, op, **{k: v(shape) for k, v in kw.items()})
+    return f
+
+
+def _mm_shapes(shape):
+    if len(shape) != 3:
+        raise ValueError("matmul takes --shape MxKxQ (X is M x K, Y is K x Q)")
+    m, k, q = shape
+    return (m, k), (k, q)
+
+
+def _ops() -> dict:
+    ops = {
+        "share": OpSpec(
+            "secret-share an input held by P0", (4,),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            None, lambda x: x, _c("share", n=_n, ndim=len)),
+        "reveal": OpSpec(
+            "open a secret to every party", (4,),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x, lambda x: x, _c("reveal", n=_n)),
+        "mul": OpSpec(
+            "fixed-point product x * y (product + exact truncation)", (4,),
+            lambda s: [("x", s, 0, False, -8, 8), ("y", s, 1, False, -8, 8)],
+            lambda p, x, y: x * y, lambda x, y: x * y, _c("mul_fixed", n=_n)),
+        "mul_ring": OpSpec(
+            "ring (integer) product x * y: no truncation", (4,),
+            lambda s: [("x", s, 0, True, -100, 100), ("y", s, 1, True, -100, 100)],
+            lambda p, x, y: x * y, lambda x, y: x * y, _c("mul_ring", n=_n), atol=0),
+        "matmul": OpSpec(
+            "fixed-point matmul X @ Y (matmul + exact truncation)", (2, 3, 2),
+            lambda s: [("X", _mm_shapes(s)[0], 0, False, -4, 4),
+                       ("Y", _mm_shapes(s)[1], 1, False, -4, 4)],
+            lambda p, x, y: x @ y, lambda x, y: x @ y,
+            _c("matmul_fixed", m=lambda s: s[0], k=lambda s: s[1], q=lambda s: s[2])),
+        "matmul_ring": OpSpec(
+            "ring (integer) matmul X @ Y", (2, 3, 2),
+            lambda s: [("X", _mm_shapes(s)[0], 0, True, -20, 20),
+                       ("Y", _mm_shapes(s)[1], 1, True, -20, 20)],
+            lambda p, x, y: x @ y, lambda x, y: x @ y,
+            _c("matmul_ring", m=lambda s: s[0], k=lambda s: s[1], q=lambda s: s[2]), atol=0),
+        "trunc": OpSpec(
+            "x * 0.5: a public real costs one exact truncation", (4,),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x * 0.5, lambda x: x * 0.5, _c("trunc", n=_n)),
+        "lt": OpSpec(
+            "comparison x < y (a secret bit per element)", (4,),
+            lambda s: [("x", s, 0, False, -8, 8), ("y", s, 1, False, -8, 8)],
+            lambda p, x, y: x < y, lambda x, y: (x < y).astype(np.int64), None, atol=0,
+            needs=("__lt__",)),
+        "relu": OpSpec(
+            "ReLU max(x, 0)", (4,), lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x.relu(), lambda x: np.maximum(x, 0), None, needs=("relu",)),
+        "exp": OpSpec(
+            "exp(x)", (4,), lambda s: [("x", s, 0, False, -6, 2)],
+            lambda p, x: x.exp(), np.exp, None, atol=0.05, needs=("exp",)),
+        "reciprocal": OpSpec(
+            "1 / x", (4,), lambda s: [("x", s, 0, False, 0.5, 8)],
+            lambda p, x: x.reciprocal(), lambda x: 1 / x, None, atol=0.01,
+            needs=("reciprocal",)),
+        "max": OpSpec(
+            "maximum along the last axis (tree of comparisons)", (1, 8),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x.max(axis=-1), lambda x: x.max(axis=-1), None, needs=("max",)),
+        "argmax": OpSpec(
+            "one-hot argmax along the last axis", (1, 8),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x.argmax(axis=-1),
+            lambda x: (x == x.max(axis=-1, keepdims=True)).astype(np.int64), None, atol=0,
+            needs=("argmax",)),
+        "softmax": OpSpec(
+            "softmax along the last axis (max, exp, sum, reciprocal)", (1, 8),
+            lambda s: [("x", s, 0, False, -4, 4)],
+            lambda p, x: x.softmax(axis=-1),
+            lambda x: np.exp(x - x.max(-1, keepdims=True))
+            / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+            None, atol=0.01, needs=("softmax",)),
+        "topk": OpSpec(
+            "top-k (k=2) as a one-hot selection matrix [k, C]", (8,),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x.top_k(2),
+            lambda x: np.eye(x.shape[-1], dtype=np.int64)[np.sort(np.argsort(-x)[:2])],
+            None, atol=0, needs=("top_k",)),
+    }
+    return ops
+
+
+OPS = _ops()
+
+
+def available(name: str) -> bool:
+    from .tensor import SecretTensor
+    spec = OPS[name]
+    return all(hasattr(SecretTensor, a) and (a != "__lt__" or SecretTensor.__lt__
+                                             is not object.__lt__) for a in spec.needs)
+
+
+def parse_shape(text: str | None) -> tuple | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(s) for s in text.lower().replace(",", "x").split("x") if s)
+    except ValueError:
+        raise ValueError(f"bad --shape {text!r}: use e.g. 4, 2x3, 2x3x4") from None
+
+
+# -- running and narrating ------------------------------------------------------------------------
+@dataclass
+class Explained:
+    op: str
+    protocol: str
+    shape: tuple
+    inputs: list
+    output: object
+    expected: object
+    result: object              # RunResult (traced)
+    text: str
+
+
+def run_traced(op: str, protocol: str, shape=None, seed: int = 0, values: bool = False):
+    """Run ``op`` on random inputs with tracing.  Scopes: "input", "op", "output"."""
+    import mpcache
+    spec = OPS[op]
+    shape = tuple(shape) if shape else spec.default_shape
+    rng = np.random.default_rng(seed)
+    ins = []
+    for name, s, owner, integer, lo, hi in spec.inputs(shape):
+        if protocol == "add2" and owner == 2:
+            owner = 0
+        v = rng.integers(lo, hi + 1, s) if integer else np.round(rng.uniform(lo, hi, s), 3)
+        ins.append((name, v, owner, integer))
+
+    def job(p):
+        if spec.run is None:                       # the op is sharing itself
+            name, v, owner, integer = ins[0]
+            with p.scope("op"):
+                x = p.share(v if p.id == owner else None, owner=owner, integer=integer)
+            with p.scope("output"):
+                return p.reveal(x)
+        with p.scope("input"):
+            xs = [p.share(v if p.id == owner else None, owner=owner, integer=integer)
+                  for name, v, owner, integer in ins]
+        if op == "reveal":
+            with p.scope("op"):
+                return p.reveal(xs[0])
+        with p.scope("op"):
+            y = spec.run(p, *xs)
+        with p.scope("output"):
+            return p.reveal(y)
+
+    sess = mpcache.Session(protocol, seed=seed, trace=True, trace_values=values)
+    res = sess.run(job)
+    expected = spec.reference(*[v for _, v, _, _ in ins])
+    return shape, ins, res, expected
+
+
+def aligned_rounds(transcripts, scope: str) -> dict:
+    """Round of every message sent under ``scope``, counted from the scope's start as if
+    every party entered it at the same time (``{(sender, receiver, seq): round}``).
+
+    The Lamport stamps on messages depend on each party's clock when it entered the
+    scope (a party that only sent before may lag), so the same logical step can carry
+    different stamps; replaying the scope's events with all clocks at 0 aligns them.
+    Offline messages get the round before which their receiver used them."""
+    inside = lambda s: s == scope or s.startswith(scope + "/")  # noqa: E731
+    evs = [[e for e in t.events if inside(e.scope)] for t in transcripts]
+    pos = [0] * len(evs)
+    clock = [0] * len(evs)
+    sent: dict = {}
+    out: dict = {}
+    progress = True
+    while progress:
+        progress = False
+        for i, lst in enumerate(evs):
+            while pos[i] < len(lst):
+                e = lst[pos[i]]
+                if e.direction == "send":
+                    key = (e.party, e.peer, e.seq)
+                    st = 0 if e.offline else clock[i] + 1
+                    sent[key] = st
+                    if not e.offline:
+                        out[key] = st
+                else:
+                    key = (e.peer, e.party, e.seq)
+                    if key not in sent:
+                        # sent outside the scope (stamp 0 here) or not replayed yet
+                        sender_has = any(x.direction == "send" and (x.party, x.peer, x.seq)
+                                         == key for x in evs[e.peer])
+                        if sender_has:
+                            break
+                        sent[key] = 0
+                    clock[i] = max(clock[i], sent[key])
+                    if e.offline:
+                        out[key] = clock[i] + 1
+                pos[i] += 1
+                progress = True
+    return out
+
+
+def _message_groups(transcripts, scope: str):
+    """Messages of ``scope`` (nested included) grouped by (aligned round, tag)."""
+    inside = lambda s: s == scope or s.startswith(scope + "/")  # noqa: E731
+    rounds = aligned_rounds(transcripts, scope)
+    groups: dict = {}
+    order = []
+    for t in transcripts:
+        for e in t.events:
+            if e.direction != "send" or not inside(e.scope):
+                continue
+            rnd = rounds.get((e.party, e.peer, e.seq), 1)
+            key = (rnd, not e.offline, e.tag)
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(e)
+    return [(k, groups[k]) for k in sorted(order, key=lambda k: (k[0], k[1], order.index(k)))]
+
+
+def _values_line(e, n=4):
+    if e.values is None:
+        return ""
+    vs = ", ".join(f"{v:#018x}" if isinstance(v, int) and v > 9999 else str(v)
+                   for v in e.values[:n])
+    more = ", ..." if len(e.values) > n else ""
+    return f"  values [{vs}{more}]"
+
+
+def narrate(transcripts, scope: str, protocol: str) -> list:
+    """Lines narrating every message sent under ``scope``, round by round."""
+    lines = []
+    groups = _message_groups(transcripts, scope)
+    if not groups:
+        lines.append("    (no communication: every party computes locally)")
+        return lines
+    step = 0
+    for (rnd, online, tag), evs in groups:
+        step += 1
+        info = lookup(tag)
+        when = f"round {rnd}" if online else f"offline, used in round {rnd}"
+        tot = sum(e.nbytes for e in evs)
+        lines.append(f"  step {step} ({when}) {tag}: {info.title}")
+        lines.append(f"    local:  {info.local}")
+        for e in sorted(evs, key=lambda e: (e.party, e.peer)):
+            n = e.elements
+            lines.append(f"    P{e.party} -> P{e.peer}: {e.nbytes:,} B ({n:,} x {e.dtype}, "
+                         f"shape {tuple(e.shape)})" + _values_line(e))
+        per_party = {}
+        for e in evs:
+            per_party[e.party] = per_party.get(e.party, 0) + e.nbytes
+        lines.append(f"    bytes:  {tot:,} in all; max per party "
+                     f"{max(per_party.values()):,}" + (" (offline)" if not online else ""))
+        learns = LEARNS.get(info.kind, "see above")
+        lines.append(f"    learns: {learns}" + (f" -- {info.learns}" if info.learns else ""))
+    return lines
+
+
+def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
+            values: bool = False, show_io: bool = False) -> Explained:
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {', '.join(sorted(OPS))}")
+    if not available(op):
+        raise NotImplementedError(f"op {op!r} needs SecretTensor.{'/'.join(OPS[op].needs)}, "
+                                  "which this build does not have yet")
+    spec = OPS[op]
+    shape, ins, res, expected = run_traced(op, protocol, shape, seed, values)
+    ts = res.transcripts
+    out = res.output
+    L = [f"mpcache explain {op} --protocol {protocol} --shape "
+         f"{'x'.join(map(str, shape))}: {spec.doc}"]
+    L.append("=" * len(L[0]))
+    if protocol == "rep3":
+        L.append("Sharing: replicated 3PC, x = x0 + x1 + x2 over Z_2^64; P_i holds "
+                 "(x_i, x_{i+1}).  Keys: k_i shared by P_i and P_{i+1}.")
+    else:
+        L.append("Sharing: additive 2PC, x = x0 + x1 over Z_2^64 (P0, P1); P2 is a dealer of "
+                 "correlated randomness and holds no shares.  Keys: k_0 = P0-P1, k_1 = P1-P2, "
+                 "k_2 = P2-P0.")
+    fb = 18
+    L.append(f"Fixed point: {fb} fractional bits.  Inputs (random, seed {seed}):")
+    for name, v, owner, integer in ins:
+        L.append(f"  {name} {tuple(np.shape(v))} {'int' if integer else 'fixed'} owned by "
+                 f"P{owner}: {_short(v)}")
+    if values:
+        L.append("!! share values shown: toy data only (trace_values=True) !!")
+    L.append("")
+    stats = res.stats
+    from .net.accounting import scope_rounds
+    sections = [("input", "inputs: sharing"), ("op", f"the op: {op}"),
+                ("output", "output: reveal")]
+    for sc, title in sections:
+        if sc != "op" and not show_io:
+            c = res.scope(sc) if any(sc in s["scopes"] for s in stats) else None
+            if c is not None:
+                L.append(f"[{title}: {c['bytes_sent']:,} B/party, {c['rounds']} round(s); "
+                         f"--io shows the steps]")
+            continue
+        L.append(f"[{title}]")
+        L.extend(narrate(ts, sc, protocol))
+        L.append("")
+    c = res.scope("op")
+    L.append(f"Totals of the op (from the accounting): {c['bytes_sent']:,} B per party "
+             f"(max over parties), {c['rounds']} round(s), {c['offline_bytes_sent']:,} B "
+             f"offline (dealer/helper).  crit. path rounds: {scope_rounds(stats, 'op')}")
+    if spec.cost is not None:
+        f = spec.cost(protocol, shape)
+        ok = (f["bytes"], f["rounds"], f["offline"]) == (
+            c["bytes_sent"], c["rounds"], c["offline_bytes_sent"])
+        L.append(f"Cost formula (mpcache/protocols/costs.py): {f['bytes']:,} B, {f['rounds']} "
+                 f"round(s), {f['offline']:,} B offline -> "
+                 + ("matches the measurement" if ok else "DIFFERS from the measurement"))
+    err = float(np.max(np.abs(np.asarray(out, float) - np.asarray(expected, float)))) \
+        if np.shape(out) == np.shape(expected) else float("nan")
+    L.append(f"Revealed output: {_short(out)}")
+    L.append(f"numpy reference: {_short(expected)}  (max abs error {err:.2g})")
+    L.append("Only the output is revealed; every other message above is masked "
+             "(checked statistically by mpcache.testing.assert_view_indistinguishable).")
+    return Explained(op, protocol, shape, ins, out, expected, res, "\n".join(L))
+
+
+def _short(v, n=8) -> str:
+    a = np.asarray(v)
+    flat = a.reshape(-1)
+    if a.dtype.kind == "f":
+        s = ", ".join(f"{x:.4g}" for x in flat[:n])
+    else:
+        s = ", ".join(str(x) for x in flat[:n])
+    return f"[{s}{', ...' if flat.size > n else ''}]" + (f" shape {a.shape}" if a.ndim > 1
+                                                        else "")
