@@ -1,0 +1,154 @@
+"""View audit (mpcache.testing.assert_view_indistinguishable) over every available op,
+the negative control (a mask patched out must FAIL the audit), and protocol_property."""
+import numpy as np
+import pytest
+
+from mpcache import prg
+from mpcache.tensor import SecretTensor
+from mpcache.testing import (ViewLeak, assert_view_indistinguishable, collect_view,
+                             protocol_property)
+from mpcache.protocols.costs import cost
+
+N = 2048
+rng = np.random.default_rng(7)
+A0 = np.zeros(N)
+A1 = np.full(N, 1234.5678)
+B0 = np.zeros(N)
+B1 = rng.uniform(-100, 100, N)
+
+
+def _has(name):
+    return hasattr(SecretTensor, name)
+
+
+def _persist(p, x, y):
+    w = y.reshape(32, 64)
+    w.persist()
+    return x.reshape(64, 32) @ w
+
+
+# op name -> (op, secrets_a, secrets_b, integer, needs)
+OPS = {
+    "share": (lambda p, x: x, A0, A1, (), None),
+    "mul_fixed": (lambda p, x, y: x * y, (A0, B0), (A1, B1), (), None),
+    "mul_ring": (lambda p, x, y: x * y, (A0.astype(np.int64), B0.astype(np.int64)),
+                 (A1.astype(np.int64), B1.astype(np.int64)), (0, 1), None),
+    "matmul_fixed": (lambda p, x, y: x.reshape(32, 64) @ y.reshape(64, 32),
+                     (A0, B0), (A1, B1), (), None),
+    "matmul_ring": (lambda p, x, y: x.reshape(32, 64) @ y.reshape(64, 32),
+                    (A0.astype(np.int64), B0.astype(np.int64)),
+                    (A1.astype(np.int64), B1.astype(np.int64)), (0, 1), None),
+    "trunc": (lambda p, x: x * 0.5, A0, A1, (), None),
+    "persistent_matmul": (_persist, (A0, B0), (A1, B1), (), None),
+    "lt": (lambda p, x, y: x < y, (A0, B0), (A1, B1), (), "__lt__"),
+    "relu": (lambda p, x: x.relu(), A0, A1, (), "relu"),
+    "exp": (lambda p, x: x.exp(), A0 - 3, np.full(N, -1.5), (), "exp"),
+    "reciprocal": (lambda p, x: x.reciprocal(), A0 + 1, np.full(N, 37.5), (), "reciprocal"),
+    "softmax": (lambda p, x: x.reshape(32, 64).softmax(axis=-1), A0, B1 / 10, (), "softmax"),
+    "max": (lambda p, x: x.reshape(64, 32).max(axis=-1), A0, B1, (), "max"),
+    "top_k": (lambda p, x: x.reshape(4, 512).top_k(2), A0 + np.arange(N) % 7, B1, (),
+              "top_k"),
+}
+
+
+def _available(needs):
+    if needs is None:
+        return True
+    if needs == "__lt__":
+        return SecretTensor.__lt__ is not object.__lt__
+    return _has(needs)
+
+
+@pytest.mark.parametrize("observer", [1, 2])
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_view_audit_every_op(protocol, op, observer):
+    fn, sa, sb, integer, needs = OPS[op]
+    if not _available(needs):
+        pytest.skip(f"SecretTensor.{needs} is not in this build yet")
+    if protocol == "add2" and observer == 2:
+        # the dealer receives nothing but shapes (and reveals): check that instead
+        view = collect_view(protocol, fn, sa, observer, owner=0, integer=integer,
+                            exclude_tags=())
+        assert all(b.label.split()[2].endswith(".shape") for b in view), \
+            [b.label for b in view]
+        return
+    rep = assert_view_indistinguishable(protocol, fn, sa, sb, observer=observer, owner=0,
+                                        integer=integer)
+    assert rep.tested and rep.min_p >= rep.threshold
+
+
+@pytest.mark.parametrize("observer", [1, 0])
+def test_view_audit_fails_when_a_mask_is_removed(protocol, observer, monkeypatch):
+    """Negative control: with every PRG draw zeroed the shares and openings carry the
+    secret in the clear, and the audit must say so."""
+    monkeypatch.setattr(prg.PRG, "ring", lambda self, shape: np.zeros(shape, np.uint64))
+    owner = 1 - observer
+    with pytest.raises(ViewLeak, match="depends on the secret"):
+        assert_view_indistinguishable(protocol, lambda p, x, y: x * y, (A0, B0), (A1, B1),
+                                      observer=observer, owner=owner)
+
+
+def test_view_audit_fails_when_one_opening_is_unmasked(monkeypatch):
+    """A subtler bug: only P0's half of the truncation mask is dropped.  Every message
+    alone still looks uniform (P0's opening is x_0 + 2^62, and x_0 is uniform to P1), but
+    with P1's own component x_1 it gives x + 2^62: the pairwise sums catch it."""
+    from mpcache.protocols import truncation as tr
+    real = tr.p0_mask
+
+    def leaky(prg_p2, shape):
+        ra, s0, m0 = real(prg_p2, shape)
+        return np.zeros_like(ra), s0, m0
+    monkeypatch.setattr(tr, "p0_mask", leaky)
+    with pytest.raises(ViewLeak, match="trunc.open"):
+        assert_view_indistinguishable("rep3", lambda p, x: x.truncate(3), A0, A1, observer=1)
+    # ...and the per-block test alone does not see it (why the pairs are there)
+    assert_view_indistinguishable("rep3", lambda p, x: x.truncate(3), A0, A1, observer=1,
+                                  pairs=False)
+
+
+def test_audit_needs_big_enough_blocks():
+    with pytest.raises(ValueError, match="nothing to audit"):
+        assert_view_indistinguishable("rep3", lambda p, x: x * 0.5, np.zeros(8),
+                                      np.ones(8), observer=1)
+
+
+def test_observer_must_not_own_the_secret():
+    with pytest.raises(ValueError, match="owns an input"):
+        assert_view_indistinguishable("rep3", lambda p, x: x, A0, A1, observer=0, owner=0)
+
+
+# -- protocol_property: a user's own protocol, property-tested on both protocols ----------------
+def _poly(p, x):
+    """A user's protocol: 3x^2 - x + 0.5, one fixed-point product."""
+    return (x * x) * 3 - x + 0.5
+
+
+test_user_polynomial = protocol_property(
+    _poly, lambda x: 3 * x * x - x + 0.5, values=(-30, 30), atol=1e-3, max_examples=10,
+    budget=lambda proto, s: {"bytes": cost(proto, "mul_fixed", n=int(np.prod(s)))["bytes"],
+                             "rounds": 2},
+    exact_budget=True, name="test_user_polynomial")
+
+
+def test_protocol_property_matmul_fixed_shapes():
+    prop = protocol_property(lambda p, x, y: x @ y, lambda x, y: x @ y, n_inputs=2,
+                             shapes=((3, 4), (4, 2)), values=(-10, 10), atol=1e-3,
+                             max_examples=5,
+                             budget={"rep3": {"bytes": 2 * 8 * 6, "rounds": 2},
+                                     "add2": {"bytes": 8 * (12 + 8 + 6), "rounds": 2}},
+                             exact_budget=True)
+    prop()
+
+
+def test_protocol_property_catches_a_wrong_reference():
+    prop = protocol_property(lambda p, x: x * 2, lambda x: x * 3, values=(1, 10),
+                             max_examples=5)
+    with pytest.raises(AssertionError):
+        prop()
+
+
+def test_protocol_property_catches_a_blown_budget():
+    prop = protocol_property(lambda p, x: x * x, lambda x: x * x, values=(-5, 5), atol=1e-3,
+                             max_examples=3, budget=lambda proto, s: {"rounds": 1})
+    with pytest.raises(AssertionError, match="budget"):
+        prop()
