@@ -137,7 +137,8 @@ class Recorder:
         self.events.append(Event(
             step=len(self.events), party=self.party_id, direction=direction, peer=int(peer),
             scope=scope_path, tag=msg.tag, dtype=str(p.dtype), shape=tuple(p.shape),
-            nbytes=int(p.nbytes), stamp=int(msg.stamp), offline=msg.stamp == 0,
+            nbytes=int(p.nbytes), stamp=int(msg.stamp),
+            offline=bool(getattr(msg, "offline", msg.stamp == 0)),
             clock=int(self._acct.clock) if self._acct is not None else int(msg.stamp),
             seq=int(msg.seq), values=vals))
 
