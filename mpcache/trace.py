@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 import warnings
@@ -131,7 +130,7 @@ class Recorder:
     def __call__(self, direction, peer, msg, scope_path) -> None:
         p = msg.payload
         vals = None
-        if self.values:
+        if self.values and not msg.tag.startswith("setup."):     # never the PRG keys
             flat = np.asarray(p).reshape(-1)
             vals = flat[:MAX_VALUES].tolist()
         self.events.append(Event(
@@ -380,9 +379,8 @@ def finish_session(session, recorders: list, stats: list) -> list:
     path = trace_path(session)
     if path:
         tr = Trace(sid, session.protocol, ts, session.fxp.frac_bits, bool(session.trace_values),
-                   {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "argv": " ".join(sys.argv[:1] + [os.path.basename(a) if os.sep in a
-                                                     else a for a in sys.argv[1:3]])})
+                   {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        # (no command line: arguments such as a prompt can be secret)
         write([tr], path)
     return ts
 
