@@ -7,6 +7,7 @@ leading slot axis left alone, so :class:`mpcache.tensor.SecretTensor` implements
 for both protocols.  The add2 dealer holds no data: its ``data`` is a zero-strided
 *phantom* of the right shape (no memory) so it can follow the program's shapes and
 produce correlated randomness of the right sizes.
+Docs: docs/protocols.md; step-by-step walk-through: docs/teaching.md (mpcache explain).
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Reference: the "MSB trick" for truncation with a masked opening, Escudero, Ghosh, Keller,
 Rachuri, Scholl, "Improved Primitives for MPC over Mixed Arithmetic-Binary Circuits",
 CRYPTO 2020, Sec. 4 (here with the helper party supplying the mask correlation).
+Docs: docs/protocols.md; step-by-step walk-through: docs/teaching.md (mpcache explain).
 
 Let ``x`` be secret with ``|x| < 2^62`` (signed).  Shift ``x' = x + 2^62`` so
 ``0 <= x' < 2^63``.  A helper party (P2) knows a uniform mask ``r`` and deals
