@@ -25,6 +25,8 @@ def register(sub) -> None:
     ex.add_argument("--seed", type=int, default=0, help="seed of the random toy inputs")
     ex.add_argument("--io", action="store_true",
                     help="also narrate the input sharing and the output reveal")
+    ex.add_argument("--full", action="store_true",
+                    help="explain a repeated step in full every time")
     ex.add_argument("--values", action="store_true",
                     help="show share values in each message (toy data only)")
     ex.add_argument("--trace", metavar="FILE", help="also write the transcript to FILE")
@@ -57,7 +59,8 @@ def _explain(a) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # printed once above
         try:
-            ex = explain(a.op, a.protocol, parse_shape(a.shape), a.seed, a.values, a.io)
+            ex = explain(a.op, a.protocol, parse_shape(a.shape), a.seed, a.values, a.io,
+                         a.full)
         except ValueError as e:
             print(f"mpcache explain: {e}", file=sys.stderr)
             return 2

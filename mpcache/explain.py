@@ -422,37 +422,47 @@ def _values_line(e, n=4):
     return f"  values [{vs}{more}]"
 
 
-def narrate(transcripts, scope: str, protocol: str) -> list:
-    """Lines narrating every message sent under ``scope``, round by round."""
+def narrate(transcripts, scope: str, protocol: str, full_repeats: bool = False) -> list:
+    """Lines narrating every message sent under ``scope``, round by round.  A tag seen
+    before is printed on one line pointing back to its first explanation (unless
+    ``full_repeats``); a change of sub-scope (e.g. ``op/max``) gets a header."""
     lines = []
     groups = _message_groups(transcripts, scope)
     if not groups:
         lines.append("    (no communication: every party computes locally)")
         return lines
-    step = 0
-    for (rnd, online, tag), evs in groups:
-        step += 1
+    first_step: dict = {}
+    cur_sub = None
+    for step, ((rnd, online, tag), evs) in enumerate(groups, 1):
+        sub = evs[0].scope[len(scope) + 1:] if evs[0].scope != scope else ""
+        if sub != cur_sub and (sub or cur_sub):
+            lines.append(f"  -- in scope {scope}/{sub}" if sub else f"  -- back in {scope}")
+        cur_sub = sub
         info = lookup(tag)
         when = f"round {rnd}" if online else f"offline, used in round {rnd}"
-        tot = sum(e.nbytes for e in evs)
-        lines.append(f"  step {step} ({when}) {tag}: {info.title}")
-        lines.append(f"    local:  {info.local}")
-        for e in sorted(evs, key=lambda e: (e.party, e.peer)):
-            n = e.elements
-            lines.append(f"    P{e.party} -> P{e.peer}: {e.nbytes:,} B ({n:,} x {e.dtype}, "
-                         f"shape {tuple(e.shape)})" + _values_line(e))
-        per_party = {}
+        per_party: dict = {}
         for e in evs:
             per_party[e.party] = per_party.get(e.party, 0) + e.nbytes
-        lines.append(f"    bytes:  {tot:,} in all; max per party "
+        msgs = sorted(evs, key=lambda e: (e.party, e.peer))
+        if tag in first_step and not full_repeats:
+            links = ", ".join(f"P{e.party}->P{e.peer} {e.nbytes:,} B" for e in msgs)
+            lines.append(f"  step {step} ({when}) {tag}: {links}  [as step {first_step[tag]}]")
+            continue
+        first_step.setdefault(tag, step)
+        lines.append(f"  step {step} ({when}) {tag}: {info.title}")
+        lines.append(f"    local:  {info.local}")
+        for e in msgs:
+            lines.append(f"    P{e.party} -> P{e.peer}: {e.nbytes:,} B ({e.elements:,} x "
+                         f"{e.dtype}, shape {tuple(e.shape)})" + _values_line(e))
+        lines.append(f"    bytes:  {sum(per_party.values()):,} in all; max per party "
                      f"{max(per_party.values()):,}" + (" (offline)" if not online else ""))
-        learns = LEARNS.get(info.kind, "see above")
+        learns = LEARNS.get(info.kind, "(not in the tag table: unexplained)")
         lines.append(f"    learns: {learns}" + (f" -- {info.learns}" if info.learns else ""))
     return lines
 
 
 def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
-            values: bool = False, show_io: bool = False) -> Explained:
+            values: bool = False, show_io: bool = False, full: bool = False) -> Explained:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; choose from {', '.join(sorted(OPS))}")
     if not available(op):
@@ -492,7 +502,7 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
                          f"--io shows the steps]")
             continue
         L.append(f"[{title}]")
-        L.extend(narrate(ts, sc, protocol))
+        L.extend(narrate(ts, sc, protocol, full_repeats=full))
         L.append("")
     c = res.scope("op")
     L.append(f"Totals of the op (from the accounting): {c['bytes_sent']:,} B per party "
