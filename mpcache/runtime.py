@@ -247,6 +247,9 @@ class Session:
         primary = [e for e in errors if e is not None and not isinstance(e, TransportError)]
         first = primary[0] if primary else next((e for e in errors if e is not None), None)
         if first is not None:
+            if recorders is not None:         # keep what was traced up to the failure
+                from .trace import finish_session
+                finish_session(self, recorders, stats)
             if not isinstance(first, TransportError):
                 raise first
             raise PartyFailed(str(first)) from first

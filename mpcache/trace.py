@@ -376,10 +376,14 @@ def finish_session(session, recorders: list, stats: list) -> list:
     """Transcripts of a finished session; writes the trace file if one was asked for."""
     sid = recorders[0].session
     ts = [r.transcript(session.protocol, sid, stats[i]) for i, r in enumerate(recorders)]
+    failed = any(s is None for s in stats)
     path = trace_path(session)
     if path:
+        meta = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if failed:
+            meta["failed"] = True       # a party raised: the transcripts stop where it did
         tr = Trace(sid, session.protocol, ts, session.fxp.frac_bits, bool(session.trace_values),
-                   {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                   meta)
         # (no command line: arguments such as a prompt can be secret)
         write([tr], path)
     return ts
@@ -481,7 +485,9 @@ def format_totals(trace: Trace) -> str:
 def format_trace(trace: Trace, timeline: bool = True, **kw) -> str:
     head = (f"session {trace.session}: protocol {trace.protocol}, "
             f"{sum(len(t.events) for t in trace.transcripts)} events, "
-            + ("WITH SHARE VALUES (toy data only)" if trace.values else "metadata only"))
+            + ("WITH SHARE VALUES (toy data only)" if trace.values else "metadata only")
+            + (" -- the run FAILED; transcripts stop where each party stopped"
+               if trace.meta.get("failed") else ""))
     parts = [head, "=" * len(head)]
     if timeline:
         parts.append(format_timeline(trace, **kw))

@@ -100,3 +100,20 @@ def test_trace_show_cli(tmp_path):
     assert "P0 timeline" in out.stdout and "P2 timeline" in out.stdout
     assert "equals the accounting" in out.stdout
     assert "layer" in out.stdout and "add2.trunc.open" in out.stdout
+
+
+def test_failed_run_keeps_its_partial_trace(tmp_path):
+    """Parties running different programs: the trace shows where each one stopped."""
+    path = str(tmp_path / "fail.jsonl")
+
+    def bad(p):
+        x = p.share(np.ones(3) if p.id == 0 else None, 0)
+        if p.id == 1:
+            return p.reveal(x * x)         # P1 multiplies, the others reveal at once
+        return p.reveal(x)
+    with pytest.raises(Exception):
+        mpcache.Session("rep3", trace=path, timeout=5).run(bad)
+    (tr,) = T.read(path)
+    assert tr.meta.get("failed") is True and tr.stats is None
+    assert all(t.events for t in tr.transcripts)
+    assert "FAILED" in T.format_trace(tr)
