@@ -313,6 +313,28 @@ class SecretTensor:
         idx = idx if isinstance(idx, tuple) else (idx,)
         return self._structural(lambda d: d[(slice(None),) + idx])
 
+    def grow_into(self, buf: "SecretTensor", n: int, axis: int = 1) -> "SecretTensor":
+        """Write this tensor at rows ``n:`` (along ``axis``) of a capacity buffer ``buf``
+        whose first ``n`` rows are valid, growing it geometrically if needed (local; used by
+        the KV cache).  Returns the buffer; its valid part is ``buf[..., :n + t]``."""
+        self._check(buf)
+        ax = axis % self.ndim + 1
+        t = self.data.shape[ax]
+        if buf.data.shape[ax] < n + t:
+            shape = list(self.shape)
+            shape[ax - 1] = max(16, 2 * (n + t))
+            data = self._proto.zeros_like_share(shape)
+            if self._proto.active and n:
+                idx = [slice(None)] * data.ndim
+                idx[ax] = slice(0, n)
+                data[tuple(idx)] = buf.data[tuple(idx)]
+            buf = self._new(data)
+        if self._proto.active:
+            idx = [slice(None)] * buf.data.ndim
+            idx[ax] = slice(n, n + t)
+            buf.data[tuple(idx)] = self.data
+        return buf
+
     def copy(self):
         return self._local(lambda d: np.ascontiguousarray(d).copy() if d.flags.c_contiguous else np.ascontiguousarray(d))
 

@@ -161,3 +161,18 @@ def test_different_fixed_point_configs(protocol):
         x = np.array([1.25, -3.5])
         out, _ = run_op(protocol, lambda p, a: a * a * 0.5, x, session=sess)
         assert_close(out, x * x * 0.5, atol=8 * 2.0**-f)
+
+
+def test_grow_into_matches_concatenate(protocol):
+    rng = np.random.default_rng(0)
+    chunks = [rng.uniform(-5, 5, (2, t, 3)) for t in (4, 1, 1, 20, 1)]
+
+    def job(p):
+        buf, n = None, 0
+        for c in chunks:
+            s = p.share(c if p.id == 0 else None, 0)
+            buf = s if buf is None else s.grow_into(buf, n)
+            n += c.shape[1]
+        return p.reveal(buf[:, :n], 0)
+    got = mpcache.Session(protocol).run(job).output
+    assert_close(got, np.concatenate(chunks, axis=1), atol=ULP)

@@ -21,8 +21,9 @@ Optionally ``policy.observe(cache, layer, probs)`` receives the attention probab
 ``[n_kv_heads, group * T_q, S]`` of every call (H2O-style accumulated scores need them).
 Static eviction rewrites the stored tokens with :meth:`replace` or :meth:`keep`.
 
-Plaintext appends grow a numpy buffer geometrically (amortised O(new tokens), so decoding
-never copies the prefix); secret tensors are appended with ``functional.concatenate``.
+Appends grow a buffer geometrically (amortised O(new tokens), so decoding never copies
+the prefix): a numpy buffer for plaintext, the share data for secret tensors
+(``SecretTensor.grow_into``; a purely local operation).
 """
 from __future__ import annotations
 
@@ -52,11 +53,11 @@ class KVCache:
 
     def keys(self, layer: int):
         k = self._k[layer]
-        return k if k is None or not F.is_plain(k) else k[:, : self._len[layer]]
+        return k if k is None else k[:, : self._len[layer]]
 
     def values(self, layer: int):
         v = self._v[layer]
-        return v if v is None or not F.is_plain(v) else v[:, : self._len[layer]]
+        return v if v is None else v[:, : self._len[layer]]
 
     def positions(self, layer: int) -> np.ndarray:
         return self._pos[layer]
@@ -92,6 +93,10 @@ class KVCache:
         elif F.is_plain(old_k) and F.is_plain(k) and F.is_plain(v):
             self._k[layer] = self._grow(old_k, k, n)
             self._v[layer] = self._grow(self._v[layer], v, n)
+        elif hasattr(k, "grow_into") and not F.is_plain(old_k) and old_k.frac == k.frac:
+            # secret tensors: the same amortised buffer, on the share data (local op)
+            self._k[layer] = k.grow_into(old_k, n)
+            self._v[layer] = v.grow_into(self._v[layer], n)
         else:
             self._k[layer] = F.concatenate([self.keys(layer), k], axis=1)
             self._v[layer] = F.concatenate([self.values(layer), v], axis=1)
