@@ -1,7 +1,7 @@
 """05 - one private attention head: secret Q, K, V -> scores, softmax, context.
 
 Run: python examples/05_private_attention.py
-Needs: SecretTensor.softmax
+Needs: SecretTensor.softmax, SecretTensor.max
 
     scores  = Q K^T / sqrt(d)      one matmul: MPC cost = the OUTPUT size (n_q x T)
     probs   = softmax(scores)      the non-linear part: most of the rounds
