@@ -218,11 +218,12 @@ def chi_square_lane_pvalues(va: np.ndarray, vb: np.ndarray) -> list:
 
 
 def _pairs(blocks, min_block, max_pairs):
-    """Index pairs of same-size uint64 blocks (for joint tests), at most ``max_pairs``."""
+    """Index pairs of same-size, same-dtype blocks (for joint tests), at most ``max_pairs``."""
     idx = [i for i, b in enumerate(blocks) if b.values.size >= min_block
-           and b.values.dtype == np.uint64]
+           and b.values.dtype in (np.uint64, np.uint8)]
     out = [(i, j) for k, i in enumerate(idx) for j in idx[k + 1:]
-           if blocks[i].values.size == blocks[j].values.size]
+           if blocks[i].values.size == blocks[j].values.size
+           and blocks[i].values.dtype == blocks[j].values.dtype]
     if len(out) > max_pairs:
         pick = np.random.default_rng(0).choice(len(out), max_pairs, replace=False)
         out = [out[k] for k in sorted(pick)]
@@ -235,7 +236,7 @@ def audit_views(blocks_a: list, blocks_b: list, *, alpha: float = 1e-6, min_bloc
     """Compare two views block by block (see :func:`assert_view_indistinguishable`).
 
     With ``pairs``, also the sum and the difference (mod 2^64) of every two blocks of
-    the same size: each block alone can be uniform while two together reveal the secret
+    the same size (the XOR for packed-bit uint8 blocks): each block alone can be uniform while two together reveal the secret
     (an opening whose mask was dropped, added to one's own share).  A pair of identical
     blocks (a share repeating a received value) gives a constant, the same for both
     secrets, so it never raises a false alarm."""
@@ -258,6 +259,9 @@ def audit_views(blocks_a: list, blocks_b: list, *, alpha: float = 1e-6, min_bloc
         for i, j in _pairs(blocks_a, min_block, max_pairs):
             ai, aj, bi, bj = (blocks_a[i].values, blocks_a[j].values, blocks_b[i].values,
                               blocks_b[j].values)
+            if ai.dtype == np.uint8:         # packed XOR-shared bits: combine by XOR
+                cases.append((f"[{la[i]}] ^ [{la[j]}]", ai ^ aj, bi ^ bj))
+                continue
             cases.append((f"[{la[i]}] + [{la[j]}]", ai + aj, bi + bj))
             cases.append((f"[{la[i]}] - [{la[j]}]", ai - aj, bi - bj))
     n_tests = sum(_lanes(va[:1]).shape[1] for _, va, _ in cases)
