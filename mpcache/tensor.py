@@ -417,3 +417,72 @@ def stack(tensors, axis=0):
         raise ValueError("need at least one tensor to stack")
     nd = ts[0].ndim + 1
     return concatenate([t.expand_dims(axis % nd) for t in ts], axis=axis % nd)
+
+
+# === non-linear approximations: exp, reciprocal, rsqrt, softmax, gelu, silu ==============
+# (owned by mpcache/protocols/approx.py, reciprocal.py, activations.py; keyword arguments
+#  are forwarded as documented there.  Kept as one delimited block.)
+def _nl_exp(self, **kw):
+    """e^x on [-14, 0] (clipped below; see protocols/approx.exp for knobs and range)."""
+    from .protocols.approx import exp
+    return exp(self, **kw)
+
+
+def _nl_reciprocal(self, **kw):
+    """1/x for x > 0 (top-bit normalisation + polynomial; protocols/reciprocal.py)."""
+    from .protocols.reciprocal import reciprocal
+    return reciprocal(self, **kw)
+
+
+def _nl_rsqrt(self, **kw):
+    """1/sqrt(x) for x > 0 (top-bit normalisation + polynomial; protocols/reciprocal.py)."""
+    from .protocols.reciprocal import rsqrt
+    return rsqrt(self, **kw)
+
+
+def _nl_softmax(self, axis=-1, **kw):
+    """Softmax along ``axis`` (max-subtracted by default; protocols/approx.softmax)."""
+    from .protocols.approx import softmax
+    return softmax(self, axis, **kw)
+
+
+def _nl_gelu(self, **kw):
+    """GELU by an even piecewise polynomial (protocols/activations.py)."""
+    from .protocols.activations import gelu
+    return gelu(self, **kw)
+
+
+def _nl_silu(self, **kw):
+    """SiLU by an even piecewise polynomial (protocols/activations.py)."""
+    from .protocols.activations import silu
+    return silu(self, **kw)
+
+
+SecretTensor.exp = _nl_exp
+SecretTensor.reciprocal = _nl_reciprocal
+SecretTensor.rsqrt = _nl_rsqrt
+SecretTensor.softmax = _nl_softmax
+SecretTensor.gelu = _nl_gelu
+SecretTensor.silu = _nl_silu
+# === end of non-linear approximations block ===============================================
+
+
+# =========================================================================================
+# Comparisons, selection, max/argmax, top-k, one-hot, gather (comparison engineer):
+# thin delegations to mpcache/protocols/{compare,select}.py.  ``==`` stays unoverloaded
+# (object identity; SecretTensors remain hashable): use ``x.eq(y)``.
+# =========================================================================================
+from .protocols import compare as _cmp  # noqa: E402
+
+SecretTensor.__lt__ = lambda self, other: _cmp.lt(self, other)
+SecretTensor.__le__ = lambda self, other: _cmp.le(self, other)
+SecretTensor.__gt__ = lambda self, other: _cmp.gt(self, other)
+SecretTensor.__ge__ = lambda self, other: _cmp.ge(self, other)
+SecretTensor.eq = lambda self, other: _cmp.eq(self, other)
+SecretTensor.ne = lambda self, other: _cmp.ne(self, other)
+SecretTensor.msb = lambda self: _cmp.msb(self)
+SecretTensor.relu = lambda self: _cmp.relu(self)
+SecretTensor.abs = lambda self: _cmp.abs(self)
+SecretTensor.__abs__ = lambda self: _cmp.abs(self)
+SecretTensor.clip = lambda self, lo=None, hi=None: _cmp.clip(self, lo, hi)
+SecretTensor.select = lambda self, a, b: _cmp.select(self, a, b)

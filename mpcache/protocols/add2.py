@@ -223,3 +223,99 @@ class Add2(Protocol):
         if f_bits is None:
             return phantom(sz, 1) if z is None else z[None]
         return self._trunc_value(z, sz, f_bits)
+
+    # =====================================================================================
+    # Boolean primitives (comparison engineer; see protocols/boolean.py, conversions.py,
+    # compare.py and docs/nonlinear-compare.md).  XOR sharing b = b0 ^ b1 between P0 and
+    # P1; the dealer P2 holds a phantom and deals boolean triples (seed-compressed).
+    # =====================================================================================
+    def bool_share(self, x, owner):
+        """Owner keeps x ^ r, the peer r (P0-P1 key): only the shape moves."""
+        self.check_owner(owner)
+        if owner == DEALER:
+            raise ProtocolError("in add2 the dealer P2 holds no data; share from P0 or P1")
+        p = self.party
+        if self.id == owner:
+            x = np.asarray(x, dtype=RING)
+            for other in (1 - owner, DEALER):
+                self.send_shape(p, other, x.shape, "add2.bshare.shape")
+            return (x ^ self._prg_peer().ring(x.shape))[None]
+        shape = self.recv_shape(p, owner, "add2.bshare.shape")
+        if self.id == DEALER:
+            return phantom(shape, 1)
+        return self._prg_peer().ring(shape)[None]
+
+    def bool_reveal(self, data, to):
+        p = self.party
+        targets = [0, 1, 2] if to is None else [to]
+        if self.active:
+            for t in targets:
+                if t != self.id:
+                    p.send(t, data[0], "add2.breveal")
+        if self.id not in targets:
+            return None
+        parts = [data[0]] if self.active else []
+        for src in (0, 1):
+            if src != self.id:
+                parts.append(p.recv(src, "add2.breveal", data.shape[1:]))
+        return parts[0] ^ parts[1]
+
+    def bool_xor_public(self, data, c):
+        shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
+        if not self.active:
+            return phantom(shape, 1)
+        out = np.array(np.broadcast_to(data, (1,) + shape))
+        if self.id == 0:
+            out[0] ^= c
+        return out
+
+    def bool_and(self, a, b):
+        """Boolean Beaver triple on words: open e = x ^ a, f = y ^ b (16 bytes/word per
+        party, 1 round); the dealer sends c1 = (a & b) ^ c0 (8 bytes/word offline)."""
+        p = self.party
+        shape = np.broadcast_shapes(a.shape[1:], b.shape[1:])
+        if self.id == DEALER:
+            a0, b0 = p.prg_next.ring(shape), p.prg_next.ring(shape)
+            a1, b1 = p.prg_prev.ring(shape), p.prg_prev.ring(shape)
+            c0 = p.prg_next.ring(shape)
+            p.send(1, ((a0 ^ a1) & (b0 ^ b1)) ^ c0, "add2.btriple", offline=True)
+            return phantom(shape, 1)
+        g = self._prg_dealer()
+        ta, tb = g.ring(shape), g.ring(shape)
+        tc = g.ring(shape) if self.id == 0 else p.recv(DEALER, "add2.btriple", shape)
+        x = np.broadcast_to(a[0], shape)
+        y = np.broadcast_to(b[0], shape)
+        other = 1 - self.id
+        p.send(other, np.stack([x ^ ta, y ^ tb]), "add2.and")
+        ef = p.recv(other, "add2.and", (2,) + shape)
+        e, f = (x ^ ta) ^ ef[0], (y ^ tb) ^ ef[1]
+        z = tc ^ (e & tb) ^ (ta & f)
+        if self.id == 0:
+            z = z ^ (e & f)
+        return z[None]
+
+    def a2b_summands(self, data):
+        """x = x0 + x1: (x0 at P0, 0 at P1) and (0 at P0, x1 at P1) are XOR sharings."""
+        shape = data.shape[1:]
+        if not self.active:
+            return phantom(shape, 1), phantom(shape, 1)
+        z = np.zeros((1,) + shape, RING)
+        return (np.array(data), z) if self.id == 0 else (z, np.array(data))
+
+    # -- the bit engine (boolean.Pair): P0, P1 data parties, P2 dealer ----------------------
+    def pair_roles(self):
+        return 0, 1, DEALER
+
+    def to_pair(self, data):
+        if not self.active:
+            return np.zeros(data.shape[1:], RING)
+        return np.array(data[0])
+
+    bool_to_pair = to_pair
+
+    def from_pair(self, y, shape, tag=None):
+        if not self.active:
+            return phantom(tuple(shape), 1)
+        return np.asarray(y, dtype=RING).reshape(tuple(shape))[None]
+
+    bool_from_pair = from_pair

@@ -196,3 +196,127 @@ class Rep3(Protocol):
 
     def matmul_trunc(self, a, b, f):
         return self._mul_trunc(a, b, f, True)
+
+    # =====================================================================================
+    # Boolean primitives (comparison engineer; see protocols/boolean.py, conversions.py,
+    # compare.py and docs/nonlinear-compare.md).  XOR sharing with the same layout:
+    # P_i holds (b_i, b_{i+1}), b = b0 ^ b1 ^ b2.
+    # =====================================================================================
+    def bool_zero(self, shape):
+        """XOR zero-sharing F(k_i) ^ F(k_{i-1}) (no communication)."""
+        return self.party.prg_next.ring(shape) ^ self.party.prg_prev.ring(shape)
+
+    def bool_share(self, x, owner):
+        """Like ``share`` over XOR: owner o sends x ^ F(k_{o-1}) to P_{o+1}; 8 bytes/word."""
+        self.check_owner(owner)
+        p = self.party
+        if self.id == owner:
+            x = np.asarray(x, dtype=RING)
+            xo = p.prg_prev.ring(x.shape)
+            p.send(self.next, xo ^ x, "rep3.bshare")
+            self.send_shape(p, self.prev, x.shape, "rep3.bshare.shape")
+            return np.stack([xo, xo ^ x])
+        if self.id == (owner + 1) % 3:
+            x1 = p.recv(owner, "rep3.bshare")
+            return np.stack([x1, np.zeros_like(x1)])
+        shape = self.recv_shape(p, owner, "rep3.bshare.shape")
+        return np.stack([np.zeros(shape, RING), p.prg_next.ring(shape)])
+
+    def bool_reveal(self, data, to):
+        p = self.party
+        if to is None:
+            p.send(self.prev, data[1], "rep3.breveal")
+            return data[0] ^ data[1] ^ p.recv(self.next, "rep3.breveal", data.shape[1:])
+        if self.id == (to + 1) % 3:
+            p.send(to, data[1], "rep3.breveal")
+        if self.id == to:
+            return data[0] ^ data[1] ^ p.recv(self.next, "rep3.breveal", data.shape[1:])
+        return None
+
+    def bool_xor_public(self, data, c):
+        """XOR public words into component b_0 (slot 0 at P0, slot 1 at P2)."""
+        shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
+        out = np.array(np.broadcast_to(data, (2,) + shape))
+        if self.id == 0:
+            out[0] ^= c
+        elif self.id == 2:
+            out[1] ^= c
+        return out
+
+    def bool_and(self, a, b):
+        """ABY3 AND: z_i = a_i b_i ^ a_i b_{i+1} ^ a_{i+1} b_i ^ zero_i, sent to P_{i-1}.
+        1 round, 8 bytes per word per party."""
+        z = (a[0] & b[0]) ^ (a[0] & b[1]) ^ (a[1] & b[0])
+        z = z ^ self.bool_zero(z.shape)
+        self.party.send(self.prev, z, "rep3.and")
+        return np.stack([z, self.party.recv(self.next, "rep3.and", z.shape)])
+
+    def a2b_summands(self, data):
+        """Two XOR-shared words whose ring sum is x: y = x0 + x1 input by P0 (1 round,
+        8 bytes/value from P0) and x2, already an XOR sharing (0, 0, x2)."""
+        shape = data.shape[1:]
+        y = self.bool_share(data[0] + data[1] if self.id == 0 else None, 0)
+        z = np.zeros((2,) + shape, RING)
+        if self.id == 1:
+            z[1] = data[1]
+        elif self.id == 2:
+            z[0] = data[0]
+        return y, z
+
+    # -- the helper-party bit engine (boolean.Pair) with P1, P2 as data parties, P0 helper --
+    def pair_roles(self):
+        return 1, 2, 0
+
+    def to_pair(self, data):
+        """Replicated -> 2-of-2 additive between P1 (x1 + x2) and P2 (x0); free."""
+        if self.id == 1:
+            return data[0] + data[1]
+        if self.id == 2:
+            return np.array(data[1])
+        return np.zeros(data.shape[1:], RING)
+
+    def bool_to_pair(self, data):
+        """Replicated XOR -> 2-of-2 XOR between P1 (b1 ^ b2) and P2 (b0); free."""
+        if self.id == 1:
+            return data[0] ^ data[1]
+        if self.id == 2:
+            return np.array(data[1])
+        return np.zeros(data.shape[1:], RING)
+
+    def from_pair(self, y, shape, tag="rep3.from_pair"):
+        """2-of-2 (P1: yA, P2: yB) -> replicated: x2 = F(k_1), rho = F(k_1);
+        P1 sends x1 = yA - x2 + rho to P0, P2 sends x0 = yB - rho to P0.
+        1 round, 8 bytes/value from P1 and P2; P0 sees values masked by k_1."""
+        p = self.party
+        shape = tuple(shape)
+        if self.id == 1:
+            x2, rho = p.prg_next.ring(shape), p.prg_next.ring(shape)
+            x1 = y - x2 + rho
+            p.send(0, x1, tag)
+            return np.stack([x1, x2])
+        if self.id == 2:
+            x2, rho = p.prg_prev.ring(shape), p.prg_prev.ring(shape)
+            x0 = y - rho
+            p.send(0, x0, tag)
+            return np.stack([x2, x0])
+        x0 = p.recv(2, tag, shape)
+        x1 = p.recv(1, tag, shape)
+        return np.stack([x0, x1])
+
+    def bool_from_pair(self, y, shape, tag="rep3.bfrom_pair"):
+        """2-of-2 XOR (P1, P2) -> replicated XOR, as :meth:`from_pair` (8 bytes/word)."""
+        p = self.party
+        shape = tuple(shape)
+        if self.id == 1:
+            x2, rho = p.prg_next.ring(shape), p.prg_next.ring(shape)
+            x1 = y ^ x2 ^ rho
+            p.send(0, x1, tag)
+            return np.stack([x1, x2])
+        if self.id == 2:
+            x2, rho = p.prg_prev.ring(shape), p.prg_prev.ring(shape)
+            x0 = y ^ rho
+            p.send(0, x0, tag)
+            return np.stack([x2, x0])
+        x0 = p.recv(2, tag, shape)
+        x1 = p.recv(1, tag, shape)
+        return np.stack([x0, x1])

@@ -1,0 +1,399 @@
+"""Boolean (XOR) sharing and the two-party bit engine behind every comparison.
+
+Two layers live here.
+
+**BoolTensor** (public): XOR-shared uint64 words with the same slot layout as arithmetic
+shares (rep3: P_i holds (b_i, b_{i+1}) with b = b0 ^ b1 ^ b2; add2: P0, P1 hold b0 ^ b1,
+the dealer P2 a phantom).  XOR, NOT, shifts and XOR with public words are local.  AND is
+one round: rep3 as in ABY3 (local cross terms + an XOR zero-sharing from the pairwise
+keys, one word to one neighbour: 8 bytes/word/party); add2 with dealer boolean triples
+(open e = x ^ a, f = y ^ b: 16 bytes/word/party; dealer sends c1 only, seed-compressed).
+
+**Pair** (internal, the comparison engine): two *data parties* A and B hold 2-of-2 shares
+(XOR for bits, additive mod 2^64 for ring values) and a third party D *deals* correlated
+randomness seed-compressed: everything A needs comes from the A-D key, everything B needs
+from the B-D key except the one correlated value per gate, which D sends to B (counted as
+offline: it is data-independent and could be sent ahead of time).  add2 uses
+(A, B, D) = (P0, P1, P2), its native sharing.  rep3 uses (A, B, D) = (P1, P2, P0) -- the
+*helper-party trick*: a replicated sharing is a 2-of-2 sharing between P1 (x1 + x2) and
+P2 (x0) for free, P0 (who holds x0, x1 but never sees an opening) deals, and results go
+back to replicated form in one round (P1 and P2 each send one masked element to P0).
+Bits travel packed (8 per byte), so a gate costs exactly its bits on the wire.
+
+Gates (bits are uint8 0/1 arrays, leading-axis batched; one message per round):
+
+* ``and_fan(x, ys)``: ``x & y`` for several ``y`` sharing one left operand ``x``; x is
+  opened once (Beaver with a shared mask): bits sent per party = |x| + sum |y|.
+* ``and_private(u)``: ``u_A & v_B`` of A's private bits and B's private bits: each opens
+  its own input once (1 bit per gate per party).
+* ``b2a(bits)``: XOR-shared bit -> additive ring share (dealer pair [r]_B, [r]_A): open
+  ``e = b ^ r`` (1 bit), then ``b = e + (1 - 2e) r``.  1 round; offline 8 bytes/bit.
+* ``bitmul(c, x)``: ``c * x`` for an XOR-shared bit c and a ring value x in ONE round
+  (bit injection): open ``e = c ^ r`` and ``f = x - alpha`` together, then
+  ``c x = e x + (1 - 2e)(f [r] + [r alpha])``.  1 bit + 8 bytes per product per party.
+* ``open_bits`` / ``reveal_bits``: open XOR-shared bits to A and B (and D).
+
+What each party learns: A and B see only openings masked by dealer randomness that is
+uniform and unknown to them (``x ^ a``, ``b ^ r``, ``x - alpha``), i.e. uniform bits and
+ring elements; D receives nothing (rep3: P0 receives only the final re-sharing, masked by
+the P1-P2 key).  Security needs D not to collude with A or B (rep3: honest majority).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ring import RING
+from .base import ProtocolError, phantom
+
+U8 = np.uint8
+_ONE = np.uint64(1)
+
+
+# -- bit helpers ------------------------------------------------------------------------
+def rand_bits(prg, shape) -> np.ndarray:
+    """Uniform bits (uint8 0/1) of ``shape`` from a PRG stream (64 bits per draw)."""
+    shape = tuple(int(s) for s in shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    words = prg.ring(((n + 63) // 64,))
+    return np.unpackbits(words.view(U8), count=n, bitorder="little").reshape(shape)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(bits, dtype=U8).reshape(-1), bitorder="little")
+
+
+def unpack_bits(buf: np.ndarray, n: int) -> np.ndarray:
+    return np.unpackbits(np.asarray(buf, dtype=U8), count=n, bitorder="little")
+
+
+def pack_msg(bits=(), rings=()) -> np.ndarray:
+    """One uint8 payload: all bit arrays packed (8 per byte), then ring arrays raw."""
+    parts = []
+    if bits:
+        parts.append(pack_bits(np.concatenate([np.asarray(b, U8).reshape(-1) for b in bits])))
+    for r in rings:
+        parts.append(np.ascontiguousarray(r, dtype=RING).reshape(-1).view(U8))
+    return np.concatenate(parts) if parts else np.zeros(0, U8)
+
+
+def msg_size(bit_shapes=(), ring_shapes=()) -> int:
+    nb = sum(int(np.prod(s, dtype=np.int64)) for s in bit_shapes)
+    nr = sum(int(np.prod(s, dtype=np.int64)) for s in ring_shapes)
+    return (nb + 7) // 8 + 8 * nr
+
+
+def unpack_msg(buf, bit_shapes=(), ring_shapes=()):
+    """Inverse of :func:`pack_msg` given the shapes: (list of bits, list of rings)."""
+    buf = np.asarray(buf, dtype=U8)
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in bit_shapes]
+    nb = sum(sizes)
+    off = (nb + 7) // 8
+    flat = unpack_bits(buf[:off], nb) if nb else np.zeros(0, U8)
+    bits, pos = [], 0
+    for s, n in zip(bit_shapes, sizes):
+        bits.append(flat[pos:pos + n].reshape(s))
+        pos += n
+    rings = []
+    for s in ring_shapes:
+        n = int(np.prod(s, dtype=np.int64))
+        rings.append(buf[off:off + 8 * n].copy().view(RING).reshape(s))
+        off += 8 * n
+    return bits, rings
+
+
+def to_bits(u: np.ndarray, nbits: int = 64, start: int = 0) -> np.ndarray:
+    """Bits ``start .. start+nbits-1`` of uint64 values -> uint8 array [nbits, *u.shape]."""
+    u = np.asarray(u, dtype=RING)
+    sh = np.arange(start, start + nbits, dtype=RING).reshape((nbits,) + (1,) * u.ndim)
+    return ((u[None] >> sh) & _ONE).astype(U8)
+
+
+# -- the two-party bit engine ---------------------------------------------------------------
+class Pair:
+    """2-of-2 shares between data parties A and B; D deals correlated randomness.
+
+    Every method is called at all three parties with the same arguments' *shapes*; D's
+    data arguments are ignored (pass zeros of the right shape).  Bits are uint8 0/1.
+    """
+
+    def __init__(self, party, a: int, b: int, d: int, offline_deal: bool = True):
+        self.party = party
+        self.A, self.B, self.D = a, b, d
+        self.role = "A" if party.id == a else "B" if party.id == b else "D"
+        self.offline_deal = offline_deal
+
+    # keys: A-D, B-D, A-B (the last one D does not hold)
+    @property
+    def kA(self):
+        return self.party.prg_with(self.D if self.role == "A" else self.A)
+
+    @property
+    def kB(self):
+        return self.party.prg_with(self.D if self.role == "B" else self.B)
+
+    @property
+    def kAB(self):
+        return self.party.prg_with(self.B if self.role == "A" else self.A)
+
+    @property
+    def k_own(self):
+        """At A or B: the stream shared with the dealer."""
+        return self.kA if self.role == "A" else self.kB
+
+    @property
+    def other(self) -> int:
+        return self.B if self.role == "A" else self.A
+
+    # -- messaging -----------------------------------------------------------------------
+    def _deal(self, payload: np.ndarray, tag: str) -> None:
+        self.party.send(self.B, payload, tag + ".deal", offline=self.offline_deal)
+
+    def _recv_deal(self, n: int, tag: str) -> np.ndarray:
+        return self.party.recv(self.D, tag + ".deal", (n,))
+
+    def _exchange(self, payload: np.ndarray, tag: str) -> np.ndarray:
+        p = self.party
+        p.send(self.other, payload, tag)
+        return p.recv(self.other, tag, payload.shape)
+
+    def open(self, bits=(), rings=(), tag="pair.open"):
+        """A and B exchange their shares: public bits (XOR) and ring values (sum)."""
+        bits, rings = list(bits), list(rings)
+        if self.role == "D":
+            return [np.zeros(b.shape, U8) for b in bits], [np.zeros(r.shape, RING) for r in rings]
+        theirs = self._exchange(pack_msg(bits, rings), tag)
+        tb, tr = unpack_msg(theirs, [b.shape for b in bits], [r.shape for r in rings])
+        return [b ^ t for b, t in zip(bits, tb)], [r + t for r, t in zip(rings, tr)]
+
+    def reveal_bits(self, bits: np.ndarray, tag="pair.reveal") -> np.ndarray:
+        """Open XOR-shared bits to all three parties (for public control flow)."""
+        p = self.party
+        if self.role == "D":
+            n = bits.size
+            sa = unpack_bits(p.recv(self.A, tag, ((n + 7) // 8,)), n)
+            sb = unpack_bits(p.recv(self.B, tag, ((n + 7) // 8,)), n)
+            return (sa ^ sb).reshape(bits.shape)
+        msg = pack_bits(bits)
+        p.send(self.D, msg, tag)
+        p.send(self.other, msg, tag)
+        t = unpack_bits(p.recv(self.other, tag, msg.shape), bits.size).reshape(bits.shape)
+        return bits ^ t
+
+    # -- gates -----------------------------------------------------------------------------
+    def and_fan(self, x: np.ndarray, ys, tag="pair.and"):
+        """[x[-len(y):] & y for y in ys]: AND of several right operands with one left
+        operand ``x`` (leading axes suffix-aligned), x opened once.  1 round."""
+        ys = list(ys)
+        m = x.shape[0] if x.ndim else 1
+        for y in ys:
+            if y.shape[1:] != x.shape[1:] or y.shape[0] > m:
+                raise ProtocolError(f"and_fan: operand {y.shape} does not align with {x.shape}")
+        if self.role == "D":
+            kA, kB = self.kA, self.kB
+            a = rand_bits(kA, x.shape) ^ rand_bits(kB, x.shape)
+            cb = []
+            for y in ys:
+                b = rand_bits(kA, y.shape) ^ rand_bits(kB, y.shape)
+                ca = rand_bits(kA, y.shape)
+                cb.append((a[m - y.shape[0]:] & b) ^ ca)
+            if ys:
+                self._deal(pack_msg(cb), tag)
+            return [np.zeros(y.shape, U8) for y in ys]
+        k = self.k_own
+        a = rand_bits(k, x.shape)
+        bs, cs = [], []
+        for y in ys:
+            bs.append(rand_bits(k, y.shape))
+            cs.append(rand_bits(k, y.shape) if self.role == "A" else None)
+        if self.role == "B" and ys:
+            n = sum(y.size for y in ys)
+            cs, _ = unpack_msg(self._recv_deal((n + 7) // 8, tag), [y.shape for y in ys])
+        if not ys:
+            return []
+        opened, _ = self.open([x ^ a] + [y ^ b for y, b in zip(ys, bs)], tag=tag)
+        e, fs = opened[0], opened[1:]
+        out = []
+        for y, b, c, f in zip(ys, bs, cs, fs):
+            es, as_ = e[m - y.shape[0]:], a[m - y.shape[0]:]
+            z = c ^ (es & b) ^ (as_ & f)
+            if self.role == "A":
+                z ^= es & f
+            out.append(z)
+        return out
+
+    def and_(self, x, y, tag="pair.and"):
+        return self.and_fan(x, [y], tag)[0]
+
+    def and_private(self, mine: np.ndarray, tag="pair.andp"):
+        """``u & v`` where A inputs private bits u and B private bits v (D: zeros of the
+        shape).  Each data party opens only its own input: 1 bit per gate, 1 round."""
+        shape = mine.shape
+        if self.role == "D":
+            kA, kB = self.kA, self.kB
+            a, b, ca = rand_bits(kA, shape), rand_bits(kB, shape), None
+            ca = rand_bits(kA, shape)
+            self._deal(pack_bits((a & b) ^ ca), tag)
+            return np.zeros(shape, U8)
+        k = self.k_own
+        if self.role == "A":
+            a, c = rand_bits(k, shape), rand_bits(k, shape)
+            f = unpack_bits(self._exchange(pack_bits(mine ^ a), tag), mine.size).reshape(shape)
+            e = mine ^ a
+            return (e & f) ^ (a & f) ^ c
+        b = rand_bits(k, shape)
+        c = unpack_bits(self._recv_deal((mine.size + 7) // 8, tag), mine.size).reshape(shape)
+        e = unpack_bits(self._exchange(pack_bits(mine ^ b), tag), mine.size).reshape(shape)
+        return (e & b) ^ c
+
+    def b2a(self, bits: np.ndarray, tag="pair.b2a") -> np.ndarray:
+        """XOR-shared bits -> additive ring shares of the same 0/1 values.  1 round."""
+        shape = bits.shape
+        if self.role == "D":
+            kA, kB = self.kA, self.kB
+            r = (rand_bits(kA, shape) ^ rand_bits(kB, shape)).astype(RING)
+            ra = kA.ring(shape)
+            self._deal(pack_msg(rings=[r - ra]), tag)
+            return np.zeros(shape, RING)
+        k = self.k_own
+        r = rand_bits(k, shape)
+        if self.role == "A":
+            ra = k.ring(shape)
+        else:
+            ra = self._recv_deal(8 * bits.size, tag).view(RING).reshape(shape)
+        (e,), _ = self.open([bits ^ r], tag=tag)
+        e = e.astype(RING)
+        out = (_ONE - (e << _ONE)) * ra
+        return out + e if self.role == "A" else out
+
+    def bitmul(self, c: np.ndarray, x: np.ndarray, tag="pair.bitmul") -> np.ndarray:
+        """``c * x`` for XOR-shared bits c (broadcastable to x's shape) and additive ring
+        shares x, in one round (bit injection with a dealer triple)."""
+        sc, sx = c.shape, x.shape
+        np.broadcast_shapes(sc, sx)
+        if self.role == "D":
+            kA, kB = self.kA, self.kB
+            r = (rand_bits(kA, sc) ^ rand_bits(kB, sc)).astype(RING)
+            ra = kA.ring(sc)
+            al = kA.ring(sx)
+            al = al + kB.ring(sx)
+            w = kA.ring(sx)
+            self._deal(pack_msg(rings=[r - ra, r * al - w]), tag)
+            return np.zeros(np.broadcast_shapes(sc, sx), RING)
+        k = self.k_own
+        r = rand_bits(k, sc)
+        if self.role == "A":
+            ra, al, w = k.ring(sc), k.ring(sx), k.ring(sx)
+        else:
+            al = k.ring(sx)
+            n = int(np.prod(sc, dtype=np.int64)) + int(np.prod(sx, dtype=np.int64))
+            _, (ra, w) = unpack_msg(self._recv_deal(8 * n, tag), (), [sc, sx])
+        (e,), (f,) = self.open([c ^ r], [x - al], tag=tag)
+        e = e.astype(RING)
+        return e * x + (_ONE - (e << _ONE)) * (f * ra + w)
+
+
+def pair_of(party) -> Pair:
+    """The bit engine for this party's protocol (add2: P0, P1 + dealer P2; rep3: P1, P2 +
+    helper P0)."""
+    a, b, d = party.protocol.pair_roles()
+    return Pair(party, a, b, d)
+
+
+# -- BoolTensor ------------------------------------------------------------------------------
+class BoolTensor:
+    """XOR-shared uint64 words (64 independent bits per element).
+
+    ``data`` has the protocol's slot layout (rep3: 2 slots, add2: 1 slot; the add2 dealer
+    holds a phantom).  Create one with :func:`mpcache.protocols.conversions.a2b` or
+    :meth:`share`; turn single bits into ring integers with ``conversions.b2a``.
+    """
+
+    def __init__(self, party, data: np.ndarray):
+        self.party = party
+        self.data = data
+
+    @property
+    def _proto(self):
+        return self.party.protocol
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim - 1
+
+    def __repr__(self):
+        return f"BoolTensor(shape={self.shape}, party={self.party.id})"
+
+    def __array__(self, *a, **k):
+        raise TypeError("a BoolTensor cannot become a numpy array; call .reveal() first")
+
+    def __bool__(self):
+        raise TypeError("the truth value of a secret is secret")
+
+    @classmethod
+    def share(cls, party, x, owner: int = 0) -> "BoolTensor":
+        """XOR-share uint64 words held by ``owner`` (others pass None)."""
+        w = None
+        if party.id == owner:
+            a = np.asarray(x)
+            w = a.astype(RING) if a.dtype.kind in "biu" else a.astype(np.int64).view(RING)
+        return cls(party, party.protocol.bool_share(w, owner))
+
+    def reveal(self, to: int | None = None):
+        return self._proto.bool_reveal(self.data, to)
+
+    def _check(self, other):
+        if not isinstance(other, BoolTensor):
+            raise TypeError(f"expected a BoolTensor, got {type(other).__name__}")
+        if other.party is not self.party:
+            from ..tensor import SessionMismatch
+            raise SessionMismatch("cannot combine secret tensors of different sessions")
+
+    def _local(self, fn, *others):
+        if not self._proto.active:
+            datas = [np.broadcast_to(np.zeros((), U8), d.shape) for d in
+                     (self.data,) + tuple(o.data for o in others)]
+            return BoolTensor(self.party, phantom(fn(*datas).shape[1:], self._proto.slots))
+        return BoolTensor(self.party, fn(self.data, *(o.data for o in others)))
+
+    def __xor__(self, other):
+        if isinstance(other, BoolTensor):
+            self._check(other)
+            return self._local(lambda a, b: a ^ b, other)
+        c = np.asarray(other).astype(RING)
+        return BoolTensor(self.party, self._proto.bool_xor_public(self.data, c))
+
+    __rxor__ = __xor__
+
+    def __invert__(self):
+        return self ^ np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    def __and__(self, other):
+        if isinstance(other, BoolTensor):
+            self._check(other)
+            return BoolTensor(self.party, self._proto.bool_and(self.data, other.data))
+        c = np.asarray(other).astype(RING)
+        return self._local(lambda a: a & c)
+
+    __rand__ = __and__
+
+    def __or__(self, other):
+        return ~(~self & ~other) if isinstance(other, BoolTensor) else \
+            ~(~self & ~np.asarray(other).astype(RING))
+
+    def __lshift__(self, k: int):
+        return self._local(lambda a: a << np.uint64(k))
+
+    def __rshift__(self, k: int):
+        return self._local(lambda a: a >> np.uint64(k))
+
+    def __getitem__(self, idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        return self._local(lambda a: a[(slice(None),) + idx])
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return self._local(lambda a: a.reshape((a.shape[0],) + tuple(shape)))
