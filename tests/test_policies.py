@@ -257,6 +257,7 @@ def test_full_policy_equals_no_policy():
 
 VARIANTS = [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("quest", {}), ("topk", {}),
             ("mpcache", {}), ("mpcache", {"bound": "exact_max", "levels": 1}),
+            ("mpcache", {"share_layers": "layer", "static_score": "mean"}),
             ("mpcache", {"bound": "mean_key", "share_layers": False, "cluster": 8,
                          "coarse": 32})]
 

@@ -32,7 +32,7 @@ from .. import functional as F
 from ..kv_cache import KVCache
 
 __all__ = ["BIG", "Policy", "Selection", "select", "budget_tokens", "attention_stats",
-           "window_counts", "clone_cache", "PrefillRecorder"]
+           "stat_key", "window_counts", "clone_cache", "PrefillRecorder"]
 
 #: Public additive constant used to force-keep / exclude rows in a score vector.  Finite
 #: (fixed point holds it) and far above any attention score or key bound of a real model.
@@ -104,19 +104,31 @@ def window_counts(n: int, w: int) -> np.ndarray:
     return np.minimum(w, n - np.arange(n)).astype(np.float64)
 
 
-def attention_stats(probs, t_q: int, windows) -> dict:
-    """Column sums of the attention of the last ``w`` queries, per KV head, for each ``w``.
+def stat_key(spec, t_q: int):
+    """Normalise a statistic request: ``w`` (int: column SUM over the last w queries) or
+    ``("max", w)`` (column MAX over the last w queries and the group's heads)."""
+    kind, w = ("sum", spec) if not isinstance(spec, tuple) else spec
+    w = min(max(int(w), 1), int(t_q))
+    return w if kind == "sum" else (kind, w)
 
-    ``probs`` is ``[n_kv, group * T, S]`` (rows ordered (group, T), as Attention makes them);
-    the group's query heads are SUMMED (GQA: a KV row is worth what it is worth to all the
-    query heads that read it).  Returns ``{w: [n_kv, S]}``."""
+
+def attention_stats(probs, t_q: int, windows) -> dict:
+    """Column statistics of the attention of the last ``w`` queries, per KV head.
+
+    ``probs`` is ``[n_kv, group * T, S]`` (rows ordered (group, T), as Attention makes them).
+    ``w`` -> column sums with the group's query heads SUMMED (GQA: a KV row is worth what it
+    is worth to all the query heads that read it); ``("max", w)`` -> the column maximum over
+    those queries and heads.  Returns ``{key: [n_kv, S]}`` keyed by :func:`stat_key`."""
     nkv, rows, s = probs.shape
     g = rows // t_q
     p = probs.reshape(nkv, g, t_q, s)
     out = {}
-    for w in sorted(set(int(w) for w in windows)):
-        w = min(max(w, 1), t_q)
-        out[w] = p[:, :, t_q - w:, :].sum(axis=2).sum(axis=1)
+    for key in {stat_key(w, t_q) for w in windows}:
+        if isinstance(key, tuple):
+            w = key[1]
+            out[key] = F.max(p[:, :, t_q - w:, :].reshape(nkv, g * w, s), axis=1)
+        else:
+            out[key] = p[:, :, t_q - key:, :].sum(axis=2).sum(axis=1)
     return out
 
 
@@ -202,7 +214,7 @@ class Policy:
         self.reset(cache, n_prompt)
         for layer in range(cache.n_layers):
             stats = stats_per_layer[layer]
-            need = {min(max(int(w), 1), n_prompt) for w in self.stat_windows(n_prompt)}
+            need = {stat_key(w, n_prompt) for w in self.stat_windows(n_prompt)}
             self.prefill_done(cache, layer, {w: stats[w] for w in need})
         self.prefilled = True
 
@@ -230,7 +242,7 @@ class PrefillRecorder(Policy):
         self.stats = [None] * cache.n_layers
 
     def stat_windows(self, n_prompt):
-        return tuple(sorted({w for p in self.policies for w in p.stat_windows(n_prompt)}))
+        return tuple({w for p in self.policies for w in p.stat_windows(n_prompt)})
 
     def prefill_done(self, cache, layer, stats):
         self.stats[layer] = stats

@@ -33,7 +33,7 @@ class H2O(Policy):
         return (n_prompt,)                               # every prompt query
 
     def prefill_done(self, cache, layer, stats):
-        acc = stats[max(stats)]
+        acc = stats[self.n_prompt]
         self.acc[layer] = acc
         self.evicted[layer] = np.zeros(acc.shape)
 

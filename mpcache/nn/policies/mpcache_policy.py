@@ -49,7 +49,7 @@ class MPCache(Policy):
     def __init__(self, budget=None, static_keep: float = 0.5, static_window: float = 0.2,
                  a: float = 0.6, bound: str = "linear", levels: int = 2, cluster: int = 16,
                  coarse: int = 32, coarse_factor: float = 2.0, sink: int | None = None,
-                 share_layers: bool = True, fast: bool = True):
+                 share_layers: bool = True, static_score: str = "max", fast: bool = True):
         super().__init__(budget, fast)
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}")
@@ -61,12 +61,18 @@ class MPCache(Policy):
         self.a, self.bound, self.levels = float(a), bound, int(levels)
         self.cluster, self.coarse, self.coarse_factor = int(cluster), int(coarse), coarse_factor
         self.sink = self.cluster if sink is None else int(sink)
-        self.share_layers = bool(share_layers)
+        modes = {True: "head", False: "off", "head": "head", "layer": "layer", "off": "off"}
+        if share_layers not in modes:
+            raise ValueError("share_layers must be True/'head', 'layer' or False/'off'")
+        self.share_layers = modes[share_layers]
+        if static_score not in ("max", "mean"):
+            raise ValueError("static_score must be 'max' or 'mean'")
+        self.static_score = static_score
 
     def __repr__(self):
         return (f"{type(self).__name__}(budget={self.budget}, static_keep={self.static_keep}, "
                 f"a={self.a}, bound={self.bound!r}, levels={self.levels}, "
-                f"cluster={self.cluster}, coarse={self.coarse}, share={self.share_layers})")
+                f"cluster={self.cluster}, coarse={self.coarse}, share={self.share_layers!r})")
 
     # ------------------------------------------------------------- bookkeeping
     def reset(self, cache, n_prompt):
@@ -77,15 +83,19 @@ class MPCache(Policy):
 
     def leader(self, layer: int) -> int:
         """Layer whose selection ``layer`` uses: itself for 0, 1; then pairs (2,3), ..."""
-        if not self.share_layers or layer < 2:
+        if self.share_layers == "off" or layer < 2:
             return layer
         return layer - (layer % 2)
 
     def _window(self, n):
         return min(n, max(1, math.ceil(self.static_window * n)))
 
+    def _stat(self, n):
+        w = self._window(n)
+        return ("max", w) if self.static_score == "max" else w
+
     def stat_windows(self, n_prompt):
-        return (self._window(n_prompt),) if self.static_keep < 1.0 else ()
+        return (self._stat(n_prompt),) if self.static_keep < 1.0 else ()
 
     # ------------------------------------------------------------- static eviction
     def prefill_done(self, cache, layer, stats):
@@ -96,7 +106,10 @@ class MPCache(Policy):
         lead = self.leader(layer)
         if lead == layer:
             w = self._window(n)
-            score = stats[w].sum(axis=0) * (1.0 / window_counts(n, w))       # [n]
+            if self.static_score == "max":            # unimportant to ALL window queries
+                score = F.max(stats[self._stat(n)], axis=0)                  # [n]
+            else:                                     # mean attention of the window
+                score = stats[w].sum(axis=0) * (1.0 / window_counts(n, w))
             force = np.zeros(n)
             force[:self.sink] = BIG
             force[n - 2 * self.cluster:] = BIG
@@ -199,17 +212,24 @@ class MPCache(Policy):
         st = self._bnd[layer]
         qg = self.group_query(query, int(keys.shape[0]))
         names = self._operands()
+        if self.share_layers == "layer" and layer >= 2:     # one choice for all heads
+            def score(ops):
+                sc = self._score(qg, ops)
+                return sc.sum(axis=0).reshape(1, int(sc.shape[1]))
+        else:
+            def score(ops):
+                return self._score(qg, ops)
         if not p["two"]:
             ops = {k: st["f"][k][:, :p["nf"]] for k in names}
-            return None, select(self._score(qg, ops), p["k"], self.fast)
+            return None, select(score(ops), p["k"], self.fast)
         nc, k1, m = p["nc"], p["k1"], p["m"]
-        sel_c = select(self._score(qg, {k: st["c"][k][:, :nc] for k in names}), k1, self.fast)
+        sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast)
         nkv, d = int(qg.shape[0]), int(qg.shape[2])
         fine = {}
         for k in names:                      # fine extrema inside the chosen coarse clusters
             x = st["f"][k][:, :nc * m].reshape(nkv, nc, m * d)
-            fine[k] = sel_c.gather(x).reshape(nkv, k1 * m, d)
-        return sel_c, select(self._score(qg, fine), p["k"], self.fast)
+            fine[k] = sel_c.gather(x).reshape(nkv, k1 * m, d)   # [1,k1,n] one-hot broadcasts
+        return sel_c, select(score(fine), p["k"], self.fast)
 
     def _gather(self, x, p, sel_c, sel_f):
         """sink rows + chosen clusters (one or two one-hot matmuls) + newest ``w`` rows."""

@@ -1,0 +1,85 @@
+"""``mpcache eval``: accuracy of KV-cache policies on RULER-style tasks (plaintext SmolLM2).
+
+    mpcache eval --policy full mpcache h2o --budget 0.05 0.1 --tasks niah_single_number \\
+        --context 2K --samples 10 --json runs/2k.json
+    mpcache eval plot --json runs/2k.json runs/4k.json --out acc.png
+
+Policy specs take knobs: ``mpcache:bound=exact_max,levels=1``.  Runs are resumable: an
+existing ``--json`` keeps its records and only missing (sample, policy@budget) pairs run.
+"""
+from __future__ import annotations
+
+import sys
+
+__all__ = ["register"]
+
+
+def _context(text: str) -> int:
+    t = text.strip().upper()
+    return int(float(t[:-1]) * 1024) if t.endswith("K") else int(t)
+
+
+def register(subparsers) -> None:
+    from .eval.tasks import TASKS, TaskConfig
+    from .nn.policies import POLICIES
+
+    d = TaskConfig()
+    p = subparsers.add_parser("eval", help="accuracy of KV-cache policies (plaintext SmolLM2)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("action", nargs="?", choices=["run", "plot"], default="run",
+                   help="run (default) or plot JSON results")
+    p.add_argument("--policy", nargs="+", default=["mpcache"],
+                   help=f"policy specs NAME[:knob=v,...]; names: {', '.join(sorted(POLICIES))}")
+    p.add_argument("--budget", nargs="+", type=float, default=[0.1],
+                   help="kept tokens / prompt tokens, e.g. 0.05 0.1 (ignored by full)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--context", nargs="+", type=_context, default=[2048],
+                   help="prompt lengths in tokens (1K = 1024)")
+    p.add_argument("--samples", type=int, default=10, help="samples per task and context")
+    p.add_argument("--start", type=int, default=0, help="first sample index")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", nargs="+", help="results file (run: one; plot: several)")
+    p.add_argument("--out", default="eval.png", help="plot: output PNG")
+    p.add_argument("--heatmap", nargs="*", help="plot: labels for depth x context heat maps")
+    p.add_argument("--multikey", type=int, default=d.multikey)
+    p.add_argument("--multivalue", type=int, default=d.multivalue)
+    p.add_argument("--vt-hops", type=int, default=d.vt_hops)
+    p.add_argument("--cwe-words", type=int, default=d.cwe_words)
+    p.set_defaults(func=_run)
+
+
+def _run(a) -> int:
+    if a.action == "plot":
+        if not a.json:
+            print("mpcache eval plot: give --json FILE...", file=sys.stderr)
+            return 2
+        from .eval.plot import plot
+
+        print(plot(a.json, a.out, a.heatmap))
+        return 0
+    from .eval.harness import parse_policy, run_eval
+    from .eval.tasks import TaskConfig
+
+    if a.json and len(a.json) > 1:
+        print("mpcache eval: one --json file per run", file=sys.stderr)
+        return 2
+    specs, seen = [], set()
+    for name in a.policy:
+        for b in a.budget:
+            s = parse_policy(name, b)
+            if s.label not in seen:
+                seen.add(s.label)
+                specs.append(s)
+    cfg = TaskConfig(multikey=a.multikey, multivalue=a.multivalue, vt_hops=a.vt_hops,
+                     cwe_words=a.cwe_words)
+    data = run_eval(specs, a.tasks, a.context, a.samples, a.json[0] if a.json else None,
+                    seed=a.seed, config=cfg, start=a.start)
+    _print_summary(data["summary"])
+    return 0
+
+
+def _print_summary(summary) -> None:
+    for label, per_ctx in summary.items():
+        for ctx, tasks in sorted(per_ctx.items()):
+            cells = "  ".join(f"{t}={100 * v['mean']:.0f}" for t, v in sorted(tasks.items()))
+            print(f"{label:<40} {ctx:>5}  {cells}")
