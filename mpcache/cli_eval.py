@@ -3,6 +3,7 @@
     mpcache eval --policy full mpcache h2o --budget 0.05 0.1 --tasks niah_single_number \\
         --context 2K --samples 10 --json runs/2k.json
     mpcache eval plot --json runs/2k.json runs/4k.json --out acc.png
+    mpcache eval table --json runs/2k.json runs/4k.json
 
 Policy specs take knobs: ``mpcache:bound=exact_max,levels=1``.  Runs are resumable: an
 existing ``--json`` keeps its records and only missing (sample, policy@budget) pairs run.
@@ -26,8 +27,8 @@ def register(subparsers) -> None:
     d = TaskConfig()
     p = subparsers.add_parser("eval", help="accuracy of KV-cache policies (plaintext SmolLM2)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("action", nargs="?", choices=["run", "plot"], default="run",
-                   help="run (default) or plot JSON results")
+    p.add_argument("action", nargs="?", choices=["run", "plot", "table"], default="run",
+                   help="run (default), plot JSON results, or print them as markdown tables")
     p.add_argument("--policy", nargs="+", default=["mpcache"],
                    help=f"policy specs NAME[:knob=v,...]; names: {', '.join(sorted(POLICIES))}")
     p.add_argument("--budget", nargs="+", type=float, default=[0.1],
@@ -49,10 +50,15 @@ def register(subparsers) -> None:
 
 
 def _run(a) -> int:
-    if a.action == "plot":
+    if a.action in ("plot", "table"):
         if not a.json:
-            print("mpcache eval plot: give --json FILE...", file=sys.stderr)
+            print(f"mpcache eval {a.action}: give --json FILE...", file=sys.stderr)
             return 2
+        if a.action == "table":
+            from .eval.report import markdown_tables
+
+            print(markdown_tables(a.json))
+            return 0
         from .eval.plot import plot
 
         print(plot(a.json, a.out, a.heatmap))

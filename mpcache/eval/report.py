@@ -1,0 +1,56 @@
+"""Markdown tables from eval JSON files (``mpcache eval table --json FILES...``)."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .plot import load_results
+from .tasks import TASKS
+
+__all__ = ["markdown_tables"]
+
+SHORT = {"niah_single_number": "NIAH num", "niah_single_word": "NIAH word",
+         "niah_multikey": "multikey", "niah_multivalue": "multivalue", "vt": "VT",
+         "cwe": "CWE"}
+
+
+def _order(label: str):
+    name, _, budget = label.rpartition("@")
+    base = name.split(":")[0]
+    rank = ["full", "streaming", "h2o", "snapkv", "quest", "topk", "mpcache"]
+    return (rank.index(base) if base in rank else 99, name,
+            -1.0 if budget == "full" else float(budget))
+
+
+def markdown_tables(paths, labels=None) -> str:
+    """One table per context: rows policy@budget, columns tasks (mean score %, n) and the
+    task average; a row's average is over the tasks it has."""
+    res = load_results(paths)
+    per = defaultdict(list)
+    for r in res:
+        per[(r["context"], r["label"], r["task"])].append(r["score"])
+    out = []
+    for ctx in sorted({r["context"] for r in res}):
+        rows = sorted({lab for (c, lab, _) in per if c == ctx}, key=_order)
+        if labels:
+            rows = [r for r in rows if r in labels]
+        tasks = [t for t in TASKS if any((ctx, lab, t) in per for lab in rows)]
+        out.append(f"\n**context {ctx}** (score %, string-match-all; n = samples per task)\n")
+        out.append("| policy@budget | " + " | ".join(SHORT.get(t, t) for t in tasks) +
+                   " | avg | n |")
+        out.append("|---" * (len(tasks) + 3) + "|")
+        for lab in rows:
+            cells, means, ns = [], [], set()
+            for t in tasks:
+                v = per.get((ctx, lab, t))
+                if v:
+                    cells.append(f"{100 * np.mean(v):.0f}")
+                    means.append(np.mean(v))
+                    ns.add(len(v))
+                else:
+                    cells.append("-")
+            n = "/".join(str(x) for x in sorted(ns))
+            out.append(f"| {lab} | " + " | ".join(cells) +
+                       f" | **{100 * np.mean(means):.1f}** | {n} |")
+    return "\n".join(out) + "\n"
