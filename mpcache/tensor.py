@@ -486,3 +486,23 @@ SecretTensor.abs = lambda self: _cmp.abs(self)
 SecretTensor.__abs__ = lambda self: _cmp.abs(self)
 SecretTensor.clip = lambda self, lo=None, hi=None: _cmp.clip(self, lo, hi)
 SecretTensor.select = lambda self, a, b: _cmp.select(self, a, b)
+
+from .protocols import select as _sel  # noqa: E402
+
+SecretTensor.max = lambda self, axis=-1, keepdims=False: _sel.max(self, axis, keepdims)
+SecretTensor.min = lambda self, axis=-1, keepdims=False: _sel.min(self, axis, keepdims)
+SecretTensor.argmax = lambda self, axis=-1: _sel.argmax(self, axis)
+SecretTensor.argmin = lambda self, axis=-1: _sel.argmin(self, axis)
+SecretTensor.top_k = lambda self, k, axis=-1, **kw: _sel.top_k(self, k, axis, **kw)
+SecretTensor.one_hot = lambda self, n: _sel.one_hot(self, n)
+SecretTensor.gather = lambda self, X: _sel.gather(self, X)
+where, one_hot, gather, maximum, minimum = (_cmp.where, _sel.one_hot, _sel.gather, _cmp.maximum,
+                                            _cmp.minimum)
+# ``mpcache.where/one_hot/gather/maximum/minimum``: re-exported on the package until
+# mpcache/__init__.py lists them (the package object exists while this module loads).
+import sys as _sys  # noqa: E402
+
+if __package__ in _sys.modules:
+    for _n in ("where", "one_hot", "gather", "maximum", "minimum"):
+        setattr(_sys.modules[__package__], _n, globals()[_n])
+# === end of comparison block ===============================================================

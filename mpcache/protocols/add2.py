@@ -319,3 +319,21 @@ class Add2(Protocol):
         return np.asarray(y, dtype=RING).reshape(tuple(shape))[None]
 
     bool_from_pair = from_pair
+
+    def random_onehot(self, m, N):
+        """Dealer preprocessing for one-hot vectors: ``m`` one-hot rows of length N of a
+        random r known only to P2, additively shared (P0's part from the P0-P2 key), and
+        shares of r.  P2 sends 8(mN + m) bytes to P1, offline."""
+        p = self.party
+        if self.id == DEALER:
+            r = p.prg_own.ring((m,)) % np.uint64(N)
+            oh = np.zeros((m, N), RING)
+            oh[np.arange(m), r.astype(np.int64)] = 1
+            a0, r0 = p.prg_next.ring((m, N)), p.prg_next.ring((m,))
+            p.send(1, np.concatenate([(oh - a0).reshape(-1), r - r0]), "add2.onehot",
+                   offline=True)
+            return phantom((m, N), 1), np.zeros(m, RING)
+        if self.id == 0:
+            return p.prg_prev.ring((m, N))[None], p.prg_prev.ring((m,))
+        buf = p.recv(DEALER, "add2.onehot", (m * N + m,))
+        return buf[:m * N].reshape(m, N)[None], buf[m * N:]

@@ -283,7 +283,7 @@ class Rep3(Protocol):
             return np.array(data[1])
         return np.zeros(data.shape[1:], RING)
 
-    def from_pair(self, y, shape, tag="rep3.from_pair"):
+    def from_pair(self, y, shape, tag="rep3.from_pair", offline=False):
         """2-of-2 (P1: yA, P2: yB) -> replicated: x2 = F(k_1), rho = F(k_1);
         P1 sends x1 = yA - x2 + rho to P0, P2 sends x0 = yB - rho to P0.
         1 round, 8 bytes/value from P1 and P2; P0 sees values masked by k_1."""
@@ -292,12 +292,12 @@ class Rep3(Protocol):
         if self.id == 1:
             x2, rho = p.prg_next.ring(shape), p.prg_next.ring(shape)
             x1 = y - x2 + rho
-            p.send(0, x1, tag)
+            p.send(0, x1, tag, offline=offline)
             return np.stack([x1, x2])
         if self.id == 2:
             x2, rho = p.prg_prev.ring(shape), p.prg_prev.ring(shape)
             x0 = y - rho
-            p.send(0, x0, tag)
+            p.send(0, x0, tag, offline=offline)
             return np.stack([x2, x0])
         x0 = p.recv(2, tag, shape)
         x1 = p.recv(1, tag, shape)
@@ -320,3 +320,32 @@ class Rep3(Protocol):
         x0 = p.recv(2, tag, shape)
         x1 = p.recv(1, tag, shape)
         return np.stack([x0, x1])
+
+    def random_onehot(self, m, N):
+        """Offline (data-independent) preprocessing for one-hot vectors: ``m`` replicated
+        one-hot rows of length N of random r = r_a + r_b (mod N) and 2-of-2 (P1, P2)
+        shares of r.  P0 knows r_a only, P1 and P2 know r_b only, so nobody knows r.
+        P0 shares onehot(r_a) (8mN bytes to P1), P1 and P2 rotate their 2-of-2 form by
+        r_b (key k_1) and re-share to replicated (8mN bytes each to P0); P0 sends
+        r_a - t to P2 (t from k_0).  All flagged offline."""
+        p = self.party
+        tag = "rep3.onehot"
+        if self.id == 0:
+            ra = p.prg_own.ring((m,)) % np.uint64(N)
+            oh = np.zeros((m, N), RING)
+            oh[np.arange(m), ra.astype(np.int64)] = 1
+            x0 = p.prg_prev.ring((m, N))
+            p.send(1, oh - x0, tag + ".in", offline=True)
+            t = p.prg_next.ring((m,))
+            p.send(2, ra - t, tag + ".r", offline=True)
+            return self.from_pair(None, (m, N), tag + ".back", offline=True), np.zeros(m, RING)
+        from .select import roll_rows
+        if self.id == 1:
+            x1 = p.recv(0, tag + ".in", (m, N))
+            rb = p.prg_next.ring((m,)) % np.uint64(N)
+            data = self.from_pair(roll_rows(x1, rb), (m, N), tag + ".back", offline=True)
+            return data, p.prg_prev.ring((m,)) + rb
+        x0 = p.prg_next.ring((m, N))
+        rb = p.prg_prev.ring((m,)) % np.uint64(N)
+        data = self.from_pair(roll_rows(x0, rb), (m, N), tag + ".back", offline=True)
+        return data, p.recv(0, tag + ".r", (m,))
