@@ -32,6 +32,8 @@ LEARNS = {
     "shape": "the shape only (public under the threat model)",
     "output": "the revealed output (by design: the program asked to open it)",
     "key": "a PRG key it now shares with the sender (set-up, no data)",
+    "pattern": "comparison outcomes between SHUFFLED keys (by design): the order pattern of "
+               "a uniformly random permutation, independent of the data",
 }
 
 
@@ -157,6 +159,131 @@ TAGS: dict[str, TagInfo] = {
         "persistent-weight matmul: open E = X - A only",
         "P_i sends E_i = X_i - A_i; Z_i = C_i + E@B_i + A_i@F (+ E@F at P0)",
         "E_j, masked by the fresh dealer mask A_j"),
+    # -- boolean sharing (protocols/boolean.py) ---------------------------------------------
+    "rep3.bshare": TagInfo(
+        "boolean (XOR) input sharing",
+        "owner o draws b_o from its key with P_{o-1} and sends b_{o+1} = b ^ b_o to P_{o+1}",
+        "b ^ b_o, where b_o comes from a key the receiver does not hold"),
+    "rep3.bshare.shape": TagInfo("boolean input shape", "owner o tells P_{o+2} the shape",
+                                 "the shape of the input", "shape"),
+    "add2.bshare.shape": TagInfo("boolean input sharing (only the shape moves)",
+                                 "owner keeps b ^ r, the other data party derives r from the "
+                                 "P0-P1 key", "the shape of the input", "shape"),
+    "rep3.and": TagInfo(
+        "AND of XOR-shared words (ABY3)",
+        "each P_i computes z_i = x_i&y_i ^ x_i&y_{i+1} ^ x_{i+1}&y_i ^ alpha_i (alpha: an "
+        "XOR zero-sharing from the keys) and sends z_i to P_{i-1}",
+        "z_{i+1}, masked by alpha_{i+1} (key k_{i+1}, not held by the receiver)"),
+    "add2.btriple": TagInfo(
+        "boolean Beaver triple (dealt by P2)",
+        "P2 sends c1 = (a0 ^ a1) & (b0 ^ b1) ^ c0 to P1 (everything else from the keys)",
+        "c1, masked by c0 from the P0-P2 key", "dealer"),
+    "add2.and": TagInfo(
+        "AND with a boolean Beaver triple: open e = x ^ a, f = y ^ b",
+        "P_i sends x_i ^ a_i and y_i ^ b_i; z = c ^ e&b ^ a&f (^ e&f at P0), locally",
+        "x_j ^ a_j, y_j ^ b_j, masked by dealer bits the receiver lacks"),
+    "*.breveal": TagInfo("reveal of XOR-shared words",
+                         "each party sends the XOR component the receiver is missing",
+                         "the missing component, so it reconstructs the word", "output"),
+    # -- the helper-party bit engine (boolean.Pair; add2: P0, P1 + dealer P2; rep3: P1, P2
+    #    + helper P0) and the comparison protocols (compare.py, conversions.py) ----------
+    "rep3.from_pair": TagInfo(
+        "back to replicated form (from the bit engine's 2-of-2 between P1 and P2)",
+        "x2 = F(k_1) and rho = F(k_1) (P1-P2 key); P1 sends x1 = yA - x2 + rho, P2 sends "
+        "x0 = yB - rho, both to P0",
+        "x0 and x1, whose sum x - x2 is masked by x2 from the P1-P2 key P0 does not hold"),
+    "rep3.bfrom_pair": TagInfo(
+        "back to replicated XOR form (from the bit engine's 2-of-2)",
+        "as from_pair with XOR: P1 sends y_A ^ x2 ^ rho, P2 sends y_B ^ rho to P0",
+        "words masked by x2, rho from the P1-P2 key P0 does not hold"),
+    "*.gen": TagInfo(
+        "carry chain, generate bits g = u_A & u_B (private AND)",
+        "the comparison works on the bits of a 2-of-2 sharing d = u_A + u_B (the difference "
+        "a - b): the carry of u_A + u_B starts with g_j = u_A[j] & u_B[j]; each data party "
+        "opens its OWN bits masked by dealer bits (bits travel packed, 8 per byte)",
+        "u_j ^ a_j: the other party's bits masked by dealer bits it does not know"),
+    "*.lut": TagInfo(
+        "carry chain leaves: one-time truth tables on w-bit digits",
+        "per w-bit digit, (generate, propagate) of u_A + u_B is read from a truth table the "
+        "dealer permuted by random (r, s) and XOR-shared; A opens x ^ r, B opens y ^ s "
+        "(w bits each), then each reads its share of the table entry",
+        "x ^ r (or y ^ s): the other party's digit masked by dealer bits it does not know"),
+    "*.tree": TagInfo(
+        "carry chain, one level of the parallel-prefix (Kogge-Stone) tree",
+        "(G, P) of neighbouring blocks are combined: G = G_hi ^ P_hi & G_lo, P = P_hi & "
+        "P_lo, AND gates with dealer bit triples, the shared left operand opened once "
+        "(x ^ a, y ^ b); log2(63) = 6 levels, then msb = top bits ^ carry",
+        "x ^ a and y ^ b for dealer bits a, b the receiver does not know"),
+    "*.b2a": TagInfo(
+        "bit to ring (B2A): open e = c ^ r",
+        "the dealer deals a random bit r as XOR bits and as ring shares; the data parties "
+        "open e = c ^ r (1 bit each) and set c = e + (1 - 2e) [r] locally",
+        "e = c ^ r, a uniform bit (r is the dealer's)"),
+    "approx.topbit": TagInfo(
+        "top-bit normalisation: bits to ring (B2A), open e = c ^ r",
+        "the bit decomposition of x found its leading one; each bit is turned into a ring "
+        "value by opening e = c ^ r for a dealer bit r",
+        "e = c ^ r, uniform bits"),
+    "*.mux": TagInfo(
+        "bit injection: c * x for a secret bit c and a ring value x, in one round",
+        "open e = c ^ r and f = x - alpha together (r, alpha, [r alpha] dealt); then "
+        "c x = e x + (1 - 2e)(f [r] + [r alpha]) locally",
+        "e = c ^ r (uniform bit) and f = x - alpha (uniform ring element)"),
+    "approx.max": TagInfo(
+        "max tree: keep the larger of each pair (bit injection w = a + [a < b](b - a))",
+        "open e = c ^ r and f = (b - a) - alpha for dealt r, alpha; the winner is local",
+        "a uniform bit and a uniform ring element"),
+    # -- one-hot, top-k, gather (protocols/select.py) -----------------------------------
+    "rep3.onehot.in": TagInfo(
+        "random one-hot preprocessing: P0 shares onehot(r_a)",
+        "P0 (random r_a) sends onehot(r_a) - x0 to P1, x0 from the P0-P2 key",
+        "a one-hot masked by x0 from a key P1 does not hold", "dealer"),
+    "rep3.onehot.r": TagInfo(
+        "random one-hot preprocessing: P0's rotation r_a, masked",
+        "P0 sends r_a - t to P2, t from the P0-P1 key",
+        "r_a - t, masked by t from a key P2 does not hold", "dealer"),
+    "rep3.onehot.back": TagInfo(
+        "random one-hot preprocessing: P1, P2 rotate by r_b and re-share to P0",
+        "P1 and P2 rotate their 2-of-2 one-hot by their common r_b and send the "
+        "re-sharing to P0 (as from_pair): nobody knows r = r_a + r_b",
+        "values masked by the P1-P2 key P0 does not hold", "dealer"),
+    "add2.onehot": TagInfo(
+        "random one-hot preprocessing (dealt by P2)",
+        "P2 sends P1 its shares of onehot(r) and of r (P0's from the P0-P2 key)",
+        "shares masked by values from the P0-P2 key", "dealer"),
+    "onehot.open": TagInfo(
+        "one-hot of a secret index: open e = idx - r mod N",
+        "the data parties open e = idx - r (r: the random one-hot's index, unknown to "
+        "everyone) and rotate their shares of onehot(r) by e: onehot(idx), no comparison",
+        "e = idx - r mod N, uniform because r is uniform and unknown to each party"),
+    "topk.shuffle*.ad": TagInfo(
+        "secret shuffle: dealer's permuted masks (to B)",
+        "the dealer knows two of the three permutation parts and sends B the masks "
+        "permuted by its part",
+        "masks permuted by a permutation B does not know", "dealer"),
+    "topk.shuffle*.bd": TagInfo(
+        "secret shuffle: dealer's permuted masks (to A)",
+        "as .ad, towards A", "masks permuted by a permutation A does not know", "dealer"),
+    "topk.shuffle*.b2a": TagInfo(
+        "secret shuffle: B hands its masked, permuted share to A",
+        "B sends X - m_B (m_B a mask from its key with the dealer)",
+        "X - m_B, masked by m_B which A does not hold"),
+    "topk.shuffle*.a2b": TagInfo(
+        "secret shuffle: A hands its masked, permuted share to B",
+        "A sends X - m_A", "X - m_A, masked by m_A which B does not hold"),
+    "topk.*.reveal": TagInfo(
+        "revealed comparisons of SHUFFLED keys (multi-pivot selection / final sort)",
+        "after a secret uniform shuffle, the candidates are compared with the pivots and the "
+        "outcome bits are opened to all parties so they can follow the same control flow",
+        "the outcomes only relate positions of a secret random permutation (keys are made "
+        "distinct), so they are simulatable without the data", "pattern"),
+    # -- generic: dealer messages of the bit engine (any gate tag + ".deal") ------------------
+    "*.deal": TagInfo(
+        "correlated randomness for the gates (dealt)",
+        "the dealer D (add2: P2; rep3's bit engine: P0) derives everything A needs from the "
+        "A-D key and everything B needs from the B-D key, except the one correlated value "
+        "per gate, which it sends to B (offline: data-independent)",
+        "the correlated part, masked by values from the A-D key B does not hold", "dealer"),
 }
 
 UNKNOWN = TagInfo("(not in the tag table)", "see the protocol module's docstring",
@@ -165,13 +292,14 @@ UNKNOWN = TagInfo("(not in the tag table)", "see the protocol module's docstring
 
 
 def lookup(tag: str) -> TagInfo:
-    """The explanation of a message tag: exact entry, else the first matching pattern."""
+    """The explanation of a message tag: the exact entry, else the most specific matching
+    pattern (the one with the most literal characters)."""
     if tag in TAGS:
         return TAGS[tag]
-    for pat, info in TAGS.items():
-        if "*" in pat and fnmatch.fnmatchcase(tag, pat):
-            return info
-    return UNKNOWN
+    hits = [pat for pat in TAGS if "*" in pat and fnmatch.fnmatchcase(tag, pat)]
+    if not hits:
+        return UNKNOWN
+    return TAGS[max(hits, key=lambda p: len(p.replace("*", "")))]
 
 
 # -- ops that can be explained --------------------------------------------------------------------

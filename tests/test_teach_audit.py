@@ -5,10 +5,13 @@ import contextlib
 import numpy as np
 import pytest
 
+import mpcache
+
 from mpcache import prg
 from mpcache.tensor import SecretTensor
 from mpcache.testing import (ViewLeak, assert_view_indistinguishable, collect_view,
                              protocol_property)
+from mpcache.explain import lookup
 from mpcache.protocols.costs import cost
 
 N = 2048
@@ -29,7 +32,17 @@ def _persist(p, x, y):
     return x.reshape(64, 32) @ w
 
 
-# op name -> (op, secrets_a, secrets_b, integer, needs)
+N8 = 8192           # comparisons send packed bits: 8192 bits = 1024 bytes per block
+C0, C1 = np.zeros(N8), rng.uniform(-100, 100, N8)
+D0, D1 = np.zeros(N8), rng.uniform(-100, 100, N8)
+
+
+def _gather(p, x, y):
+    oh = x.reshape(16, 128).argmax(axis=-1)        # secret one-hot rows [16, 128]
+    return oh @ y.reshape(128, 16)
+
+
+# op name -> (op, secrets_a, secrets_b, integer, needs[, audit keyword arguments])
 OPS = {
     "share": (lambda p, x: x, A0, A1, (), None),
     "mul_fixed": (lambda p, x, y: x * y, (A0, B0), (A1, B1), (), None),
@@ -42,14 +55,19 @@ OPS = {
                     (A1.astype(np.int64), B1.astype(np.int64)), (0, 1), None),
     "trunc": (lambda p, x: x * 0.5, A0, A1, (), None),
     "persistent_matmul": (_persist, (A0, B0), (A1, B1), (), None),
-    "lt": (lambda p, x, y: x < y, (A0, B0), (A1, B1), (), "__lt__"),
-    "relu": (lambda p, x: x.relu(), A0, A1, (), "relu"),
+    "lt": (lambda p, x, y: x < y, (C0, D0), (C1, D1), (), "__lt__"),
+    "relu": (lambda p, x: x.relu(), C0, C1, (), "relu"),
+    "where": (lambda p, x, y: mpcache.where(x < y, x, y), (C0, D0), (C1, D1), (), "__lt__"),
     "exp": (lambda p, x: x.exp(), A0 - 3, np.full(N, -1.5), (), "exp"),
     "reciprocal": (lambda p, x: x.reciprocal(), A0 + 1, np.full(N, 37.5), (), "reciprocal"),
     "softmax": (lambda p, x: x.reshape(32, 64).softmax(axis=-1), A0, B1 / 10, (), "softmax"),
-    "max": (lambda p, x: x.reshape(64, 32).max(axis=-1), A0, B1, (), "max"),
-    "top_k": (lambda p, x: x.reshape(4, 512).top_k(2), A0 + np.arange(N) % 7, B1, (),
-              "top_k"),
+    "max": (lambda p, x: x.reshape(256, 32).max(axis=-1), C0, C1, (), "max"),
+    "argmax": (lambda p, x: x.reshape(256, 32).argmax(axis=-1), C0, C1, (), "argmax"),
+    "gather": (_gather, (A0, B0), (A1, B1), (), "argmax"),
+    # top-k's number of selection levels depends on the random shuffle (simulatable):
+    # compare the blocks that line up
+    "top_k": (lambda p, x: x.reshape(4, 2048).top_k(16), C0 + np.arange(N8) % 7, C1, (),
+              "top_k", {"strict_structure": False, "min_block": 512}),
 }
 
 
@@ -75,7 +93,8 @@ def _available(needs):
 @pytest.mark.parametrize("observer", [1, 2])
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_view_audit_every_op(protocol, op, observer):
-    fn, sa, sb, integer, needs = OPS[op]
+    fn, sa, sb, integer, needs, *kw = OPS[op]
+    kw = kw[0] if kw else {}
     if not _available(needs):
         pytest.skip(f"SecretTensor.{needs} is not in this build yet")
     if protocol == "add2" and observer == 2:
@@ -83,12 +102,13 @@ def test_view_audit_every_op(protocol, op, observer):
         with not_landed_is_skip():
             view = collect_view(protocol, fn, sa, observer, owner=0, integer=integer,
                                 exclude_tags=())
-        assert all(b.label.split()[2].endswith(".shape") for b in view), \
-            [b.label for b in view]
+        # ...except top-k's revealed comparisons of shuffled keys, sent to all parties
+        kinds = {b.label.split()[2]: lookup(b.label.split()[2]).kind for b in view}
+        assert all(k in ("shape", "pattern") for k in kinds.values()), kinds
         return
     with not_landed_is_skip():
         rep = assert_view_indistinguishable(protocol, fn, sa, sb, observer=observer, owner=0,
-                                            integer=integer)
+                                            integer=integer, **kw)
     assert rep.tested and rep.min_p >= rep.threshold
 
 
@@ -167,3 +187,14 @@ def test_protocol_property_catches_a_blown_budget():
                              max_examples=3, budget=lambda proto, s: {"rounds": 1})
     with pytest.raises(AssertionError, match="budget"):
         prop()
+
+
+def test_view_audit_fails_when_comparison_masks_are_removed(monkeypatch):
+    """add2 shares inputs without sending any share value, so here the leak the audit
+    finds is in the comparison's own openings (the truth-table digits x ^ r)."""
+    if not _available("__lt__"):
+        pytest.skip("comparisons are not in this build yet")
+    monkeypatch.setattr(prg.PRG, "ring", lambda self, shape: np.zeros(shape, np.uint64))
+    with pytest.raises(ViewLeak, match=r"cmp\."):
+        assert_view_indistinguishable("add2", lambda p, x, y: x < y, (C0, D0), (C1, D1),
+                                      observer=1)
