@@ -419,7 +419,7 @@ def stack(tensors, axis=0):
     return concatenate([t.expand_dims(axis % nd) for t in ts], axis=axis % nd)
 
 
-# === non-linear approximations: exp, reciprocal, rsqrt, softmax, gelu, silu ==============
+# === non-linear approximations: exp, reciprocal, rsqrt, softmax, gelu, silu, tanh, sigmoid =
 # (owned by mpcache/protocols/approx.py, reciprocal.py, activations.py; keyword arguments
 #  are forwarded as documented there.  Kept as one delimited block.)
 def _nl_exp(self, **kw):
@@ -458,12 +458,26 @@ def _nl_silu(self, **kw):
     return silu(self, **kw)
 
 
+def _nl_tanh(self, **kw):
+    """tanh by a fitted odd polynomial on [-3.5, 3.5], +-1 outside (activations.py)."""
+    from .protocols.activations import tanh
+    return tanh(self, **kw)
+
+
+def _nl_sigmoid(self, **kw):
+    """sigmoid by a fitted polynomial on [-7, 7], 0/1 outside (activations.py)."""
+    from .protocols.activations import sigmoid
+    return sigmoid(self, **kw)
+
+
 SecretTensor.exp = _nl_exp
 SecretTensor.reciprocal = _nl_reciprocal
 SecretTensor.rsqrt = _nl_rsqrt
 SecretTensor.softmax = _nl_softmax
 SecretTensor.gelu = _nl_gelu
 SecretTensor.silu = _nl_silu
+SecretTensor.tanh = _nl_tanh
+SecretTensor.sigmoid = _nl_sigmoid
 # === end of non-linear approximations block ===============================================
 
 
@@ -491,8 +505,8 @@ from .protocols import select as _sel  # noqa: E402
 
 SecretTensor.max = lambda self, axis=-1, keepdims=False: _sel.max(self, axis, keepdims)
 SecretTensor.min = lambda self, axis=-1, keepdims=False: _sel.min(self, axis, keepdims)
-SecretTensor.argmax = lambda self, axis=-1: _sel.argmax(self, axis)
-SecretTensor.argmin = lambda self, axis=-1: _sel.argmin(self, axis)
+SecretTensor.argmax = lambda self, axis=-1, **kw: _sel.argmax(self, axis, **kw)
+SecretTensor.argmin = lambda self, axis=-1, **kw: _sel.argmin(self, axis, **kw)
 SecretTensor.top_k = lambda self, k, axis=-1, **kw: _sel.top_k(self, k, axis, **kw)
 SecretTensor.one_hot = lambda self, n: _sel.one_hot(self, n)
 SecretTensor.gather = lambda self, X: _sel.gather(self, X)

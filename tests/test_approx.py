@@ -179,14 +179,16 @@ def test_softmax_axis_and_bounded(protocol):
 
 def test_softmax_one_reciprocal_per_row(protocol):
     """The reciprocal runs on [rows, 1], not per element: its scope inside softmax costs
-    exactly a standalone reciprocal of a [rows, 1] tensor at 2f fraction bits."""
+    exactly a standalone reciprocal of a [rows, 1] tensor at 2f fraction bits (with the
+    row-sum range promise [0.5, 2n] that softmax passes)."""
     x = np.random.default_rng(2).uniform(-5, 5, (3, 256))
 
     def job(p, a):
         with p.scope("sm"):
             return a.softmax(axis=-1)
     _, r1 = run_op(protocol, job, x)
-    _, r2 = run_op(protocol, lambda p, a: RC.reciprocal(A.scale_pow2(a, 18)), np.ones((3, 1)))
+    _, r2 = run_op(protocol, lambda p, a: RC.reciprocal(A.scale_pow2(a, 18), x_range=(0.5, 512)),
+                   np.ones((3, 1)))
     assert r1.scope("op/sm/recip")["bytes_sent"] == r2.scope("op")["bytes_sent"]
     # (scope rounds are entry-to-exit across parties; entering after the exp may skew by 1)
     assert abs(r1.scope("op/sm/recip")["rounds"] - r2.scope("op")["rounds"]) <= 1
@@ -199,8 +201,9 @@ def test_softmax_rounds_compose(protocol):
     _, rs = run_op(protocol, lambda p, a: a.softmax(axis=-1), x)
     _, rm = run_op(protocol, lambda p, a: A.rowmax(a, -1), x)
     _, re = run_op(protocol, lambda p, a: A.exp(a - 25.0, out_frac=36), x)
-    _, rr = run_op(protocol, lambda p, a: RC.reciprocal(A.scale_pow2(a, 18)), np.ones((2, 1)))
-    assert re.scope("op")["rounds"] == 10 + _ltz_rounds(protocol, 8)
+    _, rr = run_op(protocol, lambda p, a: RC.reciprocal(A.scale_pow2(a, 18),
+                                                         x_range=(0.5, 2048)), np.ones((2, 1)))
+    assert re.scope("op")["rounds"] == 10 + _ltz_rounds(protocol, x.size)
     pieces = rm.scope("op")["rounds"] + re.scope("op")["rounds"] + rr.scope("op")["rounds"]
     assert rs.scope("op")["rounds"] <= pieces + 2 + 1      # + final product (2), skew (1)
     assert rs.scope("op")["rounds"] <= (126 if protocol == "rep3" else 122)
@@ -239,6 +242,22 @@ def test_activations_grid_and_rounds(protocol):
         out, res = run_op(protocol, fn, x)
         assert np.max(np.abs(out - ref(x))) <= bound
         assert res.scope("op")["rounds"] == 2 * levels + lt
+
+
+@EX
+@given(x=arrays(-12.0, 12.0))
+def test_tanh_sigmoid_accuracy(protocol, x):
+    out, _ = run_op(protocol, lambda p, a: mpcache.stack([a.tanh(), a.sigmoid()]), x)
+    assert np.max(np.abs(out[0] - np.tanh(q(x)))) <= 3e-3
+    assert np.max(np.abs(out[1] - 0.5 * (1 + np.tanh(q(x) / 2)))) <= 2e-3
+
+
+def test_reciprocal_x_range_saves_rounds(protocol):
+    x = np.array([1.0, 3.5, 100.0, 1023.0])
+    out, r1 = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32), x)
+    out2, r2 = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32, x_range=(0.5, 2048)), x)
+    assert np.max(np.abs(out2 - 1 / x) * x) <= 1e-3
+    assert r2.scope("op")["rounds"] == r1.scope("op")["rounds"] - 2     # 4 OR levels, not 6
 
 
 # -------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ import numpy as np
 from .approx import (Dot, PolyPlan, _choose_frac, bits_times, bnot, fit_poly, lincomb,
                      poly_eval_many, run_level)
 
-__all__ = ["gelu", "silu", "even_piecewise", "ACTIVATIONS"]
+__all__ = ["gelu", "silu", "tanh", "sigmoid", "even_piecewise", "odd_piecewise", "ACTIVATIONS",
+           "SATURATING"]
 
 
 def _erf(x):
@@ -126,3 +127,62 @@ def silu(x, *, T: float | None = None, degree: int | None = None):
     tail: SiLU(-7) = -6.4e-3 is returned as 0).  Cost: 1 batched ltz (2n) + 5 levels.
     """
     return even_piecewise(x, "silu", T=T, degree=degree)
+
+
+# ---------------------------------------------------------------------------------------
+# saturating odd functions: tanh, sigmoid
+# ---------------------------------------------------------------------------------------
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+#: name -> (function, default T, default degree, value below -T, value above T)
+SATURATING = {
+    "tanh": (np.tanh, 3.5, 15, -1.0, 1.0),
+    "sigmoid": (_sigmoid, 7.0, 15, 0.0, 1.0),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _sat_fit(name: str, T: float, d: int, k: int):
+    fn = SATURATING[name][0]
+    return tuple(fit_poly(fn, -T, T, d, var=lambda x: x / 2 ** k))
+
+
+def odd_piecewise(x, name: str, *, T: float | None = None, degree: int | None = None):
+    """``[x < -T] lo + [x > T] hi + [|x| <= T] P(x / 2^k)`` for a saturating function in
+    :data:`SATURATING`; ``P`` is a degree-``degree`` least-squares fit on [-T, T] in
+    ``x / 2^k`` (``2^k >= T``: an exact rescaling), ``ceil(log2 degree)`` levels.
+    What a party learns: nothing beyond the comparison/multiplication sub-protocols.
+    """
+    fn, T0, d0, lo_v, hi_v = SATURATING[name]
+    T = float(T0 if T is None else T)
+    d = int(d0 if degree is None else degree)
+    f = x.party.fxp.frac_bits
+    k = max(0, math.ceil(math.log2(T)))
+    plan = PolyPlan(_sat_fit(name, T, d, k), T / 2 ** k)
+    fx = _choose_frac(plan.bound(), x.frac + k)
+    u = x.with_frac(x.frac + k)
+    u = u._local(lambda dd: dd * np.uint64(1 << (fx.F - u.frac))).with_frac(fx.F)
+    P = poly_eval_many([u], [plan], fx=fx, out_frac=f)[0]
+    pair, c_hi, c_lo = _cmp_bits(x, T)
+    mid = bnot(pair, c_hi ^ c_lo)
+    zero = (x * 0).with_frac(f)
+    bits, vals = [mid], [P]
+    for c, v in ((c_hi, hi_v), (c_lo, lo_v)):
+        if v:
+            bits.append(c)
+            vals.append(zero + float(v))
+    return bits_times(pair, bits, vals, x.shape, f)
+
+
+def tanh(x, *, T: float | None = None, degree: int | None = None):
+    """tanh by a degree-15 fit on [-3.5, 3.5] and +-1 outside: max abs error ~1.8e-3
+    (tail 1 - tanh 3.5).  Cost: 4 levels + one batched sign-bit (2n) + 1 injection round."""
+    return odd_piecewise(x, "tanh", T=T, degree=degree)
+
+
+def sigmoid(x, *, T: float | None = None, degree: int | None = None):
+    """sigmoid by a degree-15 fit on [-7, 7], 0 / 1 outside: max abs error ~9e-4.
+    Cost: as :func:`tanh`."""
+    return odd_piecewise(x, "sigmoid", T=T, degree=degree)

@@ -522,32 +522,11 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
 # softmax
 # ---------------------------------------------------------------------------------------
 def rowmax(x, axis: int = -1):
-    """Max along ``axis`` (keepdims) by a comparison tree that stays in the compare
-    engine's 2-of-2 form between levels: per level one sign-bit computation of the
-    pairwise differences (7 rounds) and one bit injection (1 round); one final
-    re-sharing (rep3).  ``compare.max`` is used instead when the compare module has it.
-    What a party learns: nothing (masked openings of the sub-protocols only).
-    """
-    from . import compare
-    from .conversions import msb_bits
-    if hasattr(compare, "max"):
-        return compare.max(x, axis=axis, keepdims=True)
-    ax = axis % x.ndim
-    xt = x.swapaxes(ax, -1) if ax != x.ndim - 1 else x
-    lead = xt.shape[:-1]
-    n = xt.shape[-1]
-    pair, u = compare.to_pair(xt)
-    u = u.reshape(-1, n)
-    with x.party.scope("max"):
-        while u.shape[1] > 1:
-            m = u.shape[1]
-            h = m // 2
-            a, b, rest = u[:, :h], u[:, h:2 * h], u[:, 2 * h:]
-            bits = msb_bits(pair, (a - b).reshape(-1))                     # [a < b]
-            y = pair.bitmul(bits, (b - a).reshape(-1), "approx.max").reshape(a.shape)
-            u = np.concatenate([a + y, rest], axis=1)
-        out = compare.from_pair(x.party, u.reshape(-1), lead + (1,), x.frac)
-    return out.swapaxes(ax, -1) if ax != x.ndim - 1 else out
+    """Max along ``axis`` with keepdims: ``select.max`` (the compare engineer's tree: all
+    comparisons of a level batched, 8 rounds per level in the 2-of-2 engine form, one
+    re-sharing at the end for rep3).  What a party learns: nothing."""
+    from . import select
+    return select.max(x, axis=axis, keepdims=True)
 
 
 def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = None,
@@ -589,7 +568,10 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     with x.party.scope("exp"):
         e = exp(z, out_frac=frac_hi, **(exp_kw or {}))
     s = e.sum(axis=ax, keepdims=True)
+    kw = dict(recip_kw or {})
+    if method == "max":           # the max contributes e^0: row sums lie in [1, n]
+        kw.setdefault("x_range", (0.5, 2.0 * x.shape[ax]))
     with x.party.scope("recip"):
-        r = rc.reciprocal(s, **dict(recip_kw or {}))     # one per row, at f bits
+        r = rc.reciprocal(s, **kw)                       # one per row, at f bits
     # e (frac_hi) * r (f) -> f: one truncation by frac_hi
     return run_level([Dot([(r, e)])], frac_hi)[0]

@@ -35,6 +35,7 @@ sub-protocols, whose messages are uniformly masked.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -47,17 +48,18 @@ __all__ = ["reciprocal", "rsqrt", "top_bit_weights"]
 # ---------------------------------------------------------------------------------------
 # top-bit one-hot -> arithmetic powers of two
 # ---------------------------------------------------------------------------------------
-def top_bit_weights(x, weights, nbits: int):
+def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0):
     """``[sum_i h_i * w[i] for w in weights]`` as arithmetic ring integers (frac 0), where
     ``h`` is the one-hot of the top set bit of ``X`` (x's ring value) among bit positions
-    ``0 .. nbits-1`` and each ``w`` is a public integer weight per position.
+    ``lo_bit .. nbits-1`` and each ``w`` is a public integer weight per position (indexed
+    by the absolute position).
 
     A2B (``conversions.a2b``), prefix-OR from the top on packed words (``m |= m >> s`` for
-    s = 1, 2, 4, ...: ceil(log2 nbits) AND rounds), ``h = m ^ (m >> 1)`` (local), bit
-    injection of the ``nbits`` bits of ``h`` with the compare engine (``Pair.b2a``, one
-    round, 1 bit each), the weighted sums locally in 2-of-2 form, and one re-sharing to
-    the protocol's form (rep3: one round; add2: free).  Positions >= nbits are ignored
-    (X >= 2^nbits, e.g. x <= 0, gives all-zero sums).
+    s = 1, 2, 4, ...: ceil(log2 (nbits - lo_bit)) AND rounds, since bits >= nbits are
+    promised zero), ``h = m ^ (m >> 1)`` (local), bit injection of the window's bits of
+    ``h`` with the compare engine (``Pair.b2a``, one round, 1 bit each), the weighted sums
+    locally in 2-of-2 form, and one re-sharing to the protocol's form (rep3: one round;
+    add2: free).  A top bit outside the window (e.g. x <= 0) gives all-zero sums.
     What a party learns: nothing (masked openings of the sub-protocols only).
     """
     from .boolean import pair_of, to_bits
@@ -68,15 +70,15 @@ def top_bit_weights(x, weights, nbits: int):
     with p.scope("topbit"):
         m = a2b(x)
         s = 1
-        while s < nbits:
+        while s < nbits - lo_bit:
             m = m | (m >> s)
             s *= 2
         h = m ^ (m >> 1)
         pair = pair_of(p)
         w = proto.bool_to_pair(h.data).reshape(-1)
-        bits = to_bits(w, nbits)                              # [nbits, N] uint8
-        y = pair.b2a(bits, "approx.topbit")                   # [nbits, N] ring, 2-of-2
-        W = np.stack([np.asarray(wt, dtype=np.uint64)[:nbits] for wt in weights])
+        bits = to_bits(w, nbits - lo_bit, lo_bit)             # [window, N] uint8
+        y = pair.b2a(bits, "approx.topbit")                   # [window, N] ring, 2-of-2
+        W = np.stack([np.asarray(wt, dtype=np.uint64)[lo_bit:nbits] for wt in weights])
         sums = _ring_rowsum(W, y)
         out = proto.from_pair(sums.reshape((len(weights),) + shape), (len(weights),) + shape)
     from ..tensor import SecretTensor
@@ -137,20 +139,28 @@ def _newton_rsqrt(a, y, G: int, iterations: int):
     return y
 
 
-def _nbits(fx: int) -> int:
-    """Bit positions that can hold the top bit of an encodable x (|x| < 2^26) at fx bits."""
-    return min(61, fx + 26)
+def _window(fx: int, x_range) -> tuple:
+    """(klo, khi): the bit positions that may hold the top bit of X = x 2^fx.
+
+    Default: every positive encodable x (|x| < 2^26), clipped below so that the output
+    scaling covers the window (khi - klo <= 61 - _F); ``x_range = (lo, hi)`` is a promise
+    that narrows it (fewer prefix-OR levels and injected bits)."""
+    khi = min(60, fx + 25)
+    klo = max(0, khi - (61 - _F))
+    if x_range is not None:
+        lo, hi = float(x_range[0]), float(x_range[1])
+        if not 0 < lo <= hi:
+            raise ValueError("x_range must be (lo, hi) with 0 < lo <= hi")
+        klo = max(klo, math.floor(math.log2(lo * 2.0 ** fx)))
+        khi = min(khi, math.floor(math.log2(hi * 2.0 ** fx)))
+    return klo, khi
 
 
-def _kmin(fx: int) -> int:
-    """Lowest supported top bit: the output scaling covers kmax - kmin <= 61 - _F."""
-    return max(0, _nbits(fx) - 1 - (61 - _F))
-
-
-def _normalised(x, extra_weights):
+def _normalised(x, extra_weights, window):
     """(a = X / 2^k at _F bits, [weighted sums of the one-hot for extra_weights])."""
-    nb = _nbits(x.frac)
-    sums = top_bit_weights(x, [_pow2_weights(60, nb)] + list(extra_weights), nb)
+    klo, khi = window
+    sums = top_bit_weights(x, [_pow2_weights(60, khi + 1)] + list(extra_weights), khi + 1,
+                           klo)
     # X * 2^(60 - k) = a * 2^60 < 2^61; one fused truncation down to _F bits
     a = run_level([Dot([(x.with_frac(0), sums[0])])], 60 - _F)[0].with_frac(_F)
     return a, sums[1:]
@@ -159,7 +169,8 @@ def _normalised(x, extra_weights):
 _F = 18          # fraction bits of the normalised a in [1, 2)
 
 
-def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None):
+def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
+               x_range=None):
     """``1/x`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
     Top-bit normalisation to ``a in [1, 2)``, a degree-``degree`` polynomial (default 4,
@@ -168,17 +179,21 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     (default f; at f = 18 the result's resolution is 2^-18, so 1/x for large x has few
     significant bits: ask ``out_frac=32`` for relative accuracy up to x = 1e4).
     Domain: ``x > 0``; ``x <= 0`` gives unspecified garbage (no error raised).
+    ``x_range=(lo, hi)``: a promise ``lo <= x <= hi`` that shrinks the top-bit search
+    (e.g. softmax's row sums in [1, n]: 4 prefix-OR levels instead of 6); outside it the
+    result is garbage.
     Cost: top-bit one-hot (A2B + ceil(log2 nbits) AND rounds + 1 injection round [+1
     rep3]) + (1 + ceil(log2 degree) + 2 * iterations + 1) truncating levels.
     What a party learns: nothing (see module doc).
     """
     fx = x.frac
     fo = x.party.fxp.frac_bits if out_frac is None else out_frac
-    c2 = 61 - _F + _kmin(fx)
+    win = _window(fx, x_range)
+    c2 = 61 - _F + win[0]
     shift0 = c2 - fx - fo
     if shift0 + _F < 0:
         raise ValueError(f"reciprocal: out_frac {fo} too large for input frac {fx}")
-    a, (R,) = _normalised(x, [_pow2_weights(c2, _nbits(fx))])
+    a, (R,) = _normalised(x, [_pow2_weights(c2, win[1] + 1)], win)
     plan = PolyPlan(_fit("recip", int(degree), 1.0), 0.5)
     fxq = _choose_frac(plan.bound() + 2.0, _F)
     t = add_const(a, -1.5)
@@ -189,24 +204,27 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     return run_level([Dot([(y, R)])], y.frac + shift0)[0].with_frac(fo)
 
 
-def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None):
+def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
+          x_range=None):
     """``1/sqrt(x)`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
     Top-bit normalisation to ``a in [1, 2)`` with the un-normalisation weights
     ``2^(c - k/2)`` computed per bit position (the odd-exponent sqrt(2) is exact in the
     public weights), a degree-``degree`` polynomial (default 4, relative error 7e-5) and
     ``iterations`` Newton steps (default 0; 2 levels each).  Result at ``out_frac`` bits
-    (default f).  Domain: ``x > 0``; else unspecified garbage.
+    (default f).  Domain: ``x > 0``; else unspecified garbage.  ``x_range``: as in
+    :func:`reciprocal`.
     Cost: as :func:`reciprocal` with the same number of levels.
     What a party learns: nothing (see module doc).
     """
     fx = x.frac
     fo = x.party.fxp.frac_bits if out_frac is None else out_frac
     it = int(iterations)
-    c3 = 61 - _F - it + _kmin(fx) // 2
+    win = _window(fx, x_range)
+    c3 = 61 - _F - it + win[0] // 2
     if (c3 - fx / 2) != int(c3 - fx / 2):
         c3 -= 0.5
-    a, (E,) = _normalised(x, [_pow2_weights(c3, _nbits(fx), half=True)])
+    a, (E,) = _normalised(x, [_pow2_weights(c3, win[1] + 1, half=True)], win)
     plan = PolyPlan(_fit("rsqrt", int(degree), 1.0), 0.5)
     fxq = _choose_frac(plan.bound() + 2.0, _F)
     t = add_const(a, -1.5)
