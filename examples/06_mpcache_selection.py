@@ -1,7 +1,7 @@
 """06 - MPCache's cluster-level selection vs token-level selection, on secrets.
 
 Run: python examples/06_mpcache_selection.py
-Needs: SecretTensor.top_k, SecretTensor.max
+Needs: SecretTensor.top_k, SecretTensor.max, mpcache.gather
 
 At each decoding step MPCache picks which cached tokens the query attends to, without
 learning which (only how many: k is public):
@@ -44,8 +44,8 @@ def cluster_job(p):
         with p.scope("topk"):
             oh = s.reshape(C).top_k(k)                       # [k, C] secret one-hot
         with p.scope("gather"):
-            Kk = (oh @ Ks.reshape(C, c * d)).reshape(k * c, d)
-            Vk = (oh @ Vs.reshape(C, c * d)).reshape(k * c, d)
+            Kk = mpcache.gather(oh, Ks.reshape(C, c * d)).reshape(k * c, d)   # oh @ K
+            Vk = mpcache.gather(oh, Vs.reshape(C, c * d)).reshape(k * c, d)
     return p.reveal(oh, to=0), p.reveal(Kk, to=0), p.reveal(Vk, to=0)
 
 
@@ -59,7 +59,7 @@ def token_job(p):
         with p.scope("topk"):
             oh = s.reshape(T).top_k(k * c)                   # [k*c, T]
         with p.scope("gather"):
-            Kk, Vk = oh @ Ks, oh @ Vs
+            Kk, Vk = mpcache.gather(oh, Ks), mpcache.gather(oh, Vs)           # [k*c, d]
     return p.reveal(oh, to=0), p.reveal(Kk, to=0), p.reveal(Vk, to=0)
 
 

@@ -313,6 +313,7 @@ class OpSpec:
     cost: callable | None = None   # (protocol, shape) -> costs.cost(...) dict
     atol: float = 1e-3
     needs: tuple = ()           # SecretTensor attributes / functions the op needs
+    prep: callable = None       # (party, *secrets) -> secrets, run in scope "input"
     notes: list = field(default_factory=list)
 
 
@@ -393,6 +394,13 @@ def _ops() -> dict:
             lambda p, x: x.argmax(axis=-1),
             lambda x: (x == x.max(axis=-1, keepdims=True)).astype(np.int64), None, atol=0,
             needs=("argmax",)),
+        "gather": OpSpec(
+            "gather = one-hot @ X: rows of X picked by a secret one-hot (here the argmax of "
+            "secret scores, computed with the inputs)", (8, 4),
+            lambda s: [("scores", (1, s[0]), 0, False, -8, 8), ("X", s, 1, False, -8, 8)],
+            lambda p, oh, x: oh @ x,
+            lambda sc, x: x[np.argmax(sc, axis=-1)], None, needs=("argmax",),
+            prep=lambda p, sc, x: (sc.argmax(axis=-1), x)),
         "softmax": OpSpec(
             "softmax along the last axis (max, exp, sum, reciprocal)", (1, 8),
             lambda s: [("x", s, 0, False, -4, 4)],
@@ -465,6 +473,8 @@ def run_traced(op: str, protocol: str, shape=None, seed: int = 0, values: bool =
         with p.scope("input"):
             xs = [p.share(v if p.id == owner else None, owner=owner, integer=integer)
                   for name, v, owner, integer in ins]
+            if spec.prep is not None:
+                xs = spec.prep(p, *xs)
         if op == "reveal":
             with p.scope("op"):
                 return p.reveal(xs[0])
