@@ -156,23 +156,28 @@ def _cost(protocol, op, *inputs, integer=()):
     return mpcache.Session(protocol).run(job).scope("op")
 
 
-@pytest.mark.parametrize("n", [1, 64, 100])
-def test_lt_cost(protocol, n):
-    """lt: 7 rounds of carry tree + 1 of bit-to-ring (+1 re-sharing in rep3); bytes per
-    value = ceil((243 + 1) n / 8) (+ 8 n in rep3)."""
+@pytest.mark.parametrize("n", [1, 64, 100, 512])
+@pytest.mark.parametrize("op", ["msb", "relu"])
+def test_compare_cost_formula(protocol, n, op):
+    """Bytes, rounds and dealt bytes of a batch of comparisons == conversions.cmp_cost
+    (the formulas in docs/nonlinear-compare.md)."""
     x = np.linspace(-5, 5, n)
-    sc = _cost(protocol, lambda p, a, b: a < b, x, x[::-1].copy())
-    bits = 243 * n + n
-    # bits are packed per message: generate (63n), 6 tree levels, b2a (n)
-    levels = [63 * n, 92 * n, 47 * n, 23 * n, 11 * n, 5 * n, 2 * n, n]
-    expect = sum((b + 7) // 8 for b in levels)
-    assert sum(levels) == bits
-    if protocol == "rep3":
-        assert sc["rounds"] == 9
-        assert sc["bytes_sent"] == expect + 8 * n
-    else:
-        assert sc["rounds"] == 8
-        assert sc["bytes_sent"] == expect
+    fn = (lambda p, a: C.msb(a)) if op == "msb" else (lambda p, a: a.relu())
+    sc = _cost(protocol, fn, x)
+    c = V.cmp_cost(op, n, protocol)
+    assert (sc["bytes_sent"], sc["rounds"], sc["offline_bytes_sent"]) == \
+        (c["bytes"], c["rounds"], c["offline"])
+
+
+def test_lt_64_cost_by_hand(protocol):
+    """lt over 64 values (4-bit digits, <= 256 values): leaves 16 digits x 4 bits = 64
+    bits, tree 16 -> 8 -> 4 -> 2 -> 1 opens 23 + 11 + 5 + 2 = 41 bits, b2a 1 bit:
+    106 bits = 13.25 bytes per value; 1 + 4 + 1 rounds (+1 and 8 bytes/value in rep3)."""
+    n = 64
+    sc = _cost(protocol, lambda p, a, b: a < b, np.linspace(-5, 5, n), np.zeros(n))
+    extra = 8 * n if protocol == "rep3" else 0
+    assert sc["bytes_sent"] == 106 * n // 8 + extra
+    assert sc["rounds"] == 6 + (protocol == "rep3")
 
 
 def test_a2b_rounds(protocol):

@@ -103,12 +103,60 @@ def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str) -> np.ndarray:
     return G[0]
 
 
-def carry_bits(pair: Pair, u: np.ndarray, nbits: int, tag: str = "cmp") -> np.ndarray:
+#: Digit width of the carry tree's leaves (one-time truth tables); 1 = bit-level
+#: generate layer with private-input ANDs; None = adaptive: 4 for batches of at most
+#: SMALL_BATCH values (one round fewer; 1 KiB of dealt tables per value), else 2
+#: (128 B of tables per value).  See docs/nonlinear-compare.md for the trade-off.
+DIGIT_BITS: int | None = None
+SMALL_BATCH = 256
+_GP_TABLES: dict = {}
+
+
+def _gp_table(w: int) -> np.ndarray:
+    """[2^w, 2^w, 2]: (generate, propagate) of the w-bit group sum x + y."""
+    if w not in _GP_TABLES:
+        M = 1 << w
+        s = np.arange(M)[:, None] + np.arange(M)[None, :]
+        _GP_TABLES[w] = np.stack([s >= M, s == M - 1], axis=-1).astype(U8)
+    return _GP_TABLES[w]
+
+
+def carry_bits(pair: Pair, u: np.ndarray, nbits: int, tag: str = "cmp",
+               digit: int | None = None) -> np.ndarray:
     """XOR shares of the carry into bit ``nbits`` of u_A + u_B (low ``nbits`` bits of
-    this party's ring share ``u``, flat).  Rounds: 1 + ceil(log2(nbits))."""
-    ub = to_bits(u, nbits)                    # [nbits, N] private bits of this party
-    g = pair.and_private(ub, tag + ".gen")
-    return _tree(pair, g, ub, tag + ".tree")
+    this party's ring share ``u``, flat).
+
+    Leaves are w-bit digits (w = ``digit``, default :data:`DIGIT_BITS`) whose
+    (generate, propagate) pair comes from a one-time truth table in one round (w bits
+    opened per digit per party); the partial digit sits at the bottom, padded with zero
+    bits (which neither generate nor propagate a carry).  Then a tree over the
+    D = ceil(nbits / w) leaves: rounds 1 + ceil(log2 D)."""
+    u = np.asarray(u, dtype=RING).reshape(-1)
+    w = digit if digit is not None else DIGIT_BITS
+    if w is None:
+        w = 4 if u.size <= SMALL_BATCH else 2
+    w = int(w)
+    if w <= 1:
+        ub = to_bits(u, nbits)                # [nbits, N] private bits of this party
+        g = pair.and_private(ub, tag + ".gen")
+        return _tree(pair, g, ub, tag + ".tree")
+    w = builtins_min(w, nbits)
+    D = -(-nbits // w)
+    pad = D * w - nbits
+    if pair.role == "D":
+        digits = np.zeros((D, u.size), np.int64)
+    else:
+        v = (u << np.uint64(pad)) if pad else u     # zero bits below bit 0
+        mask = np.uint64((1 << w) - 1)
+        sh = (np.arange(D, dtype=np.uint64) * np.uint64(w))[:, None]
+        digits = ((v[None, :] >> sh) & mask).astype(np.int64)
+    gp = pair.lut2(digits, w, _gp_table(w), tag + ".lut")      # [D, N, 2]
+    return _tree(pair, np.ascontiguousarray(gp[..., 0]), np.ascontiguousarray(gp[..., 1]),
+                 tag + ".tree")
+
+
+def builtins_min(a, b):
+    return a if a < b else b
 
 
 def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp") -> np.ndarray:
@@ -134,3 +182,52 @@ def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq"
         z = pair.and_(w[0:2 * h:2], w[1:2 * h:2], tag)
         w = np.concatenate([z, w[-1:]]) if m % 2 else z
     return w[0]
+
+
+# -- cost formulas (checked against the accounting by tests/test_compare.py) ----------------------
+def digit_width(n_values: int) -> int:
+    """The leaf digit width :func:`carry_bits` uses for a batch of ``n_values``."""
+    if DIGIT_BITS is not None:
+        return int(DIGIT_BITS)
+    return 4 if n_values <= SMALL_BATCH else 2
+
+
+def carry_levels(nbits: int, w: int) -> list:
+    """Per round of :func:`carry_bits`: (online bits per value per party, dealt bits per
+    value).  First entry: the leaves (private ANDs or truth tables), then the tree."""
+    if w <= 1:
+        leaves, out = nbits, [(nbits, nbits)]
+    else:
+        w = min(w, nbits)
+        leaves = -(-nbits // w)
+        out = [(w * leaves, leaves * (1 << 2 * w) * 2)]
+    m = leaves
+    while m > 1:
+        h = m // 2
+        out.append((3 * h - 1, 2 * h - 1))      # open P_hi, G_lo, P_lo[1:]; one c per AND
+        m = h + m % 2
+    return out
+
+
+def cmp_cost(op: str, n: int, protocol: str, nbits: int = 63) -> dict:
+    """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "relu",
+    "reveal" (revealed comparison inside top-k)}; per party, bits packed per message.
+    Returns {'bytes', 'rounds', 'offline'} (offline = dealt bytes, max over parties)."""
+    levels = carry_levels(nbits, digit_width(n))
+    online = sum((b * n + 7) // 8 for b, _ in levels)
+    offline = sum((d * n + 7) // 8 for _, d in levels)
+    rounds = len(levels) + 1
+    if op == "msb":             # b2a: open 1 bit; dealer r_A (8 bytes)
+        online += (n + 7) // 8
+        offline += 8 * n
+    elif op == "relu":          # bitmul: open 1 bit + 1 ring element; dealer [r], [r alpha]
+        online += (n + 7) // 8 + 8 * n
+        offline += 16 * n
+    elif op == "reveal":        # A and B send their bit shares to each other and to D
+        online += 2 * ((n + 7) // 8)
+    else:
+        raise ValueError(f"unknown comparison op {op!r}")
+    if protocol == "rep3" and op != "reveal":
+        online += 8 * n         # back to replicated: P1, P2 send one element each to P0
+        rounds += 1
+    return {"bytes": online, "rounds": rounds, "offline": offline}

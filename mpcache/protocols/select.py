@@ -190,9 +190,17 @@ def min(x, axis=-1, keepdims=False):  # noqa: A001
     return _reduce(x, axis, keepdims, False)
 
 
-def _arg(x, axis, want_max):
+def _arg(x, axis, want_max, method="tree"):
     _require_secret(x, "argmax")
     axis = _axis(x, axis)
+    if method not in ("tree", "select"):
+        raise ValueError(f"argmax method must be 'tree' or 'select', got {method!r}")
+    if method == "select":
+        y = x if want_max else -x
+        with x.party.scope("argmax" if want_max else "argmin"):
+            out = top_k(y, 1, axis)
+        out = out.reshape(out.shape[:-2] + (out.shape[-1],))
+        return out if axis == x.ndim - 1 else _moveaxis(out, -1, axis)
     with x.party.scope("argmax" if want_max else "argmin"):
         pair, U, batch, n = _rows(x, axis)
         idx = np.broadcast_to(_public_pair(pair, np.arange(n)), U.shape)[..., None]
@@ -202,13 +210,16 @@ def _arg(x, axis, want_max):
     return out if axis == x.ndim - 1 else _moveaxis(out, -1, axis)
 
 
-def argmax(x, axis=-1):
-    """One-hot (same shape as x) of the maximum along ``axis``; ties -> first index."""
-    return _arg(x, axis, True)
+def argmax(x, axis=-1, method="tree"):
+    """One-hot (same shape as x) of the maximum along ``axis``; ties -> first index.
+    ``method="tree"``: comparison tree carrying the index, then one_hot (fewest bytes;
+    ceil(log2 n) levels).  ``"select"``: top_k(x, 1) (shuffle + revealed comparisons:
+    about 3 n comparisons but only ~4 levels for n = 1024: fewer rounds)."""
+    return _arg(x, axis, True, method)
 
 
-def argmin(x, axis=-1):
-    return _arg(x, axis, False)
+def argmin(x, axis=-1, method="tree"):
+    return _arg(x, axis, False, method)
 
 
 # -- one-hot from a secret index ----------------------------------------------------------------------
