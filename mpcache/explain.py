@@ -27,7 +27,7 @@ import numpy as np
 # (public metadata), "dealer" (correlated randomness, uniform to its receiver), "output"
 # (a revealed value, by design), "key" (set-up).
 LEARNS = {
-    "random": "a uniformly random ring element per value (masked): nothing about the data",
+    "random": "uniformly random values (masked): nothing about the data",
     "dealer": "dealer randomness, uniformly random to the receiver: nothing about the data",
     "shape": "the shape only (public under the threat model)",
     "output": "the revealed output (by design: the program asked to open it)",
@@ -643,6 +643,13 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
         L.extend(narrate(ts, sc, protocol, full_repeats=full))
         L.append("")
     c = res.scope("op")
+    subs = {k: v for k, v in res.breakdown_under("op").items()
+            if k != "other" or v["bytes_sent"] or v["offline_bytes_sent"]}
+    if len(subs) > 1:
+        L.append("Breakdown of the op by sub-scope (bytes per party, rounds, offline bytes):")
+        for k, v in subs.items():
+            L.append(f"  {k:<16} {v['bytes_sent']:>10,} B {v['rounds']:>4} rounds "
+                     f"{v['offline_bytes_sent']:>10,} B offline")
     L.append(f"Totals of the op (from the accounting): {c['bytes_sent']:,} B per party "
              f"(max over parties), {c['rounds']} round(s), {c['offline_bytes_sent']:,} B "
              f"offline (dealer/helper).  crit. path rounds: {scope_rounds(stats, 'op')}")
