@@ -434,6 +434,13 @@ def format_timeline(trace: Trace, parties=None, scope: str | None = None,
     return "\n".join(lines)
 
 
+def _human(n: int) -> str:
+    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n >= div and n >= 10_000:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
 def _cut(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n - 1] + "~"
 
@@ -453,7 +460,8 @@ def format_totals(trace: Trace) -> str:
 
     def row(name, per, incl, rounds, crit):
         b = [c["bytes_sent"] for c in per]
-        lines.append(f"  {_cut(name, 26):<26} {max(b):>11,} {_cut(str(b), 22):<22} "
+        pp = "[" + ", ".join(_human(x) for x in b) + "]"
+        lines.append(f"  {_cut(name, 26):<26} {max(b):>11,} {_cut(pp, 22):<22} "
                      f"{incl:>9,} {max(c['messages_sent'] for c in per):>5} "
                      f"{max(c['offline_bytes_sent'] for c in per):>9,} {rounds:>6} {crit:>9}")
 
