@@ -232,11 +232,6 @@ def run_level(dots, shift: int):
     return outs
 
 
-def mul_many(pairs, shift: int):
-    """Products ``u * v`` of independent pairs, one level, each truncated by ``shift``."""
-    return run_level([Dot([(u, v)]) for u, v in pairs], shift)
-
-
 # ---------------------------------------------------------------------------------------
 # polynomial plans
 # ---------------------------------------------------------------------------------------
@@ -300,7 +295,8 @@ class PolyPlan:
 
     @property
     def levels(self) -> int:
-        return 0 if self.D <= 1 else math.ceil(math.log2(self.D))
+        """0 for a constant, 1 for an affine map (one truncation for the public slope)."""
+        return 0 if self.D == 0 else 1 if self.D == 1 else math.ceil(math.log2(self.D))
 
     def bound(self) -> float:
         """Bound on every intermediate value (products, combinations, result)."""
@@ -348,11 +344,9 @@ def poly_eval_many(ts, plans, *, fx: _Frac, out_frac: int, extra_lin=None):
             final = lev == L          # all plans finish on the shared last level
             if D <= 2:
                 if final:
-                    dots.append(Dot([(ts[i], lincomb([(cc[2], ts[i])], 0.0, F + G))],
-                                    W(i, [0, 1], cc, final=True)))
+                    terms = [(ts[i], lincomb([(cc[2], ts[i])], 0.0, F + G))] if D == 2 else []
+                    dots.append(Dot(terms, W(i, [0, 1], cc, final=True)))
                     sinks.append((i, "out"))
-                elif lev == 1 and L >= 2:
-                    pass
                 continue
             if lev == 1:
                 dots.append(Dot([(ts[i], scale_pow2(ts[i], G).with_frac(F + G))]))
@@ -408,9 +402,9 @@ def poly_eval_many(ts, plans, *, fx: _Frac, out_frac: int, extra_lin=None):
             else:
                 pw[i][key] = o
     for i, pl in enumerate(plans):
-        if pl.levels == 0:       # affine: c0 + c1 t, local
-            results[i] = lincomb([(pl.c[1] if pl.D >= 1 else 0.0, ts[i])]
-                                 + list((extra_lin or [[]] * n)[i] or []), pl.c[0], out_frac)
+        if pl.levels == 0:       # a constant (plus the exact extra terms), local
+            results[i] = lincomb(list((extra_lin or [[]] * n)[i] or []), pl.c[0], out_frac,
+                                 like=ts[i])
     return results
 
 
