@@ -328,6 +328,13 @@ def _c(op, **kw):
     return f
 
 
+def _cmp(op):
+    def f(protocol, shape):
+        from .protocols.conversions import cmp_cost
+        return cmp_cost(op, _n(shape), protocol)
+    return f
+
+
 def _mm_shapes(shape):
     if len(shape) != 3:
         raise ValueError("matmul takes --shape MxKxQ (X is M x K, Y is K x Q)")
@@ -372,11 +379,11 @@ def _ops() -> dict:
         "lt": OpSpec(
             "comparison x < y (a secret bit per element)", (4,),
             lambda s: [("x", s, 0, False, -8, 8), ("y", s, 1, False, -8, 8)],
-            lambda p, x, y: x < y, lambda x, y: (x < y).astype(np.int64), None, atol=0,
-            needs=("__lt__",)),
+            lambda p, x, y: x < y, lambda x, y: (x < y).astype(np.int64), _cmp("msb"),
+            atol=0, needs=("__lt__",)),
         "relu": OpSpec(
             "ReLU max(x, 0)", (4,), lambda s: [("x", s, 0, False, -8, 8)],
-            lambda p, x: x.relu(), lambda x: np.maximum(x, 0), None, needs=("relu",)),
+            lambda p, x: x.relu(), lambda x: np.maximum(x, 0), _cmp("relu"), needs=("relu",)),
         "exp": OpSpec(
             "exp(x)", (4,), lambda s: [("x", s, 0, False, -6, 2)],
             lambda p, x: x.exp(), np.exp, None, atol=0.05, needs=("exp",)),
@@ -657,7 +664,9 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
         f = spec.cost(protocol, shape)
         ok = (f["bytes"], f["rounds"], f["offline"]) == (
             c["bytes_sent"], c["rounds"], c["offline_bytes_sent"])
-        L.append(f"Cost formula (mpcache/protocols/costs.py): {f['bytes']:,} B, {f['rounds']} "
+        where = ("costs.py" if getattr(spec.cost, "__qualname__", "").startswith("_c.")
+                 else "conversions.cmp_cost")
+        L.append(f"Cost formula (mpcache/protocols/{where}): {f['bytes']:,} B, {f['rounds']} "
                  f"round(s), {f['offline']:,} B offline -> "
                  + ("matches the measurement" if ok else "DIFFERS from the measurement"))
     err = float(np.max(np.abs(np.asarray(out, float) - np.asarray(expected, float)))) \

@@ -65,8 +65,6 @@ RUNNERS = {
     "trunc": (_elementwise(lambda p, a: a * 0.5, arity=1), ELEMENTWISE_SHAPES),
     "matmul_ring": (_matmul(True), MATMUL_SHAPES),
     "matmul_fixed": (_matmul(False), MATMUL_SHAPES),
-    # non-linear formulas (added here as they land in costs.py)
-    "lt": (_elementwise(lambda p, a, b: a < b), ELEMENTWISE_SHAPES),
 }
 
 
@@ -92,4 +90,46 @@ def test_formula_equals_measurement(protocol, op, i):
     scope = kw.pop("scope", "op")
     c = costs.cost(protocol, op, **kw)
     assert_budget(res, scope, bytes_per_party=c["bytes"], rounds=c["rounds"],
+                  offline_bytes=c["offline"])
+
+
+# -- formulas that live in the non-linear engineers' own modules ------------------------------
+NONLINEAR_SHAPES = [(3,), (4, 5), (300,)]        # 300 > 256: the adaptive digit width changes
+
+
+def _cmp_cost(op):
+    def formula(protocol, n):
+        from mpcache.protocols.conversions import cmp_cost
+        return cmp_cost(op, n, protocol)
+    return formula
+
+
+#: name -> (formula(protocol, n) -> {'bytes', 'rounds', 'offline'}, op, arity, needs)
+MODULE_FORMULAS = {
+    "conversions.cmp_cost('msb') via x < y": (_cmp_cost("msb"), lambda p, a, b: a < b, 2,
+                                              "__lt__"),
+    "conversions.cmp_cost('relu') via x.relu()": (_cmp_cost("relu"), lambda p, a: a.relu(), 1,
+                                                  "relu"),
+}
+MCASES = [(proto, name, i) for proto in ("rep3", "add2") for name in MODULE_FORMULAS
+          for i in range(3)]
+
+
+@pytest.mark.parametrize("protocol,name,i", MCASES, ids=[f"{p}-{n.split()[0]}-{i}"
+                                                         for p, n, i in MCASES])
+def test_module_formula_equals_measurement(protocol, name, i):
+    formula, fn, arity, needs = MODULE_FORMULAS[name]
+    if getattr(SecretTensor, needs, None) in (None, getattr(object, needs, None)):
+        pytest.skip(f"SecretTensor.{needs} is not in this build yet")
+    try:
+        shape = NONLINEAR_SHAPES[i]
+        n = int(np.prod(shape))
+        xs = [_fx(shape, -5, 5) for _ in range(arity)]
+        _, res = run_op(protocol, fn, *xs)
+        c = formula(protocol, n)
+    except ImportError as e:
+        if "mpcache" not in str(e):
+            raise
+        pytest.skip(f"not in this build yet: {e}")
+    assert_budget(res, "op", bytes_per_party=c["bytes"], rounds=c["rounds"],
                   offline_bytes=c["offline"])
