@@ -442,25 +442,11 @@ def _exp_plan(lo: float, hi: float, degree: int, squarings: int):
 # ---------------------------------------------------------------------------------------
 # comparison plumbing (the compare module's bit engine; results stay XOR-shared bits)
 # ---------------------------------------------------------------------------------------
-def sign_bits(d, bound: float = 2.0 ** 29):
-    """(pair engine, XOR-shared bits [d < 0] flat) for a secret ``d`` promised to satisfy
-    ``|d| < bound`` (default 2^29: differences and sums of a few encodable values).
-
-    The sign of a value below 2^(b-1) in magnitude is bit b-1 of its ring value, i.e.
-    the XOR of the two shares' bit b-1 and the carry into it: the compare engine's carry
-    tree runs over b-1 = ceil(log2(bound 2^frac)) positions instead of 63 (fewer bytes;
-    ``compare.msb_pair`` when that is not shorter).  7 rounds or fewer.
-    """
+def sign_bits(d):
+    """(pair engine, XOR-shared bits [d < 0] flat): ``compare.msb_pair`` (the compare
+    engine's sign-bit protocol; the bits stay XOR-shared for a fused bit injection)."""
     from . import compare
-    from .conversions import carry_bits
-    b = math.ceil(math.log2(float(bound))) + d.frac + 1
-    if b >= 63:
-        return compare.msb_pair(d)
-    pair, u = compare.to_pair(d)
-    top = ((u >> np.uint64(b - 1)) & np.uint64(1)).astype(np.uint8)
-    if pair.role == "D":
-        top = np.zeros_like(top)
-    return pair, top ^ carry_bits(pair, u, b - 1, "approx.sign")
+    return compare.msb_pair(d)
 
 
 def bnot(pair, bits):
