@@ -202,6 +202,17 @@ TAGS: dict[str, TagInfo] = {
         "a - b): the carry of u_A + u_B starts with g_j = u_A[j] & u_B[j]; each data party "
         "opens its OWN bits masked by dealer bits (bits travel packed, 8 per byte)",
         "u_j ^ a_j: the other party's bits masked by dealer bits it does not know"),
+    "pair.open": TagInfo(
+        "masked opening in the bit engine (x ^ a, x - alpha)",
+        "the two data parties open their bits / ring values masked by dealer randomness",
+        "masked values: the masks are the dealer's and unknown to the receiver"),
+    "*.open": TagInfo(
+        "masked opening (comparison digits: c = d + rho)",
+        "the data parties open the difference d masked by a dealer mask rho (c = d + rho "
+        "mod 2^nbits, each half of rho from a key with the dealer), then read their XOR "
+        "shares of the dealt table row of rho's digits at the public digits of c: "
+        "([c_j < rho_j], [c_j == rho_j]) per w-bit digit; a carry tree combines them",
+        "c = d + rho: uniform, because rho is uniform and each party knows only one half"),
     "*.lut": TagInfo(
         "carry chain leaves: one-time truth tables on w-bit digits",
         "per w-bit digit, (generate, propagate) of u_A + u_B is read from a truth table the "
@@ -384,6 +395,25 @@ def _ops() -> dict:
         "relu": OpSpec(
             "ReLU max(x, 0)", (4,), lambda s: [("x", s, 0, False, -8, 8)],
             lambda p, x: x.relu(), lambda x: np.maximum(x, 0), _cmp("relu"), needs=("relu",)),
+        "eq": OpSpec(
+            "equality x == y (a secret bit per element)", (4,),
+            lambda s: [("x", s, 0, True, -2, 2), ("y", s, 1, True, -2, 2)],
+            lambda p, x, y: x.eq(y), lambda x, y: (x == y).astype(np.int64), None, atol=0,
+            needs=("eq",)),
+        "rsqrt": OpSpec(
+            "1 / sqrt(x)", (4,), lambda s: [("x", s, 0, False, 0.5, 8)],
+            lambda p, x: x.rsqrt(), lambda x: 1 / np.sqrt(x), None, atol=0.01,
+            needs=("rsqrt",)),
+        "gelu": OpSpec(
+            "GELU (piecewise polynomial)", (4,), lambda s: [("x", s, 0, False, -4, 4)],
+            lambda p, x: x.gelu(),
+            lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+            None, atol=0.02, needs=("gelu",)),
+        "silu": OpSpec(
+            "SiLU x * sigmoid(x) (piecewise polynomial)", (4,),
+            lambda s: [("x", s, 0, False, -4, 4)],
+            lambda p, x: x.silu(), lambda x: x / (1 + np.exp(-x)), None, atol=0.02,
+            needs=("silu",)),
         "exp": OpSpec(
             "exp(x)", (4,), lambda s: [("x", s, 0, False, -6, 2)],
             lambda p, x: x.exp(), np.exp, None, atol=0.05, needs=("exp",)),
