@@ -15,6 +15,7 @@ from mpcache.protocols import approx as A
 from mpcache.testing import run_op
 
 compare = pytest.importorskip("mpcache.protocols.compare")
+from mpcache.protocols import conversions as CV   # noqa: E402
 from mpcache.protocols import reciprocal as RC    # noqa: E402
 
 ULP = 2.0 ** -18
@@ -131,6 +132,11 @@ def test_reciprocal_rsqrt_rounds_and_knobs(protocol):
         err = np.max(np.abs(out - ref) / ref)
         assert err <= (1e-3 if name in ("r", "s") else 5e-5), (name, err)
         base[name] = res.scope("op")["rounds"]
+    # top-bit one-hot = A2B + 6 prefix-OR levels + injection (+ re-sharing), then
+    # normalise (1 level) + degree-4 polynomial (2) + un-normalise (1): 15 rounds after A2B
+    _, ra = run_op(protocol, lambda p, a: CV.a2b(a), x)
+    # (a standalone A2B's first round can overlap the input sharing in the round count)
+    assert 15 <= base["r"] - ra.scope("op")["rounds"] <= 16
     # knobs cost exactly their levels: degree 8 adds one level, a Newton step two
     assert base["r8"] == base["r"] + 2
     assert base["rn"] == base["r"] + 4
