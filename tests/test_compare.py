@@ -170,14 +170,16 @@ def test_compare_cost_formula(protocol, n, op):
 
 
 def test_lt_64_cost_by_hand(protocol):
-    """lt over 64 values (4-bit digits, <= 256 values): leaves 16 digits x 4 bits = 64
-    bits, tree 16 -> 8 -> 4 -> 2 -> 1 opens 23 + 11 + 5 + 2 = 41 bits, b2a 1 bit:
-    106 bits = 13.25 bytes per value; 1 + 4 + 1 rounds (+1 and 8 bytes/value in rep3)."""
+    """lt over 64 values (8-bit digits for batches <= 2048): open c = d + rho (64 bits),
+    leaves by table lookup (local), tree 8 -> 4 -> 2 -> 1 opens 11 + 5 + 2 = 18 bits,
+    b2a 1 bit: 83 bits = 10.4 bytes per value; 1 + 3 + 1 rounds (+1 round and 8
+    bytes/value in rep3).  Dealt: 8 tables of 256 x 2 bits + sign bit + 11 AND bits + 8."""
     n = 64
     sc = _cost(protocol, lambda p, a, b: a < b, np.linspace(-5, 5, n), np.zeros(n))
     extra = 8 * n if protocol == "rep3" else 0
-    assert sc["bytes_sent"] == 106 * n // 8 + extra
-    assert sc["rounds"] == 6 + (protocol == "rep3")
+    assert sc["bytes_sent"] == 83 * n // 8 + extra
+    assert sc["rounds"] == 5 + (protocol == "rep3")
+    assert sc["offline_bytes_sent"] == n * (8 * 64 + 8) + (1 + 11) * n // 8
 
 
 def test_a2b_rounds(protocol):
@@ -190,9 +192,12 @@ def test_a2b_rounds(protocol):
 def test_eq_cost(protocol):
     n = 64
     sc = _cost(protocol, lambda p, a, b: a.eq(b), np.zeros(n), np.ones(n))
-    assert sc["rounds"] == {"rep3": 8, "add2": 7}[protocol]
-    ands = 63 * n * 2 + n                    # 63 ANDs x 2 opened bits, + b2a bit
-    assert sc["bytes_sent"] == ands // 8 + (8 * n if protocol == "rep3" else 0)
+    c = V.cmp_cost("eq", n, protocol)
+    assert (sc["rounds"], sc["bytes_sent"], sc["offline_bytes_sent"]) == \
+        (c["rounds"], c["bytes"], c["offline"])
+    # open c (8 bytes), AND tree over 8 digit-equalities: (4 + 2 + 1) ANDs x 2 bits, b2a
+    assert sc["bytes_sent"] == n * (64 + 14 + 1) // 8 + (8 * n if protocol == "rep3" else 0)
+    assert sc["rounds"] == 5 + (protocol == "rep3")
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -224,3 +229,30 @@ def test_mixing_sessions_fails():
         return True
     mpcache.Session("rep3").run(first)
     assert mpcache.Session("rep3").run(second).output
+
+
+def test_engine_digit_widths_and_reference_circuit(protocol):
+    """msb by masked digits for every digit width == the bit-level carry circuit == numpy;
+    small-range signs (nbits < 64) and the zero test on low bits."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(-2**63, 2**63 - 1, 200, dtype=np.int64),
+                        np.array([0, -1, 1, 2**63 - 1, -2**63, 2**62, -2**62])])
+    small = rng.integers(-500, 500, 64)
+
+    def job(p):
+        a = p.share(x if p.id == 0 else None, 0, integer=True)
+        b = p.share(small if p.id == 1 else None, 1, integer=True)
+        pair, u = C.to_pair(a)
+        _, v = C.to_pair(b)
+        outs = [pair.reveal_bits(V.msb_bits(pair, u, digit=w)) for w in (1, 3, 4, 8)]
+        top = ((u >> np.uint64(63)) & np.uint64(1)).astype(np.uint8) if pair.role != "D" \
+            else np.zeros(u.size, np.uint8)
+        outs.append(pair.reveal_bits(top ^ V.carry_bits(pair, u, 63)))
+        outs.append(pair.reveal_bits(V.msb_bits(pair, v, nbits=11)))          # |v| < 2^10
+        outs.append(pair.reveal_bits(V.zero_bits(pair, v, nbits=11, digit=4)))
+        return outs
+    out = mpcache.Session(protocol).run(job).output
+    for o in out[:5]:
+        assert np.array_equal(o, (x < 0).astype(np.uint8))
+    assert np.array_equal(out[5], (small < 0).astype(np.uint8))
+    assert np.array_equal(out[6], (small == 0).astype(np.uint8))

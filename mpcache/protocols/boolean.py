@@ -26,6 +26,8 @@ Gates (bits are uint8 0/1 arrays, leading-axis batched; one message per round):
   opened once (Beaver with a shared mask): bits sent per party = |x| + sum |y|.
 * ``and_private(u)``: ``u_A & v_B`` of A's private bits and B's private bits: each opens
   its own input once (1 bit per gate per party).
+* dealt lookup tables (conversions.masked_digits): after opening ``c = d + rho`` the
+  parties read XOR shares of f(c_j, rho_j) from tables the dealer made for its rho_j.
 * ``b2a(bits)``: XOR-shared bit -> additive ring share (dealer pair [r]_B, [r]_A): open
   ``e = b ^ r`` (1 bit), then ``b = e + (1 - 2e) r``.  1 round; offline 8 bytes/bit.
 * ``bitmul(c, x)``: ``c * x`` for an XOR-shared bit c and a ring value x in ONE round
@@ -106,24 +108,6 @@ def to_bits(u: np.ndarray, nbits: int = 64, start: int = 0) -> np.ndarray:
     u = np.asarray(u, dtype=RING)
     sh = np.arange(start, start + nbits, dtype=RING).reshape((nbits,) + (1,) * u.ndim)
     return ((u[None] >> sh) & _ONE).astype(U8)
-
-
-_SHIFTED: dict = {}
-
-
-def _shifted_tables(table: np.ndarray) -> np.ndarray:
-    """For every mask pair (r, s): the packed bits of T[i, j] = table[i ^ r, j ^ s], as
-    rows [(r * M + s), bytes] (cached per table)."""
-    key = (table.shape, table.tobytes())
-    if key not in _SHIFTED:
-        M = table.shape[0]
-        idx = np.arange(M)
-        r = np.arange(M)[:, None, None, None]
-        s = np.arange(M)[None, :, None, None]
-        T = table[idx[None, None, :, None] ^ r, idx[None, None, None, :] ^ s]   # [M,M,M,M,nout]
-        T = T.reshape(M * M, -1)
-        _SHIFTED[key] = np.packbits(T, axis=1, bitorder="little")
-    return _SHIFTED[key]
 
 
 # -- the two-party bit engine ---------------------------------------------------------------
@@ -248,7 +232,7 @@ class Pair:
         shape = mine.shape
         if self.role == "D":
             kA, kB = self.kA, self.kB
-            a, b, ca = rand_bits(kA, shape), rand_bits(kB, shape), None
+            a, b = rand_bits(kA, shape), rand_bits(kB, shape)
             ca = rand_bits(kA, shape)
             self._deal(pack_bits((a & b) ^ ca), tag)
             return np.zeros(shape, U8)
@@ -262,49 +246,6 @@ class Pair:
         c = unpack_bits(self._recv_deal((mine.size + 7) // 8, tag), mine.size).reshape(shape)
         e = unpack_bits(self._exchange(pack_bits(mine ^ b), tag), mine.size).reshape(shape)
         return (e & b) ^ c
-
-    def lut2(self, mine: np.ndarray, w: int, table: np.ndarray, tag="pair.lut"):
-        """One-time truth tables (Ishai, Kushilevitz, Meldgaard, Orlandi, Paskin-Cherniavsky,
-        TCC 2013) with the dealer: f(x, y) for A's private w-bit value x and B's private
-        w-bit value y (``mine``: int array of this party's values; D: zeros), ``table``
-        [2^w, 2^w, nout] of output bits.  D deals a random (r, s) and XOR shares of the
-        table T[i, j] = f(i ^ r, j ^ s) (A's from the A-D key; B's 2^(2w) nout bits sent).
-        Online: A opens x ^ r, B opens y ^ s (w bits each, 1 round); both read their
-        share at [x ^ r, y ^ s].  Tables stay packed (8 entries per byte) throughout.
-        Returns XOR shares [*mine.shape, nout]."""
-        S = mine.shape
-        M = 1 << w
-        nout = table.shape[-1]
-        n_inst = int(np.prod(S, dtype=np.int64))
-        tbytes = (M * M * nout + 7) // 8
-        weights = (np.uint64(1) << np.arange(w, dtype=np.uint64)).astype(np.int64)
-
-        def table_bytes(prg):
-            return prg.ring(((n_inst * tbytes + 7) // 8,)).view(U8)[:n_inst * tbytes] \
-                .reshape(n_inst, tbytes)
-
-        if self.role == "D":
-            kA, kB = self.kA, self.kB
-            r = rand_bits(kA, (n_inst, w)).astype(np.int64) @ weights
-            ta = table_bytes(kA)
-            s_ = rand_bits(kB, (n_inst, w)).astype(np.int64) @ weights
-            self._deal((_shifted_tables(table)[r * M + s_] ^ ta).reshape(-1), tag)
-            return np.zeros(S + (nout,), U8)
-        k = self.k_own
-        mask = rand_bits(k, (n_inst, w)).astype(np.int64) @ weights
-        if self.role == "A":
-            tab = table_bytes(k)
-        else:
-            tab = self._recv_deal(n_inst * tbytes, tag).reshape(n_inst, tbytes)
-        opened = np.asarray(mine, np.int64).reshape(-1) ^ mask
-        obits = ((opened[:, None] >> np.arange(w)) & 1).astype(U8)
-        theirs = unpack_bits(self._exchange(pack_bits(obits), tag), obits.size)
-        theirs = theirs.reshape(obits.shape).astype(np.int64) @ weights
-        a, b = (opened, theirs) if self.role == "A" else (theirs, opened)
-        q = ((a * M + b) * nout)[:, None] + np.arange(nout)          # bit positions
-        rows = np.arange(n_inst)[:, None]
-        out = (tab[rows, q >> 3] >> (q & 7).astype(U8)) & U8(1)
-        return out.reshape(S + (nout,))
 
     def b2a(self, bits: np.ndarray, tag="pair.b2a") -> np.ndarray:
         """XOR-shared bits -> additive ring shares of the same 0/1 values.  1 round."""

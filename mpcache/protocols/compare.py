@@ -2,27 +2,30 @@
 
 Everything reduces to the sign bit of a difference: ``a < b  <=>  msb(a - b) = 1`` for
 |a - b| < 2^63 (always true for encodable fixed-point values, |x| < 2^62 in the ring).
-Only the difference is bit-decomposed, and only its carry chain is computed
-(:func:`mpcache.protocols.conversions.msb_bits`): 7 rounds, 30.4 bytes per value per
-party on packed bits.  The result bit is converted to a ring integer (0/1, ``frac = 0``)
-in one more round, or -- for ReLU, abs, clip and select-by-comparison -- multiplied into
-its ring operand directly by bit injection in that same round (``Pair.bitmul``).
+Only the difference is examined, and without any adder: the parties open c = d + rho
+for a dealer mask rho and compare c with rho digit by digit through dealt lookup tables
+(:func:`mpcache.protocols.conversions.msb_bits`).  The result bit becomes a ring integer
+(0/1, ``frac = 0``) in one more round, or -- for ReLU, abs, clip, maximum and the max
+tree -- is multiplied into its ring operand directly in that same round by bit
+injection (``Pair.bitmul``).
 
 Both protocols run the same code on the two-party engine of boolean.py: add2 natively
 (P0, P1; dealer P2), rep3 with P1, P2 as data parties and P0 as helper; rep3 results go
 back to replicated form in one extra round (8 bytes per value from P1 and P2).
 
-Cost per value (bytes per party, online; dealer/helper bytes offline; ``n`` values):
+Cost per value (bytes per party online / dealt bytes, the max over parties; batches of
+at most 512 values use 8-bit digits, bigger ones 4-bit digits):
 
-=============  =====================  =====================  ================
-op             add2 rounds / bytes     rep3 rounds / bytes    offline bytes
-=============  =====================  =====================  ================
-msb, ltz, lt   8 / 30.5                9 / 38.5               22.6 + 8
-relu           8 / 38.5                9 / 46.5               22.6 + 16
-eq (64-bit)    7 / 15.9                8 / 23.9               7.9 + 8
-=============  =====================  =====================  ================
+===========  ==================  ==================  ==================
+op           add2 rounds/bytes   rep3 rounds/bytes   dealt, <=512 / more
+===========  ==================  ==================  ==================
+msb, lt, ..  5 / 10.4 (6 / 13.3) 6 / 18.4 (7 / 21.3) 522 / 75
+eq           5 / 9.9  (6 / 11.9) 6 / 17.9 (7 / 19.9) 265 / 42
+relu, abs    5 / 18.4 (6 / 21.3) 6 / 26.4 (7 / 29.3) 530 / 83
+===========  ==================  ==================  ==================
 
-(exact formulas: docs/nonlinear-compare.md, checked by tests/test_compare.py).
+(exact formulas: :func:`mpcache.protocols.conversions.cmp_cost`, checked against the
+accounting by tests/test_compare.py; docs/nonlinear-compare.md.)
 
 Public names (stable): :func:`msb`, :func:`ltz`, :func:`lt`, :func:`le`, :func:`gt`,
 :func:`ge`, :func:`eq`, :func:`ne`, :func:`select` / :func:`where`, :func:`relu`,

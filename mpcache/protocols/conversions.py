@@ -11,16 +11,24 @@ Schneider, Zohner, "ABY", NDSS 2015 (Beaver AND triples for the dealer setting).
   ``G ^= P & (G << k); P &= P << k`` (both ANDs in one message).  Rounds: rep3 1 + 1 + 6
   = 8, add2 1 + 6 = 7.  Bytes per value per party: rep3 8 (P0's input) + 8 + 6 * 16 = 112;
   add2 16 + 6 * 32 = 208 (Beaver opens two words per AND); add2 offline 8 + 6 * 16.
-* :func:`carry_bits` / :func:`msb_bits` (the comparison core, used by compare.py):
-  only the carry into the top bit is needed, so instead of the full adder the engine
-  (boolean.Pair) evaluates a carry *tree* over the 63 low bit positions on packed bits:
-  leaves g_i = u_i & v_i with private inputs (1 bit per gate per party), p_i = u_i ^ v_i
-  free, then 6 levels combining (G, P) pairs with ``G = G_hi ^ P_hi & G_lo`` and
-  ``P = P_hi & P_lo`` (P_hi opened once for both: 3 bits per combine, 2 for the lowest
-  group whose P is never needed).  msb = u_63 ^ v_63 ^ carry.
-  Cost per value: 7 rounds, 63 + 180 = 243 bits = 30.4 bytes per party online; dealer
-  63 + 118 = 181 bits offline.  rep3 runs the same engine with P1, P2 as data parties and
-  P0 as helper (a replicated sharing is a free 2-of-2 sharing x = (x1 + x2) + x0).
+* :func:`msb_bits` (the comparison core, used by compare.py and select.py): the sign
+  of d = u_A + u_B without any adder.  The dealer deals a mask rho (each half from a key,
+  so no bytes) and, per w-bit digit of rho's 63 low bits, XOR-shared lookup tables
+  ([v < rho_j], [v == rho_j]) for every v in [0, 2^w).  A and B open c = d + rho
+  (uniform: 8 bytes each, 1 round), read their table shares at c's digits (local), and
+  combine the digits in a tree ``LT = LT_hi ^ EQ_hi & LT_lo``, ``EQ = EQ_hi & EQ_lo``
+  (EQ_hi opened once for both ANDs: 3 bits per combine, 2 for the lowest group):
+  msb(d) = c_63 ^ rho_63 ^ [c_low < rho_low] (the borrow of c - rho).  With w = 8:
+  8 digits, 3 tree levels, 8 + 18/8 bytes per value per party, 4 rounds; dealt
+  8 x 2^8 x 2 bits = 512 bytes (w = 4 for big batches: 4 levels, 8 + 41/8 bytes,
+  64 dealt bytes).  This is the masked-opening comparison of Damgaard et al. (TCC 2006)
+  / Rabbit (Makri et al., Asiacrypt 2021) with the helper's lookup tables in place of
+  bitwise shared masks, so the leaves need no interaction.
+  Small ranges (``nbits`` < 64, e.g. indices) open c mod 2^nbits in 1, 2 or 4 bytes.
+* :func:`zero_bits` (equality): the same opening; d = 0 iff all digits of c equal rho's:
+  leaves [c_j == rho_j] by lookup, then an AND tree (2 bits per AND).
+* :func:`carry_bits`: the bit-level reference circuit (private-input ANDs + (G, P) tree,
+  7 rounds, 30 bytes per value), kept for comparison and tests.
 * :func:`b2a` (single bits -> ring 0/1): dealer pair ([r]_B, [r]_A), open b ^ r: 1 round,
   1 bit per value per party, 8 bytes offline; rep3 adds the 1-round re-sharing to
   replicated form (P1 and P2 send 8 bytes per value to P0).
@@ -33,7 +41,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..ring import RING
-from .boolean import U8, BoolTensor, Pair, pair_of, to_bits
+from .boolean import U8, BoolTensor, Pair, pack_bits, pair_of, rand_bits, to_bits, unpack_bits
+
+_ONE = np.uint64(1)
 
 WORD_BITS = 64
 
@@ -103,121 +113,192 @@ def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str) -> np.ndarray:
     return G[0]
 
 
-#: Digit width of the carry tree's leaves (one-time truth tables); 1 = bit-level
-#: generate layer with private-input ANDs; None = adaptive: 4 for batches of at most
-#: SMALL_BATCH values (one round fewer; 1 KiB of dealt tables per value), else 2
-#: (128 B of tables per value).  See docs/nonlinear-compare.md for the trade-off.
+#: Digit width of the comparison leaves (dealt lookup tables of 2^w entries); None =
+#: adaptive: 8 for batches of at most SMALL_BATCH values (3 tree levels; 512 dealt bytes
+#: per comparison, so at most 256 KiB per batch), else 4 (4 tree levels; 64 dealt bytes).  docs/nonlinear-compare.md.
 DIGIT_BITS: int | None = None
-SMALL_BATCH = 256
-_GP_TABLES: dict = {}
+SMALL_BATCH = 512
 
 
-def _gp_table(w: int) -> np.ndarray:
-    """[2^w, 2^w, 2]: (generate, propagate) of the w-bit group sum x + y."""
-    if w not in _GP_TABLES:
+def digit_width(n_values: int) -> int:
+    """The leaf digit width used for a batch of ``n_values`` comparisons."""
+    if DIGIT_BITS is not None:
+        return int(DIGIT_BITS)
+    return 8 if n_values <= SMALL_BATCH else 4
+
+
+_TABLES: dict = {}
+
+
+def _digit_tables(w: int, kind: str) -> np.ndarray:
+    """Packed rows, one per secret digit value q: for every public v in [0, 2^w) the bits
+    ``lt``: ([v < q], [v == q]) or ``eq``: ([v == q],), little-endian, 8 per byte."""
+    key = (w, kind)
+    if key not in _TABLES:
         M = 1 << w
-        s = np.arange(M)[:, None] + np.arange(M)[None, :]
-        _GP_TABLES[w] = np.stack([s >= M, s == M - 1], axis=-1).astype(U8)
-    return _GP_TABLES[w]
+        v, q = np.arange(M)[None, :], np.arange(M)[:, None]
+        bits = [v < q, v == q] if kind == "lt" else [v == q]
+        T = np.stack(bits, axis=-1).astype(U8).reshape(M, -1)
+        _TABLES[key] = np.packbits(T, axis=1, bitorder="little")
+    return _TABLES[key]
 
 
-def carry_bits(pair: Pair, u: np.ndarray, nbits: int, tag: str = "cmp",
-               digit: int | None = None) -> np.ndarray:
-    """XOR shares of the carry into bit ``nbits`` of u_A + u_B (low ``nbits`` bits of
-    this party's ring share ``u``, flat).
+def _ring_dtype(nbits: int):
+    return np.uint8 if nbits <= 8 else np.uint16 if nbits <= 16 else np.uint32 \
+        if nbits <= 32 else np.uint64
 
-    Leaves are w-bit digits (w = ``digit``, default :data:`DIGIT_BITS`) whose
-    (generate, propagate) pair comes from a one-time truth table in one round (w bits
-    opened per digit per party); the partial digit sits at the bottom, padded with zero
-    bits (which neither generate nor propagate a carry).  Then a tree over the
-    D = ceil(nbits / w) leaves: rounds 1 + ceil(log2 D)."""
+
+def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind: str,
+                  tag: str):
+    """Open c = d + rho mod 2^nbits (rho: a dealer mask, uniform, each half from a key) and
+    look up, for every w-bit digit j of the ``low`` low bits, XOR shares of the dealt
+    table row of rho's digit at the public digit of c: ([c_j < rho_j], [c_j == rho_j])
+    (``kind="lt"``) or ([c_j == rho_j],) (``"eq"``).  Digits are little-endian with the
+    partial digit at the bottom, padded with zero bits on both sides (equal, so they
+    change nothing).  1 round; returns (leaf bits [D, N, nout], public c, this party's
+    XOR share of bit ``low`` of rho (for the sign) or None)."""
     u = np.asarray(u, dtype=RING).reshape(-1)
-    w = digit if digit is not None else DIGIT_BITS
-    if w is None:
-        w = 4 if u.size <= SMALL_BATCH else 2
-    w = int(w)
-    if w <= 1:
-        ub = to_bits(u, nbits)                # [nbits, N] private bits of this party
-        g = pair.and_private(ub, tag + ".gen")
-        return _tree(pair, g, ub, tag + ".tree")
-    w = builtins_min(w, nbits)
-    D = -(-nbits // w)
-    pad = D * w - nbits
+    N = u.size
+    w = builtins_min(w, low)
+    D = -(-low // w)
+    pad = D * w - low
+    M = 1 << w
+    nout = 2 if kind == "lt" else 1
+    tb = (M * nout + 7) // 8
+    lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2**64 - 1)
+    sh = (np.arange(D, dtype=np.uint64) * np.uint64(w))[:, None]
+    dmask = np.uint64(M - 1)
+    want_top = low < nbits
+
+    def digits(v):
+        return ((((v & lowmask) << np.uint64(pad))[None, :] >> sh) & dmask).astype(np.int64)
+
+    def tbytes(prg):
+        n = N * D * tb
+        return prg.ring(((n + 7) // 8,)).view(U8)[:n].reshape(D, N, tb)
+
     if pair.role == "D":
-        digits = np.zeros((D, u.size), np.int64)
+        kA, kB = pair.kA, pair.kB
+        rho = kA.ring((N,)) + kB.ring((N,))
+        ta = tbytes(kA)
+        parts = [(_digit_tables(w, kind)[digits(rho)] ^ ta).reshape(-1)]
+        if want_top:
+            topa = rand_bits(kA, (N,))
+            parts.append(pack_bits(((rho >> np.uint64(low)) & _ONE).astype(U8) ^ topa))
+        pair._deal(np.concatenate(parts), tag)
+        return np.zeros((D, N, nout), U8), np.zeros(N, RING), np.zeros(N, U8)
+    k = pair.k_own
+    r = k.ring((N,))
+    if pair.role == "A":
+        tab = tbytes(k)
+        top = rand_bits(k, (N,)) if want_top else None
     else:
-        v = (u << np.uint64(pad)) if pad else u     # zero bits below bit 0
-        mask = np.uint64((1 << w) - 1)
-        sh = (np.arange(D, dtype=np.uint64) * np.uint64(w))[:, None]
-        digits = ((v[None, :] >> sh) & mask).astype(np.int64)
-    gp = pair.lut2(digits, w, _gp_table(w), tag + ".lut")      # [D, N, 2]
-    return _tree(pair, np.ascontiguousarray(gp[..., 0]), np.ascontiguousarray(gp[..., 1]),
-                 tag + ".tree")
+        nbytes = N * D * tb + ((N + 7) // 8 if want_top else 0)
+        buf = pair._recv_deal(nbytes, tag)
+        tab = buf[:N * D * tb].reshape(D, N, tb)
+        top = unpack_bits(buf[N * D * tb:], N) if want_top else None
+    dt = _ring_dtype(nbits)
+    mine = (u + r).astype(dt)
+    c = (mine.astype(RING) + pair._exchange(mine, tag).astype(RING))
+    if nbits < 64:
+        c &= np.uint64((1 << nbits) - 1)
+    cd = digits(c)
+    q = cd[..., None] * nout + np.arange(nout)                       # bit positions
+    leaves = (np.take_along_axis(tab, (q >> 3).reshape(D, N, nout), axis=2)
+              >> (q & 7).astype(U8)) & U8(1)
+    return leaves, c, top
+
+
+def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
+             digit: int | None = None) -> np.ndarray:
+    """XOR shares of bit ``nbits - 1`` (the sign) of u_A + u_B mod 2^nbits, for flat ring
+    shares ``u``.  d = c - rho with c opened: sign(d) = c_top ^ rho_top ^ [c_low < rho_low],
+    the borrow from a digit-wise comparison of public c with the dealer's rho (leaves by
+    table lookup, then a tree ``LT = LT_hi ^ EQ_hi & LT_lo``, ``EQ = EQ_hi & EQ_lo``).
+    Rounds: 1 + ceil(log2 ceil((nbits-1)/w)) (4 for w = 8, 5 for w = 4)."""
+    u = np.asarray(u, dtype=RING).reshape(-1)
+    w = digit if digit is not None else digit_width(u.size)
+    low = nbits - 1
+    if low == 0:                          # 1-bit values: the sign is the bit itself
+        return ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
+    leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open")
+    lt = _tree(pair, np.ascontiguousarray(leaves[..., 0]), np.ascontiguousarray(leaves[..., 1]),
+               tag + ".tree")
+    if pair.role == "D":
+        return lt
+    out = lt ^ top
+    if pair.role == "A":
+        out ^= ((c >> np.uint64(low)) & _ONE).astype(U8)
+    return out
 
 
 def builtins_min(a, b):
     return a if a < b else b
 
 
-def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp") -> np.ndarray:
-    """XOR shares of msb(u_A + u_B) for flat ring shares ``u``.  7 rounds."""
+def carry_bits(pair: Pair, u: np.ndarray, nbits: int, tag: str = "cmp") -> np.ndarray:
+    """Reference bit-level circuit (not used by default): XOR shares of the carry into bit
+    ``nbits`` of u_A + u_B, from private-input ANDs (g_i = u_i & v_i) and a (G, P) tree:
+    1 + ceil(log2 nbits) rounds, 1 + 3 bits per position per party."""
     u = np.asarray(u, dtype=RING).reshape(-1)
-    top = (u >> np.uint64(63)).astype(U8)
-    return top ^ carry_bits(pair, u, WORD_BITS - 1, tag)
+    ub = to_bits(u, nbits)
+    g = pair.and_private(ub, tag + ".gen")
+    return _tree(pair, g, ub, tag + ".tree")
 
 
-def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq") -> np.ndarray:
-    """XOR shares of [u_A + u_B == 0 mod 2^nbits]: the low bits of u_A and -u_B must agree,
-    so NOT(u_A ^ -u_B) is a free XOR sharing and an AND tree over ``nbits`` positions
-    finishes it: ceil(log2 nbits) rounds, 2 bits per AND per party."""
+def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq",
+              digit: int | None = None) -> np.ndarray:
+    """XOR shares of [u_A + u_B == 0 mod 2^nbits]: open c = d + rho, then d = 0 iff every
+    digit of c equals rho's (leaves by table lookup) and an AND tree over the digits
+    (2 bits per AND).  Rounds 1 + ceil(log2 ceil(nbits / w))."""
     u = np.asarray(u, dtype=RING).reshape(-1)
-    if pair.role == "B":
-        u = np.uint64(0) - u
-    w = to_bits(u, nbits)
-    if pair.role == "A":
-        w ^= U8(1)
-    while w.shape[0] > 1:
-        m = w.shape[0]
+    w = digit if digit is not None else digit_width(u.size)
+    leaves, _, _ = masked_digits(pair, u, nbits, nbits, int(w), "eq", tag + ".open")
+    z = leaves[..., 0]
+    while z.shape[0] > 1:
+        m = z.shape[0]
         h = m // 2
-        z = pair.and_(w[0:2 * h:2], w[1:2 * h:2], tag)
-        w = np.concatenate([z, w[-1:]]) if m % 2 else z
-    return w[0]
+        y = pair.and_(z[0:2 * h:2], z[1:2 * h:2], tag + ".tree")
+        z = np.concatenate([y, z[-1:]]) if m % 2 else y
+    return z[0]
 
 
 # -- cost formulas (checked against the accounting by tests/test_compare.py) ----------------------
-def digit_width(n_values: int) -> int:
-    """The leaf digit width :func:`carry_bits` uses for a batch of ``n_values``."""
-    if DIGIT_BITS is not None:
-        return int(DIGIT_BITS)
-    return 4 if n_values <= SMALL_BATCH else 2
-
-
-def carry_levels(nbits: int, w: int) -> list:
-    """Per round of :func:`carry_bits`: (online bits per value per party, dealt bits per
-    value).  First entry: the leaves (private ANDs or truth tables), then the tree."""
-    if w <= 1:
-        leaves, out = nbits, [(nbits, nbits)]
-    else:
-        w = min(w, nbits)
-        leaves = -(-nbits // w)
-        out = [(w * leaves, leaves * (1 << 2 * w) * 2)]
-    m = leaves
+def tree_levels(leaves: int, eq_only: bool = False) -> list:
+    """Per tree round: (online bits per value per party, dealt bits per value)."""
+    out, m = [], leaves
     while m > 1:
         h = m // 2
-        out.append((3 * h - 1, 2 * h - 1))      # open P_hi, G_lo, P_lo[1:]; one c per AND
+        out.append((2 * h, h) if eq_only else (3 * h - 1, 2 * h - 1))
         m = h + m % 2
     return out
 
 
-def cmp_cost(op: str, n: int, protocol: str, nbits: int = 63) -> dict:
-    """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "relu",
-    "reveal" (revealed comparison inside top-k)}; per party, bits packed per message.
-    Returns {'bytes', 'rounds', 'offline'} (offline = dealt bytes, max over parties)."""
-    levels = carry_levels(nbits, digit_width(n))
-    online = sum((b * n + 7) // 8 for b, _ in levels)
-    offline = sum((d * n + 7) // 8 for _, d in levels)
+def cmp_levels(n: int, nbits: int = 64, kind: str = "lt") -> list:
+    """Rounds of one batch of n comparisons (masked opening + tree) as
+    (online bytes per party, dealt bytes): the opening, then the tree levels."""
+    w = digit_width(n)
+    low = nbits - 1 if kind == "lt" else nbits
+    w = min(w, low)
+    D = -(-low // w)
+    nout = 2 if kind == "lt" else 1
+    tb = ((1 << w) * nout + 7) // 8
+    dt = np.dtype(_ring_dtype(nbits)).itemsize
+    deal = n * D * tb + ((n + 7) // 8 if kind == "lt" else 0)
+    out = [(dt * n, deal)]
+    out += [((b * n + 7) // 8, (d * n + 7) // 8) for b, d in tree_levels(D, kind == "eq")]
+    return out
+
+
+def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64) -> dict:
+    """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "eq",
+    "relu" (and abs, select by comparison), "reveal" (revealed comparison in top-k)}; per
+    party, bits packed per message.  Returns {'bytes', 'rounds', 'offline'}."""
+    levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt")
+    online = sum(b for b, _ in levels)
+    offline = sum(d for _, d in levels)
     rounds = len(levels) + 1
-    if op == "msb":             # b2a: open 1 bit; dealer r_A (8 bytes)
+    if op in ("msb", "eq"):     # b2a: open 1 bit; dealer r_A (8 bytes)
         online += (n + 7) // 8
         offline += 8 * n
     elif op == "relu":          # bitmul: open 1 bit + 1 ring element; dealer [r], [r alpha]

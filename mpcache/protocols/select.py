@@ -70,7 +70,7 @@ import numpy as np
 
 from ..ring import RING
 from .boolean import U8, Pair, pair_of
-from .conversions import carry_bits, msb_bits
+from .conversions import msb_bits
 
 _ONE = np.uint64(1)
 
@@ -352,11 +352,7 @@ def _reveal_lt(pair: Pair, d: np.ndarray, nbits: int = 64, tag="topk.cmp") -> np
     d = d.reshape(-1)
     if d.size == 0:
         return np.zeros(0, bool)
-    if nbits >= 64:
-        bits = msb_bits(pair, d, tag)
-    else:
-        top = ((d >> np.uint64(nbits - 1)) & _ONE).astype(U8)
-        bits = top ^ carry_bits(pair, d, nbits - 1, tag) if nbits > 1 else top
+    bits = msb_bits(pair, d, tag, nbits=builtin_min(int(nbits), 64))
     return pair.reveal_bits(bits, tag + ".reveal").astype(bool)
 
 

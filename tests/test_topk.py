@@ -1,0 +1,236 @@
+"""max/min, argmax/argmin, top-k, one_hot and gather on both protocols: exact results
+against the plaintext contract of mpcache.nn.functional (ties -> lower index, top-k rows in
+ascending index order), negatives, zeros, range edges; asserted rounds and bytes."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import mpcache
+from mpcache.nn import functional as F
+from mpcache.protocols import conversions as V
+from mpcache.protocols import select as S
+
+EX = settings(max_examples=8, deadline=None)
+EDGE = float(2**26 - 1)
+
+# a coarse grid (many ties) plus edges of the fixed-point range
+VALUES = st.one_of(st.integers(-8, 8).map(lambda k: k / 4.0),
+                   st.sampled_from([0.0, EDGE, -EDGE, 2.0**-18, -2.0**-18]))
+
+
+@st.composite
+def matrices(draw, max_rows=3, max_n=12):
+    shape = (draw(st.integers(1, max_rows)), draw(st.integers(1, max_n)))
+    return draw(hnp.arrays(np.float64, shape, elements=VALUES))
+
+
+def run(protocol, fn, *xs, integer=(), seed=None):
+    def job(p):
+        ins = [p.share(x if p.id == i % 2 else None, i % 2, integer=i in integer)
+               for i, x in enumerate(xs)]
+        out = fn(p, *ins)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return [p.reveal(o) for o in outs]
+    return mpcache.Session(protocol, seed=seed).run(job).output
+
+
+@EX
+@given(x=matrices(), axis=st.sampled_from([0, 1, -1, None]), keep=st.booleans())
+def test_max_min(protocol, x, axis, keep):
+    mx, mn = run(protocol, lambda p, a: [a.max(axis=axis, keepdims=keep),
+                                         a.min(axis=axis, keepdims=keep)], x)
+    assert np.array_equal(mx, x.max(axis=axis, keepdims=keep))
+    assert np.array_equal(mn, x.min(axis=axis, keepdims=keep))
+
+
+@EX
+@given(x=matrices(), axis=st.sampled_from([0, 1, -1]))
+def test_argmax_argmin(protocol, x, axis):
+    out = run(protocol, lambda p, a: [a.argmax(axis), a.argmin(axis),
+                                      a.argmax(axis, method="select"),
+                                      a.argmin(axis, method="select")], x)
+    want_max = F.argmax_onehot(x, axis)
+    want_min = F.argmax_onehot(-x, axis)
+    for got, want in zip(out, [want_max, want_min, want_max, want_min]):
+        assert got.dtype == np.int64
+        assert np.array_equal(got, want)
+
+
+@EX
+@given(x=matrices(max_n=16), data=st.data())
+def test_top_k_contract(protocol, x, data):
+    axis = data.draw(st.sampled_from([0, 1, -1]))
+    k = data.draw(st.integers(0, x.shape[axis]))
+    (got,) = run(protocol, lambda p, a: a.top_k(k, axis=axis), x)
+    assert np.array_equal(got, F.top_k_onehot(x, k, axis=axis))
+
+
+@pytest.mark.parametrize("n,k", [(300, 17), (64, 63), (33, 1)])
+def test_top_k_distinct_and_ties(protocol, n, k):
+    rng = np.random.default_rng(n)
+    x = np.stack([rng.normal(size=n) * 1e3, np.round(rng.normal(size=n))])   # row 2: ties
+    (got,) = run(protocol, lambda p, a: a.top_k(k), x)
+    assert np.array_equal(got, F.top_k_onehot(x, k))
+
+
+def test_top_k_integers_and_3d(protocol):
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2**40, 2**40, size=(2, 3, 20))
+    got, g2 = run(protocol, lambda p, a: [a.top_k(2, axis=1), a.top_k(5)], x, integer=(0,))
+    assert np.array_equal(got, F.top_k_onehot(x, 2, axis=1).astype(np.int64))
+    assert np.array_equal(g2, F.top_k_onehot(x, 5).astype(np.int64))
+
+
+@EX
+@given(data=st.data())
+def test_one_hot_and_gather(protocol, data):
+    n = data.draw(st.integers(1, 40))
+    idx = data.draw(hnp.arrays(np.int64, (data.draw(st.integers(1, 4)),),
+                               elements=st.integers(0, n - 1)))
+    X = data.draw(hnp.arrays(np.float64, (n, 3), elements=VALUES))
+    oh, g, gp = run(protocol, lambda p, i, xs: [mpcache.one_hot(i, n),
+                                               mpcache.gather(mpcache.one_hot(i, n), xs),
+                                               mpcache.one_hot(i, n).gather(X)],
+                    idx, X, integer=(0,))
+    assert np.array_equal(oh, F.one_hot(idx, n, dtype=np.int64))
+    assert np.array_equal(g, X[idx])
+    assert np.array_equal(gp, X[idx])
+
+
+def test_gather_top_k_rows_keep_order(protocol):
+    """The MPCache use: top-k over cluster scores, then gather cluster rows in order."""
+    rng = np.random.default_rng(3)
+    scores, K = rng.normal(size=(2, 40)), rng.normal(size=(2, 40, 8))
+    (got,) = run(protocol, lambda p, s, k: mpcache.gather(s.top_k(6), k), scores, K)
+    idx = F.top_k_indices(scores, 6)
+    assert np.allclose(got, np.take_along_axis(K, idx[..., None], axis=1), atol=2**-17)
+
+
+# -- costs ----------------------------------------------------------------------------------------
+def cost(protocol, fn, *xs, integer=(), seed=None):
+    """Cost of ``fn`` in scope "op", entered with the parties' round clocks in sync."""
+    def job(p):
+        ins = [p.share(x if p.id == i % 2 else None, i % 2, integer=i in integer)
+               for i, x in enumerate(xs)]
+        p.reveal(p.share(np.zeros(1) if p.id == 0 else None, 0))
+        with p.scope("op"):
+            fn(p, *ins)
+    return mpcache.Session(protocol, seed=seed).run(job).scope("op")
+
+
+def _tree_cost(n, payload, rows=1):
+    """(rounds, bytes) of the comparison tree over n values: per level a batch of c
+    comparisons (carry tree), then one bit injection of ``payload`` ring values each."""
+    rounds = nbytes = 0
+    while n > 1:
+        c = (n // 2) * rows
+        levels = V.cmp_levels(c)
+        rounds += len(levels) + 1
+        nbytes += sum(b for b, _ in levels) + (c + 7) // 8 + 8 * c * payload
+        n = n // 2 + n % 2
+    return rounds, nbytes
+
+
+def test_max_over_64_cost(protocol):
+    """6 levels x (1 masked opening + 3 tree rounds + 1 bit injection) = 30 rounds,
+    + 1 re-sharing round in rep3; about 1.2 kB per party (SPU ABY3: 78 actions, 4 kB)."""
+    sc = cost(protocol, lambda p, a: a.max(), np.random.default_rng(0).normal(size=64))
+    rounds, nbytes = _tree_cost(64, 1)
+    assert rounds == 30
+    extra = protocol == "rep3"
+    assert sc["rounds"] == rounds + extra
+    assert sc["bytes_sent"] == nbytes + 8 * extra
+    assert sc["bytes_sent"] < 4000
+
+
+def test_argmax_1024_cost(protocol):
+    """Tree carrying the index (2 payload values), then one_hot: 1 round, 2 bytes of the
+    masked index to each receiver (rep3: to both other parties)."""
+    sc = cost(protocol, lambda p, a: a.argmax(), np.random.default_rng(1).normal(size=1024))
+    rounds, nbytes = _tree_cost(1024, 2)
+    assert sc["rounds"] == rounds + 1
+    assert sc["bytes_sent"] == nbytes + (4 if protocol == "rep3" else 2)
+    assert sc["bytes_sent"] < 0.38e6 / 5          # SPU ABY3: 0.38 MB
+
+
+def test_top_k_1024_cost(protocol):
+    """Shuffle + revealed selection: the level count depends on the (seeded) shuffle; the
+    budgets are SPU ABY3's top-k figures (0.12 MB, 59 actions)."""
+    x = np.random.default_rng(2).normal(size=1024)
+    for seed in (1, 2):
+        sc = cost(protocol, lambda p, a: a.top_k(64), x, seed=seed)
+        assert sc["rounds"] < 59
+        assert sc["bytes_sent"] < 0.12e6
+
+
+@pytest.mark.parametrize("k,n,d", [(64, 1024, 64), (3, 10, 5)])
+def test_gather_cost(protocol, k, n, d):
+    """Integer one-hot @ fixed X: no truncation; rep3 = output size, add2 = Beaver."""
+    rng = np.random.default_rng(0)
+    oh = np.eye(n, dtype=np.int64)[rng.integers(0, n, k)]
+    sc = cost(protocol, lambda p, o, x: mpcache.gather(o, x), oh, rng.normal(size=(n, d)),
+              integer=(0,))
+    assert sc["rounds"] == 1
+    if protocol == "rep3":
+        assert sc["bytes_sent"] == 8 * k * d
+        assert sc["offline_bytes_sent"] == 0
+    else:
+        assert sc["bytes_sent"] == 8 * (k * n + n * d)
+        assert sc["offline_bytes_sent"] == 8 * k * d
+
+
+def test_one_hot_cost(protocol):
+    """Open idx - r mod N (uint16 for N = 1024): 1 round; preprocessing 8 N per row."""
+    m, n = 64, 1000
+    sc = cost(protocol, lambda p, i: mpcache.one_hot(i, n), np.arange(m), integer=(0,))
+    assert sc["rounds"] == 1
+    assert sc["bytes_sent"] == (4 if protocol == "rep3" else 2) * m
+    assert sc["offline_bytes_sent"] >= 8 * 1024 * m
+
+
+# -- errors --------------------------------------------------------------------------------------------
+def test_errors(protocol):
+    def job(p):
+        a = p.share(np.arange(6.0).reshape(2, 3), 0)
+        i = p.share(np.array([1, 2]), 0, integer=True)
+        for bad in (lambda: a.max(axis=2), lambda: a.argmax(axis=-3), lambda: a.top_k(2, 5)):
+            with pytest.raises(ValueError, match="axis"):
+                bad()
+        with pytest.raises(ValueError, match="k=4"):
+            a.top_k(4)
+        with pytest.raises(ValueError):
+            a.top_k(-1)
+        with pytest.raises(TypeError):
+            a.top_k(1.5)
+        with pytest.raises(ValueError, match="integer"):
+            mpcache.one_hot(a, 3)                       # fixed-point "index"
+        with pytest.raises(ValueError):
+            mpcache.one_hot(i, 0)
+        with pytest.raises(TypeError):
+            mpcache.one_hot(np.array([1]), 3)
+        oh = mpcache.one_hot(i, 3)
+        with pytest.raises(ValueError, match="cannot index"):
+            mpcache.gather(oh, a)                       # 3 entries vs 2 rows
+        with pytest.raises(ValueError, match="ring-integer"):
+            mpcache.gather(a, a.T)
+        with pytest.raises(ValueError):
+            a.argmax(method="bogus")
+        return True
+    assert mpcache.Session(protocol).run(job).output
+
+
+def test_gather_mixing_sessions():
+    store = {}
+
+    def first(p):
+        store[p.id] = p.share(np.ones((4, 2)), 0)
+
+    def second(p):
+        oh = mpcache.one_hot(p.share(np.array([1]), 0, integer=True), 4)
+        with pytest.raises(mpcache.SessionMismatch):
+            mpcache.gather(oh, store[p.id])
+        return True
+    mpcache.Session("rep3").run(first)
+    assert mpcache.Session("rep3").run(second).output
