@@ -85,13 +85,10 @@ def generation_job(party, config, weights, prescales, request: GenerationRequest
                               config.vocab_size, client)
     n_new = request.max_new_tokens if request is not None else None
     n_new = _announce_int(party, n_new, client)
-    if party.id == client and progress is not None:
-        dec.on_layer = progress
-    out = private_generate(party, dec, prompt, n_new,
-                           request.stop_ids if party.id == client else (), client,
-                           on_token=echo if party.id == client else None)
-    dec.on_layer = None
-    return out
+    return private_generate(party, dec, prompt, n_new,
+                            request.stop_ids if party.id == client else (), client,
+                            on_token=echo if party.id == client else None,
+                            on_prefill_layer=progress if party.id == client else None)
 
 
 def _announce_int(party, value, src):

@@ -151,14 +151,20 @@ def announce(party, value: int, src: int) -> int:
 
 
 def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, stop_ids=(),
-                     client: int = 0, on_token=None, policy=None) -> list | None:
+                     client: int = 0, on_token=None, policy=None,
+                     on_prefill_layer=None) -> list | None:
     """Greedy private generation.  Returns the token ids at the client, None elsewhere.
 
     Scopes: "prefill", then "decode" per step (the breakdown inside comes from the layers'
-    own scopes).  ``on_token(step, token_id)`` is called at the client as tokens arrive."""
+    own scopes).  ``on_token(step, token_id)`` is called at the client as tokens arrive;
+    ``on_prefill_layer(i, n)`` after each layer of the prefill."""
     stop = {int(s) for s in stop_ids}
-    with party.scope("prefill"):
-        logits = dec.prefill(prompt_onehot, policy=policy)
+    dec.on_layer = on_prefill_layer
+    try:
+        with party.scope("prefill"):
+            logits = dec.prefill(prompt_onehot, policy=policy)
+    finally:
+        dec.on_layer = None
     out = []
     for step in range(max_new_tokens):
         with party.scope("decode"):
@@ -170,8 +176,10 @@ def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, st
                 out.append(tid)
                 if on_token is not None:
                     on_token(step, tid)
-            more = announce(party, int(party.id != client or (tid not in stop and
-                                                              step + 1 < max_new_tokens)), client)
+            more = 0
+            if party.id == client:
+                more = int(tid not in stop and step + 1 < max_new_tokens)
+            more = announce(party, more, client)
             if not more:
                 break
             logits = dec.decode_step(oh.reshape(1, dec.config.vocab_size))

@@ -124,7 +124,8 @@ class Decoder:
         """Run ``tokens`` (int ids [T], or a one-hot [T, V]) at positions ``cache.n_seen..``
         through all blocks, appending to ``cache``; returns the last block's output [T, H]
         (before the final norm)."""
-        x = self.embed(tokens, dtype=self.config.np_dtype)
+        with F.scope(tokens, "embed"):
+            x = self.embed(tokens, dtype=self.config.np_dtype)
         t = int(x.shape[0])
         if t == 0:
             raise ValueError("no tokens")
@@ -142,7 +143,9 @@ class Decoder:
 
     def logits(self, h):
         """Final norm + LM head on hidden rows ``h`` [T, H] -> [T, V]."""
-        return self.final_norm(h) @ self.lm_head_weight
+        hn = self.final_norm(h)
+        with F.scope(hn, "lm_head"):
+            return hn @ self.lm_head_weight
 
     def forward(self, tokens, cache: KVCache, all_logits: bool = False):
         """Logits of the last position [V] (or of every position [T, V])."""
