@@ -43,6 +43,7 @@ def register(sub) -> None:
     show.add_argument("--limit", type=int, help="at most N events per party")
     show.add_argument("--session", type=int, help="only the N-th session of the file (0-based)")
     show.add_argument("--totals", action="store_true", help="totals only, no timeline")
+    show.add_argument("--tags", action="store_true", help="also totals per protocol step")
     show.set_defaults(func=_trace_show)
 
 
@@ -88,7 +89,7 @@ def _trace_show(a) -> int:
         if t.values:
             print("WARNING: this transcript holds share values (toy data only)",
                   file=sys.stderr)
-        print(format_trace(t, timeline=not a.totals, parties=a.party, scope=a.scope,
-                           limit=a.limit))
+        print(format_trace(t, timeline=not a.totals, tags=a.tags, parties=a.party,
+                           scope=a.scope, limit=a.limit))
         bad |= bool(t.stats) and bool(t.check())
     return 1 if bad else 0

@@ -490,7 +490,26 @@ def format_totals(trace: Trace) -> str:
     return "\n".join(lines)
 
 
-def format_trace(trace: Trace, timeline: bool = True, **kw) -> str:
+def format_tags(trace: Trace) -> str:
+    """Bytes and messages per protocol step (tag), summed over parties."""
+    rows: dict = {}
+    for t in trace.transcripts:
+        for e in t.sends():
+            r = rows.setdefault(e.tag, [0, 0, 0, 0])
+            if e.offline:
+                r[2] += e.nbytes
+                r[3] += 1
+            else:
+                r[0] += e.nbytes
+                r[1] += 1
+    lines = ["Totals per protocol step (tag), summed over the three parties",
+             f"  {'tag':<32} {'online B':>12} {'msgs':>6} {'offline B':>12} {'msgs':>6}"]
+    for tag, (b, m, ob, om) in sorted(rows.items(), key=lambda kv: -(kv[1][0] + kv[1][2])):
+        lines.append(f"  {_cut(tag, 32):<32} {b:>12,} {m:>6} {ob:>12,} {om:>6}")
+    return "\n".join(lines)
+
+
+def format_trace(trace: Trace, timeline: bool = True, tags: bool = False, **kw) -> str:
     head = (f"session {trace.session}: protocol {trace.protocol}, "
             f"{sum(len(t.events) for t in trace.transcripts)} events, "
             + ("WITH SHARE VALUES (toy data only)" if trace.values else "metadata only")
@@ -500,4 +519,6 @@ def format_trace(trace: Trace, timeline: bool = True, **kw) -> str:
     if timeline:
         parts.append(format_timeline(trace, **kw))
     parts.append(format_totals(trace))
+    if tags:
+        parts.append(format_tags(trace))
     return "\n".join(parts) + "\n"

@@ -100,6 +100,10 @@ def test_trace_show_cli(tmp_path):
     assert "P0 timeline" in out.stdout and "P2 timeline" in out.stdout
     assert "equals the accounting" in out.stdout
     assert "layer" in out.stdout and "add2.trunc.open" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "mpcache.cli", "trace", "show", path, "--totals",
+                          "--tags"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "per protocol step" in out.stdout
+    assert "P0 timeline" not in out.stdout
 
 
 def test_failed_run_keeps_its_partial_trace(tmp_path):
