@@ -223,7 +223,7 @@ TAGS: dict[str, TagInfo] = {
         "carry chain, one level of the parallel-prefix (Kogge-Stone) tree",
         "(G, P) of neighbouring blocks are combined: G = G_hi ^ P_hi & G_lo, P = P_hi & "
         "P_lo, AND gates with dealer bit triples, the shared left operand opened once "
-        "(x ^ a, y ^ b); log2(63) = 6 levels, then msb = top bits ^ carry",
+        "(x ^ a, y ^ b); one level per round, ceil(log2(leaves)) levels",
         "x ^ a and y ^ b for dealer bits a, b the receiver does not know"),
     "*.b2a": TagInfo(
         "bit to ring (B2A): open e = c ^ r",
