@@ -51,8 +51,8 @@ class SecretTensor:
         """Mark a 2-D right operand that will be multiplied many times (a weight matrix).
 
         add2 opens ``W - B`` for a fixed mask ``B`` now (one-time cost: 8 bytes per
-        element per party) so every later ``x @ W`` opens only ``x - A``; rep3 caches a
-        slot sum (no communication).  Results are identical either way."""
+        element per party) so every later ``x @ W`` opens only ``x - A``; rep3 needs
+        nothing (its matmul already costs the output size).  Results are identical."""
         if self.ndim != 2:
             raise ValueError("persist() is for 2-D weight matrices")
         self._persist = self._proto.persist(self.data)
