@@ -29,6 +29,12 @@ def _bench(sub) -> None:
     net.add_argument("--sizes-mib", type=int, nargs="*", default=[1, 16, 256])
     net.add_argument("--json", dest="json_path")
     net.set_defaults(func=_run_bench_net)
+    agree = bsub.add_parser("agree", help="MPC vs plaintext greedy tokens on SmolLM2")
+    agree.add_argument("--prompt-tokens", type=int, default=128)
+    agree.add_argument("--new-tokens", type=int, default=16)
+    agree.add_argument("--protocol", choices=["rep3", "add2", "both"], default="both")
+    agree.add_argument("--json", dest="json_path")
+    agree.set_defaults(func=_run_bench_agree)
     p.set_defaults(_bench_sub=bsub)   # plugins add `bench` subcommands through this
 
 
@@ -36,6 +42,13 @@ def _run_bench_ops(a) -> int:
     from .bench.ops import bench_ops
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     bench_ops(protos, a.only, a.repeat, a.seed, a.json_path)
+    return 0
+
+
+def _run_bench_agree(a) -> int:
+    from .bench.agree import bench_agree
+    protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
+    bench_agree(a.prompt_tokens, a.new_tokens, protos, a.json_path)
     return 0
 
 

@@ -41,9 +41,21 @@ def _generate(a) -> int:
         print(f"mpcache generate: {e}", file=sys.stderr)
         return 2
     if a.transport == "grpc":
-        print("mpcache generate: use `mpcache launch --config parties.toml -- generate ...` "
-              "for the gRPC transport", file=sys.stderr)
-        return 2
+        from .generate import run_grpc
+        job = ["generate", "--prompt", a.prompt, "--max-new-tokens", str(a.max_new_tokens)]
+        if a.context_file:
+            job += ["--context-file", a.context_file]
+        if a.raw:
+            job += ["--raw", "1"]
+        res = run_grpc(job, a.protocol)
+        out = res.outputs[0] or {}
+        print(f"\n[mpcache] gRPC + mutual TLS, 3 processes: {out.get('text', '')!r}; peak RSS "
+              f"per party: {[round((o or {}).get('peak_rss_mb', 0)) for o in res.outputs]} MB")
+        if a.json_path:
+            with open(a.json_path, "w") as fh:
+                json.dump({"protocol": a.protocol, "transport": "grpc", "outputs": res.outputs,
+                           "summary": res.summary}, fh, indent=1, default=str)
+        return res.returncode
     print(f"[mpcache] {a.protocol}: prompt of {req.prompt_ids.size} tokens (secret, client P0), "
           f"weights secret (model owner P1)", file=sys.stderr)
     ids, summary = run_local(lm, req, a.protocol)

@@ -159,3 +159,50 @@ def run_local(lm, request: GenerationRequest, protocol: str, echo_stream=sys.std
         progress=progress)
     ids = res.output
     return ids, summarize(res, len(ids))
+
+
+# -- gRPC: the same job in three processes ---------------------------------------------------
+def generate_job(party, prompt: str, max_new_tokens: int = 8, context_file: str = "",
+                 raw: int = 0, client: int = 0, owner: int = 1) -> dict:
+    """`mpcache launch -- generate --prompt ...`: every process loads the packaged model
+    file, but only the owner's weights and only the client's prompt enter the MPC.
+    Returns the client's tokens/text, this party's stats and its peak RSS."""
+    import resource
+
+    from .nn.smollm2 import load_smollm2
+    lm = load_smollm2("float64")
+    req = None
+    if party.id == client:
+        ctx = read_context_file(context_file) if context_file else None
+        req = build_request(lm, prompt, max_new_tokens, ctx, chat=not raw)
+    ids = generation_job(party, lm.config, lm.model.weights if party.id == owner else None,
+                         prescales_for(lm), req)
+    out = {"result": None if ids is None else np.asarray(ids, dtype=np.int64),
+           "stats": party.stats(),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if ids is not None:
+        out["text"] = lm.decode(ids)
+    return out
+
+
+def run_grpc(argv_job: list, protocol: str, insecure: bool = False):
+    """Start three party processes on loopback with fresh mTLS certificates."""
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    from .net.config import render_config
+    from .net.launcher import launch
+    from .net.tls import make_certs
+    d = Path(tempfile.mkdtemp(prefix="mpcache-gen-"))
+    make_certs(d)
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    # long deadline: a receive may wait while a peer computes a whole prefill layer
+    (d / "parties.toml").write_text(render_config(ports, protocol=protocol, timeout_s=900.0,
+                                                  connect_timeout_s=120.0, certs_dir=".",
+                                                  session=None))
+    return launch(d / "parties.toml", argv_job)

@@ -155,6 +155,19 @@ JOBS = {
 }
 
 
+def _generate(party, **kw):
+    from .generate import generate_job
+    return generate_job(party, **kw)
+
+
+JOBS["generate"] = JobSpec(
+    "generate", _generate,
+    {"prompt": Param(str, "What is the capital of France?", "the client's prompt"),
+     "max_new_tokens": Param(int, 8, ""), "context_file": Param(str, "", "UTF-8 text file"),
+     "raw": Param(int, 0, "1: no chat template")},
+    None, "private generation on the packaged SmolLM2 (client P0, model owner P1)")
+
+
 def get_job(name: str) -> JobSpec:
     """A built-in job by name, or ``module:function`` imported on demand."""
     if name in JOBS:
