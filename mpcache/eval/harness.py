@@ -12,6 +12,7 @@ every sample).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -155,20 +156,27 @@ def run_eval(specs, tasks, contexts, samples: int, json_path=None, seed: int = 0
         base = model.new_cache(rec)
         logits = model.forward(ids, base)
         t_prefill = time.time() - t0
-        for spec, pol in zip(missing, policies):
-            t1 = time.time()
+        for j, spec in enumerate(missing):
+            pol, policies[j] = policies[j], None     # drop the list's reference: a used
+            t1 = time.time()                          # policy keeps its cache alive
             cache = rec.fork(base, pol)
             out = greedy_from(model, cache, logits, sample.max_new_tokens, lm.stop_ids)
+            kept = int(pol.B) if spec.budget is not None else int(ids.size)
+            cache.policy = pol._cache = None          # break the cache <-> policy cycle
+            del cache, pol
             pred = lm.decode(out)
             data["results"].append({
                 "id": sample.id, "task": task, "context": ctx, "index": i,
                 "depth": sample.depth, "n_tokens": int(ids.size), "label": spec.label,
                 "policy": spec.name, "budget": spec.budget, "knobs": spec.knobs,
-                "kept_per_step": int(pol.B) if spec.budget is not None else int(ids.size),
+                "kept_per_step": kept,
                 "prediction": pred, "answers": sample.answers,
                 "score": score(pred, sample.answers),
                 "seconds": round(time.time() - t1, 3), "prefill_seconds": round(t_prefill, 3)})
             done.add((sample.id, spec.label))
+        base.policy = rec._cache = None
+        del rec, base, logits
+        gc.collect()
         data["summary"] = summarize(data["results"])
         if json_path:
             _save(json_path, data)
