@@ -126,7 +126,8 @@ def bench_ops(protocols=("rep3", "add2"), only=None, repeat=3, seed=0, json_path
         echo(_fmt(r))
     for protocol in protocols:
         for case in CASES:
-            if only and case.op not in only and f"{case.op}_{case.shape}" not in only:
+            if only and case.op not in only and f"{case.op}_{case.shape}" not in only \
+                    and f"{case.op}_{case.shape}".replace("1048576", "1M") not in only:
                 continue
             row = _run_case(case, protocol, repeat, seed)
             rows.append(row)
