@@ -234,6 +234,11 @@ class GrpcTransport(Transport):
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10000),
+                # server side: accept our 20 s keepalives however long a link is idle
+                # (a party may wait minutes while another computes a prefill layer);
+                # without these gRPC answers GOAWAY "too_many_pings" and drops the link
+                ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+                ("grpc.http2.max_ping_strikes", 0),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 500),
