@@ -46,6 +46,14 @@ def job_malformed(party):
     return _ring(party, 4)
 
 
+def job_idle(party, idle=6.0):
+    """P1 computes for ``idle`` seconds while the others wait on quiet links."""
+    x = party.share(np.ones(4) if party.id == 0 else None, 0)
+    if party.id == 1:
+        time.sleep(idle)
+    return {"result": party.reveal(x * x), "stats": party.stats()}
+
+
 def job_ring(party, rounds=4):
     return _ring(party, rounds)
 
@@ -141,3 +149,14 @@ def test_mismatched_fixed_point(tmp_path):
         line = _failed_line(res, i)
         assert "mismatched frac_bits" in line and "party 1 has 16" in line, line
     assert secs < 15
+
+
+def test_long_idle_links_survive_keepalive(tmp_path):
+    """Regression: with keepalive pings every 1 s and a 6 s wait, a server that does not
+    accept the pings answers GOAWAY "too_many_pings" and drops the link (seen on SmolLM2,
+    where parties wait ~100 s for a prefill layer with the default 20 s keepalive)."""
+    cfg = tmp_path / "parties.toml"
+    cfg.write_text(render_config(insecure=True, timeout_s=30.0, connect_timeout_s=8.0))
+    res = launch(cfg, ["test_net_faults:job_idle"], echo=False, deadline_s=60,
+                 env={**ENV, "MPCACHE_GRPC_KEEPALIVE_MS": "1000"})
+    assert res.returncode == 0, "\n".join(res.log_text(i) for i in range(3))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import os
 import threading
 import time
 from concurrent import futures
@@ -228,16 +229,18 @@ class GrpcTransport(Transport):
 
     # -- connecting ---------------------------------------------------------------------
     def _grpc_options(self) -> list:
+        # keepalive every 20 s (MPCACHE_GRPC_KEEPALIVE_MS: tests shorten it)
+        ka = int(os.environ.get("MPCACHE_GRPC_KEEPALIVE_MS", "20000"))
         return [("grpc.max_send_message_length", self.max_frame_bytes + (1 << 20)),
                 ("grpc.max_receive_message_length", self._grpc_limit),
-                ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+                ("grpc.keepalive_time_ms", ka), ("grpc.keepalive_timeout_ms", 10000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10000),
-                # server side: accept our 20 s keepalives however long a link is idle
-                # (a party may wait minutes while another computes a prefill layer);
-                # without these gRPC answers GOAWAY "too_many_pings" and drops the link
-                ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", ka // 2),
+                # server side: accept those keepalives however long a link is idle (a
+                # party may wait minutes while another computes a prefill layer); without
+                # these gRPC answers GOAWAY "too_many_pings" and drops the link
+                ("grpc.http2.min_ping_interval_without_data_ms", ka // 2),
                 ("grpc.http2.max_ping_strikes", 0),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
