@@ -144,7 +144,7 @@ def test_bool_tensor_gates(protocol, data):
         assert np.array_equal(o, e)
 
 
-# -- costs -------------------------------------------------------------------------------------------
+# -- costs ----------------------------------------------------------------------------------------
 def _cost(protocol, op, *inputs, integer=()):
     """Cost of ``op`` in scope "op", entered with all parties' round clocks in sync."""
     def job(p):
@@ -170,16 +170,33 @@ def test_compare_cost_formula(protocol, n, op):
 
 
 def test_lt_64_cost_by_hand(protocol):
-    """lt over 64 values (8-bit digits for batches <= 2048): open c = d + rho (64 bits),
-    leaves by table lookup (local), tree 8 -> 4 -> 2 -> 1 opens 11 + 5 + 2 = 18 bits,
-    b2a 1 bit: 83 bits = 10.4 bytes per value; 1 + 3 + 1 rounds (+1 round and 8
-    bytes/value in rep3).  Dealt: 8 tables of 256 x 2 bits + sign bit + 11 AND bits + 8."""
+    """lt over 64 values (8-bit digits for batches <= 512): open c = d + rho (64 bits),
+    leaves by table lookup (local), tree 8 -> 4 -> 2 -> 1 opens 11 + 5 + 2 bits, b2a 1 bit:
+    83 bits = 10.4 bytes per value; 1 + 3 + 1 rounds (+1 round and 8 bytes/value in
+    rep3).  Dealt per value: 8 tables of 256 x 2 bits, the sign bit, 7 + 3 + 1 AND bits,
+    r_A (8 bytes).  With compare.FUSE_SIGN_B2A: 1 + 2 + 1 rounds, same online bytes."""
     n = 64
     sc = _cost(protocol, lambda p, a, b: a < b, np.linspace(-5, 5, n), np.zeros(n))
     extra = 8 * n if protocol == "rep3" else 0
     assert sc["bytes_sent"] == 83 * n // 8 + extra
-    assert sc["rounds"] == 5 + (protocol == "rep3")
-    assert sc["offline_bytes_sent"] == n * (8 * 64 + 8) + (1 + 11) * n // 8
+    if C.FUSE_SIGN_B2A:
+        assert sc["rounds"] == 4 + (protocol == "rep3")
+        assert sc["offline_bytes_sent"] == n * (8 * 64 + 64) + (1 + 10) * n // 8
+    else:
+        assert sc["rounds"] == 5 + (protocol == "rep3")
+        assert sc["offline_bytes_sent"] == n * (8 * 64 + 8) + (1 + 11) * n // 8
+
+
+def test_fused_sign_to_ring_matches(protocol):
+    """The fused form (last AND + bit-to-ring in one round) gives the same bits."""
+    x = np.linspace(-7, 7, 57)
+
+    def job(p):
+        a = p.share(x, 0)
+        pair, u = C.to_pair(a)
+        return C.from_pair(p, V.sign_to_ring(pair, V.msb_bits(pair, u, last=False)), a.shape,
+                           0).reveal()
+    assert np.array_equal(mpcache.Session(protocol).run(job).output, (x < 0).astype(np.int64))
 
 
 def test_a2b_rounds(protocol):
@@ -195,12 +212,13 @@ def test_eq_cost(protocol):
     c = V.cmp_cost("eq", n, protocol)
     assert (sc["rounds"], sc["bytes_sent"], sc["offline_bytes_sent"]) == \
         (c["rounds"], c["bytes"], c["offline"])
-    # open c (8 bytes), AND tree over 8 digit-equalities: (4 + 2 + 1) ANDs x 2 bits, b2a
-    assert sc["bytes_sent"] == n * (64 + 14 + 1) // 8 + (8 * n if protocol == "rep3" else 0)
-    assert sc["rounds"] == 5 + (protocol == "rep3")
+    # open c (8 bytes), AND tree over 8 digit-equalities: (4 + 2) ANDs x 2 bits, then the
+    # last AND fused with bit-to-ring (3 bits)
+    assert sc["bytes_sent"] == n * (64 + 12 + 3) // 8 + (8 * n if protocol == "rep3" else 0)
+    assert sc["rounds"] == 4 + (protocol == "rep3")
 
 
-# -- errors --------------------------------------------------------------------------------------------
+# -- errors ---------------------------------------------------------------------------------------
 def test_errors(protocol):
     def job(p):
         a = p.share(np.array([1.0, 2.0]), 0)

@@ -247,6 +247,60 @@ class Pair:
         e = unpack_bits(self._exchange(pack_bits(mine ^ b), tag), mine.size).reshape(shape)
         return (e & b) ^ c
 
+    def bits_to_ring(self, bits, table, x=None, tag="pair.lut"):
+        """Arithmetic shares of F(b_1..b_k) -- or F(b) * x for a ring payload x (F's
+        shape broadcast over x's trailing axes) -- for XOR-shared bits ``bits`` (list of
+        k arrays of one shape S) and a public truth table ``table`` of 2^k integers
+        (index = sum b_i 2^i).  The dealer masks the bits with rho and deals the rotated
+        table T[j] = F[j ^ rho] additively (and U[j] = T[j] alpha for the payload); A and
+        B open e = b ^ rho (k bits) and x - alpha (8 bytes) together: 1 round.
+        This fuses a final AND/XOR layer with bit-to-ring conversion or bit injection."""
+        k = len(bits)
+        S = bits[0].shape
+        K = 1 << k
+        F = np.asarray(table, dtype=RING).reshape(K)
+        wts = np.arange(k)
+        sx = x.shape if x is not None else None
+        extra = () if x is None else sx[len(S):]
+        if x is not None and sx[:len(S)] != S:
+            raise ProtocolError(f"payload {sx} does not extend the bits' shape {S}")
+        if self.role == "D":
+            kA, kB = self.kA, self.kB
+            rho = np.stack([rand_bits(kA, S) ^ rand_bits(kB, S) for _ in range(k)], -1)
+            r = (rho.astype(np.int64) << wts).sum(-1)                         # S
+            T = F[np.arange(K) ^ r[..., None]]                                 # S + (K,)
+            parts = [T - kA.ring(S + (K,))]
+            if x is not None:
+                al = kA.ring(sx) + kB.ring(sx)
+                U = T.reshape(S + (1,) * len(extra) + (K,)) * al[..., None]
+                parts.append(U - kA.ring(sx + (K,)))
+            self._deal(pack_msg(rings=parts), tag)
+            return np.zeros(S if x is None else sx, RING)
+        kk = self.k_own
+        rho = [rand_bits(kk, S) for _ in range(k)]
+        if self.role == "A":
+            T = kk.ring(S + (K,))
+            if x is not None:
+                al = kk.ring(sx)
+                U = kk.ring(sx + (K,))
+        else:
+            if x is not None:
+                al = kk.ring(sx)
+            shapes = [S + (K,)] + ([sx + (K,)] if x is not None else [])
+            n = sum(int(np.prod(q, dtype=np.int64)) for q in shapes)
+            _, got = unpack_msg(self._recv_deal(8 * n, tag), (), shapes)
+            T = got[0]
+            U = got[1] if x is not None else None
+        masked = [b ^ r for b, r in zip(bits, rho)]
+        opened, rings = self.open(masked, [] if x is None else [x - al], tag=tag)
+        e = sum(o.astype(np.int64) << i for i, o in enumerate(opened))
+        c = np.take_along_axis(T, e[..., None], axis=-1)[..., 0]              # S
+        if x is None:
+            return c
+        ee = e.reshape(S + (1,) * len(extra))
+        cu = np.take_along_axis(U, np.broadcast_to(ee, sx)[..., None], axis=-1)[..., 0]
+        return rings[0] * c.reshape(S + (1,) * len(extra)) + cu
+
     def b2a(self, bits: np.ndarray, tag="pair.b2a") -> np.ndarray:
         """XOR-shared bits -> additive ring shares of the same 0/1 values.  1 round."""
         shape = bits.shape

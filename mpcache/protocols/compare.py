@@ -16,13 +16,18 @@ back to replicated form in one extra round (8 bytes per value from P1 and P2).
 Cost per value (bytes per party online / dealt bytes, the max over parties; batches of
 at most 512 values use 8-bit digits, bigger ones 4-bit digits):
 
-===========  ==================  ==================  ==================
-op           add2 rounds/bytes   rep3 rounds/bytes   dealt, <=512 / more
-===========  ==================  ==================  ==================
-msb, lt, ..  5 / 10.4 (6 / 13.3) 6 / 18.4 (7 / 21.3) 522 / 75
-eq           5 / 9.9  (6 / 11.9) 6 / 17.9 (7 / 19.9) 265 / 42
-relu, abs    5 / 18.4 (6 / 21.3) 6 / 26.4 (7 / 29.3) 530 / 83
-===========  ==================  ==================  ==================
+===========  ====================  ====================  ==================
+op           add2 rounds/bytes     rep3 rounds/bytes     dealt, <=512 / more
+===========  ====================  ====================  ==================
+msb, lt, ..  5 / 10.4 (6 / 13.3)   6 / 18.4 (7 / 21.3)   522 / 75
+eq           4 / 9.9  (5 / 11.9)   5 / 17.9 (6 / 19.9)   321 / 98
+relu, abs    4 / 18.4 (5 / 21.3)   5 / 26.4 (6 / 29.3)   641 / 195
+===========  ====================  ====================  ==================
+
+The last tree level is fused with the final conversion (bit-to-ring or bit injection) by a
+dealt 8-entry table of the function s ^ (p & q) (``conversions.sign_to_ring``); msb/lt
+keep the separate bit-to-ring round while :data:`FUSE_SIGN_B2A` is off (4 / 5 rounds
+with it on).
 
 (exact formulas: :func:`mpcache.protocols.conversions.cmp_cost`, checked against the
 accounting by tests/test_compare.py; docs/nonlinear-compare.md.)
@@ -43,7 +48,15 @@ import numpy as np
 
 from ..ring import RING
 from .boolean import U8, Pair, pair_of
-from .conversions import msb_bits, zero_bits
+from .conversions import msb_bits, sign_to_ring, zero_bits
+
+
+#: Fuse msb/lt's last tree level with its bit-to-ring round (one round fewer, 64 more dealt
+#: bytes per value).  Off for now: approx.py composes ``msb_pair`` + ``Pair.bitmul`` and
+#: its tests assert that this costs exactly what ``ltz`` costs; switch on together with
+#: approx.py using :func:`mpcache.protocols.conversions.sign_to_ring` (the fused form).
+#: relu/abs/clip/maximum/minimum, eq and the max/argmax trees are always fused.
+FUSE_SIGN_B2A = False
 
 
 # -- plumbing between SecretTensor and the pair engine ----------------------------------------
@@ -74,11 +87,6 @@ def _not(pair: Pair, bits):
     return bits ^ U8(1) if pair.role == "A" else bits
 
 
-def _bits_to_int(x, pair, bits, shape):
-    y = pair.b2a(bits, "cmp.b2a")
-    return from_pair(x.party, y, shape, 0)
-
-
 def _diff(a, b):
     """a - b as a SecretTensor (a or b may be public)."""
     if _secret(a):
@@ -94,8 +102,12 @@ def msb(x):
     if not _secret(x):
         raise TypeError(f"msb expects a SecretTensor, got {type(x).__name__}")
     with x.party.scope("cmp"):
-        pair, bits = msb_pair(x)
-        return _bits_to_int(x, pair, bits, x.shape)
+        pair, u = to_pair(x)
+        if FUSE_SIGN_B2A:
+            y = sign_to_ring(pair, msb_bits(pair, u, last=False))
+        else:
+            y = pair.b2a(msb_bits(pair, u), "cmp.b2a")
+        return from_pair(x.party, y, x.shape, 0)
 
 
 def ltz(x):
@@ -125,8 +137,8 @@ def eq(a, b):
     d = _diff(a, b)
     with d.party.scope("eq"):
         pair, u = to_pair(d)
-        bits = zero_bits(pair, u)
-        return _bits_to_int(d, pair, bits, d.shape)
+        y = sign_to_ring(pair, zero_bits(pair, u, last=False), tag="eq.b2a")
+        return from_pair(d.party, y, d.shape, 0)
 
 
 def ne(a, b):
@@ -157,17 +169,11 @@ def _float_pub(*vals):
 where = select
 
 
-def _bitmul_out(x, pair, bits, u):
-    """x * bit for the pair's XOR-shared ``bits`` (flat) and share ``u`` of x."""
-    return pair.bitmul(bits, u, "cmp.mux")
-
-
 def relu(x):
     """max(x, 0) = x * (1 - msb(x)): comparison + bit injection, 8 rounds (rep3 9)."""
     with x.party.scope("relu"):
         pair, u = to_pair(x)
-        bits = msb_bits(pair, u)
-        y = _bitmul_out(x, pair, _not(pair, bits), u)
+        y = sign_to_ring(pair, msb_bits(pair, u, last=False), u, negate=True, tag="cmp.mux")
         return from_pair(x.party, y, x.shape, x.frac)
 
 
@@ -175,8 +181,7 @@ def abs(x):  # noqa: A001 - mirrors numpy's name
     """|x| = x - 2 x msb(x)."""
     with x.party.scope("abs"):
         pair, u = to_pair(x)
-        bits = msb_bits(pair, u)
-        y = _bitmul_out(x, pair, bits, u)
+        y = sign_to_ring(pair, msb_bits(pair, u, last=False), u, tag="cmp.mux")
         return from_pair(x.party, u - (y << np.uint64(1)), x.shape, x.frac)
 
 
@@ -201,9 +206,10 @@ def clip(x, lo=None, hi=None):
         d = stack(diffs)
         t = stack(targets)
         pair, u = to_pair(d)
-        bits = msb_bits(pair, u)
+        parts = msb_bits(pair, u, last=False)
         _, v = to_pair(t)
-        y = pair.bitmul(bits, v, "cmp.mux").reshape((len(diffs), -1)).sum(axis=0, dtype=RING)
+        y = sign_to_ring(pair, parts, v, tag="cmp.mux").reshape((len(diffs), -1)) \
+            .sum(axis=0, dtype=RING)
         _, ux = to_pair(x)
         return from_pair(x.party, ux + y, x.shape, x.frac)
 
@@ -222,11 +228,10 @@ def _minmax(a, b, want_max):
     base = d * 0 + a                             # a, lifted to d's kind (fixed/int)
     with d.party.scope("max" if want_max else "min"):
         pair, u = to_pair(d)
-        bits = msb_bits(pair, u)                 # [a < b]
-        if not want_max:
-            bits = _not(pair, bits)
+        parts = msb_bits(pair, u, last=False)    # [a < b]
         _, ua = to_pair(base)
-        y = pair.bitmul(bits, np.uint64(0) - u, "cmp.mux")   # bit * (b - a)
+        y = sign_to_ring(pair, parts, np.uint64(0) - u, negate=not want_max,
+                         tag="cmp.mux")          # [a < b] (b - a), or [a >= b] (b - a)
         return from_pair(d.party, ua + y, d.shape, d.frac)
 
 

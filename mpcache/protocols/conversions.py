@@ -41,7 +41,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ring import RING
-from .boolean import U8, BoolTensor, Pair, pack_bits, pair_of, rand_bits, to_bits, unpack_bits
+from .boolean import (U8, BoolTensor, Pair, pack_bits, pair_of, rand_bits, to_bits,
+                      unpack_bits)
 
 _ONE = np.uint64(1)
 
@@ -97,9 +98,12 @@ bit2a = b2a
 
 
 # -- the comparison core: carry trees on packed bits ------------------------------------------
-def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str) -> np.ndarray:
-    """Group generate of all leaves (leading axis, index 0 = least significant)."""
-    while G.shape[0] > 1:
+def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str, last: bool = True):
+    """Group generate of all leaves (leading axis, index 0 = least significant).
+    ``last=False`` stops before the final combine and returns its inputs
+    (G_hi, P_hi, G_lo) -- the result is G_hi ^ (P_hi & G_lo) -- for a fused final step."""
+    stop = 1 if last else 2
+    while G.shape[0] > stop:
         m = G.shape[0]
         h = m // 2
         Gl, Gh, Pl, Ph = G[0:2 * h:2], G[1:2 * h:2], P[0:2 * h:2], P[1:2 * h:2]
@@ -110,12 +114,18 @@ def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str) -> np.ndarray:
             Gn = np.concatenate([Gn, G[-1:]])
             Pn = np.concatenate([Pn, P[-1:]])
         G, P = Gn, Pn
-    return G[0]
+    if last:
+        return G[0]
+    if G.shape[0] == 1:
+        z = np.zeros(G.shape[1:], U8)
+        return G[0], z, z
+    return G[1], P[1], G[0]
 
 
 #: Digit width of the comparison leaves (dealt lookup tables of 2^w entries); None =
 #: adaptive: 8 for batches of at most SMALL_BATCH values (3 tree levels; 512 dealt bytes
-#: per comparison, so at most 256 KiB per batch), else 4 (4 tree levels; 64 dealt bytes).  docs/nonlinear-compare.md.
+#: per comparison, so at most 256 KiB per batch), else 4 (4 tree levels; 64 dealt bytes).
+#: See docs/nonlinear-compare.md.
 DIGIT_BITS: int | None = None
 SMALL_BATCH = 512
 
@@ -210,26 +220,41 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
 
 
 def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
-             digit: int | None = None) -> np.ndarray:
+             digit: int | None = None, last: bool = True):
     """XOR shares of bit ``nbits - 1`` (the sign) of u_A + u_B mod 2^nbits, for flat ring
     shares ``u``.  d = c - rho with c opened: sign(d) = c_top ^ rho_top ^ [c_low < rho_low],
     the borrow from a digit-wise comparison of public c with the dealer's rho (leaves by
     table lookup, then a tree ``LT = LT_hi ^ EQ_hi & LT_lo``, ``EQ = EQ_hi & EQ_lo``).
-    Rounds: 1 + ceil(log2 ceil((nbits-1)/w)) (4 for w = 8, 5 for w = 4)."""
+    Rounds: 1 + ceil(log2 ceil((nbits-1)/w)) (4 for w = 8, 5 for w = 4).
+    ``last=False``: stop before the final AND and return (s, p, q) with sign = s ^ (p & q),
+    for :func:`sign_to_ring` (which fuses that AND into its own round)."""
     u = np.asarray(u, dtype=RING).reshape(-1)
     w = digit if digit is not None else digit_width(u.size)
     low = nbits - 1
     if low == 0:                          # 1-bit values: the sign is the bit itself
-        return ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
+        b = ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
+        return b if last else (b, np.zeros_like(b), np.zeros_like(b))
     leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open")
-    lt = _tree(pair, np.ascontiguousarray(leaves[..., 0]), np.ascontiguousarray(leaves[..., 1]),
-               tag + ".tree")
-    if pair.role == "D":
-        return lt
-    out = lt ^ top
-    if pair.role == "A":
-        out ^= ((c >> np.uint64(low)) & _ONE).astype(U8)
-    return out
+    res = _tree(pair, np.ascontiguousarray(leaves[..., 0]),
+                np.ascontiguousarray(leaves[..., 1]), tag + ".tree", last)
+    s = res if last else res[0]
+    if pair.role != "D":
+        s = s ^ top
+        if pair.role == "A":
+            s = s ^ ((c >> np.uint64(low)) & _ONE).astype(U8)
+    return s if last else (s, res[1], res[2])
+
+
+#: F(s, p, q) = s ^ (p & q), indexed by s + 2p + 4q.
+_SIGN_TABLE = np.array([(s ^ (p & q)) for q in (0, 1) for p in (0, 1) for s in (0, 1)])
+
+
+def sign_to_ring(pair: Pair, parts, x=None, negate: bool = False, tag: str = "cmp.b2a"):
+    """Ring shares of the sign bit (or of sign * x, bit injection) from the unfinished
+    comparison ``parts`` = (s, p, q) of :func:`msb_bits` (last=False): the final AND
+    and the conversion in ONE round (Pair.bits_to_ring).  ``negate``: use 1 - sign."""
+    table = _SIGN_TABLE ^ 1 if negate else _SIGN_TABLE
+    return pair.bits_to_ring(list(parts), table, x, tag)
 
 
 def builtins_min(a, b):
@@ -247,20 +272,27 @@ def carry_bits(pair: Pair, u: np.ndarray, nbits: int, tag: str = "cmp") -> np.nd
 
 
 def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq",
-              digit: int | None = None) -> np.ndarray:
+              digit: int | None = None, last: bool = True):
     """XOR shares of [u_A + u_B == 0 mod 2^nbits]: open c = d + rho, then d = 0 iff every
     digit of c equals rho's (leaves by table lookup) and an AND tree over the digits
-    (2 bits per AND).  Rounds 1 + ceil(log2 ceil(nbits / w))."""
+    (2 bits per AND).  Rounds 1 + ceil(log2 ceil(nbits / w)).  ``last=False`` returns
+    (0, p, q) with the result p & q, for :func:`sign_to_ring`."""
     u = np.asarray(u, dtype=RING).reshape(-1)
     w = digit if digit is not None else digit_width(u.size)
     leaves, _, _ = masked_digits(pair, u, nbits, nbits, int(w), "eq", tag + ".open")
     z = leaves[..., 0]
-    while z.shape[0] > 1:
+    stop = 1 if last else 2
+    while z.shape[0] > stop:
         m = z.shape[0]
         h = m // 2
         y = pair.and_(z[0:2 * h:2], z[1:2 * h:2], tag + ".tree")
         z = np.concatenate([y, z[-1:]]) if m % 2 else y
-    return z[0]
+    if last:
+        return z[0]
+    zero = np.zeros(z.shape[1:], U8)
+    if z.shape[0] == 1:                  # one digit: result = s (p & q = 0)
+        return z[0], zero, zero
+    return zero, z[0], z[1]
 
 
 # -- cost formulas (checked against the accounting by tests/test_compare.py) ----------------------
@@ -274,9 +306,10 @@ def tree_levels(leaves: int, eq_only: bool = False) -> list:
     return out
 
 
-def cmp_levels(n: int, nbits: int = 64, kind: str = "lt") -> list:
+def cmp_levels(n: int, nbits: int = 64, kind: str = "lt", fused: bool = False) -> list:
     """Rounds of one batch of n comparisons (masked opening + tree) as
-    (online bytes per party, dealt bytes): the opening, then the tree levels."""
+    (online bytes per party, dealt bytes): the opening, then the tree levels (without the
+    last one when ``fused``: it is folded into the final conversion round)."""
     w = digit_width(n)
     low = nbits - 1 if kind == "lt" else nbits
     w = min(w, low)
@@ -286,29 +319,40 @@ def cmp_levels(n: int, nbits: int = 64, kind: str = "lt") -> list:
     dt = np.dtype(_ring_dtype(nbits)).itemsize
     deal = n * D * tb + ((n + 7) // 8 if kind == "lt" else 0)
     out = [(dt * n, deal)]
-    out += [((b * n + 7) // 8, (d * n + 7) // 8) for b, d in tree_levels(D, kind == "eq")]
+    tree = tree_levels(D, kind == "eq")
+    if fused and tree:
+        tree = tree[:-1]
+    out += [((b * n + 7) // 8, (d * n + 7) // 8) for b, d in tree]
     return out
 
 
-def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64) -> dict:
+def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) -> dict:
     """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "eq",
-    "relu" (and abs, select by comparison), "reveal" (revealed comparison in top-k)}; per
-    party, bits packed per message.  Returns {'bytes', 'rounds', 'offline'}."""
-    levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt")
+    "relu" (and abs, maximum: bit injection into ``payload`` ring values per comparison),
+    "reveal" (revealed comparison in top-k)}; per party, bits packed per message.
+    Returns {'bytes', 'rounds', 'offline'}.  msb/eq/relu fuse the last tree level with the
+    final conversion: 3 opened bits (+ 8 bytes per payload value), dealt 8-entry tables
+    (64 bytes, + 64 per payload value)."""
+    from .compare import FUSE_SIGN_B2A
+    fused = op in ("eq", "relu") or (op == "msb" and FUSE_SIGN_B2A)
+    levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt", fused)
     online = sum(b for b, _ in levels)
     offline = sum(d for _, d in levels)
     rounds = len(levels) + 1
-    if op in ("msb", "eq"):     # b2a: open 1 bit; dealer r_A (8 bytes)
+    if op == "msb" and not fused:   # b2a: open 1 bit; dealer r_A (8 bytes)
         online += (n + 7) // 8
         offline += 8 * n
-    elif op == "relu":          # bitmul: open 1 bit + 1 ring element; dealer [r], [r alpha]
-        online += (n + 7) // 8 + 8 * n
-        offline += 16 * n
+    elif op in ("msb", "eq"):
+        online += (3 * n + 7) // 8
+        offline += 64 * n
+    elif op == "relu":
+        online += (3 * n + 7) // 8 + 8 * n * payload
+        offline += 64 * n + 64 * n * payload
     elif op == "reveal":        # A and B send their bit shares to each other and to D
         online += 2 * ((n + 7) // 8)
     else:
         raise ValueError(f"unknown comparison op {op!r}")
     if protocol == "rep3" and op != "reveal":
-        online += 8 * n         # back to replicated: P1, P2 send one element each to P0
+        online += 8 * n * (payload if op == "relu" else 1)   # back to replicated
         rounds += 1
     return {"bytes": online, "rounds": rounds, "offline": offline}
