@@ -97,8 +97,9 @@ def test_config_parsing_and_validation(tmp_path):
 # -- shaping and the model -----------------------------------------------------------------
 def test_model_latency_and_presets():
     assert shaping.LAN.rtt_s == 0.5e-3 and shaping.WAN.bandwidth_bps == 100e6
-    assert shaping.model_latency(1.0, 10, 12_500_000, "wan") == pytest.approx(1 + 0.4 + 1.0)
-    assert shaping.model_latency(0.0, 4, 125_000_000, shaping.LAN) == pytest.approx(2e-3 + 1.0)
+    # a round is one hop: one one-way delay (RTT/2)
+    assert shaping.model_latency(1.0, 10, 12_500_000, "wan") == pytest.approx(1 + 0.2 + 1.0)
+    assert shaping.model_latency(0.0, 4, 125_000_000, shaping.LAN) == pytest.approx(1e-3 + 1.0)
     p = shaping.resolve("lan", delay_ms=10)
     assert p.rtt_s == pytest.approx(0.02) and p.bandwidth_bps == 1e9
     assert shaping.resolve(None) is None and shaping.resolve("none") is None
