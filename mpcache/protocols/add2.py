@@ -217,9 +217,9 @@ class Add2(Protocol):
             other = 1 - self.id
             p.send(other, e_own, "add2.pmatmul")
             e = e_own + p.recv(other, "add2.pmatmul", sx)
-            z = c + ring_matmul(e, state["B"]) + ring_matmul(a, state["F"])
-            if self.id == 0:
-                z = z + ring_matmul(e, state["F"])
+            # P0 adds e @ F: folded into one product with F, (a + e) @ F
+            z = c + ring_matmul(e, state["B"]) + ring_matmul(a + e if self.id == 0 else a,
+                                                             state["F"])
         if f_bits is None:
             return phantom(sz, 1) if z is None else z[None]
         return self._trunc_value(z, sz, f_bits)

@@ -94,7 +94,7 @@ class Rep3(Protocol):
     def _local_products(self, a, b, matmul: bool):
         """3-out-of-3 additive share z_i of a*b (or a@b), masked by a zero-sharing."""
         if matmul:
-            z = ring_matmul(a[0], b[0] + b[1]) + ring_matmul(a[1], b[0])
+            z = _cross_matmul(a, b)
         else:
             z = a[0] * (b[0] + b[1]) + a[1] * b[0]
         return z + self._zero(z.shape)
@@ -118,7 +118,7 @@ class Rep3(Protocol):
         return {}
 
     def matmul_persistent(self, x, w, state, f_bits=None):
-        z = ring_matmul(x[0], w[0] + w[1]) + ring_matmul(x[1], w[0])
+        z = _cross_matmul(x, w)
         z = z + self._zero(z.shape)
         if f_bits is None:
             return self._reshare(z, "rep3.matmul")
@@ -350,3 +350,12 @@ class Rep3(Protocol):
         rb = p.prg_prev.ring((m,)) % np.uint64(N)
         data = self.from_pair(roll_rows(x0, rb), (m, N), tag + ".back", offline=True)
         return data, p.recv(0, tag + ".r", (m,))
+
+
+def _cross_matmul(a, b):
+    """x_i y_i + x_i y_{i+1} + x_{i+1} y_i for matrices, summing the *smaller* operand's
+    slots: (a0 + a1) @ b0 + a0 @ b1 reads a big right operand (a weight) once per slot
+    instead of materialising b0 + b1 (one pass less over every weight per token)."""
+    if a[0].size <= b[0].size:
+        return ring_matmul(a[0] + a[1], b[0]) + ring_matmul(a[0], b[1])
+    return ring_matmul(a[0], b[0] + b[1]) + ring_matmul(a[1], b[0])
