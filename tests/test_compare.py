@@ -156,13 +156,14 @@ def _cost(protocol, op, *inputs, integer=()):
     return mpcache.Session(protocol).run(job).scope("op")
 
 
-@pytest.mark.parametrize("n", [1, 64, 100, 512])
-@pytest.mark.parametrize("op", ["msb", "relu"])
+@pytest.mark.parametrize("n", [1, 64, 100, 512, 5000])
+@pytest.mark.parametrize("op", ["msb", "relu", "eq"])
 def test_compare_cost_formula(protocol, n, op):
     """Bytes, rounds and dealt bytes of a batch of comparisons == conversions.cmp_cost
     (the formulas in docs/nonlinear-compare.md)."""
     x = np.linspace(-5, 5, n)
-    fn = (lambda p, a: C.msb(a)) if op == "msb" else (lambda p, a: a.relu())
+    fn = {"msb": lambda p, a: C.msb(a), "relu": lambda p, a: a.relu(),
+          "eq": lambda p, a: a.eq(0.5)}[op]
     sc = _cost(protocol, fn, x)
     c = V.cmp_cost(op, n, protocol)
     assert (sc["bytes_sent"], sc["rounds"], sc["offline_bytes_sent"]) == \

@@ -126,9 +126,11 @@ def _tree_cost(n, payload, rows=1):
     rounds = nbytes = 0
     while n > 1:
         c = (n // 2) * rows
-        levels = V.cmp_levels(c, fused=True)
+        fused = c <= V.FUSE_MAX_BATCH
+        levels = V.cmp_levels(c, fused=fused)
         rounds += len(levels) + 1
-        nbytes += sum(b for b, _ in levels) + (3 * c + 7) // 8 + 8 * c * payload
+        nbytes += sum(b for b, _ in levels) + ((3 if fused else 1) * c + 7) // 8 + \
+            8 * c * payload
         n = n // 2 + n % 2
     return rounds, nbytes
 
@@ -235,3 +237,15 @@ def test_gather_mixing_sessions():
         return True
     mpcache.Session("rep3").run(first)
     assert mpcache.Session("rep3").run(second).output
+
+
+def test_big_batches_unfused_path(protocol):
+    """Batches above conversions.FUSE_MAX_BATCH finish the tree and use plain b2a / bit
+    injection: same results."""
+    rng = np.random.default_rng(9)
+    x = np.round(rng.normal(size=(2, 4200)) * 8) / 8
+    mx, am, r, e = run(protocol, lambda p, a: [a.max(), a.argmax(), a.relu(), a.eq(0.125)], x)
+    assert np.array_equal(mx, x.max(-1))
+    assert np.array_equal(am, F.argmax_onehot(x))
+    assert np.array_equal(r, np.maximum(x, 0))
+    assert np.array_equal(e, (x == 0.125).astype(np.int64))

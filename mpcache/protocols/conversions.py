@@ -128,6 +128,10 @@ def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str, last: bool = True)
 #: See docs/nonlinear-compare.md.
 DIGIT_BITS: int | None = None
 SMALL_BATCH = 512
+#: Batches of at most this many comparisons fuse their last tree level into the final
+#: bit-to-ring / bit-injection round (one round fewer; 64 dealt bytes per value and 64 per
+#: payload value instead of 8 and 16); bigger batches keep the separate round.
+FUSE_MAX_BATCH = 4096
 
 
 def digit_width(n_values: int) -> int:
@@ -235,14 +239,24 @@ def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
         b = ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
         return b if last else (b, np.zeros_like(b), np.zeros_like(b))
     leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open")
+    if not last and u.size > FUSE_MAX_BATCH:     # big batch: finish here (fewer dealt bytes)
+        return msb_finish(pair, _tree(pair, np.ascontiguousarray(leaves[..., 0]),
+                                      np.ascontiguousarray(leaves[..., 1]), tag + ".tree"),
+                          c, top, low), None, None
     res = _tree(pair, np.ascontiguousarray(leaves[..., 0]),
                 np.ascontiguousarray(leaves[..., 1]), tag + ".tree", last)
-    s = res if last else res[0]
-    if pair.role != "D":
-        s = s ^ top
-        if pair.role == "A":
-            s = s ^ ((c >> np.uint64(low)) & _ONE).astype(U8)
+    s = msb_finish(pair, res if last else res[0], c, top, low)
     return s if last else (s, res[1], res[2])
+
+
+def msb_finish(pair, lt, c, top, low):
+    """sign = c_top ^ rho_top ^ borrow (XOR shares; A adds the public bit)."""
+    if pair.role == "D":
+        return lt
+    s = lt ^ top
+    if pair.role == "A":
+        s = s ^ ((c >> np.uint64(low)) & _ONE).astype(U8)
+    return s
 
 
 #: F(s, p, q) = s ^ (p & q), indexed by s + 2p + 4q.
@@ -252,9 +266,26 @@ _SIGN_TABLE = np.array([(s ^ (p & q)) for q in (0, 1) for p in (0, 1) for s in (
 def sign_to_ring(pair: Pair, parts, x=None, negate: bool = False, tag: str = "cmp.b2a"):
     """Ring shares of the sign bit (or of sign * x, bit injection) from the unfinished
     comparison ``parts`` = (s, p, q) of :func:`msb_bits` (last=False): the final AND
-    and the conversion in ONE round (Pair.bits_to_ring).  ``negate``: use 1 - sign."""
+    and the conversion in ONE round (Pair.bits_to_ring).  ``negate``: use 1 - sign.
+    Batches above FUSE_MAX_BATCH arrive finished ((bits, None, None)) and take the
+    plain b2a / bit injection (16 instead of 64 + 64 dealt bytes per payload value)."""
+    s, p, q = parts
+    if p is None:
+        bits = s ^ U8(1) if (negate and pair.role == "A") else s
+        if x is None:
+            return pair.b2a(bits, tag)
+        return pair.bitmul(bits.reshape(bits.shape + (1,) * (x.ndim - bits.ndim)), x, tag)
     table = _SIGN_TABLE ^ 1 if negate else _SIGN_TABLE
-    return pair.bits_to_ring(list(parts), table, x, tag)
+    return pair.bits_to_ring([s, p, q], table, x, tag)
+
+
+def zero_bits_finish(pair, z, tag):
+    while z.shape[0] > 1:
+        m = z.shape[0]
+        h = m // 2
+        y = pair.and_(z[0:2 * h:2], z[1:2 * h:2], tag + ".tree")
+        z = np.concatenate([y, z[-1:]]) if m % 2 else y
+    return z[0]
 
 
 def builtins_min(a, b):
@@ -281,6 +312,8 @@ def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq"
     w = digit if digit is not None else digit_width(u.size)
     leaves, _, _ = masked_digits(pair, u, nbits, nbits, int(w), "eq", tag + ".open")
     z = leaves[..., 0]
+    if not last and u.size > FUSE_MAX_BATCH:
+        return zero_bits_finish(pair, z, tag), None, None
     stop = 1 if last else 2
     while z.shape[0] > stop:
         m = z.shape[0]
@@ -334,14 +367,17 @@ def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) 
     final conversion: 3 opened bits (+ 8 bytes per payload value), dealt 8-entry tables
     (64 bytes, + 64 per payload value)."""
     from .compare import FUSE_SIGN_B2A
-    fused = op in ("eq", "relu") or (op == "msb" and FUSE_SIGN_B2A)
+    fused = (op in ("eq", "relu") or (op == "msb" and FUSE_SIGN_B2A)) and n <= FUSE_MAX_BATCH
     levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt", fused)
     online = sum(b for b, _ in levels)
     offline = sum(d for _, d in levels)
     rounds = len(levels) + 1
-    if op == "msb" and not fused:   # b2a: open 1 bit; dealer r_A (8 bytes)
+    if op in ("msb", "eq") and not fused:     # b2a: open 1 bit; dealer r_A (8 bytes)
         online += (n + 7) // 8
         offline += 8 * n
+    elif op == "relu" and not fused:          # bitmul: 1 bit + 8 bytes per payload value
+        online += (n + 7) // 8 + 8 * n * payload
+        offline += 8 * n + 8 * n * payload
     elif op in ("msb", "eq"):
         online += (3 * n + 7) // 8
         offline += 64 * n

@@ -167,7 +167,8 @@ def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None 
         h = m // 2
         a, b = U[:, 0:2 * h:2], U[:, 1:2 * h:2]
         d = a - b if want_max else b - a          # msb(d) = 1  <=>  take b
-        parts = [t.reshape(a.shape) for t in msb_bits(pair, d, "max.cmp", last=False)]
+        parts = [None if t is None else t.reshape(a.shape)
+                 for t in msb_bits(pair, d, "max.cmp", last=False)]
         if payload is not None:
             pa, pb = payload[:, 0:2 * h:2], payload[:, 1:2 * h:2]
             x = np.concatenate([(b - a)[..., None], pb - pa], axis=-1)
