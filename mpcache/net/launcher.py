@@ -156,6 +156,11 @@ def _child_env(extra=None) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("GRPC_VERBOSITY", "ERROR")
+    # all three parties share this machine's cores: split BLAS threads between them
+    # (unless the user chose); oversubscribed BLAS pools slow every party down
+    blas = str(max(1, (os.cpu_count() or 1) // 3))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, blas)
     env.update(extra)
     return env
 
