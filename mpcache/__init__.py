@@ -5,9 +5,11 @@ Start with :class:`Session` and a job function; see README.md.
 """
 from .ring import FixedPoint, FixedPointRangeError
 from .runtime import Party, PartyFailed, RunResult, Session
-from .tensor import SecretTensor, SessionMismatch, concatenate, stack
+from .tensor import (SecretTensor, SessionMismatch, concatenate, gather, maximum, minimum,
+                     one_hot, stack, where)
 
 __version__ = "0.1.0"
 
 __all__ = ["Session", "Party", "RunResult", "PartyFailed", "SecretTensor", "FixedPoint",
-           "FixedPointRangeError", "SessionMismatch", "concatenate", "stack", "__version__"]
+           "FixedPointRangeError", "SessionMismatch", "concatenate", "stack", "where",
+           "one_hot", "gather", "maximum", "minimum", "__version__"]

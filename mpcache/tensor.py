@@ -511,12 +511,5 @@ SecretTensor.top_k = lambda self, k, axis=-1, **kw: _sel.top_k(self, k, axis, **
 SecretTensor.one_hot = lambda self, n: _sel.one_hot(self, n)
 SecretTensor.gather = lambda self, X: _sel.gather(self, X)
 where, one_hot, gather, maximum, minimum = (_cmp.where, _sel.one_hot, _sel.gather, _cmp.maximum,
-                                            _cmp.minimum)
-# ``mpcache.where/one_hot/gather/maximum/minimum``: re-exported on the package until
-# mpcache/__init__.py lists them (the package object exists while this module loads).
-import sys as _sys  # noqa: E402
-
-if __package__ in _sys.modules:
-    for _n in ("where", "one_hot", "gather", "maximum", "minimum"):
-        setattr(_sys.modules[__package__], _n, globals()[_n])
+                                            _cmp.minimum)      # exported by mpcache/__init__
 # === end of comparison block ===============================================================
