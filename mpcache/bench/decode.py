@@ -8,6 +8,24 @@ of the (secret) previous token, all layers, the LM head and the secret argmax; r
 max over parties (bytes, seconds) and critical-path rounds, with the breakdown per scope.
 The whole run is in one process (three threads), so ``peak_rss_mb`` covers all three
 parties; per-party memory is about a third of the share part.
+
+Policies (issue 7): ``--policy NAME --budget B`` runs the policy's decode-time selection on
+the secret cache through the same code as plaintext (see :mod:`mpcache.nn.mpc_policies`).
+Its prefill-time part (static eviction, H2O/SnapKV scores) comes from the plaintext prefill
+in one of two ways, recorded in each row as ``static_eviction``:
+
+* ``"plaintext"`` (default, the sweep): the client applies the policy's static eviction to
+  its plaintext cache and shares the compacted cache (plus H2O's/SnapKV's scores as
+  secrets).  The measured decode step is the same either way.
+* ``"secret"``: the client shares the FULL cache and the prefill attention statistics; the
+  parties run the policy's static eviction on secrets (top-k one-hot + one gather that
+  compacts the cache; the number kept is public, which tokens is not), measured in scope
+  ``"static_eviction"`` and reported as ``static_eviction_cost``.
+
+MPCache's per-cluster bounds of the shared prefix are computed once before the measured
+step (scope ``"cluster_bounds"``, reported as ``cluster_bounds_cost``), as a private prefill
+would leave them.  Several (context, policy) cases share ONE session and one weight
+sharing (:func:`policy_cases_job`).
 """
 from __future__ import annotations
 
@@ -71,41 +89,236 @@ def decode_step_job(party, config, weights, prescales, cache_kv, positions, next
     return tid
 
 
+POLICY_SCOPES = ("selection", "gather")
+
+
+def _scope_row(res, path):
+    sc = res.scope(path)
+    return {"seconds": sc["seconds"], "bytes_per_party": sc["bytes_sent"],
+            "offline_bytes_per_party": sc["offline_bytes_sent"], "rounds": sc["rounds"],
+            "messages": sc["messages_sent"]}
+
+
+def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1,
+                     reveal_selection=False):
+    """Share the weights once, then for each case share a cache, (optionally) evict on
+    secrets, and run ``case["steps"]`` private greedy decoding steps.  Case i's step j is
+    measured in scope ``c{i}/decode`` (j = 0) or ``c{i}/decode{j}``.  Returns, at the client,
+    per case the token ids and (``reveal_selection``) MPCache's chosen clusters per step."""
+    from ..nn.mpc_policies import (instrument, precompute_bounds, selected_clusters,
+                                   share_state, share_stats)
+    from ..nn.policies import make_policy
+    from ..nn.private import share_decoder
+    dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales)
+    outs = []
+    for i, case in enumerate(cases):
+        name = case["policy"]
+        pol = None if name == "full" else instrument(make_policy(name, case["budget"],
+                                                                 **case.get("kw", {})))
+        cache = dec.new_cache(pol)
+        n = int(case["n"])
+        secret_static = case["static"] == "secret"
+        with party.scope(f"c{i}"):
+            with party.scope("share_cache"):
+                for layer in range(config.n_layers):
+                    k, v = case["kv"][layer] if party.id == client else (None, None)
+                    ln = case["lens"][layer]
+                    cache.replace(layer, party.share(k, owner=client),
+                                  party.share(v, owner=client), np.arange(ln, dtype=np.int64))
+                stats = (share_stats(party, case["stats"] if party.id == client else
+                                     case["stats_shape"], client) if secret_static else None)
+            cache.n_seen = n
+            if pol is not None:
+                if secret_static:
+                    with party.scope("static_eviction"):
+                        pol.attach(cache, stats, n)
+                else:
+                    pol.reset(cache, n)
+                    pol.prefilled = True
+                    with party.scope("share_state"):
+                        share_state(party, case.get("plain_policy"), pol, config.n_layers, client)
+                with party.scope("cluster_bounds"):
+                    precompute_bounds(pol, cache, cache.length(0) + 1)
+            dec.cache = cache
+            oh = None
+            if party.id == client:
+                oh = np.zeros((1, config.vocab_size), dtype=np.int64)
+                oh[0, case["next_token"]] = 1
+            tok = party.share(oh, owner=client, integer=True)
+            toks, sels = [], []
+            for j in range(case.get("steps", 1)):
+                with party.scope("decode" if j == 0 else f"decode{j}"):
+                    logits = dec.decode_step(tok)
+                    with party.scope("sample"):
+                        onehot = dec.greedy_onehot(logits)
+                        tid = (onehot @ dec.token_values).reveal(to=client)
+                toks.append(None if tid is None else int(tid))
+                if reveal_selection and pol is not None:
+                    sels.append(selected_clusters(pol, to=client))
+                tok = onehot.reshape(1, config.vocab_size)
+        dec.cache = None
+        del cache, pol
+        outs.append({"tokens": toks, "selections": sels} if party.id == client else None)
+    return outs
+
+
+def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
+              recorder=None):
+    """Plaintext side of one case: prefill n tokens (unless ``recorder`` already holds that
+    prefill), the cache to share, the plaintext reference tokens (and MPCache selections).
+
+    ``recorder``: ``(PrefillRecorder, cache)`` of a prefill of ``ids[:n]`` to fork from."""
+    from ..nn.mpc_policies import selected_clusters
+    from ..nn.policies import PrefillRecorder, make_policy
+    from ..nn.policies.base import clone_cache
+    kw = dict(kw or {})
+    plain = None if policy == "full" else make_policy(policy, budget, **kw)
+    if recorder is None:
+        rec = PrefillRecorder([plain] if plain is not None else [])
+        dec.prefill(np.asarray(ids[:n]), policy=rec)
+        recorder = (rec, dec.cache)
+    rec, base_cache = recorder
+    dec.cache = None
+    if plain is None or static == "secret":
+        src = clone_cache(base_cache)
+    else:
+        src = rec.fork(base_cache, plain)
+    kv = [(np.array(src.keys(i)), np.array(src.values(i))) for i in range(src.n_layers)]
+    lens = [src.length(i) for i in range(src.n_layers)]
+    stats = None
+    if static == "secret" and plain is not None:
+        from ..nn.policies.base import stat_key
+        need = {stat_key(w, n) for w in plain.stat_windows(n)}
+        stats = [{w: np.array(rec.stats[layer][w]) for w in need}
+                 for layer in range(src.n_layers)]
+    # plaintext reference with the same policy (fast index path), same steps
+    ref_pol = None if policy == "full" else make_policy(policy, budget, **kw)
+    if ref_pol is None:
+        ref_cache = clone_cache(base_cache)
+    else:
+        ref_cache = rec.fork(base_cache, ref_pol)
+    dec.cache = ref_cache
+    tok, ref_tokens, ref_sels = int(ids[n]), [], []
+    for _ in range(steps):
+        logits = dec.decode_step(tok)
+        tok = int(np.argmax(logits))
+        ref_tokens.append(tok)
+        if ref_pol is not None:
+            ref_sels.append(selected_clusters(ref_pol))
+    dec.cache = None
+    case = {"n": n, "policy": policy, "budget": budget, "kw": kw, "static": static,
+            "steps": steps, "kv": kv, "lens": lens, "next_token": int(ids[n]),
+            "plain_policy": plain if static != "secret" else None, "stats": stats,
+            "stats_shape": None if stats is None else [{k: None for k in d} for d in stats]}
+    return case, {"tokens": ref_tokens, "selections": ref_sels,
+                  "rows_read": None if ref_pol is None else int(ref_pol.B)}
+
+
+def _row(res, i, case, ref, out, model, protocol, wall):
+    from ..nn.mpc_policies import split_breakdown
+    from ..net.shaping import model_latency
+    p = f"c{i}/decode"
+    sc = _scope_row(res, p)
+    bd = split_breakdown(res, p)
+    detail = bd.pop("_selection_detail", {})
+    row = {"model": model, "context": case["n"], "protocol": protocol,
+           "policy": case["policy"], "budget": case["budget"], "policy_kw": case["kw"],
+           "static_eviction": None if case["policy"] == "full" else case["static"],
+           "cached_rows_after_static": max(case["lens"]),
+           "rows_read_per_step": ref["rows_read"] or case["n"] + 1,
+           **sc,
+           "modelled_seconds": {net: model_latency(sc["seconds"], sc["rounds"],
+                                                   sc["bytes_per_party"], net)
+                                for net in ("lan", "wan")},
+           "breakdown": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
+                             "rounds": v["rounds"]} for k, v in bd.items()},
+           "selection_detail": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
+                                    "rounds": v["rounds"], "calls": v["calls"]}
+                                for k, v in detail.items()},
+           "token_matches_plaintext": None, "wall_seconds_session": wall}
+    if out is not None:
+        row["tokens"] = out["tokens"]
+        row["plaintext_tokens"] = ref["tokens"]
+        row["token_matches_plaintext"] = out["tokens"] == ref["tokens"]
+        if out["selections"]:
+            same = all(_same_sel(a, b) for a, b in zip(out["selections"], ref["selections"]))
+            row["clusters_match_plaintext"] = same
+    for extra in ("static_eviction", "cluster_bounds", "share_state"):
+        path = f"c{i}/{extra}"
+        if any(path in s["scopes"] for s in res.stats):
+            row[f"{extra}_cost"] = _scope_row(res, path)
+    for j in range(1, case["steps"]):
+        row.setdefault("later_steps", []).append(_scope_row(res, f"c{i}/decode{j}"))
+    return row
+
+
+def _same_sel(a, b):
+    if set(a) != set(b):
+        return False
+    return all(a[k] is not None and np.array_equal(np.sort(a[k], -1), np.sort(b[k], -1))
+               for k in a)
+
+
 def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full",
-                 budget: float | None = None, json_path: str | None = None, echo=print) -> list:
-    if policy != "full":
-        raise NotImplementedError("policies under MPC: see `mpcache bench decode --policy` "
-                                  "once the eviction policies are wired (issue 7)")
+                 budget: float | None = None, json_path: str | None = None, echo=print,
+                 policies=None, static: str = "plaintext", steps: int = 1,
+                 policy_kw=None, reveal_selection: bool = False) -> list:
+    """One private decoding step per (context, policy, protocol).  ``policy`` (or the list
+    ``policies``, each a name or ``(label, name, kw)``) at ``budget``; all cases of one
+    protocol run in ONE session (weights shared once).  Rows also go to ``json_path``
+    after every protocol (so a long sweep leaves partial results)."""
+    specs = []
+    for p in (policies or [policy]):
+        if isinstance(p, (tuple, list)):
+            specs.append(tuple(p))
+        else:
+            specs.append((p, p, dict(policy_kw or {})))
     dec, prescales, tokens = _model(model, max(contexts))
-    rows = []
+    cases, refs = [], []
     for n in contexts:
         ids = tokens(n + 1)
-        dec.prefill(ids[:n])
-        kv = [(dec.cache.keys(i).copy(), dec.cache.values(i).copy())
-              for i in range(dec.config.n_layers)]
-        positions = np.arange(n, dtype=np.int64)
-        ref_logits = dec.decode_step(int(ids[n]))
-        for protocol in protocols:
-            t0 = time.perf_counter()
-            res = Session(protocol, timeout=3600).run(
-                decode_step_job, dec.config, dec.weights, prescales, kv, positions, int(ids[n]))
-            sc = res.scope("decode")
-            row = {"model": model, "context": n, "protocol": protocol, "policy": policy,
-                   "budget": budget, "seconds": sc["seconds"], "bytes_per_party": sc["bytes_sent"],
-                   "offline_bytes_per_party": sc["offline_bytes_sent"], "rounds": sc["rounds"],
-                   "messages": sc["messages_sent"],
-                   "token_matches_plaintext": int(res.output) == int(np.argmax(ref_logits)),
-                   "breakdown": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
-                                     "rounds": v["rounds"]}
-                                 for k, v in res.breakdown_under("decode").items()},
-                   "wall_seconds_incl_setup": time.perf_counter() - t0,
-                   "peak_rss_mb_all_parties": resource.getrusage(
-                       resource.RUSAGE_SELF).ru_maxrss / 1024}
+        from ..nn.policies import PrefillRecorder, make_policy
+        pols = [make_policy(nm, budget, **kw) for _, nm, kw in specs if nm != "full"]
+        rec = PrefillRecorder(pols)
+        dec.prefill(np.asarray(ids[:n]), policy=rec)
+        recorder = (rec, dec.cache)
+        for label, nm, kw in specs:
+            c, r = make_case(dec, ids, n, nm, None if nm == "full" else budget, static, steps,
+                             kw, recorder)
+            c["label"] = label
+            cases.append(c)
+            refs.append(r)
+        dec.cache = None
+    rows = []
+    for protocol in protocols:
+        t0 = time.perf_counter()
+        res = Session(protocol, timeout=3600).run(
+            policy_cases_job, dec.config, dec.weights, prescales, cases,
+            reveal_selection=reveal_selection)
+        wall = time.perf_counter() - t0
+        outs = res.output
+        for i, case in enumerate(cases):
+            row = _row(res, i, case, refs[i], outs[i], model, protocol, wall)
+            row["label"] = case["label"]
+            row["peak_rss_mb_all_parties"] = resource.getrusage(
+                resource.RUSAGE_SELF).ru_maxrss / 1024
             rows.append(row)
-            echo(f"{model} ctx {n:5d} {protocol}: {row['seconds']:.2f} s, "
-                 f"{row['bytes_per_party'] / 1e6:.2f} MB/party, {row['rounds']} rounds, "
-                 f"token ok: {row['token_matches_plaintext']}")
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(rows, fh, indent=1)
+            echo(f"{model} ctx {case['n']:5d} {protocol} {case['label']:>10s}: "
+                 f"{row['seconds']:.2f} s, {row['bytes_per_party'] / 1e6:.2f} MB/party, "
+                 f"{row['rounds']} rounds, token ok: {row['token_matches_plaintext']}"
+                 + (f", clusters ok: {row['clusters_match_plaintext']}"
+                    if "clusters_match_plaintext" in row else ""))
+        if json_path:
+            with open(json_path, "w") as fh:
+                json.dump(rows, fh, indent=1, default=_jsonable)
     return rows
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

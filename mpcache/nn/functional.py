@@ -196,7 +196,18 @@ def concatenate(items, axis: int = 0):
         return np.concatenate(items, axis=axis)
     import mpcache  # lazy: the MPC engine is optional for plaintext use
 
+    ref = next(t for t in items if not is_plain(t))
+    items = [t if not is_plain(t) else _public_secret(ref, t) for t in items]
     return mpcache.concatenate(items, axis)
+
+
+def _public_secret(ref, x):
+    """A public array as a secret tensor of ``ref``'s session (local: a secret zero plus the
+    public value), so mixed lists (e.g. a policy's secret scores and fresh public zeros)
+    concatenate."""
+    x = np.asarray(x, dtype=np.float64)
+    z = ref.flatten()[:1]
+    return (z - z).reshape(*([1] * x.ndim)).broadcast_to(x.shape) + x
 
 
 def stack(items, axis: int = 0):

@@ -1,0 +1,109 @@
+"""Eviction policies on secret caches (issue 7): MPCache under MPC picks the same clusters
+and gives the same greedy tokens as plaintext MPCache; selection/gather cost scopes; the
+number of scoring matmuls, top-ks and gathers per decode step."""
+import numpy as np
+import pytest
+
+import mpcache
+from mpcache.bench.decode import make_case, policy_cases_job
+from mpcache.nn.mpc_policies import split_breakdown
+from mpcache.nn.policies import MPCache
+from mpcache.nn.private import calibrate_prescales
+from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
+
+pytest.importorskip("mpcache.protocols.compare", reason="comparison protocols not built yet")
+
+N = 384            # prompt tokens; static eviction keeps half
+STEPS = 3
+
+
+def tiny(n_layers=4):
+    cfg = DecoderConfig(vocab_size=61, hidden_size=32, n_layers=n_layers, n_heads=4,
+                        n_kv_heads=2, mlp_hidden=48, arch="llama", rope_theta=1000.0,
+                        max_positions=512)
+    return Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
+
+
+@pytest.fixture(scope="module")
+def model():
+    dec = tiny()
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, dec.config.vocab_size, N + 1)
+    return dec, ids, calibrate_prescales(dec, np.arange(64) % dec.config.vocab_size)
+
+
+def _run(model, protocol, kw, static="secret", steps=STEPS):
+    dec, ids, pres = model
+    case, ref = make_case(dec, ids, N, "mpcache", 0.125, static=static, steps=steps, kw=kw)
+    res = mpcache.Session(protocol, timeout=300, seed=0).run(
+        policy_cases_job, dec.config, dec.weights, pres, [case], reveal_selection=True)
+    return case, ref, res
+
+
+def test_plan_is_two_level():
+    p = MPCache(0.125)
+    p.B = 48
+    plan = p.plan(N // 2 + 1)
+    assert plan["two"] and plan["k"] == 1
+
+
+def test_mpc_mpcache_same_clusters_and_tokens(model, protocol):
+    """Secret static eviction (top-k one-hot + gather) at prefill, then STEPS private decode
+    steps with the two-level linearised selection and cross-layer sharing."""
+    case, ref, res = _run(model, protocol, {})
+    out = res.output[0]
+    assert out["tokens"] == ref["tokens"]
+    assert len(out["selections"]) == STEPS
+    for got, want in zip(out["selections"], ref["selections"]):
+        assert sorted(got) == sorted(want) == [0, 1, 2]      # leaders: 0, 1, then (2, 3)
+        for layer in want:
+            np.testing.assert_array_equal(np.sort(got[layer], -1), np.sort(want[layer], -1))
+    # static eviction ran on secrets, in its own scope, with its gather inside
+    assert res.scope("c0/static_eviction")["bytes_sent"] > 0
+    assert res.scope("c0/static_eviction/topk")["calls"] == 3     # one per layer group
+
+
+def test_selection_costs_one_level(model):
+    """levels=1: per decode step one q.bracket matmul and one top-k per layer group
+    (3 groups: layer 0, layer 1, layers 2+3), and each layer gathers K and V with its
+    group's one-hot (one matmul each); selection and gather are their own scopes."""
+    calls = {"score": 0}
+    orig = MPCache._score
+
+    def counting(self, qg, ops):
+        if not isinstance(qg, np.ndarray) and qg.party.id == 0:
+            calls["score"] += 1
+        return orig(self, qg, ops)
+    MPCache._score = counting
+    try:
+        case, ref, res = _run(model, "rep3", {"levels": 1}, static="plaintext", steps=1)
+    finally:
+        MPCache._score = orig
+    assert res.output[0]["tokens"] == ref["tokens"]
+    groups, layers = 3, 4
+    assert calls["score"] == groups
+    assert res.scope("c0/decode/selection/topk")["calls"] == groups
+    assert res.scope("c0/decode/selection/gather")["calls"] == 2 * layers
+    bd = split_breakdown(res, "c0/decode")
+    assert bd["selection"]["bytes_sent"] > 0 and bd["gather"]["bytes_sent"] > 0
+    # rep3 gather = output size: 8 bytes x (rows gathered) x head_dim per K and V, per layer
+    k = 1 * 16
+    assert bd["gather"]["bytes_sent"] == 8 * 2 * layers * 2 * k * 8
+
+
+def test_baselines_run_on_secrets(model):
+    """H2O, SnapKV, token top-k and StreamingLLM on the same secret path (add2): same greedy
+    token as plaintext; StreamingLLM's selection is public (no selection bytes)."""
+    dec, ids, pres = model
+    cases, refs = [], []
+    for name in ("h2o", "snapkv", "topk", "streaming"):
+        c, r = make_case(dec, ids, N, name, 0.125, static="plaintext", steps=2)
+        cases.append(c)
+        refs.append(r)
+    res = mpcache.Session("add2", timeout=300, seed=0).run(
+        policy_cases_job, dec.config, dec.weights, pres, cases)
+    for i, (c, r) in enumerate(zip(cases, refs)):
+        assert res.output[i]["tokens"] == r["tokens"], c["policy"]
+    stream = res.scope("c3/decode/selection")
+    assert stream["bytes_sent"] == 0
+    assert res.scope("c2/decode/selection/topk")["calls"] == 4
