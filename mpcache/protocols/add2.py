@@ -22,7 +22,7 @@ import numpy as np
 from ..kernels import ring_matmul
 from ..ring import RING
 from . import truncation as tr
-from .base import Protocol, ProtocolError, phantom
+from .base import ARITH, XOR, Group, Protocol, ProtocolError, phantom
 
 DEALER = 2
 
@@ -45,40 +45,43 @@ class Add2(Protocol):
         return self.party.prg_next if self.id == 0 else self.party.prg_prev
 
     # -- sharing ------------------------------------------------------------------------
-    def share(self, x, owner):
+    def share(self, x, owner, g: Group = ARITH):
         """Owner o in {0,1} keeps x - r and the peer keeps r (r from their common key):
-        no share bytes move; only the shape (8 bytes/dim) goes to the two others."""
+        no share bytes move; only the shape (8 bytes/dim) goes to the two others.
+        ``g=XOR``: the same over XOR (x ^ r)."""
         self.check_owner(owner)
         if owner == DEALER:
             raise ProtocolError("in add2 the dealer P2 holds no data; share from P0 or P1")
         p = self.party
+        tag = f"add2.{g.prefix}share.shape"
         if self.id == owner:
             x = np.asarray(x, dtype=RING)
             for other in (1 - owner, DEALER):
-                self.send_shape(p, other, x.shape, "add2.share.shape")
-            return (x - self._prg_peer().ring(x.shape))[None]
-        shape = self.recv_shape(p, owner, "add2.share.shape")
+                self.send_shape(p, other, x.shape, tag)
+            return g.split(x, self._prg_peer().ring(x.shape))[None]
+        shape = self.recv_shape(p, owner, tag)
         if self.id == DEALER:
             return phantom(shape, 1)
         return self._prg_peer().ring(shape)[None]
 
-    def reveal(self, data, to):
+    def reveal(self, data, to, g: Group = ARITH):
         """P0 and P1 send their shares to whoever must learn the value (8 bytes/value per
         recipient).  Revealing to all includes the dealer, so every party's program sees
         the same public values."""
         p = self.party
+        tag = f"add2.{g.prefix}reveal"
         targets = [0, 1, 2] if to is None else [to]
         if self.active:
             for t in targets:
                 if t != self.id:
-                    p.send(t, data[0], "add2.reveal")
+                    p.send(t, data[0], tag)
         if self.id not in targets:
             return None
         parts = [data[0]] if self.active else []
         for src in (0, 1):
             if src != self.id:
-                parts.append(p.recv(src, "add2.reveal", data.shape[1:]))
-        return parts[0] + parts[1]
+                parts.append(p.recv(src, tag, data.shape[1:]))
+        return g.combine(parts[0], parts[1])
 
     # -- local --------------------------------------------------------------------------
     def add_public(self, data, c):
@@ -230,35 +233,11 @@ class Add2(Protocol):
     # P1; the dealer P2 holds a phantom and deals boolean triples (seed-compressed).
     # =====================================================================================
     def bool_share(self, x, owner):
-        """Owner keeps x ^ r, the peer r (P0-P1 key): only the shape moves."""
-        self.check_owner(owner)
-        if owner == DEALER:
-            raise ProtocolError("in add2 the dealer P2 holds no data; share from P0 or P1")
-        p = self.party
-        if self.id == owner:
-            x = np.asarray(x, dtype=RING)
-            for other in (1 - owner, DEALER):
-                self.send_shape(p, other, x.shape, "add2.bshare.shape")
-            return (x ^ self._prg_peer().ring(x.shape))[None]
-        shape = self.recv_shape(p, owner, "add2.bshare.shape")
-        if self.id == DEALER:
-            return phantom(shape, 1)
-        return self._prg_peer().ring(shape)[None]
+        """``share`` over XOR: the owner keeps x ^ r, the peer r; only the shape moves."""
+        return self.share(x, owner, XOR)
 
     def bool_reveal(self, data, to):
-        p = self.party
-        targets = [0, 1, 2] if to is None else [to]
-        if self.active:
-            for t in targets:
-                if t != self.id:
-                    p.send(t, data[0], "add2.breveal")
-        if self.id not in targets:
-            return None
-        parts = [data[0]] if self.active else []
-        for src in (0, 1):
-            if src != self.id:
-                parts.append(p.recv(src, "add2.breveal", data.shape[1:]))
-        return parts[0] ^ parts[1]
+        return self.reveal(data, to, XOR)
 
     def bool_xor_public(self, data, c):
         shape = np.broadcast_shapes(data.shape[1:], np.shape(c))

@@ -16,6 +16,20 @@ import numpy as np
 from ..ring import RING
 
 
+class Group:
+    """The group a sharing lives in: arithmetic (Z_2^64, +) or boolean (64-bit words, XOR).
+    Sharing and revealing are the same protocol in both; only the operation differs."""
+
+    def __init__(self, prefix: str, split, combine):
+        self.prefix = prefix          # message-tag prefix: "" (arithmetic) or "b"
+        self.split = split            # x, r -> the owner's other share
+        self.combine = combine        # share, share -> value
+
+
+ARITH = Group("", np.subtract, np.add)
+XOR = Group("b", np.bitwise_xor, np.bitwise_xor)
+
+
 class ProtocolError(ValueError):
     """Invalid use of a protocol (bad owner, bad shapes...)."""
 

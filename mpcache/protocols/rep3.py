@@ -20,7 +20,7 @@ import numpy as np
 from ..kernels import ring_matmul
 from ..ring import RING
 from . import truncation as tr
-from .base import Protocol
+from .base import ARITH, XOR, Group, Protocol
 
 
 class Rep3(Protocol):
@@ -36,41 +36,43 @@ class Rep3(Protocol):
         return (self.id - 1) % 3
 
     # -- sharing ------------------------------------------------------------------------
-    def share(self, x, owner):
+    def share(self, x, owner, g: Group = ARITH):
         """Owner o sets x_{o+2} = 0, draws x_o from its key with P_{o-1} and sends
         x_{o+1} = x - x_o to P_{o+1}: 1 round, 8 bytes/value from the owner only.
 
         Each non-owner sees one uniform value (x - x_o, or x_o) and a public zero, which
         is enough: later products re-randomise with zero-sharings.  The shape reaches
-        P_{o+2} in a 1-element-per-dimension message."""
+        P_{o+2} in a 1-element-per-dimension message.  ``g=XOR``: the same over XOR."""
         self.check_owner(owner)
         p = self.party
         o = owner
+        tag = f"rep3.{g.prefix}share"
         if self.id == o:
             x = np.asarray(x, dtype=RING)
             xo = p.prg_prev.ring(x.shape)
-            xo1 = x - xo
-            p.send(self.next, xo1, "rep3.share")
-            self.send_shape(p, self.prev, x.shape, "rep3.share.shape")
+            xo1 = g.split(x, xo)
+            p.send(self.next, xo1, tag)
+            self.send_shape(p, self.prev, x.shape, tag + ".shape")
             return np.stack([xo, xo1])
         if self.id == (o + 1) % 3:      # holds (x_{o+1}, x_{o+2} = 0)
-            xo1 = p.recv(o, "rep3.share")
+            xo1 = p.recv(o, tag)
             return np.stack([xo1, np.zeros_like(xo1)])
-        shape = self.recv_shape(p, o, "rep3.share.shape")   # P_{o+2}: (0, x_o)
+        shape = self.recv_shape(p, o, tag + ".shape")   # P_{o+2}: (0, x_o)
         return np.stack([np.zeros(shape, RING), p.prg_next.ring(shape)])
 
-    def reveal(self, data, to):
+    def reveal(self, data, to, g: Group = ARITH):
         """To all: P_i sends x_{i+1} to P_{i-1} (1 round, 8 bytes/value each).
         To one party t: P_{t+1} sends x_{t+2} to P_t."""
         p = self.party
+        tag = f"rep3.{g.prefix}reveal"
         if to is None:
-            p.send(self.prev, data[1], "rep3.reveal")
-            missing = p.recv(self.next, "rep3.reveal", data.shape[1:])
-            return data[0] + data[1] + missing
+            p.send(self.prev, data[1], tag)
+            return g.combine(g.combine(data[0], data[1]),
+                             p.recv(self.next, tag, data.shape[1:]))
         if self.id == (to + 1) % 3:
-            p.send(to, data[1], "rep3.reveal")
+            p.send(to, data[1], tag)
         if self.id == to:
-            return data[0] + data[1] + p.recv(self.next, "rep3.reveal", data.shape[1:])
+            return g.combine(g.combine(data[0], data[1]), p.recv(self.next, tag, data.shape[1:]))
         return None
 
     # -- local --------------------------------------------------------------------------
@@ -208,31 +210,11 @@ class Rep3(Protocol):
         return self.party.prg_next.ring(shape) ^ self.party.prg_prev.ring(shape)
 
     def bool_share(self, x, owner):
-        """Like ``share`` over XOR: owner o sends x ^ F(k_{o-1}) to P_{o+1}; 8 bytes/word."""
-        self.check_owner(owner)
-        p = self.party
-        if self.id == owner:
-            x = np.asarray(x, dtype=RING)
-            xo = p.prg_prev.ring(x.shape)
-            p.send(self.next, xo ^ x, "rep3.bshare")
-            self.send_shape(p, self.prev, x.shape, "rep3.bshare.shape")
-            return np.stack([xo, xo ^ x])
-        if self.id == (owner + 1) % 3:
-            x1 = p.recv(owner, "rep3.bshare")
-            return np.stack([x1, np.zeros_like(x1)])
-        shape = self.recv_shape(p, owner, "rep3.bshare.shape")
-        return np.stack([np.zeros(shape, RING), p.prg_next.ring(shape)])
+        """``share`` over XOR: owner o sends x ^ F(k_{o-1}) to P_{o+1}; 8 bytes/word."""
+        return self.share(x, owner, XOR)
 
     def bool_reveal(self, data, to):
-        p = self.party
-        if to is None:
-            p.send(self.prev, data[1], "rep3.breveal")
-            return data[0] ^ data[1] ^ p.recv(self.next, "rep3.breveal", data.shape[1:])
-        if self.id == (to + 1) % 3:
-            p.send(to, data[1], "rep3.breveal")
-        if self.id == to:
-            return data[0] ^ data[1] ^ p.recv(self.next, "rep3.breveal", data.shape[1:])
-        return None
+        return self.reveal(data, to, XOR)
 
     def bool_xor_public(self, data, c):
         """XOR public words into component b_0 (slot 0 at P0, slot 1 at P2)."""
