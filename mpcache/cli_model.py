@@ -1,4 +1,4 @@
-"""CLI: ``mpcache generate`` and ``mpcache bench decode``."""
+"""CLI: ``mpcache generate`` and ``mpcache bench decode|gather|report``."""
 from __future__ import annotations
 
 import json
@@ -24,10 +24,55 @@ def register(sub) -> None:
     d.add_argument("--model", choices=["smollm2", "gpt2-small-random"], default="smollm2")
     d.add_argument("--context", type=int, nargs="+", default=[1024])
     d.add_argument("--protocol", choices=["rep3", "add2", "both"], default="rep3")
-    d.add_argument("--policy", default="full")
-    d.add_argument("--budget", type=float, default=None)
+    d.add_argument("--policy", nargs="+", default=["full"],
+                   help="one or more of full, mpcache, streaming, h2o, snapkv, topk, quest "
+                        "(all in one session: weights shared once); NAME:key=val,... sets "
+                        "policy options, e.g. mpcache:levels=1,share_layers=off")
+    d.add_argument("--budget", type=float, default=None, help="kept / prompt tokens (0.05)")
+    d.add_argument("--static", choices=["plaintext", "secret"], default="plaintext",
+                   help="static eviction on the client's plaintext cache before sharing "
+                        "(default) or on secrets inside MPC (measured as static_eviction)")
+    d.add_argument("--steps", type=int, default=1, help="greedy decode steps per case")
+    d.add_argument("--reveal-selection", action="store_true",
+                   help="audit: reveal MPCache's chosen clusters to the client and compare "
+                        "with plaintext MPCache")
     d.add_argument("--json", dest="json_path")
     d.set_defaults(func=_bench_decode)
+
+    ga = bsub.add_parser("gather", help="token-level vs cluster-level one-hot gather cost")
+    ga.add_argument("--tokens", type=int, default=1024)
+    ga.add_argument("--clusters", type=int, default=64)
+    ga.add_argument("--head-dim", type=int, default=64)
+    ga.add_argument("--budget", type=float, default=0.0625,
+                    help="fraction of tokens kept (k = budget x T tokens or clusters)")
+    ga.add_argument("--protocol", choices=["rep3", "add2", "both"], default="both")
+    ga.add_argument("--json", dest="json_path")
+    ga.set_defaults(func=_bench_gather)
+
+    ag = bsub.add_parser("agree-policy", help="SmolLM2 needle task: MPC vs plaintext MPCache "
+                         "(same clusters, same greedy tokens)")
+    ag.add_argument("--task", default="niah_single_number")
+    ag.add_argument("--context", type=int, default=1024)
+    ag.add_argument("--index", type=int, default=0)
+    ag.add_argument("--steps", type=int, default=16)
+    ag.add_argument("--protocol", choices=["rep3", "add2", "both"], default="both")
+    ag.add_argument("--policy", default="mpcache")
+    ag.add_argument("--budget", type=float, default=0.05)
+    ag.add_argument("--static", choices=["plaintext", "secret"], default="secret")
+    ag.add_argument("--json", dest="json_path")
+    ag.set_defaults(func=_bench_agree_policy)
+
+    rp = bsub.add_parser("report", help="decode sweep -> markdown table + PNG plot")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--from-json", nargs="*", default=None,
+                    help="bench decode JSON files to tabulate instead of running a sweep")
+    rp.add_argument("--model", nargs="+", default=["gpt2-small-random", "smollm2"])
+    rp.add_argument("--context", type=int, nargs="+", default=[512, 1024, 2048])
+    rp.add_argument("--protocol", choices=["rep3", "add2", "both"], default="both")
+    rp.add_argument("--policy", nargs="+", default=["full", "mpcache", "streaming", "h2o",
+                                                     "snapkv", "topk"])
+    rp.add_argument("--budget", type=float, default=0.05)
+    rp.set_defaults(func=_bench_report)
 
 
 def _generate(a) -> int:
@@ -68,8 +113,54 @@ def _generate(a) -> int:
     return 0
 
 
+def parse_policy(spec: str):
+    """``name`` or ``name:key=val,...`` -> (label, name, kwargs)."""
+    name, _, opts = spec.partition(":")
+    kw = {}
+    for item in filter(None, opts.split(",")):
+        k, _, v = item.partition("=")
+        for conv in (int, float):
+            try:
+                v = conv(v)
+                break
+            except ValueError:
+                pass
+        else:
+            v = {"true": True, "false": False}.get(v.lower(), v)
+        kw[k] = v
+    return spec, name, kw
+
+
 def _bench_decode(a) -> int:
     from .bench.decode import bench_decode
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
-    bench_decode(a.model, a.context, protos, a.policy, a.budget, a.json_path)
+    specs = [parse_policy(p) for p in a.policy]
+    bench_decode(a.model, a.context, protos, specs[0][1], a.budget, a.json_path,
+                 policies=specs, static=a.static, steps=a.steps,
+                 reveal_selection=a.reveal_selection)
+    return 0
+
+
+def _bench_gather(a) -> int:
+    from .bench.gather import bench_gather
+    protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
+    bench_gather(a.tokens, a.clusters, a.head_dim, a.budget, protos, a.json_path)
+    return 0
+
+
+def _bench_agree_policy(a) -> int:
+    from .bench.decode import bench_agree_task
+    protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
+    _, name, kw = parse_policy(a.policy)
+    rows = bench_agree_task(a.task, a.context, a.index, a.steps, protos, name, a.budget,
+                            a.static, kw, a.json_path)
+    return 0 if all(r["token_matches_plaintext"] and r.get("clusters_match_plaintext", True)
+                    for r in rows) else 1
+
+
+def _bench_report(a) -> int:
+    from .bench.report import bench_report
+    protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
+    bench_report(a.out, a.from_json, a.model, a.context, protos,
+                 [parse_policy(p) for p in a.policy], a.budget)
     return 0

@@ -322,3 +322,47 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
+                     protocols=("rep3", "add2"), policy="mpcache", budget=0.05,
+                     static="secret", policy_kw=None, json_path=None, echo=print) -> list:
+    """SmolLM2 on a needle task prompt (``mpcache.eval.tasks``): plaintext prefill of the
+    prompt, then ``steps`` PRIVATE greedy steps with the policy on the secret cache (static
+    eviction on secrets by default), revealing (audit only) MPCache's chosen clusters each
+    step; compared with plaintext MPCache on the same cache: same clusters, same tokens."""
+    from ..eval.tasks import TaskGenerator, score
+    from ..generate import prescales_for
+    from ..nn.smollm2 import load_smollm2
+    lm = load_smollm2("float64")
+    sample = TaskGenerator(lm).sample(task, context, index)
+    ids = np.asarray(lm.encode(sample.prompt), dtype=np.int64)
+    n = ids.size - 1
+    dec = lm.model
+    case, ref = make_case(dec, ids, n, policy, budget, static, steps, policy_kw)
+    case["label"] = policy
+    pres = prescales_for(lm)
+    rows = []
+    for protocol in protocols:
+        t0 = time.perf_counter()
+        res = Session(protocol, timeout=3600).run(policy_cases_job, dec.config, dec.weights,
+                                                  pres, [case], reveal_selection=True)
+        row = _row(res, 0, case, ref, res.output[0], "smollm2", protocol,
+                   time.perf_counter() - t0)
+        row.update(task=task, sample_id=sample.id, prompt_tokens=int(ids.size),
+                   answers=sample.answers, mpc_text=lm.decode(row["tokens"]),
+                   plaintext_text=lm.decode(ref["tokens"]),
+                   score_mpc=score(lm.decode(row["tokens"]), sample.answers),
+                   score_plaintext=score(lm.decode(ref["tokens"]), sample.answers),
+                   per_step_clusters_match=[_same_sel(a, b) for a, b in
+                                            zip(res.output[0]["selections"],
+                                                ref["selections"])])
+        rows.append(row)
+        echo(f"{task} {ids.size} tokens {protocol}: tokens equal {row['token_matches_plaintext']}, "
+             f"clusters equal {row.get('clusters_match_plaintext')}: "
+             f"MPC {row['mpc_text']!r} | plaintext {row['plaintext_text']!r} "
+             f"(answers {sample.answers})")
+        if json_path:
+            with open(json_path, "w") as fh:
+                json.dump(rows, fh, indent=1, default=_jsonable)
+    return rows

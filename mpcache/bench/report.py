@@ -1,0 +1,106 @@
+"""``mpcache bench report``: the decode sweep as one markdown table and one PNG plot.
+
+Runs :func:`mpcache.bench.decode.bench_decode` per (model, protocol) -- every context and
+policy in ONE session, weights shared once -- writing ``decode_<model>.json`` into
+``--out`` as it goes (or tabulates existing JSON with ``--from-json``), then writes
+``decode.md`` (per model/protocol/context: per-step seconds, MB/party, rounds, modelled
+LAN/WAN seconds, the selection and gather shares, and MPCache's ratio to the full cache)
+and ``decode.png`` (latency -- measured, LAN, WAN -- and bytes vs context, per policy).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+
+def bench_report(out_dir, from_json=None, models=("gpt2-small-random", "smollm2"),
+                 contexts=(512, 1024, 2048), protocols=("rep3", "add2"), policies=None,
+                 budget=0.05, echo=print) -> list:
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    if from_json:
+        for f in from_json:
+            with open(f) as fh:
+                rows.extend(json.load(fh))
+    else:
+        from .decode import bench_decode
+        for m in models:
+            rows.extend(bench_decode(m, list(contexts), tuple(protocols), budget=budget,
+                                     policies=policies,
+                                     json_path=os.path.join(out_dir, f"decode_{m}.json"),
+                                     echo=echo))
+    md = table(rows)
+    with open(os.path.join(out_dir, "decode.md"), "w") as fh:
+        fh.write(md)
+    plot(rows, os.path.join(out_dir, "decode.png"))
+    echo(md)
+    return rows
+
+
+def _label(r):
+    return r.get("label") or r["policy"]
+
+
+def _share(r, key):
+    b = r.get("breakdown", {}).get(key)
+    if not b or not r["seconds"]:
+        return 0.0, 0.0
+    return b["seconds"] / r["seconds"], (b["bytes_per_party"] / r["bytes_per_party"]
+                                         if r["bytes_per_party"] else 0.0)
+
+
+def table(rows) -> str:
+    full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+    head = ("| model | protocol | context | policy | rows read | s/step | MB/party | rounds | "
+            "LAN s | WAN s | selection % (t / B) | gather % (t / B) | full/policy latency | "
+            "full/policy bytes | token = plaintext |\n"
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|\n")
+    lines = []
+    key = lambda r: (r["model"], r["protocol"], r["context"], r["policy"] != "full", _label(r))  # noqa: E731
+    for r in sorted(rows, key=key):
+        f = full.get((r["model"], r["protocol"], r["context"]))
+        st, sb = _share(r, "selection")
+        gt, gb = _share(r, "gather")
+        rl = f"{f['seconds'] / r['seconds']:.2f}x" if f and r["seconds"] else ""
+        rb = f"{f['bytes_per_party'] / r['bytes_per_party']:.2f}x" if f and r["bytes_per_party"] else ""
+        ms = r.get("modelled_seconds", {})
+        lines.append(
+            f"| {r['model']} | {r['protocol']} | {r['context']} | {_label(r)} | "
+            f"{r.get('rows_read_per_step', '')} | {r['seconds']:.2f} | "
+            f"{r['bytes_per_party'] / 1e6:.1f} | {r['rounds']} | {ms.get('lan', 0):.2f} | "
+            f"{ms.get('wan', 0):.1f} | {100 * st:.1f} / {100 * sb:.1f} | "
+            f"{100 * gt:.1f} / {100 * gb:.1f} | {rl} | {rb} | "
+            f"{r.get('token_matches_plaintext')} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = sorted({(r["model"], r["protocol"]) for r in rows})
+    cols = ("measured s", "LAN modelled s", "WAN modelled s", "MB / party")
+    fig, axes = plt.subplots(len(groups), len(cols), figsize=(4.2 * len(cols), 3.2 * len(groups)),
+                             squeeze=False)
+    for gi, (m, p) in enumerate(groups):
+        sub = [r for r in rows if r["model"] == m and r["protocol"] == p]
+        for lab in sorted({_label(r) for r in sub}):
+            pts = sorted((r for r in sub if _label(r) == lab), key=lambda r: r["context"])
+            x = [r["context"] for r in pts]
+            ys = ([r["seconds"] for r in pts],
+                  [r.get("modelled_seconds", {}).get("lan", 0) for r in pts],
+                  [r.get("modelled_seconds", {}).get("wan", 0) for r in pts],
+                  [r["bytes_per_party"] / 1e6 for r in pts])
+            for ci, y in enumerate(ys):
+                axes[gi][ci].plot(x, y, marker="o", label=lab)
+        for ci, c in enumerate(cols):
+            ax = axes[gi][ci]
+            ax.set_title(f"{m} {p}: {c}", fontsize=9)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("context (tokens)")
+            ax.grid(alpha=0.3)
+        axes[gi][0].legend(fontsize=7)
+    fig.suptitle("one private decoding step per policy (budget as in the table)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
