@@ -107,3 +107,20 @@ def test_baselines_run_on_secrets(model):
     stream = res.scope("c3/decode/selection")
     assert stream["bytes_sent"] == 0
     assert res.scope("c2/decode/selection/topk")["calls"] == 4
+
+
+def test_report_table_and_plot(tmp_path):
+    from mpcache.bench.report import plot, table
+    rows = []
+    for n, (fs, ms) in {512: (2.0, 1.0), 1024: (4.0, 1.5)}.items():
+        for pol, s in (("full", fs), ("mpcache", ms)):
+            rows.append({"model": "m", "protocol": "rep3", "context": n, "policy": pol,
+                         "label": pol, "seconds": s, "bytes_per_party": int(s * 1e6),
+                         "rounds": 100, "modelled_seconds": {"lan": s, "wan": s + 5},
+                         "breakdown": {"selection": {"seconds": 0.1, "bytes_per_party": 10,
+                                                     "rounds": 3}},
+                         "token_matches_plaintext": True})
+    md = table(rows)
+    assert "| m | rep3 | 1024 | mpcache |" in md and "2.67x" in md
+    plot(rows, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
