@@ -29,7 +29,7 @@ def bench_report(out_dir, from_json=None, models=("gpt2-small-random", "smollm2"
                                      policies=policies,
                                      json_path=os.path.join(out_dir, f"decode_{m}.json"),
                                      echo=echo))
-    md = table(rows)
+    md = table(rows) + "\n### Full cache / MPCache\n\n" + ratio_table(rows)
     with open(os.path.join(out_dir, "decode.md"), "w") as fh:
         fh.write(md)
     plot(rows, os.path.join(out_dir, "decode.png"))
@@ -104,3 +104,49 @@ def plot(rows, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ratio_table(rows, policy="mpcache") -> str:
+    """Full cache / policy per (model, protocol, context): measured, LAN and WAN modelled
+    latency, and communication (the paper's 1.8-2.01x latency, 3.39-8.37x communication)."""
+    full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+    out = ("| model | protocol | context | full s | MPCache s | latency ratio | LAN ratio | "
+           "WAN ratio | full MB | MPCache MB | comm ratio | rounds full / MPCache |\n"
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+    for r in sorted((r for r in rows if _label(r) == policy),
+                    key=lambda r: (r["model"], r["protocol"], r["context"])):
+        f = full.get((r["model"], r["protocol"], r["context"]))
+        if not f:
+            continue
+        fm, pm = f.get("modelled_seconds", {}), r.get("modelled_seconds", {})
+        out += (f"| {r['model']} | {r['protocol']} | {r['context']} | {f['seconds']:.2f} | "
+                f"{r['seconds']:.2f} | {f['seconds'] / r['seconds']:.2f}x | "
+                f"{fm.get('lan', 0) / max(pm.get('lan', 1e-9), 1e-9):.2f}x | "
+                f"{fm.get('wan', 0) / max(pm.get('wan', 1e-9), 1e-9):.2f}x | "
+                f"{f['bytes_per_party'] / 1e6:.1f} | {r['bytes_per_party'] / 1e6:.1f} | "
+                f"{f['bytes_per_party'] / r['bytes_per_party']:.2f}x | "
+                f"{f['rounds']} / {r['rounds']} |\n")
+    return out
+
+
+def ablation_table(rows) -> str:
+    """Selection (+ gather) cost as a share of the step for MPCache variants."""
+    out = ("| model | protocol | context | variant | s/step | MB/party | rounds | selection s "
+           "(% step) | selection MB (% step) | selection rounds | gather s (% step) | "
+           "gather MB (% step) | top-k calls | one-off cluster bounds s / MB |\n"
+           "|---|---|---:|---|---:|---:|---:|---|---|---:|---|---|---:|---|\n")
+    for r in rows:
+        s = r["breakdown"].get("selection", {"seconds": 0, "bytes_per_party": 0, "rounds": 0})
+        g = r["breakdown"].get("gather", {"seconds": 0, "bytes_per_party": 0, "rounds": 0})
+        cb = r.get("cluster_bounds_cost") or {"seconds": 0, "bytes_per_party": 0}
+        tk = r.get("selection_detail", {}).get("topk", {}).get("calls", 0)
+        out += (f"| {r['model']} | {r['protocol']} | {r['context']} | {_label(r)} | "
+                f"{r['seconds']:.2f} | {r['bytes_per_party'] / 1e6:.2f} | {r['rounds']} | "
+                f"{s['seconds']:.2f} ({100 * s['seconds'] / r['seconds']:.1f}%) | "
+                f"{s['bytes_per_party'] / 1e6:.3f} "
+                f"({100 * s['bytes_per_party'] / max(r['bytes_per_party'], 1):.1f}%) | "
+                f"{s['rounds']} | {g['seconds']:.2f} ({100 * g['seconds'] / r['seconds']:.1f}%) | "
+                f"{g['bytes_per_party'] / 1e6:.3f} "
+                f"({100 * g['bytes_per_party'] / max(r['bytes_per_party'], 1):.1f}%) | {tk} | "
+                f"{cb['seconds']:.2f} / {cb['bytes_per_party'] / 1e6:.2f} |\n")
+    return out
