@@ -29,6 +29,7 @@ sharing (:func:`policy_cases_job`).
 """
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import time
@@ -157,9 +158,31 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                     sels.append(selected_clusters(pol, to=client))
                 tok = onehot.reshape(1, config.vocab_size)
         dec.cache = None
-        del cache, pol
+        _release(cache, pol)
+        del cache, pol, stats, logits, onehot, tok
+        gc.collect()                 # shares of a finished case must not pile up (OOM)
         outs.append({"tokens": toks, "selections": sels} if party.id == client else None)
     return outs
+
+
+def _release(cache, pol) -> None:
+    """Break the cache <-> policy reference cycles (and the instrumented closures) so a
+    finished case's secret shares are freed at once."""
+    if pol is not None:
+        for k in list(vars(pol)):
+            setattr(pol, k, None)
+    if cache is not None:
+        cache.policy = None
+        cache.reset()
+
+
+def _state_only(plain):
+    """Only the state :func:`share_state` needs (not the policy's cache: memory)."""
+    import types
+    from ..nn.mpc_policies import SECRET_STATE
+    if plain is None:
+        return None
+    return types.SimpleNamespace(**{a: getattr(plain, a) for a in SECRET_STATE.get(plain.name, ())})
 
 
 def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
@@ -206,12 +229,16 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
         if ref_pol is not None:
             ref_sels.append(selected_clusters(ref_pol))
     dec.cache = None
+    rows_read = None if ref_pol is None else int(ref_pol.B)
+    if ref_pol is not None:
+        _release(ref_cache, ref_pol)
+    del src, ref_cache
     case = {"n": n, "policy": policy, "budget": budget, "kw": kw, "static": static,
             "steps": steps, "kv": kv, "lens": lens, "next_token": int(ids[n]),
-            "plain_policy": plain if static != "secret" else None, "stats": stats,
+            "plain_policy": _state_only(plain) if static != "secret" else None, "stats": stats,
             "stats_shape": None if stats is None else [{k: None for k in d} for d in stats]}
     return case, {"tokens": ref_tokens, "selections": ref_sels,
-                  "rows_read": None if ref_pol is None else int(ref_pol.B)}
+                  "rows_read": rows_read}
 
 
 def _row(res, i, case, ref, out, model, protocol, wall):
@@ -289,6 +316,8 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
             cases.append(c)
             refs.append(r)
         dec.cache = None
+        del rec, recorder
+        gc.collect()
     rows = []
     for protocol in protocols:
         t0 = time.perf_counter()
