@@ -58,6 +58,11 @@ def test_mpc_mpcache_same_clusters_and_tokens(model, protocol):
         assert sorted(got) == sorted(want) == [0, 1, 2]      # leaders: 0, 1, then (2, 3)
         for layer in want:
             np.testing.assert_array_equal(np.sort(got[layer], -1), np.sort(want[layer], -1))
+    # the composed two-level gather moves only the kept clusters (rep3: output size)
+    # + the fine bounds of the chosen coarse clusters (3 layer groups x 2 heads x 2 x 8)
+    g = split_breakdown(res, "c0/decode")["gather"]
+    if protocol == "rep3":
+        assert g["bytes_sent"] == 8 * (2 * 4 * 2 * 16 * 8 + 3 * 2 * 2 * 8)
     # static eviction ran on secrets, in its own scope, with its gather inside
     assert res.scope("c0/static_eviction")["bytes_sent"] > 0
     assert res.scope("c0/static_eviction/topk")["calls"] == 3     # one per layer group

@@ -114,8 +114,10 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     outs = []
     for i, case in enumerate(cases):
         name = case["policy"]
-        pol = None if name == "full" else instrument(make_policy(name, case["budget"],
-                                                                 **case.get("kw", {})))
+        kw = dict(case.get("kw", {}))
+        compose = bool(kw.pop("mpc_compose", True))     # MPC-only knob (two-level gather)
+        pol = None if name == "full" else instrument(make_policy(name, case["budget"], **kw),
+                                                     compose=compose)
         cache = dec.new_cache(pol)
         n = int(case["n"])
         secret_static = case["static"] == "secret"
@@ -195,7 +197,8 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
     from ..nn.policies import PrefillRecorder, make_policy
     from ..nn.policies.base import clone_cache
     kw = dict(kw or {})
-    plain = None if policy == "full" else make_policy(policy, budget, **kw)
+    pkw = {k: v for k, v in kw.items() if k != "mpc_compose"}
+    plain = None if policy == "full" else make_policy(policy, budget, **pkw)
     if recorder is None:
         rec = PrefillRecorder([plain] if plain is not None else [])
         dec.prefill(np.asarray(ids[:n]), policy=rec)
@@ -215,7 +218,7 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
         stats = [{w: np.array(rec.stats[layer][w]) for w in need}
                  for layer in range(src.n_layers)]
     # plaintext reference with the same policy (fast index path), same steps
-    ref_pol = None if policy == "full" else make_policy(policy, budget, **kw)
+    ref_pol = None if policy == "full" else make_policy(policy, budget, **pkw)
     if ref_pol is None:
         ref_cache = clone_cache(base_cache)
     else:

@@ -60,9 +60,10 @@ def install_gather_scope() -> None:
     _installed = True
 
 
-def instrument(policy):
-    """Put a policy's decode-time work into cost scopes (see the module docstring).
-    Returns the same object."""
+def instrument(policy, compose: bool = True):
+    """Put a policy's decode-time work into cost scopes (see the module docstring) and, for
+    two-level MPCache, gather through the composed one-hot (:func:`_composed_gather`;
+    ``compose=False`` keeps the policy's two-step gather).  Returns the same object."""
     install_gather_scope()
     if getattr(policy, "_mpc_instrumented", False):
         return policy
@@ -77,8 +78,46 @@ def instrument(policy):
             return after(cache, layer, probs)
 
     policy.select, policy.after_step = select, after_step
+    if compose and hasattr(policy, "_gather") and getattr(policy, "levels", 1) == 2:
+        policy._gather = _composed_gather(policy, policy._gather)
     policy._mpc_instrumented = True
     return policy
+
+
+def _composed_gather(policy, orig):
+    """Two-level MPCache gather with ONE one-hot matmul on K (and one on V).
+
+    The policy's own ``_gather`` applies the coarse one-hot (``k1`` coarse clusters, i.e.
+    ``coarse_factor`` times the needed tokens) to K/V and then the fine one-hot to that:
+    under MPC a gather costs its output, so the coarse step moves ``coarse_factor`` times
+    the kept rows of K and V through the network, per layer.  Here the two one-hots are
+    composed first -- ``G = S_f @ (S_c kron I_m)``, ``[k, nc m]``, a tiny integer matmul
+    done once per layer group in ``selection`` -- and then ``G @ blocks`` gathers only the
+    ``k`` kept clusters.  One-hots are exact ring integers, so the rows gathered are
+    IDENTICAL to the policy's (a test checks tokens and clusters against plaintext)."""
+    memo = {}
+
+    def gather(x, p, sel_c, sel_f):
+        if sel_c is None or sel_f is None or sel_c.onehot is None or F.is_plain(sel_c.onehot):
+            return orig(x, p, sel_c, sel_f)
+        nc, k1, m, c, s = p["nc"], p["k1"], p["m"], policy.cluster, p["s"]
+        key = (id(sel_c), id(sel_f))
+        G = memo.get("G") if memo.get("key") == key else None
+        if G is None:
+            with F.scope(sel_f.onehot, "compose"):
+                C = sel_c.onehot                                   # [h|1, k1, nc]
+                h = int(C.shape[0])
+                eye = np.eye(m, dtype=np.int64).reshape(1, 1, m, 1, m)
+                E = (C.reshape(h, k1, 1, nc, 1) * eye).reshape(h, k1 * m, nc * m)
+                G = sel_f.onehot @ E                                # [h, k, nc m]
+            memo.update(key=key, G=G)
+        nkv, n, d = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
+        blocks = x[:, s:s + nc * m * c].reshape(nkv, nc * m, c * d)
+        with F.scope(G, "gather"):
+            mid = (G @ blocks).reshape(nkv, p["k"] * c, d)
+        return F.concatenate([x[:, :s], mid, x[:, n - p["w"]:]], axis=1)
+
+    return gather
 
 
 def split_breakdown(res, prefix: str) -> dict:
