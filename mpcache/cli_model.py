@@ -46,6 +46,7 @@ def register(sub) -> None:
     ga.add_argument("--budget", type=float, default=0.0625,
                     help="fraction of tokens kept (k = budget x T tokens or clusters)")
     ga.add_argument("--protocol", choices=["rep3", "add2", "both"], default="both")
+    ga.add_argument("--repeat", type=int, default=3, help="seconds: best of N runs")
     ga.add_argument("--json", dest="json_path")
     ga.set_defaults(func=_bench_gather)
 
@@ -144,7 +145,8 @@ def _bench_decode(a) -> int:
 def _bench_gather(a) -> int:
     from .bench.gather import bench_gather
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
-    bench_gather(a.tokens, a.clusters, a.head_dim, a.budget, protos, a.json_path)
+    bench_gather(a.tokens, a.clusters, a.head_dim, a.budget, protos, a.json_path,
+                 repeat=a.repeat)
     return 0
 
 
