@@ -58,8 +58,11 @@ def plot(paths, out: str, heatmap_labels=None) -> str:
     labels = sorted({r["label"] for r in results if r["depth"] is not None})
     if heatmap_labels is None:
         small = min((r["budget"] for r in results if r["budget"]), default=None)
-        heatmap_labels = [lab for lab in labels
-                          if lab.endswith("@full") or lab.endswith(f"@{small}")][:6]
+        pref = ["full", "mpcache", "topk", "quest", "snapkv", "h2o", "streaming"]
+        cand = [lab for lab in labels if lab.endswith("@full") or lab.endswith(f"@{small}")]
+        cand.sort(key=lambda lab: (pref.index(lab.split("@")[0]) if lab.split("@")[0] in pref
+                                   else len(pref), lab))
+        heatmap_labels = cand[:6]
     nrow2 = max(1, len(heatmap_labels))
     ncol = max(len(contexts), 1)
     fig = plt.figure(figsize=(5 * max(ncol, 2), 4 + 2.6 * ((nrow2 + 1) // 2)))
