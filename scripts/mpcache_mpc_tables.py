@@ -13,7 +13,8 @@ def load(name):
     return json.load(open(p)) if os.path.exists(p) else []
 
 
-main = load("decode_gpt2-small-random.json") + load("decode_smollm2.json")
+main = (load("decode_gpt2-small-random.json") + load("decode_smollm2.json")
+        + load("decode_smollm2_rep3.json") + load("decode_smollm2_add2.json"))
 print("### All policies, one decoding step\n")
 print(table(main))
 print("### Full cache / MPCache (5%)\n")
@@ -39,7 +40,7 @@ if st:
               f"{c['offline_bytes_per_party'] / 1e6:.1f} | {r['seconds']:.2f} | "
               f"{r['bytes_per_party'] / 1e6:.2f} | {r['token_matches_plaintext']} |")
     print()
-ag = load("agree_needle.json")
+ag = load("agree_needle.json") + load("agree_needle_rep3.json") + load("agree_needle_add2.json")
 if ag:
     print("### MPC vs plaintext MPCache, needle task\n")
     print("| protocol | prompt tokens | steps | same tokens | same clusters (all steps, all "
