@@ -25,6 +25,9 @@ if main:
 abl = load("ablation_gpt2.json") + load("ablation_smollm2.json")
 if abl:
     print("### Selection overhead ablation\n")
+    if not any("mpc_compose" in (r.get("label") or "") for r in abl):
+        print("(FIRST run, before the composed gather and the pregrow fix: two-level rows "
+              "gather the coarse clusters too; every row pays the first-append copy.)\n")
     print(ablation_table(abl))
 st = load("static_secret_gpt2.json")
 if st:
