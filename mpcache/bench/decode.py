@@ -403,7 +403,13 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
                    score_plaintext=score(lm.decode(ref["tokens"]), sample.answers),
                    per_step_clusters_match=[_same_sel(a, b) for a, b in
                                             zip(res.output[0]["selections"],
-                                                ref["selections"])])
+                                                ref["selections"])],
+                   mismatches=[{"step": j, "layer": int(L), "mpc": np.asarray(a[L]).tolist(),
+                                "plaintext": np.asarray(b[L]).tolist()}
+                               for j, (a, b) in enumerate(zip(res.output[0]["selections"],
+                                                              ref["selections"]))
+                               for L in b if L in a and not np.array_equal(
+                                   np.sort(a[L], -1), np.sort(b[L], -1))])
         rows.append(row)
         echo(f"{task} {ids.size} tokens {protocol}: tokens equal {row['token_matches_plaintext']}, "
              f"clusters equal {row.get('clusters_match_plaintext')}: "
