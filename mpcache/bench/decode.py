@@ -323,7 +323,8 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
     for n in contexts:
         ids = tokens(n + 1)
         from ..nn.policies import PrefillRecorder, make_policy
-        pols = [make_policy(nm, budget, **kw) for _, nm, kw in specs if nm != "full"]
+        pols = [make_policy(nm, budget, **{k: v for k, v in kw.items() if k != "mpc_compose"})
+                for _, nm, kw in specs if nm != "full"]
         rec = PrefillRecorder(pols)
         dec.prefill(np.asarray(ids[:n]), policy=rec)
         recorder = (rec, dec.cache)
