@@ -84,13 +84,14 @@ class Add2(Protocol):
         return g.combine(parts[0], parts[1])
 
     # -- local --------------------------------------------------------------------------
-    def add_public(self, data, c):
+    def add_public(self, data, c, g: Group = ARITH):
+        """P0 adds (g=XOR: xors) the public ``c`` into its share."""
         shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
         if not self.active:
             return phantom(shape, 1)
         out = np.array(np.broadcast_to(data, (1,) + shape))
         if self.id == 0:
-            out[0] += c
+            out[0] = g.combine(out[0], c)
         return out
 
     # -- Beaver multiplication ---------------------------------------------------------------
@@ -240,13 +241,7 @@ class Add2(Protocol):
         return self.reveal(data, to, XOR)
 
     def bool_xor_public(self, data, c):
-        shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
-        if not self.active:
-            return phantom(shape, 1)
-        out = np.array(np.broadcast_to(data, (1,) + shape))
-        if self.id == 0:
-            out[0] ^= c
-        return out
+        return self.add_public(data, c, XOR)
 
     def bool_and(self, a, b):
         """Boolean Beaver triple on words: open e = x ^ a, f = y ^ b (16 bytes/word per

@@ -76,18 +76,19 @@ class Rep3(Protocol):
         return None
 
     # -- local --------------------------------------------------------------------------
-    def add_to_component(self, data, c, j):
-        """Add public ``c`` to component x_j: held in slot 0 by P_j, slot 1 by P_{j-1}."""
+    def add_to_component(self, data, c, j, g: Group = ARITH):
+        """Add (g=XOR: xor) public ``c`` into component x_j: held in slot 0 by P_j and in
+        slot 1 by P_{j-1}."""
         shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
         out = np.array(np.broadcast_to(data, (2,) + shape))
         if self.id == j:
-            out[0] += c
+            out[0] = g.combine(out[0], c)
         elif self.id == (j - 1) % 3:
-            out[1] += c
+            out[1] = g.combine(out[1], c)
         return out
 
-    def add_public(self, data, c):
-        return self.add_to_component(data, c, 0)
+    def add_public(self, data, c, g: Group = ARITH):
+        return self.add_to_component(data, c, 0, g)
 
     def _zero(self, shape):
         return self.party.prg_next.ring(shape) - self.party.prg_prev.ring(shape)
@@ -218,13 +219,7 @@ class Rep3(Protocol):
 
     def bool_xor_public(self, data, c):
         """XOR public words into component b_0 (slot 0 at P0, slot 1 at P2)."""
-        shape = np.broadcast_shapes(data.shape[1:], np.shape(c))
-        out = np.array(np.broadcast_to(data, (2,) + shape))
-        if self.id == 0:
-            out[0] ^= c
-        elif self.id == 2:
-            out[1] ^= c
-        return out
+        return self.add_public(data, c, XOR)
 
     def bool_and(self, a, b):
         """ABY3 AND: z_i = a_i b_i ^ a_i b_{i+1} ^ a_{i+1} b_i ^ zero_i, sent to P_{i-1}.
