@@ -8,12 +8,12 @@ generation (``mpcache generate``) reveals nothing but the chosen token ids.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
 from ..runtime import Session
+from . import write_rows
 
 
 def agree_job(party, config, weights, prescales, prompt_ids, n_new, client=0, owner=1):
@@ -75,7 +75,5 @@ def bench_agree(prompt_tokens=128, new_tokens=16, protocols=("rep3", "add2"),
         echo(f"{protocol}: same tokens {row['same_tokens']}, max |logit diff| "
              f"{row['max_abs_logit_diff']:.4f} (logits up to {row['max_abs_logit']:.1f}); "
              f"prefill {row['prefill_seconds']:.0f} s")
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    write_rows(rows, json_path)
     return rows

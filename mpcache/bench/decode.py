@@ -30,13 +30,13 @@ sharing (:func:`policy_cases_job`).
 from __future__ import annotations
 
 import gc
-import json
 import resource
 import time
 
 import numpy as np
 
 from ..runtime import Session
+from . import write_rows
 
 
 def _model(name: str, max_context: int):
@@ -356,9 +356,7 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
                  f"{row['rounds']} rounds, token ok: {row['token_matches_plaintext']}"
                  + (f", clusters ok: {row['clusters_match_plaintext']}"
                     if "clusters_match_plaintext" in row else ""))
-        if json_path:
-            with open(json_path, "w") as fh:
-                json.dump(rows, fh, indent=1, default=_jsonable)
+        write_rows(rows, json_path, default=_jsonable)
     return rows
 
 
@@ -416,7 +414,5 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
              f"clusters equal {row.get('clusters_match_plaintext')}: "
              f"MPC {row['mpc_text']!r} | plaintext {row['plaintext_text']!r} "
              f"(answers {sample.answers})")
-        if json_path:
-            with open(json_path, "w") as fh:
-                json.dump(rows, fh, indent=1, default=_jsonable)
+        write_rows(rows, json_path, default=_jsonable)
     return rows

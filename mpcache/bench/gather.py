@@ -18,11 +18,10 @@ token/cluster ratios of seconds, bytes and rounds.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from ..runtime import Session
+from . import write_rows
 
 
 def _job(party, T, C, d, k_t, seed):
@@ -94,7 +93,5 @@ def bench_gather(T=1024, C=64, d=64, budget=0.0625, protocols=("rep3", "add2"),
                  f"{c['seconds'] * 1e3:8.1f} ms {c['bytes_per_party'] / 1e3:9.1f} kB "
                  f"{c['rounds']:3d} rnd | ratio {r['seconds'] or 0:.1f}x time, "
                  f"{r['bytes_per_party'] or 0:.1f}x bytes")
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    write_rows(rows, json_path)
     return rows

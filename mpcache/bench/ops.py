@@ -12,7 +12,6 @@ Other modules add cases with :func:`register` (the non-linear suite does).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..kernels import ring_matmul
 from ..runtime import Session
+from . import write_rows
 
 
 @dataclass
@@ -132,9 +132,7 @@ def bench_ops(protocols=("rep3", "add2"), only=None, repeat=3, seed=0, json_path
             row = _run_case(case, protocol, repeat, seed)
             rows.append(row)
             echo(_fmt(row))
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    write_rows(rows, json_path)
     return rows
 
 
