@@ -16,21 +16,41 @@ def u64_arrays(shape):
     return hnp.arrays(np.uint64, shape, elements=u64)
 
 
+MODES = pytest.mark.parametrize("mode", kernels.MODES)
+
+
+@MODES
 @settings(max_examples=40)
-@given(st.data(), st.integers(1, 9), st.integers(1, 40), st.integers(1, 9),
-       st.sampled_from([(), (2,), (3, 1)]))
-def test_ring_matmul_exact(data, m, k, n, batch):
+@given(data=st.data(), m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 9),
+       batch=st.sampled_from([(), (2,), (3, 1)]))
+def test_ring_matmul_exact(mode, data, m, k, n, batch):
     a = data.draw(u64_arrays(batch + (m, k)))
     b = data.draw(u64_arrays((k, n)))
-    assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+    assert np.array_equal(ring_matmul(a, b, mode), np.matmul(a, b))
 
 
-@pytest.mark.parametrize("m,k,n", [(64, 300, 70), (5, 2000, 9), (16, 3, 4096)])
-def test_ring_matmul_exact_blas_path(m, k, n):
+@MODES
+@settings(max_examples=30)
+@given(data=st.data(), m=st.integers(1, 5), k=st.integers(1, 20), n=st.integers(1, 30),
+       batches=st.sampled_from([((), ()), ((3,), (3,)), ((1,), (4,)), ((4,), (1,)),
+                                ((2, 1), (1, 3))]))
+def test_ring_matmul_batched_and_transposed(mode, data, m, k, n, batches):
+    """Batched operands broadcast like numpy; a right operand stored transposed (``K.T``,
+    read as dot products by the direct kernel) gives the same result."""
+    a = data.draw(u64_arrays(batches[0] + (m, k)))
+    bt = data.draw(u64_arrays(batches[1] + (n, k)))
+    b = np.swapaxes(bt, -1, -2)
+    assert np.array_equal(ring_matmul(a, b, mode), np.matmul(a, b))
+    assert np.array_equal(ring_matmul(a, np.ascontiguousarray(b), mode), np.matmul(a, b))
+
+
+@MODES
+@pytest.mark.parametrize("m,k,n", [(64, 300, 70), (5, 2000, 9), (16, 3, 4096), (40, 65, 33)])
+def test_ring_matmul_exact_larger(mode, m, k, n):
     rng = np.random.default_rng(m * k)
     a = rng.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
     b = rng.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
-    assert np.array_equal(ring_matmul(a, b), a @ b)
+    assert np.array_equal(ring_matmul(a, b, mode), a @ b)
 
 
 def test_ring_matmul_chunks_inner_dimension(monkeypatch):
@@ -38,16 +58,17 @@ def test_ring_matmul_chunks_inner_dimension(monkeypatch):
     rng = np.random.default_rng(3)
     a = rng.integers(0, 2**64, (40, 30), dtype=np.uint64, endpoint=False)
     b = rng.integers(0, 2**64, (30, 50), dtype=np.uint64, endpoint=False)
-    assert np.array_equal(ring_matmul(a, b), a @ b)
+    assert np.array_equal(ring_matmul(a, b, "limb"), a @ b)
 
 
-def test_ring_matmul_worst_case_operands():
+@MODES
+def test_ring_matmul_worst_case_operands(mode):
     a = np.full((8, 4096), 2**64 - 1, dtype=np.uint64)
     b = np.full((4096, 8), 2**64 - 1, dtype=np.uint64)
-    assert np.array_equal(ring_matmul(a, b), a @ b)
+    assert np.array_equal(ring_matmul(a, b, mode), a @ b)
 
 
-def test_ring_matmul_vectors_and_errors():
+def test_ring_matmul_vectors_and_errors(monkeypatch):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2**64, (7,), dtype=np.uint64, endpoint=False)
     b = rng.integers(0, 2**64, (7, 5), dtype=np.uint64, endpoint=False)
@@ -55,6 +76,9 @@ def test_ring_matmul_vectors_and_errors():
     assert np.array_equal(ring_matmul(b.T, a), b.T @ a)
     with pytest.raises(ValueError, match="shape mismatch"):
         ring_matmul(b, b)
+    monkeypatch.setenv("MPCACHE_MATMUL", "blas")
+    with pytest.raises(ValueError, match="MPCACHE_MATMUL"):
+        ring_matmul(a, b)
 
 
 @given(hnp.arrays(np.float64, hnp.array_shapes(max_dims=2),
@@ -81,3 +105,27 @@ def test_signed_view_and_arshift(v, k):
     u = encode_int(np.array([v]))
     assert int(to_signed(u)[0]) == v
     assert int(to_signed(arshift(u, k))[0]) == v >> k
+
+
+@MODES
+def test_ring_matmul_views_of_a_larger_buffer(mode):
+    """``q @ K.T`` where K is the filled part of a cache buffer with spare capacity."""
+    rng = np.random.default_rng(5)
+    buf = rng.integers(0, 2**64, (3, 50, 8), dtype=np.uint64, endpoint=False)
+    keys = buf[:, :37]
+    q = rng.integers(0, 2**64, (3, 2, 8), dtype=np.uint64, endpoint=False)
+    kt = keys.transpose(0, 2, 1)
+    assert np.array_equal(ring_matmul(q, kt, mode), np.matmul(q, kt))
+    p = rng.integers(0, 2**64, (3, 2, 37), dtype=np.uint64, endpoint=False)
+    assert np.array_equal(ring_matmul(p, keys, mode), np.matmul(p, keys))
+
+
+@MODES
+def test_ring_matmul_many_small_batches(mode):
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 2**64, (300, 1, 5), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (300, 5, 2), dtype=np.uint64, endpoint=False)
+    assert np.array_equal(ring_matmul(a, b, mode), np.matmul(a, b))
+    bt = rng.integers(0, 2**64, (300, 2, 5), dtype=np.uint64, endpoint=False)
+    assert np.array_equal(ring_matmul(a, bt.transpose(0, 2, 1), mode),
+                          np.matmul(a, bt.transpose(0, 2, 1)))
