@@ -45,7 +45,7 @@ def _mode() -> str:
 
 
 # ----------------------------------------------------------------- direct uint64 path
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mm_kn2(a, b, out):
     """out += a @ b (mod 2^64) for C-contiguous 2-D a [m,k], b [k,n], out [m,n]: a tile of
     _ROW_TILE output rows stays in cache while each row of b streams past once."""
@@ -62,7 +62,7 @@ def _mm_kn2(a, b, out):
                     o[j] += x * row[j]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mm_nt2(a, bt, out):
     """out = a @ bt.T (mod 2^64) for C-contiguous a [m,k], bt [n,k]: dot products of rows."""
     m, n = out.shape
@@ -77,14 +77,14 @@ def _mm_nt2(a, bt, out):
             out[i, j] = s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mm_kn3(a, b, out):
     """out[t] = a[t] @ b[t] over a batch (a batch of 1 broadcasts)."""
     for t in range(out.shape[0]):
         _mm_kn2(a[t if a.shape[0] > 1 else 0], b[t if b.shape[0] > 1 else 0], out[t])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mm_nt3(a, bt, out):
     """out[t] = a[t] @ bt[t].T over a batch (a batch of 1 broadcasts)."""
     for t in range(out.shape[0]):
@@ -137,7 +137,7 @@ def _direct(a: np.ndarray, b: np.ndarray, out_shape: tuple) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- float64 limb path
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _split_limbs(a, out):
     """a: uint64 [n] -> out: float64 [LIMBS, n] holding the 16-bit limbs."""
     n = a.shape[0]
@@ -157,7 +157,7 @@ def limbs(a: np.ndarray) -> np.ndarray:
     return out.reshape((LIMBS,) + a.shape)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _accumulate(acc, part, shift):
     """acc += uint64(part) << shift  (part holds exact non-negative integers < 2^53)."""
     a = acc.reshape(acc.size)

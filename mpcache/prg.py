@@ -11,6 +11,7 @@ the third party never learns the stream.
 """
 from __future__ import annotations
 
+import math
 import secrets
 
 import numpy as np
@@ -23,9 +24,9 @@ class PRG:
         self._bitgen = np.random.Philox(key=key)
 
     def ring(self, shape) -> np.ndarray:
-        shape = tuple(int(s) for s in np.atleast_1d(shape)) if shape != () else ()
-        n = int(np.prod(shape, dtype=np.int64))
-        return self._bitgen.random_raw(n).astype(np.uint64, copy=False).reshape(shape)
+        # hot path (every product draws several masks): no numpy helpers on the shape
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
+        return self._bitgen.random_raw(math.prod(shape)).reshape(shape)
 
     def bits(self, shape) -> np.ndarray:
         return self.ring(shape) & np.uint64(1)

@@ -120,7 +120,7 @@ def _public_pair(pair: Pair, values) -> np.ndarray:
     return v.copy() if pair.role == "A" else np.zeros(v.shape, RING)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rotate(X, s, n, out):
     """out[t, j, i] = X[t, j, (i - s_j) mod N] for i < n (numba: no index arrays)."""
     T, M, N = X.shape
