@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mpcache
-from mpcache.bench.decode import make_case, policy_cases_job
+from mpcache.bench.decode import make_case, policy_cases_job, tie_margin
 from mpcache.nn.mpc_policies import split_breakdown
 from mpcache.nn.policies import MPCache
 from mpcache.nn.private import calibrate_prescales
@@ -58,6 +58,14 @@ def test_mpc_mpcache_same_clusters_and_tokens(model, protocol):
         assert sorted(got) == sorted(want) == [0, 1, 2]      # leaders: 0, 1, then (2, 3)
         for layer in want:
             np.testing.assert_array_equal(np.sort(got[layer], -1), np.sort(want[layer], -1))
+    # the plaintext reference keeps every selecting layer's fine-cluster scores, and its
+    # choice is the top-k of them (what tie_margin measures MPC's choice against)
+    for sc, want in zip(ref["scores"], ref["selections"]):
+        assert sorted(sc) == sorted(want)
+        for layer, s in sc.items():
+            m = tie_margin(s, want[layer], want[layer])
+            assert m["lost_rel"] == [0.0] * s.shape[0]
+            assert all(g >= 0 for g in m["kth_gap_rel"])
     # the composed two-level gather moves only the kept clusters (rep3: output size)
     # + the fine bounds of the chosen coarse clusters (3 layer groups x 2 heads x 2 x 8)
     g = split_breakdown(res, "c0/decode")["gather"]
@@ -129,3 +137,10 @@ def test_report_table_and_plot(tmp_path):
     assert "| m | rep3 | 1024 | mpcache |" in md and "2.67x" in md
     plot(rows, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_tie_margin():
+    s = np.array([[5.0, 4.0, 3.9, 0.0]])
+    m = tie_margin(s, np.array([[0, 2]]), np.array([[0, 1]]))
+    np.testing.assert_allclose(m["lost_rel"], [0.1 / 5.0])
+    np.testing.assert_allclose(m["kth_gap_rel"], [0.1 / 5.0])

@@ -239,13 +239,15 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
     else:
         ref_cache = rec.fork(base_cache, ref_pol)
     dec.cache = ref_cache
-    tok, ref_tokens, ref_sels = int(ids[n]), [], []
+    queries = _record_queries(ref_pol)
+    tok, ref_tokens, ref_sels, ref_scores = int(ids[n]), [], [], []
     for _ in range(steps):
         logits = dec.decode_step(tok)
         tok = int(np.argmax(logits))
         ref_tokens.append(tok)
         if ref_pol is not None:
             ref_sels.append(selected_clusters(ref_pol))
+            ref_scores.append(_fine_scores(ref_pol, queries))
     dec.cache = None
     rows_read = None if ref_pol is None else int(ref_pol.B)
     if ref_pol is not None:
@@ -255,8 +257,53 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
             "steps": steps, "kv": kv, "lens": lens, "next_token": int(ids[n]),
             "plain_policy": _state_only(plain) if static != "secret" else None, "stats": stats,
             "stats_shape": None if stats is None else [{k: None for k in d} for d in stats]}
-    return case, {"tokens": ref_tokens, "selections": ref_sels,
+    return case, {"tokens": ref_tokens, "selections": ref_sels, "scores": ref_scores,
                   "rows_read": rows_read}
+
+
+def _record_queries(pol) -> dict:
+    """Wrap a plaintext MPCache's ``select`` to keep each layer's last decode query."""
+    queries = {}
+    if pol is None or not hasattr(pol, "_bnd"):
+        return queries
+    inner = pol.select
+
+    def select(cache, layer, query):
+        queries[layer] = np.array(query)
+        return inner(cache, layer, query)
+    pol.select = select
+    return queries
+
+
+def _fine_scores(pol, queries) -> dict:
+    """Plaintext fine-cluster scores ``[n_kv, n_fine]`` over ALL full clusters, per selecting
+    layer, for the step just taken (to tell near-ties from real disagreements)."""
+    out = {}
+    for layer, dyn in enumerate(getattr(pol, "_dyn", None) or []):
+        if dyn is None or dyn[3] is None or layer not in queries:
+            continue
+        p, st = dyn[1], pol._bnd[layer]
+        ops = {k: st["f"][k][:, :p["nf"]] for k in pol._operands()}
+        q = queries[layer]
+        out[layer] = np.asarray(pol._score(pol.group_query(q, int(ops[next(iter(ops))]
+                                                                   .shape[0])), ops))
+    return out
+
+
+def tie_margin(scores: np.ndarray, mpc: np.ndarray, plain: np.ndarray) -> dict:
+    """How far the MPC choice is from the plaintext one, in plaintext scores (per KV head):
+    the score sum lost by MPC's set, and the plaintext gap between the k-th and (k+1)-th
+    best cluster, both relative to the score range of that head.  Sets that differ only
+    where the gap is ~0 are fixed-point near-ties, not disagreements."""
+    lost, gap = [], []
+    for h in range(scores.shape[0]):
+        s = scores[h]
+        rng = float(s.max() - s.min()) or 1.0
+        k = plain.shape[-1]
+        srt = np.sort(s)[::-1]
+        lost.append(float(s[plain[h]].sum() - s[mpc[h]].sum()) / rng)
+        gap.append(float(srt[k - 1] - srt[k]) / rng if k < s.size else 0.0)
+    return {"lost_rel": lost, "kth_gap_rel": gap}
 
 
 def _row(res, i, case, ref, out, model, protocol, wall):
@@ -404,7 +451,9 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
                                             zip(res.output[0]["selections"],
                                                 ref["selections"])],
                    mismatches=[{"step": j, "layer": int(L), "mpc": np.asarray(a[L]).tolist(),
-                                "plaintext": np.asarray(b[L]).tolist()}
+                                "plaintext": np.asarray(b[L]).tolist(),
+                                **tie_margin(ref["scores"][j][L], np.asarray(a[L]),
+                                             np.asarray(b[L]))}
                                for j, (a, b) in enumerate(zip(res.output[0]["selections"],
                                                               ref["selections"]))
                                for L in b if L in a and not np.array_equal(
