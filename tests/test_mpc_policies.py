@@ -144,3 +144,13 @@ def test_tie_margin():
     m = tie_margin(s, np.array([[0, 2]]), np.array([[0, 1]]))
     np.testing.assert_allclose(m["lost_rel"], [0.1 / 5.0])
     np.testing.assert_allclose(m["kth_gap_rel"], [0.1 / 5.0])
+
+
+def test_report_best_of_steps():
+    from mpcache.bench.report import best_of_steps
+    r = {"seconds": 3.0, "rounds": 100, "bytes_per_party": 10**6,
+         "later_steps": [{"seconds": 2.0}, {"seconds": 2.5}]}
+    b = best_of_steps(r)
+    assert (b["seconds"], b["seconds_first_step"], b["steps_timed"]) == (2.0, 3.0, 3)
+    assert b["modelled_seconds"]["lan"] > 2.0 and best_of_steps(b) is b
+    assert best_of_steps({"seconds": 1.0}) == {"seconds": 1.0}
