@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from .kernels import ring_matmul
+from .persistent import Persisted, concatenated, grown
 from .protocols.base import align, phantom
 from .ring import RING, FixedPointRangeError, encode_int
 
@@ -48,15 +49,29 @@ class SecretTensor:
         self._persist = None
 
     def persist(self) -> "SecretTensor":
-        """Mark a 2-D right operand that will be multiplied many times (a weight matrix).
+        """Mark a right operand that will be multiplied many times: a weight matrix, or a
+        batch of matrices ``[..., k, q]`` such as the KV-cache prefix (``q @ K^T``,
+        ``p @ V``, ``onehot @ blocks`` at every decoding step).
 
-        add2 opens ``W - B`` for a fixed mask ``B`` now (one-time cost: 8 bytes per
+        add2 opens ``W - B`` for a fresh mask ``B`` now (one-time cost: 8 bytes per
         element per party) so every later ``x @ W`` opens only ``x - A``; rep3 needs
-        nothing (its matmul already costs the output size).  Results are identical."""
-        if self.ndim != 2:
-            raise ValueError("persist() is for 2-D weight matrices")
-        self._persist = self._proto.persist(self.data)
+        nothing (its matmul already costs the output size).  Results are the same.  The
+        state follows the tensor through local views (slicing with public indices,
+        reshape, transpose, ...; mpcache/persistent.py), so ``W[:, :n].reshape(...)`` is
+        persisted too.  Persisting an already fully persisted tensor is a no-op."""
+        if self.ndim < 2:
+            raise ValueError(f"persist() needs a matrix or a batch of matrices (the right "
+                             f"operand of x @ W), got a tensor of shape {self.shape}")
+        st = self._persist
+        if st is not None and (not st.arrays or st.fresh_mask() is None):
+            return self
+        self._persist = Persisted(self._proto.persist(self.data))
         return self
+
+    @property
+    def persisted(self) -> bool:
+        """True if this tensor (or the tensor it is a view of) was persisted."""
+        return self._persist is not None
 
     # -- creation / opening --------------------------------------------------------------
     @classmethod
@@ -130,8 +145,12 @@ class SecretTensor:
         return self._new(phantom(fn(*probes).shape[1:], self._proto.slots))
 
     def _structural(self, fn) -> "SecretTensor":
-        """A reshaping/indexing op on the value axes (slot axis untouched)."""
-        return self._local(fn)
+        """A reshaping/indexing op on the value axes (slot axis untouched).  Same values,
+        so persistent-operand state follows (the same op on its arrays)."""
+        out = self._local(fn)
+        if self._persist is not None:
+            out._persist = self._persist.view(fn)
+        return out
 
     def _lift(self) -> "SecretTensor":
         """Integer tensor -> fixed-point tensor (exact, local)."""
@@ -139,7 +158,9 @@ class SecretTensor:
         return self._local(lambda d: d * np.uint64(1 << f)).with_frac(f)
 
     def with_frac(self, frac: int) -> "SecretTensor":
-        return SecretTensor(self.party, self.data, frac)
+        out = SecretTensor(self.party, self.data, frac)
+        out._persist = self._persist          # same ring values
+        return out
 
     def _public(self, v, frac: int) -> np.ndarray:
         if _is_int_public(v):
@@ -320,6 +341,7 @@ class SecretTensor:
         self._check(buf)
         ax = axis % self.ndim + 1
         t = self.data.shape[ax]
+        state = buf._persist
         if buf.data.shape[ax] < n + t:
             shape = list(self.shape)
             shape[ax - 1] = max(16, 2 * (n + t))
@@ -333,10 +355,13 @@ class SecretTensor:
             idx = [slice(None)] * buf.data.ndim
             idx[ax] = slice(n, n + t)
             buf.data[tuple(idx)] = self.data
+        # persisted rows [:n] stay persisted; the rows written are new values (fresh)
+        buf._persist = grown(state, buf.shape, n, slice(n, n + t), ax)
         return buf
 
     def copy(self):
-        return self._local(lambda d: np.ascontiguousarray(d).copy() if d.flags.c_contiguous else np.ascontiguousarray(d))
+        return self._structural(lambda d: np.ascontiguousarray(d).copy()
+                                if d.flags.c_contiguous else np.ascontiguousarray(d))
 
 
 # -- module-level helpers -------------------------------------------------------------------------------
@@ -407,8 +432,11 @@ def concatenate(tensors, axis=0):
     if not first._proto.active:
         shp = np.concatenate([np.broadcast_to(np.zeros((), np.uint8), t.data.shape) for t in ts],
                              axis=ax).shape
-        return first._new(phantom(shp[1:], first._proto.slots), fr)
-    return first._new(np.concatenate([t.data for t in ts], axis=ax), fr)
+        out = first._new(phantom(shp[1:], first._proto.slots), fr)
+    else:
+        out = first._new(np.concatenate([t.data for t in ts], axis=ax), fr)
+    out._persist = concatenated([t._persist for t in ts], [t.shape for t in ts], ax)
+    return out
 
 
 def stack(tensors, axis=0):

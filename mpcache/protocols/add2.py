@@ -180,50 +180,83 @@ class Add2(Protocol):
         z, shape = self._product(a, b, True)
         return self._trunc_value(z, shape, f)
 
-    # -- persistent operands (weights): open W - B once, reuse B for every product ----------
-    # A right operand that is multiplied many times (a weight matrix at every token) gets a
-    # fixed mask B; F = W - B is opened once.  Each later product x @ W needs a fresh left
-    # mask A and C = A @ B from the dealer, and opens only e = x - A: online bytes drop from
-    # 8(mk + kq) to 8mk per party.  F reveals nothing: B is uniform and never reused with
-    # another W; e reveals nothing: A is fresh.  (Matrix-triple reuse, as in SecureML's
-    # offline phase.)
+    # -- persistent operands: open W - B once, reuse B for every product -------------------
+    # A right operand that is multiplied many times (a weight matrix at every token, the
+    # KV-cache prefix at every decoding step) gets a fixed mask B; F = W - B is opened once.
+    # Each later product x @ W needs a fresh left mask A and C = A @ B from the dealer, and
+    # opens only e = x - A: online bytes drop from 8(mk + kq) to 8mk per party.  Batched
+    # operands [..., k, q] work the same way (numpy matmul broadcasting).
+    # What each party learns: P0/P1 see F = W - B, uniform because B is uniform, unknown to
+    # them (each knows only its own share of B) and never used to mask any other value (a
+    # view of W -- a slice, a reshape -- carries the matching part of the SAME B and W, so
+    # every product with it is still a product with W); and e = x - A, uniform because A is
+    # fresh.  P2 sees nothing but its own randomness.  (Matrix-triple reuse, as in
+    # SecureML's offline phase.)
+    # Partial coverage (``state.fresh``: elements not persisted, e.g. rows appended to the
+    # KV cache after prefill): those get a fresh mask b per product and W - b is opened for
+    # them alone, in the same message as e -- an ordinary Beaver opening for that part.
     def persist(self, w):
+        """Arrays with the share layout: P0/P1 {"B": own share of B, "F": W - B}; P2 {"B"}."""
         p = self.party
         shape = w.shape[1:]
         if self.id == DEALER:
-            return {"B": p.prg_next.ring(shape) + p.prg_prev.ring(shape)}
+            return {"B": (p.prg_next.ring(shape) + p.prg_prev.ring(shape))[None]}
         b = self._prg_dealer().ring(shape)
         other = 1 - self.id
         p.send(other, w[0] - b, "add2.persist.open")
         f = (w[0] - b) + p.recv(other, "add2.persist.open", shape)
-        return {"B": b, "F": f}
+        return {"B": b[None], "F": f[None]}
+
+    def _fresh_part(self, b, fresh, w):
+        """B with its fresh (not persisted) elements replaced by a new mask b (dealt like any
+        Beaver mask), and at P0/P1 this party's part of the opening W - b there."""
+        p = self.party
+        nf = int(fresh.sum())
+        b = np.array(b)
+        if self.id == DEALER:
+            b[fresh] = p.prg_next.ring((nf,)) + p.prg_prev.ring((nf,))
+            return b, None
+        b[fresh] = self._prg_dealer().ring((nf,))
+        return b, w[fresh] - b[fresh]
 
     def matmul_persistent(self, x, w, state, f_bits=None):
-        """x @ W with W persistent; truncates by ``f_bits`` if given (fixed x fixed)."""
+        """x @ W with W persistent (``state``: mpcache.persistent.Persisted); truncates by
+        ``f_bits`` if given (fixed x fixed).  Elements of W marked fresh in ``state`` are
+        masked and opened now (8 bytes each per party), the rest not at all."""
         p = self.party
         sx = x.shape[1:]
         sz = np.matmul(np.broadcast_to(np.zeros((), np.int8), sx),
                        np.broadcast_to(np.zeros((), np.int8), w.shape[1:])).shape
+        fresh = state.fresh_mask()
+        B = state.arrays["B"][0]
         if self.id == DEALER:
             a = p.prg_next.ring(sx) + p.prg_prev.ring(sx)
+            if fresh is not None:
+                B, _ = self._fresh_part(B, fresh, None)
             c0 = p.prg_next.ring(sz)
-            p.send(1, ring_matmul(a, state["B"]) - c0, "add2.ptriple", offline=True)
+            p.send(1, ring_matmul(a, B) - c0, "add2.ptriple", offline=True)
             z = None
         else:
+            Fm = state.arrays["F"][0]
             g = self._prg_dealer()
-            if self.id == 0:
-                a = g.ring(sx)
-                c = g.ring(sz)
-            else:
-                a = g.ring(sx)
-                c = p.recv(DEALER, "add2.ptriple", sz)
+            a = g.ring(sx)
+            f_own = None
+            if fresh is not None:
+                B, f_own = self._fresh_part(B, fresh, w[0])
+            c = g.ring(sz) if self.id == 0 else p.recv(DEALER, "add2.ptriple", sz)
             e_own = x[0] - a
             other = 1 - self.id
-            p.send(other, e_own, "add2.pmatmul")
-            e = e_own + p.recv(other, "add2.pmatmul", sx)
+            if f_own is None:
+                p.send(other, e_own, "add2.pmatmul")
+                e = e_own + p.recv(other, "add2.pmatmul", sx)
+            else:
+                p.send(other, np.concatenate([e_own.reshape(-1), f_own]), "add2.pmatmul")
+                ef = p.recv(other, "add2.pmatmul", (e_own.size + f_own.size,))
+                e = e_own + ef[:e_own.size].reshape(sx)
+                Fm = np.array(Fm)
+                Fm[fresh] = f_own + ef[e_own.size:]
             # P0 adds e @ F: folded into one product with F, (a + e) @ F
-            z = c + ring_matmul(e, state["B"]) + ring_matmul(a + e if self.id == 0 else a,
-                                                             state["F"])
+            z = c + ring_matmul(e, B) + ring_matmul(a + e if self.id == 0 else a, Fm)
         if f_bits is None:
             return phantom(sz, 1) if z is None else z[None]
         return self._trunc_value(z, sz, f_bits)

@@ -96,10 +96,15 @@ class Protocol:
         raise NotImplementedError
 
     def persist(self, w) -> dict:
-        """Precompute per-operand state for a right operand used in many matmuls."""
+        """Precompute per-operand state for a right operand used in many matmuls: a dict of
+        arrays with the share layout of ``w`` (so local view ops apply to them as to the
+        share; mpcache/persistent.py), empty if the protocol needs none."""
         raise NotImplementedError
 
     def matmul_persistent(self, x, w, state, f_bits=None):
+        """``x @ w`` for a persisted ``w``; ``state``: a mpcache.persistent.Persisted (its
+        ``arrays`` from :meth:`persist`, viewed like ``w``; ``fresh``: elements not covered).
+        Truncates by ``f_bits`` if given."""
         raise NotImplementedError
 
     def zeros_like_share(self, shape) -> np.ndarray:

@@ -113,7 +113,7 @@ class Rep3(Protocol):
     def matmul(self, a, b):
         return self._reshare(self._local_products(a, b, True), "rep3.matmul")
 
-    # -- persistent operands (weights) -----------------------------------------------------
+    # -- persistent operands (weights, KV-cache prefix): a no-op here ---------------------
     def persist(self, w):
         """Nothing to precompute: a rep3 matmul already costs only its output size.
         (Caching the slot sum w_i + w_{i+1} would save one pass over the weight per
