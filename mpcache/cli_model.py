@@ -36,6 +36,9 @@ def register(sub) -> None:
     d.add_argument("--reveal-selection", action="store_true",
                    help="audit: reveal MPCache's chosen clusters to the client and compare "
                         "with plaintext MPCache")
+    d.add_argument("--no-persist-cache", dest="persist_cache", action="store_false",
+                   help="do not persist the shared KV-cache prefix (add2 then re-opens K/V "
+                        "in every step's products; for comparison)")
     d.add_argument("--json", dest="json_path")
     d.set_defaults(func=_bench_decode)
 
@@ -138,7 +141,7 @@ def _bench_decode(a) -> int:
     specs = [parse_policy(p) for p in a.policy]
     bench_decode(a.model, a.context, protos, specs[0][1], a.budget, a.json_path,
                  policies=specs, static=a.static, steps=a.steps,
-                 reveal_selection=a.reveal_selection)
+                 reveal_selection=a.reveal_selection, persist_cache=a.persist_cache)
     return 0
 
 

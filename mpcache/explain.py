@@ -148,7 +148,7 @@ TAGS: dict[str, TagInfo] = {
         "additive share of x >> f locally (1 round in add2)",
         "a value masked by the sender's half of r, which the receiver does not hold"),
     "add2.persist.open": TagInfo(
-        "persistent weight: open W - B once",
+        "persistent operand (weight, KV-cache prefix): open W - B once",
         "each data party sends W_i - B_i for a dealer mask B used with this weight only",
         "W_j - B_j, masked by B_j (from a key the receiver lacks)"),
     "add2.ptriple": TagInfo(
@@ -156,9 +156,10 @@ TAGS: dict[str, TagInfo] = {
         "P2 sends C1 = A@B - C0 to P1 for a fresh left mask A",
         "C1, masked by C0 from the P0-P2 key", "dealer"),
     "add2.pmatmul": TagInfo(
-        "persistent-weight matmul: open E = X - A only",
-        "P_i sends E_i = X_i - A_i; Z_i = C_i + E@B_i + A_i@F (+ E@F at P0)",
-        "E_j, masked by the fresh dealer mask A_j"),
+        "persistent-operand matmul: open E = X - A only",
+        "P_i sends E_i = X_i - A_i (plus W_i - b_i for elements not persisted, e.g. KV rows "
+        "appended after prefill); Z_i = C_i + E@B_i + A_i@F (+ E@F at P0)",
+        "E_j, masked by the fresh dealer mask A_j (and W_j - b_j by a fresh b_j)"),
     # -- boolean sharing (protocols/boolean.py) ---------------------------------------------
     "rep3.bshare": TagInfo(
         "boolean (XOR) input sharing",

@@ -24,7 +24,10 @@ in one of two ways, recorded in each row as ``static_eviction``:
 
 MPCache's per-cluster bounds of the shared prefix are computed once before the measured
 step (scope ``"cluster_bounds"``, reported as ``cluster_bounds_cost``), as a private prefill
-would leave them.  Several (context, policy) cases share ONE session and one weight
+would leave them; then the cache prefix is persisted (``KVCache.persist``, scope
+``"persist_cache"``, reported as ``persist_cache_cost``): add2 opens K and V once instead
+of in every step's products (``persist_cache=False`` in a case, ``--no-persist-cache``:
+the old behaviour, for comparison).  Several (context, policy) cases share ONE session and one weight
 sharing (:func:`policy_cases_job`).
 """
 from __future__ import annotations
@@ -142,6 +145,9 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                         share_state(party, case.get("plain_policy"), pol, config.n_layers, client)
                 with party.scope("cluster_bounds"):
                     precompute_bounds(pol, cache, cache.length(0) + 1)
+            if case.get("persist_cache", True):
+                with party.scope("persist_cache"):     # once per prompt, as a private
+                    cache.persist()                    # prefill leaves it (not measured)
             with party.scope("pregrow"):
                 _pregrow(cache)
             dec.cache = cache
@@ -335,7 +341,8 @@ def _row(res, i, case, ref, out, model, protocol, wall):
         if out["selections"]:
             same = all(_same_sel(a, b) for a, b in zip(out["selections"], ref["selections"]))
             row["clusters_match_plaintext"] = same
-    for extra in ("static_eviction", "cluster_bounds", "share_state"):
+    row["persist_cache"] = bool(case.get("persist_cache", True))
+    for extra in ("static_eviction", "cluster_bounds", "share_state", "persist_cache"):
         path = f"c{i}/{extra}"
         if any(path in s["scopes"] for s in res.stats):
             row[f"{extra}_cost"] = _scope_row(res, path)
@@ -354,11 +361,13 @@ def _same_sel(a, b):
 def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full",
                  budget: float | None = None, json_path: str | None = None, echo=print,
                  policies=None, static: str = "plaintext", steps: int = 1,
-                 policy_kw=None, reveal_selection: bool = False) -> list:
+                 policy_kw=None, reveal_selection: bool = False,
+                 persist_cache: bool = True) -> list:
     """One private decoding step per (context, policy, protocol).  ``policy`` (or the list
     ``policies``, each a name or ``(label, name, kw)``) at ``budget``; all cases of one
     protocol run in ONE session (weights shared once).  Rows also go to ``json_path``
-    after every protocol (so a long sweep leaves partial results)."""
+    after every protocol (so a long sweep leaves partial results).  ``persist_cache``:
+    persist the shared cache prefix before the measured steps (see the module docstring)."""
     specs = []
     for p in (policies or [policy]):
         if isinstance(p, (tuple, list)):
@@ -379,6 +388,7 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
             c, r = make_case(dec, ids, n, nm, None if nm == "full" else budget, static, steps,
                              kw, recorder)
             c["label"] = label
+            c["persist_cache"] = persist_cache
             cases.append(c)
             refs.append(r)
         dec.cache = None

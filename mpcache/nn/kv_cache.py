@@ -21,6 +21,9 @@ Optionally ``policy.observe(cache, layer, probs)`` receives the attention probab
 ``[n_kv_heads, group * T_q, S]`` of every call (H2O-style accumulated scores need them).
 Static eviction rewrites the stored tokens with :meth:`replace` or :meth:`keep`.
 
+Under MPC, :meth:`persist` makes the current contents (the prompt's prefix, fixed after
+prefill) persistent right operands, so add2 stops re-opening them at every step.
+
 Appends grow a buffer geometrically (amortised O(new tokens), so decoding never copies
 the prefix): a numpy buffer for plaintext, the share data for secret tensors
 (``SecretTensor.grow_into``; a purely local operation).
@@ -128,6 +131,24 @@ class KVCache:
         index = np.asarray(index, dtype=np.int64)
         self.replace(layer, self.keys(layer)[:, index], self.values(layer)[:, index],
                      self._pos[layer][index])
+
+    def persist(self) -> None:
+        """Persist every secret layer's current K and V as right operands of the products
+        that read them at every step (``q @ K^T``, ``p @ V``, a policy's ``onehot @
+        blocks``): under add2 the prefix is opened once, masked (8 bytes per element per
+        party), and later products open only their left operand; rep3: no-op.  Only the
+        valid rows are persisted (the buffer is compacted to them; the next append
+        regrows it).  Rows appended later are not persisted: products over them mask
+        and open just those rows (mpcache/persistent.py).  Plaintext caches: no-op."""
+        for layer in range(self.n_layers):
+            n = self._len[layer]
+            for store in (self._k, self._v):
+                t = store[layer]
+                if t is None or F.is_plain(t) or n == 0:
+                    continue
+                if int(t.shape[1]) != n:
+                    t = t[:, :n].copy()
+                store[layer] = t.persist()
 
     def reset(self) -> None:
         self.__init__(self.n_layers, self.policy)

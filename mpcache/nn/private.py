@@ -152,17 +152,27 @@ def announce(party, value: int, src: int) -> int:
 
 def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, stop_ids=(),
                      client: int = 0, on_token=None, policy=None,
-                     on_prefill_layer=None) -> list | None:
+                     on_prefill_layer=None, persist_cache: bool | None = None) -> list | None:
     """Greedy private generation.  Returns the token ids at the client, None elsewhere.
 
     Scopes: "prefill", then "decode" per step (the breakdown inside comes from the layers'
     own scopes).  ``on_token(step, token_id)`` is called at the client as tokens arrive;
-    ``on_prefill_layer(i, n)`` after each layer of the prefill."""
+    ``on_prefill_layer(i, n)`` after each layer of the prefill.
+
+    ``persist_cache``: after the prefill, persist the prompt's K/V (``KVCache.persist``,
+    scope "prefill/persist_cache"): add2 opens them once instead of at every decode step
+    (the same tokens).  Default (None): when at least two decode steps will reuse them
+    (``max_new_tokens > 2``); it costs one step's worth of cache openings."""
     stop = {int(s) for s in stop_ids}
     dec.on_layer = on_prefill_layer
     try:
         with party.scope("prefill"):
             logits = dec.prefill(prompt_onehot, policy=policy)
+            if persist_cache is None:
+                persist_cache = max_new_tokens > 2
+            if persist_cache:
+                with party.scope("persist_cache"):
+                    dec.cache.persist()
     finally:
         dec.on_layer = None
     out = []
