@@ -24,8 +24,9 @@ in one of two ways, recorded in each row as ``static_eviction``:
 
 MPCache's per-cluster bounds of the shared prefix are computed once before the measured
 step (scope ``"cluster_bounds"``, reported as ``cluster_bounds_cost``), as a private prefill
-would leave them; then the cache prefix is persisted (``KVCache.persist``, scope
-``"persist_cache"``, reported as ``persist_cache_cost``): add2 opens K and V once instead
+would leave them; then the cache prefix and those bounds are persisted
+(``KVCache.persist``, ``persist_bounds``; scope ``"persist_cache"``, reported as
+``persist_cache_cost``): add2 opens K and V once instead
 of in every step's products (``persist_cache=False`` in a case, ``--no-persist-cache``:
 the old behaviour, for comparison).  Several (context, policy) cases share ONE session and one weight
 sharing (:func:`policy_cases_job`).
@@ -109,8 +110,8 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     secrets, and run ``case["steps"]`` private greedy decoding steps.  Case i's step j is
     measured in scope ``c{i}/decode`` (j = 0) or ``c{i}/decode{j}``.  Returns, at the client,
     per case the token ids and (``reveal_selection``) MPCache's chosen clusters per step."""
-    from ..nn.mpc_policies import (instrument, precompute_bounds, selected_clusters,
-                                   share_state, share_stats)
+    from ..nn.mpc_policies import (instrument, persist_bounds, precompute_bounds,
+                                   selected_clusters, share_state, share_stats)
     from ..nn.policies import make_policy
     from ..nn.private import share_decoder
     dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales)
@@ -148,6 +149,8 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
             if case.get("persist_cache", True):
                 with party.scope("persist_cache"):     # once per prompt, as a private
                     cache.persist()                    # prefill leaves it (not measured)
+                    if pol is not None:
+                        persist_bounds(pol)
             with party.scope("pregrow"):
                 _pregrow(cache)
             dec.cache = cache

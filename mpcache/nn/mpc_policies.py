@@ -20,6 +20,8 @@ algorithms:
 * :func:`precompute_bounds` -- MPCache's per-cluster key extrema for all full clusters of a
   shared cache, computed once (scope ``"cluster_bounds"``) before the measured step, as a
   private prefill would have done; later steps only add newly filled clusters.
+  :func:`persist_bounds` then persists them (with the cache: ``KVCache.persist``), so
+  add2's per-step products open only their left operands.
 * :func:`selected_clusters` -- (audit/tests only) reveal the chosen fine clusters of each
   selecting layer to compare MPC with plaintext.
 """
@@ -33,7 +35,8 @@ from . import functional as F
 from .policies import base as _base
 
 __all__ = ["instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
-           "share_state", "precompute_bounds", "selected_clusters", "share_stats"]
+           "share_state", "precompute_bounds", "persist_bounds", "selected_clusters",
+           "share_stats"]
 
 #: Policy attributes (lists per layer) that hold secret values after prefill.
 SECRET_STATE = {"h2o": ("acc", "evicted"), "snapkv": ("score",)}
@@ -183,6 +186,20 @@ def precompute_bounds(policy, cache, n_next: int) -> None:
     for layer in range(cache.n_layers):
         if policy.leader(layer) == layer:
             policy._update_bounds(layer, cache.keys(layer))
+
+
+def persist_bounds(policy) -> None:
+    """MPCache: persist the cluster-bound operands every step's scoring matmul
+    (``q . bracket``) and fine-bound gather read -- the bounds :func:`precompute_bounds`
+    left, fixed from then on (add2 stops re-opening them; rep3: no-op).  Bounds of
+    clusters that fill up later are concatenated on unpersisted (opened per product)."""
+    names = policy._operands() if hasattr(policy, "_operands") else ()
+    for st in getattr(policy, "_bnd", None) or []:
+        for level in ("f", "c"):
+            for k in names:
+                t = (st.get(level) or {}).get(k)
+                if t is not None and not F.is_plain(t):
+                    t.persist()
 
 
 def selected_clusters(policy, to: int = 0) -> dict:
