@@ -22,7 +22,7 @@ import numpy as np
 from ..kernels import ring_matmul
 from ..ring import RING
 from . import truncation as tr
-from .base import ARITH, XOR, Group, Protocol, ProtocolError, phantom
+from .base import ARITH, Group, Protocol, ProtocolError, phantom
 
 DEALER = 2
 
@@ -266,16 +266,6 @@ class Add2(Protocol):
     # compare.py and docs/nonlinear-compare.md).  XOR sharing b = b0 ^ b1 between P0 and
     # P1; the dealer P2 holds a phantom and deals boolean triples (seed-compressed).
     # =====================================================================================
-    def bool_share(self, x, owner):
-        """``share`` over XOR: the owner keeps x ^ r, the peer r; only the shape moves."""
-        return self.share(x, owner, XOR)
-
-    def bool_reveal(self, data, to):
-        return self.reveal(data, to, XOR)
-
-    def bool_xor_public(self, data, c):
-        return self.add_public(data, c, XOR)
-
     def bool_and(self, a, b):
         """Boolean Beaver triple on words: open e = x ^ a, f = y ^ b (16 bytes/word per
         party, 1 round); the dealer sends c1 = (a & b) ^ c0 (8 bytes/word offline)."""

@@ -68,16 +68,28 @@ class Protocol:
     #: False only for the add2 dealer, which holds no shares.
     active = True
 
-    # -- sharing ----------------------------------------------------------------------
-    def share(self, x: np.ndarray | None, owner: int) -> np.ndarray:
+    # -- sharing (``g``: the arithmetic or the XOR group, same protocol) -----------------
+    def share(self, x: np.ndarray | None, owner: int, g: Group = ARITH) -> np.ndarray:
         raise NotImplementedError
 
-    def reveal(self, data: np.ndarray, to: int | None) -> np.ndarray | None:
+    def reveal(self, data: np.ndarray, to: int | None, g: Group = ARITH) -> np.ndarray | None:
         raise NotImplementedError
 
     # -- local -------------------------------------------------------------------------
-    def add_public(self, data: np.ndarray, c: np.ndarray) -> np.ndarray:
+    def add_public(self, data: np.ndarray, c: np.ndarray, g: Group = ARITH) -> np.ndarray:
         raise NotImplementedError
+
+    # -- XOR sharing: the same three methods over the boolean group -------------------------
+    def bool_share(self, x, owner):
+        """``share`` over XOR (costs as the protocol's ``share``)."""
+        return self.share(x, owner, XOR)
+
+    def bool_reveal(self, data, to):
+        return self.reveal(data, to, XOR)
+
+    def bool_xor_public(self, data, c):
+        """XOR public words in where ``add_public`` would add them."""
+        return self.add_public(data, c, XOR)
 
     # -- interactive ----------------------------------------------------------------------
     def mul(self, a, b):

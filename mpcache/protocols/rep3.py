@@ -20,7 +20,7 @@ import numpy as np
 from ..kernels import ring_matmul
 from ..ring import RING
 from . import truncation as tr
-from .base import ARITH, XOR, Group, Protocol
+from .base import ARITH, Group, Protocol
 
 
 class Rep3(Protocol):
@@ -209,17 +209,6 @@ class Rep3(Protocol):
     def bool_zero(self, shape):
         """XOR zero-sharing F(k_i) ^ F(k_{i-1}) (no communication)."""
         return self.party.prg_next.ring(shape) ^ self.party.prg_prev.ring(shape)
-
-    def bool_share(self, x, owner):
-        """``share`` over XOR: owner o sends x ^ F(k_{o-1}) to P_{o+1}; 8 bytes/word."""
-        return self.share(x, owner, XOR)
-
-    def bool_reveal(self, data, to):
-        return self.reveal(data, to, XOR)
-
-    def bool_xor_public(self, data, c):
-        """XOR public words into component b_0 (slot 0 at P0, slot 1 at P2)."""
-        return self.add_public(data, c, XOR)
 
     def bool_and(self, a, b):
         """ABY3 AND: z_i = a_i b_i ^ a_i b_{i+1} ^ a_{i+1} b_i ^ zero_i, sent to P_{i-1}.
