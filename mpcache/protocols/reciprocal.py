@@ -169,6 +169,18 @@ def _normalised(x, extra_weights, window):
 _F = 18          # fraction bits of the normalised a in [1, 2)
 
 
+def _initial_guess(a, kind: str, degree: int):
+    """The degree-``degree`` fit of ``kind`` ("recip" / "rsqrt") on the normalised
+    ``a in [1, 2)``, evaluated in ``t = a - 1.5`` at a frac chosen for its coefficients;
+    returns the guess (frac f) and that fixed-point choice (Newton steps reuse it)."""
+    plan = PolyPlan(_fit(kind, int(degree), 1.0), 0.5)
+    fxq = _choose_frac(plan.bound() + 2.0, _F)
+    t = add_const(a, -1.5)
+    y = poly_eval_many([scale_pow2(t, fxq.F - _F).with_frac(fxq.F)], [plan], fx=fxq,
+                       out_frac=_F)[0]
+    return y, fxq
+
+
 def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
                x_range=None):
     """``1/x`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
@@ -194,11 +206,7 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     if shift0 + _F < 0:
         raise ValueError(f"reciprocal: out_frac {fo} too large for input frac {fx}")
     a, (R,) = _normalised(x, [_pow2_weights(c2, win[1] + 1)], win)
-    plan = PolyPlan(_fit("recip", int(degree), 1.0), 0.5)
-    fxq = _choose_frac(plan.bound() + 2.0, _F)
-    t = add_const(a, -1.5)
-    y = poly_eval_many([scale_pow2(t, fxq.F - _F).with_frac(fxq.F)], [plan], fx=fxq,
-                       out_frac=_F)[0]
+    y, fxq = _initial_guess(a, "recip", degree)
     if iterations:
         y = _newton_recip(a, y, fxq.G, int(iterations))
     return run_level([Dot([(y, R)])], y.frac + shift0)[0].with_frac(fo)
@@ -225,11 +233,7 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     if (c3 - fx / 2) != int(c3 - fx / 2):
         c3 -= 0.5
     a, (E,) = _normalised(x, [_pow2_weights(c3, win[1] + 1, half=True)], win)
-    plan = PolyPlan(_fit("rsqrt", int(degree), 1.0), 0.5)
-    fxq = _choose_frac(plan.bound() + 2.0, _F)
-    t = add_const(a, -1.5)
-    y = poly_eval_many([scale_pow2(t, fxq.F - _F).with_frac(fxq.F)], [plan], fx=fxq,
-                       out_frac=_F)[0]
+    y, fxq = _initial_guess(a, "rsqrt", degree)
     if it:
         y = _newton_rsqrt(a, y, fxq.G, it)
     shift = y.frac + c3 - fx / 2 - fo
