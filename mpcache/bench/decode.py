@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 from ..runtime import Session
-from . import write_rows
+from . import modelled_seconds, write_rows
 
 
 def _model(name: str, max_context: int):
@@ -293,9 +293,8 @@ def _fine_scores(pol, queries) -> dict:
             continue
         p, st = dyn[1], pol._bnd[layer]
         ops = {k: st["f"][k][:, :p["nf"]] for k in pol._operands()}
-        q = queries[layer]
-        out[layer] = np.asarray(pol._score(pol.group_query(q, int(ops[next(iter(ops))]
-                                                                   .shape[0])), ops))
+        n_kv = int(next(iter(ops.values())).shape[0])
+        out[layer] = np.asarray(pol._score(pol.group_query(queries[layer], n_kv), ops))
     return out
 
 
@@ -317,7 +316,6 @@ def tie_margin(scores: np.ndarray, mpc: np.ndarray, plain: np.ndarray) -> dict:
 
 def _row(res, i, case, ref, out, model, protocol, wall):
     from ..nn.mpc_policies import split_breakdown
-    from ..net.shaping import model_latency
     p = f"c{i}/decode"
     sc = _scope_row(res, p)
     bd = split_breakdown(res, p)
@@ -328,9 +326,8 @@ def _row(res, i, case, ref, out, model, protocol, wall):
            "cached_rows_after_static": max(case["lens"]),
            "rows_read_per_step": ref["rows_read"] or case["n"] + 1,
            **sc,
-           "modelled_seconds": {net: model_latency(sc["seconds"], sc["rounds"],
-                                                   sc["bytes_per_party"], net)
-                                for net in ("lan", "wan")},
+           "modelled_seconds": modelled_seconds(sc["seconds"], sc["rounds"],
+                                                sc["bytes_per_party"]),
            "breakdown": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
                              "rounds": v["rounds"]} for k, v in bd.items()},
            "selection_detail": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],

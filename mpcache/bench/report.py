@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 
+from . import modelled_seconds
+
 
 def bench_report(out_dir, from_json=None, models=("gpt2-small-random", "smollm2"),
                  contexts=(512, 1024, 2048), protocols=("rep3", "add2"), policies=None,
@@ -47,12 +49,9 @@ def best_of_steps(r: dict) -> dict:
     later = [s["seconds"] for s in r.get("later_steps", [])]
     if not later or "seconds_first_step" in r:
         return r
-    from ..net.shaping import model_latency
     r = dict(r, seconds_first_step=r["seconds"], steps_timed=1 + len(later))
     r["seconds"] = min([r["seconds_first_step"]] + later)
-    r["modelled_seconds"] = {net: model_latency(r["seconds"], r["rounds"],
-                                                r["bytes_per_party"], net)
-                             for net in ("lan", "wan")}
+    r["modelled_seconds"] = modelled_seconds(r["seconds"], r["rounds"], r["bytes_per_party"])
     return r
 
 
