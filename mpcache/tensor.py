@@ -252,17 +252,29 @@ class SecretTensor:
 
     # -- matmul -------------------------------------------------------------------------------------------
     def __matmul__(self, other):
-        if isinstance(other, SecretTensor):
-            self._check(other)
-            _check_matmul(self.shape, other.shape)
-            if other._persist is not None:
-                f = self.party.fxp.frac_bits if self.frac and other.frac else None
-                d = self._proto.matmul_persistent(self.data, other.data, other._persist, f)
-                return self._new(d, self.frac + other.frac - (f or 0))
-            if self.frac and other.frac:
-                d = self._proto.matmul_trunc(self.data, other.data, self.party.fxp.frac_bits)
-                return self._new(d, self.frac + other.frac - self.party.fxp.frac_bits)
-            return self._new(self._proto.matmul(self.data, other.data), self.frac + other.frac)
+        return self.matmul(other)
+
+    def matmul(self, other, rescale: bool = True) -> "SecretTensor":
+        """``self @ other``.  A fixed x fixed product is truncated by f inside the product
+        protocol (fused); ``rescale=False`` skips that and keeps both operands' fractional
+        bits (an exact ring product: ``frac`` = the sum), for a result that is combined
+        further before one truncation (e.g. selected attention scores, nn/selected_rows.py)."""
+        if not isinstance(other, SecretTensor):
+            if not rescale:
+                raise ValueError("rescale=False needs a secret right operand")
+            return self._matmul_public(other)
+        self._check(other)
+        _check_matmul(self.shape, other.shape)
+        f = self.party.fxp.frac_bits if self.frac and other.frac and rescale else None
+        if other._persist is not None:
+            d = self._proto.matmul_persistent(self.data, other.data, other._persist, f)
+        elif f:
+            d = self._proto.matmul_trunc(self.data, other.data, f)
+        else:
+            d = self._proto.matmul(self.data, other.data)
+        return self._new(d, self.frac + other.frac - (f or 0))
+
+    def _matmul_public(self, other):
         c, exact = self._public_operand(other)
         _check_matmul(self.shape, c.shape)
         prod = self._local(lambda d: _matmul_slots(d, c, secret_left=True))

@@ -96,12 +96,42 @@ def test_selection_costs_one_level(model):
     groups, layers = 3, 4
     assert calls["score"] == groups
     assert res.scope("c0/decode/selection/topk")["calls"] == groups
-    assert res.scope("c0/decode/selection/gather")["calls"] == 2 * layers
+    # (gathered when attention reads the rows: too few words per head for column selection)
+    assert res.scope("c0/decode/attn_scores/gather")["calls"] == layers
+    assert res.scope("c0/decode/attn_context/gather")["calls"] == layers
     bd = split_breakdown(res, "c0/decode")
     assert bd["selection"]["bytes_sent"] > 0 and bd["gather"]["bytes_sent"] > 0
     # rep3 gather = output size: 8 bytes x (rows gathered) x head_dim per K and V, per layer
     k = 1 * 16
     assert bd["gather"]["bytes_sent"] == 8 * 2 * layers * 2 * k * 8
+
+
+def test_lazy_columns_same_tokens_fewer_bytes(protocol):
+    """A model where selecting score columns moves fewer words than gathering the chosen
+    clusters (one query head per KV head, head dim 32: r P < k c d, nn/selected_rows.py):
+    same tokens and clusters as plaintext, and fewer bytes than ``mpc_lazy=false``."""
+    cfg = DecoderConfig(vocab_size=61, hidden_size=64, n_layers=2, n_heads=2, n_kv_heads=2,
+                        mlp_hidden=48, arch="llama", rope_theta=1000.0, max_positions=512)
+    dec = Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, N + 1)
+    pres = calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
+    cases, refs = [], []
+    for kw in ({}, {"mpc_lazy": False}):
+        c, r = make_case(dec, ids, N, "mpcache", 0.125, steps=2, kw=kw)
+        cases.append(c)
+        refs.append(r)
+    res = mpcache.Session(protocol, timeout=300, seed=0).run(
+        policy_cases_job, dec.config, dec.weights, pres, cases, reveal_selection=True)
+    for i, ref in enumerate(refs):
+        assert res.output[i]["tokens"] == ref["tokens"]
+        for got, want in zip(res.output[i]["selections"], ref["selections"]):
+            for layer in want:
+                np.testing.assert_array_equal(np.sort(got[layer], -1), np.sort(want[layer], -1))
+    lazy, rows = (split_breakdown(res, f"c{i}/decode") for i in (0, 1))
+    assert res.scope("c0/decode/attn_scores/gather")["calls"] == 2       # one per layer
+    if protocol == "rep3":      # add2 gathers from the persisted cache: the cost moves into
+        assert lazy["gather"]["bytes_sent"] < rows["gather"]["bytes_sent"]   # attention
+    assert res.scope("c0/decode")["bytes_sent"] < res.scope("c1/decode")["bytes_sent"]
 
 
 def test_baselines_run_on_secrets(model):

@@ -42,6 +42,9 @@ import numpy as np
 from ..runtime import Session
 from . import modelled_seconds, write_rows
 
+#: Policy keywords that only the MPC glue reads (nn/mpc_policies.instrument), not policies.
+MPC_KNOBS = ("mpc_compose", "mpc_lazy")
+
 
 def _model(name: str, max_context: int):
     if name == "smollm2":
@@ -119,9 +122,10 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     for i, case in enumerate(cases):
         name = case["policy"]
         kw = dict(case.get("kw", {}))
-        compose = bool(kw.pop("mpc_compose", True))     # MPC-only knob (two-level gather)
+        mpc = {"compose": bool(kw.pop("mpc_compose", True)),   # MPC-only knobs (gather)
+               "lazy": bool(kw.pop("mpc_lazy", True))}
         pol = None if name == "full" else instrument(make_policy(name, case["budget"], **kw),
-                                                     compose=compose)
+                                                     **mpc)
         cache = dec.new_cache(pol)
         n = int(case["n"])
         secret_static = case["static"] == "secret"
@@ -221,7 +225,7 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
     from ..nn.policies import PrefillRecorder, make_policy
     from ..nn.policies.base import clone_cache
     kw = dict(kw or {})
-    pkw = {k: v for k, v in kw.items() if k != "mpc_compose"}
+    pkw = {k: v for k, v in kw.items() if k not in MPC_KNOBS}
     plain = None if policy == "full" else make_policy(policy, budget, **pkw)
     if recorder is None:
         rec = PrefillRecorder([plain] if plain is not None else [])
@@ -379,7 +383,7 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
     for n in contexts:
         ids = tokens(n + 1)
         from ..nn.policies import PrefillRecorder, make_policy
-        pols = [make_policy(nm, budget, **{k: v for k, v in kw.items() if k != "mpc_compose"})
+        pols = [make_policy(nm, budget, **{k: v for k, v in kw.items() if k not in MPC_KNOBS})
                 for _, nm, kw in specs if nm != "full"]
         rec = PrefillRecorder(pols)
         dec.prefill(np.asarray(ids[:n]), policy=rec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
+from .selected_rows import attention_context, attention_scores
 
 __all__ = [
     "MASK_VALUE", "Embedding", "Linear", "RMSNorm", "LayerNorm", "RoPE",
@@ -231,7 +232,7 @@ class Attention:
         k_pos = cache.view_positions(layer)
 
         with F.scope(x, "attn_scores"):
-            scores = q.reshape(nkv, g * t, hd) @ keys.transpose((0, 2, 1))  # [nkv, g*T, S]
+            scores = attention_scores(q.reshape(nkv, g * t, hd), keys)      # [nkv, g*T, S]
         if k_pos is not None:
             mask = causal_mask(positions, k_pos, self.dtype)
             if mask is not None:                          # public decision on public data
@@ -243,6 +244,6 @@ class Attention:
             probs = F.softmax(scores, axis=-1)
         cache.observe(layer, probs)
         with F.scope(x, "attn_context"):
-            ctx = probs @ values                                      # [nkv, g*T, hd]
+            ctx = attention_context(probs, values)                    # [nkv, g*T, hd]
         ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
         return self.o(ctx)

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import functional as F
 from .policies import base as _base
+from .selected_rows import SelectedRows
 
 __all__ = ["instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
            "share_state", "precompute_bounds", "persist_bounds", "selected_clusters",
@@ -63,10 +64,12 @@ def install_gather_scope() -> None:
     _installed = True
 
 
-def instrument(policy, compose: bool = True):
-    """Put a policy's decode-time work into cost scopes (see the module docstring) and, for
-    two-level MPCache, gather through the composed one-hot (:func:`_composed_gather`;
-    ``compose=False`` keeps the policy's two-step gather).  Returns the same object."""
+def instrument(policy, compose: bool = True, lazy: bool = True):
+    """Put a policy's decode-time work into cost scopes (see the module docstring) and route
+    MPCache's cluster gather through :func:`_cluster_gather` (two-level one-hots composed
+    into one; ``compose=False`` keeps the policy's two-step gather; ``lazy=False`` always
+    gathers rows instead of letting attention select score columns).  Returns the same
+    object."""
     install_gather_scope()
     if getattr(policy, "_mpc_instrumented", False):
         return policy
@@ -81,68 +84,78 @@ def instrument(policy, compose: bool = True):
             return after(cache, layer, probs)
 
     policy.select, policy.after_step = select, after_step
-    if compose and hasattr(policy, "_gather") and getattr(policy, "levels", 1) == 2:
-        policy._gather = _composed_gather(policy, policy._gather)
+    if hasattr(policy, "_gather") and (compose or getattr(policy, "levels", 1) == 1):
+        policy._gather = _cluster_gather(policy, policy._gather, lazy)
     policy._mpc_instrumented = True
     return policy
 
 
-def _composed_gather(policy, orig):
-    """Two-level MPCache gather with ONE one-hot matmul on K (and one on V).
+def _cluster_gather(policy, orig, lazy: bool):
+    """MPCache's gather of the chosen clusters as a :class:`SelectedRows` over ONE one-hot.
 
-    The policy's own ``_gather`` applies the coarse one-hot (``k1`` coarse clusters, i.e.
-    ``coarse_factor`` times the needed tokens) to K/V and then the fine one-hot to that:
-    under MPC a gather costs its output, so the coarse step moves ``coarse_factor`` times
-    the kept rows of K and V through the network, per layer.  Here the two one-hots are
-    composed first -- ``G = S_f @ (S_c kron I_m)``, ``[k, nc m]``, a tiny integer matmul
-    done once per layer group in ``selection`` -- and then ``G @ blocks`` gathers only the
-    ``k`` kept clusters.  One-hots are exact ring integers, so the rows gathered are
-    IDENTICAL to the policy's (a test checks tokens and clusters against plaintext)."""
+    Two levels: the policy's own ``_gather`` applies the coarse one-hot (``k1`` coarse
+    clusters, i.e. ``coarse_factor`` times the needed tokens) to K/V and then the fine
+    one-hot to that: under MPC a gather costs its output, so the coarse step moves
+    ``coarse_factor`` times the kept rows of K and V through the network, per layer.  Here
+    the two one-hots are composed first -- ``G = S_f @ (S_c kron I_m)``, ``[k, nc m]``, a
+    tiny integer matmul done once per layer group in ``selection`` -- so ``G @ blocks``
+    gathers only the ``k`` kept clusters.  One-hots are exact ring integers, so the rows are
+    IDENTICAL to the policy's (a test checks tokens and clusters against plaintext).
+
+    Then attention either gathers those rows or selects score columns instead, whichever
+    moves fewer words (:mod:`mpcache.nn.selected_rows`; ``lazy=False``: always gather)."""
     memo = {}
 
     def gather(x, p, sel_c, sel_f):
-        if sel_c is None or sel_f is None or sel_c.onehot is None or F.is_plain(sel_c.onehot):
+        if sel_f is None or sel_f.onehot is None or F.is_plain(sel_f.onehot):
             return orig(x, p, sel_c, sel_f)
-        nc, k1, m, c, s = p["nc"], p["k1"], p["m"], policy.cluster, p["s"]
-        key = (id(sel_c), id(sel_f))
-        G = memo.get("G") if memo.get("key") == key else None
-        if G is None:
-            with F.scope(sel_f.onehot, "compose"):
-                C = sel_c.onehot                                   # [h|1, k1, nc]
-                h = int(C.shape[0])
-                eye = np.eye(m, dtype=np.int64).reshape(1, 1, m, 1, m)
-                E = (C.reshape(h, k1, 1, nc, 1) * eye).reshape(h, k1 * m, nc * m)
-                G = sel_f.onehot @ E                                # [h, k, nc m]
-            memo.update(key=key, G=G)
-        nkv, n, d = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
-        blocks = x[:, s:s + nc * m * c].reshape(nkv, nc * m, c * d)
-        with F.scope(G, "gather"):
-            mid = (G @ blocks).reshape(nkv, p["k"] * c, d)
-        return F.concatenate([x[:, :s], mid, x[:, n - p["w"]:]], axis=1)
+        s, c = p["s"], policy.cluster
+        if sel_c is None:
+            G, nf = sel_f.onehot, p["nf"]
+        else:
+            nc, k1, m = p["nc"], p["k1"], p["m"]
+            key = (id(sel_c), id(sel_f))
+            G = memo.get("G") if memo.get("key") == key else None
+            if G is None:
+                with F.scope(sel_f.onehot, "compose"):
+                    C = sel_c.onehot                                   # [h|1, k1, nc]
+                    h = int(C.shape[0])
+                    eye = np.eye(m, dtype=np.int64).reshape(1, 1, m, 1, m)
+                    E = (C.reshape(h, k1, 1, nc, 1) * eye).reshape(h, k1 * m, nc * m)
+                    G = sel_f.onehot @ E                                # [h, k, nc m]
+                memo.update(key=key, G=G)
+            nf = nc * m
+        return SelectedRows(x, G, s, nf, c, p["w"], lazy=None if lazy else False)
 
     return gather
 
 
 def split_breakdown(res, prefix: str) -> dict:
-    """``RunResult.breakdown_under(prefix)`` with ``gather`` taken out of ``selection``:
-    ``selection`` = policy work without its one-hot gathers, ``gather`` = the gathers."""
+    """``RunResult.breakdown_under(prefix)`` with every nested ``gather`` scope (inside
+    ``selection``, ``attn_scores`` or ``attn_context``) taken out of its parent and
+    reported as the one top-level ``gather``: ``selection`` = policy work without its
+    one-hot gathers, ``gather`` = the gathers / column selections."""
     out = res.breakdown_under(prefix)
-    if "selection" in out:
-        sub = res.breakdown_under(f"{prefix}/selection")
+    keys = ("seconds", "bytes_sent", "offline_bytes_sent", "rounds", "messages_sent",
+            "offline_messages_sent")
+    for parent in ("selection", "attn_scores", "attn_context"):
+        if parent not in out:
+            continue
+        sub = res.breakdown_under(f"{prefix}/{parent}")
         g = sub.get("gather")
         if g is not None:
-            sel = dict(out["selection"])
-            for k in ("seconds", "bytes_sent", "offline_bytes_sent", "rounds",
-                      "messages_sent", "offline_messages_sent"):
-                if k in sel and k in g:
-                    sel[k] = max(sel[k] - g[k], 0)
+            par = dict(out[parent])
+            for k in keys:
+                if k in par and k in g:
+                    par[k] = max(par[k] - g[k], 0)
             old = out.get("gather")
             if old:
                 g = {k: old.get(k, 0) + g.get(k, 0) for k in g}
-            out["selection"], out["gather"] = sel, g
-        for k in ("topk", "cluster_bounds"):
-            if k in sub:
-                out.setdefault("_selection_detail", {})[k] = sub[k]
+            out[parent], out["gather"] = par, g
+        if parent == "selection":
+            for k in ("topk", "cluster_bounds"):
+                if k in sub:
+                    out.setdefault("_selection_detail", {})[k] = sub[k]
     return out
 
 

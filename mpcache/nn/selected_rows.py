@@ -1,0 +1,139 @@
+"""Attention over cluster rows chosen by a secret one-hot, gathered or not (issue 7).
+
+MPCache's decode step reads ``B = s + k c + w`` rows per KV head: the ``s`` sink rows and
+the newest ``w`` rows (public positions: slices) and ``k`` clusters of ``c`` rows chosen by
+a secret one-hot ``G`` ``[h, k, NC]`` over the ``NC`` candidate clusters of the *pool*
+(``P = NC c`` rows after the sink).  The direct way gathers them, ``G @ blocks``, for K
+and for V.  Under MPC a product costs its output: rep3 re-shares it, and under add2 the
+fresh product is not persisted, so the attention matmul that reads it opens it.  Either
+way that is about ``2 k c d`` ring words per KV head and layer (d = head dim).
+
+Attention only needs ``q K_sel^T`` and ``p V_sel``, and ``G`` is linear (Quest and the
+MPCache paper's "token gathering" leave this implicit):
+
+    scores_sel = G (q K_pool^T)         select the pool's score columns, cluster-wise
+    p V_sel    = (G^T p_sel) V_pool     scatter the probabilities back onto the pool
+
+so the selection can act on the ``r`` score columns of each pool row (``r`` = query rows
+of the KV head's group: ``group`` at decode) instead of on its ``d`` key dimensions:
+about ``2 r P`` words per KV head and layer.  :meth:`SelectedRows.lazy` takes the cheaper
+of the two by that public count (``r P < k c d``): gpt2-small (r = 1) at 2048 tokens with
+50% static eviction reads P ~ 1000 score words instead of 4096 K words per head.
+
+Exactness: ``G`` is 0/1 in the ring, so the selected scores are the very ring values the
+gathered path computes before its truncation; the lazy path keeps ``q K^T`` at ``2f``
+fractional bits (``rescale=False``), selects, and truncates the ``B`` selected scores
+once.  Both paths give the same scores and the same context (a test checks tokens and
+values against the gathered path).  What each party learns: nothing new -- only products,
+re-sharings and truncations of secrets; ``k``, ``NC``, ``c`` and the path taken are
+public (they follow from the public budget and shapes).
+
+Rounds per layer: gathered 1 (gather) + 2 (fused product) for the scores and the same for
+the context; lazy 1 + 1 + truncation (rep3 2, add2 1) for the scores, 1 + 2 for the
+context.  The gathers and selections are counted in cost scope ``gather``.
+"""
+from __future__ import annotations
+
+from . import functional as F
+
+__all__ = ["SelectedRows", "attention_scores", "attention_context"]
+
+
+class SelectedRows:
+    """Rows ``[head | G @ pool clusters | tail]`` of a cache tensor ``x`` [h, n, d], kept as
+    the recipe rather than the rows (see the module docstring).  ``onehot`` is ``G``
+    ``[h|1, k, NC]``; the pool is ``x[:, start : start + NC * cluster]``; the tail is the
+    last ``tail`` rows.  ``lazy``: True selects score columns, False gathers rows, None
+    (default) takes the one that moves fewer words (:meth:`lazy`)."""
+
+    def __init__(self, x, onehot, start: int, n_clusters: int, cluster: int, tail: int,
+                 lazy: bool | None = None):
+        self.x, self.onehot, self.mode = x, onehot, lazy
+        self.start, self.nc, self.c, self.w = int(start), int(n_clusters), int(cluster), int(tail)
+        self.k = int(onehot.shape[-2])
+        if int(onehot.shape[-1]) != self.nc:
+            raise ValueError(f"one-hot over {int(onehot.shape[-1])} clusters, pool has {self.nc}")
+        if self.start + self.nc * self.c > int(x.shape[1]) - self.w:
+            raise ValueError("the pool overlaps the recent window")
+        self._rows = None
+
+    @property
+    def shape(self) -> tuple:
+        h, _, d = (int(v) for v in self.x.shape)
+        return (h, self.start + self.k * self.c + self.w, d)
+
+    def lazy(self, r: int) -> bool:
+        """Whether to select score columns instead of gathering rows: the ``lazy`` given at
+        construction, or (None) whether that moves fewer words, ``r P < k c d`` -- a public
+        decision on public sizes."""
+        if self.mode is not None:
+            return bool(self.mode)
+        return r * self.nc * self.c < self.k * self.c * int(self.x.shape[2])
+
+    def _parts(self):
+        n, pe = int(self.x.shape[1]), self.start + self.nc * self.c
+        return self.x[:, :self.start], self.x[:, self.start:pe], self.x[:, n - self.w:]
+
+    def rows(self):
+        """The selected rows themselves, ``[h, B, d]``: one gather of whole clusters."""
+        if self._rows is None:
+            head, pool, tail = self._parts()
+            h, d = int(self.x.shape[0]), int(self.x.shape[2])
+            with F.scope(self.onehot, "gather"):
+                mid = self.onehot @ pool.reshape(h, self.nc, self.c * d)
+            self._rows = F.concatenate([head, mid.reshape(h, self.k * self.c, d), tail], axis=1)
+        return self._rows
+
+    def _candidates(self):
+        """``[head | pool | tail]`` rows (no selection): what the lazy path multiplies."""
+        head, pool, tail = self._parts()
+        return F.concatenate([head, pool, tail], axis=1)
+
+    def scores(self, q):
+        """``q @ rows().T`` for ``q`` [h, r, d] -> [h, r, B], by the cheaper path."""
+        h, r = int(q.shape[0]), int(q.shape[1])
+        if not self.lazy(r):
+            return q @ self.rows().transpose((0, 2, 1))
+        s, nc, c, k = self.start, self.nc, self.c, self.k
+        full = _exact_matmul(q, self._candidates().transpose((0, 2, 1)))   # 2f bits
+        pool = full[:, :, s:s + nc * c].reshape(h, r, nc, c).transpose((0, 2, 1, 3))
+        with F.scope(self.onehot, "gather"):
+            mid = self.onehot @ pool.reshape(h, nc, r * c)                   # [h, k, r c]
+        mid = mid.reshape(h, k, r, c).transpose((0, 2, 1, 3)).reshape(h, r, k * c)
+        out = F.concatenate([full[:, :, :s], mid, full[:, :, s + nc * c:]], axis=2)
+        return _rescale(out)
+
+    def context(self, probs):
+        """``probs @ rows()`` for ``probs`` [h, r, B] -> [h, r, d], by the cheaper path."""
+        h, r = int(probs.shape[0]), int(probs.shape[1])
+        if not self.lazy(r):
+            return probs @ self.rows()
+        s, nc, c, k = self.start, self.nc, self.c, self.k
+        mid = probs[:, :, s:s + k * c].reshape(h, r, k, c).transpose((0, 2, 1, 3))
+        with F.scope(self.onehot, "gather"):                                 # scatter back
+            pool = self.onehot.transpose((0, 2, 1)) @ mid.reshape(h, k, r * c)
+        pool = pool.reshape(h, nc, r, c).transpose((0, 2, 1, 3)).reshape(h, r, nc * c)
+        full = F.concatenate([probs[:, :, :s], pool, probs[:, :, s + k * c:]], axis=2)
+        return full @ self._candidates()
+
+
+def attention_scores(q, keys):
+    """``q @ keys^T`` per KV head, for a cache tensor or a :class:`SelectedRows`."""
+    if isinstance(keys, SelectedRows):
+        return keys.scores(q)
+    return q @ keys.transpose((0, 2, 1))
+
+
+def attention_context(probs, values):
+    """``probs @ values`` per KV head, for a cache tensor or a :class:`SelectedRows`."""
+    if isinstance(values, SelectedRows):
+        return values.context(probs)
+    return probs @ values
+
+
+def _exact_matmul(a, b):
+    return a @ b if F.is_plain(a) and F.is_plain(b) else a.matmul(b, rescale=False)
+
+
+def _rescale(x):
+    return x if F.is_plain(x) else x.rescale()

@@ -1,0 +1,117 @@
+"""Attention over secretly chosen clusters without gathering them (nn/selected_rows.py):
+selecting score columns (lazy) gives the scores and context of gathering rows, in
+plaintext and under both protocols; the cost rule picks the path that moves fewer words;
+rep3 bytes and rounds of each path are asserted; bad layouts are refused."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mpcache
+from mpcache.nn.selected_rows import SelectedRows, attention_context, attention_scores
+from mpcache.protocols.costs import cost
+
+H, C, NC, S, GAP, W, K = 2, 4, 6, 4, 3, 5, 2
+N = S + NC * C + GAP + W
+B = S + K * C + W
+
+
+def _case(seed, r, d):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(H, N, d))
+    G = np.zeros((H, K, NC))
+    for h in range(H):
+        G[h, np.arange(K), np.sort(rng.choice(NC, K, replace=False))] = 1.0
+    q = rng.normal(size=(H, r, d))
+    p = rng.random(size=(H, r, B))
+    p /= p.sum(-1, keepdims=True)
+    return x, G, q, p
+
+
+def _gathered(x, G):
+    d = x.shape[2]
+    mid = (G @ x[:, S:S + NC * C].reshape(H, NC, C * d)).reshape(H, K * C, d)
+    return np.concatenate([x[:, :S], mid, x[:, N - W:]], axis=1)
+
+
+@pytest.mark.parametrize("lazy", [True, False, None])
+def test_plaintext_paths_agree(lazy):
+    x, G, q, p = _case(0, 3, 8)
+    rows = SelectedRows(x, G, S, NC, C, W, lazy=lazy)
+    ref = _gathered(x, G)
+    assert rows.shape == ref.shape
+    np.testing.assert_allclose(attention_scores(q, rows), q @ ref.transpose(0, 2, 1), atol=1e-12)
+    np.testing.assert_allclose(attention_context(p, rows), p @ ref, atol=1e-12)
+
+
+def test_cost_rule():
+    x, G, _, _ = _case(0, 1, 8)
+    rows = SelectedRows(x, G, S, NC, C, W)
+    # lazy iff r * P < k * c * d  (P = NC * C = 24, k c d = 2 * 4 * 8 = 64)
+    assert rows.lazy(2) and not rows.lazy(3)
+    assert SelectedRows(x, G, S, NC, C, W, lazy=False).lazy(1) is False
+
+
+def test_bad_layouts_refused():
+    x, G, _, _ = _case(0, 1, 8)
+    with pytest.raises(ValueError, match="one-hot over 6 clusters, pool has 5"):
+        SelectedRows(x, G, S, NC - 1, C, W)
+    with pytest.raises(ValueError, match="overlaps the recent window"):
+        SelectedRows(x, G, S, NC, C, W + GAP + 1)
+
+
+def _job(party, x, G, q, p, lazy):
+    own = party.id == 0
+    xs = party.share(x if own else None, owner=0)
+    Gs = party.share(G if own else None, owner=0, integer=True)
+    qs = party.share(q if own else None, owner=0)
+    ps = party.share(p if own else None, owner=0)
+    rows = SelectedRows(xs, Gs, S, NC, C, W, lazy=lazy)
+    with party.scope("scores"):
+        sc = attention_scores(qs, rows)
+    with party.scope("context"):
+        cx = attention_context(ps, rows)
+    return sc.reveal(to=0), cx.reveal(to=0)
+
+
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2 ** 16), r=st.sampled_from([1, 3]), d=st.sampled_from([4, 8]))
+def test_secret_lazy_equals_gathered(protocol, seed, r, d):
+    x, G, q, p = _case(seed, r, d)
+    ref = _gathered(x, G)
+    out = {}
+    for lazy in (True, False):
+        res = mpcache.Session(protocol, seed=0).run(_job, x, G, q, p, lazy)
+        out[lazy] = res.output
+        np.testing.assert_allclose(out[lazy][0], q @ ref.transpose(0, 2, 1), atol=2e-4)
+        np.testing.assert_allclose(out[lazy][1], p @ ref, atol=2e-4)
+    # same selected ring values before one truncation: the two paths agree to an ulp
+    np.testing.assert_allclose(out[True][0], out[False][0], atol=2 * 2.0 ** -18)
+    np.testing.assert_allclose(out[True][1], out[False][1], atol=2 * 2.0 ** -18)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_rep3_bytes_and_rounds(lazy):
+    """Per party (max): lazy scores = exact q.[head|pool|tail]^T (re-share) + exact G @
+    pool scores (re-share) + one truncation of the B selected; lazy context = exact scatter
+    G^T p (re-share) + fused product.  Gathered: G @ blocks (re-share) + fused product,
+    for K and for V."""
+    r, d = 3, 8
+    x, G, q, p = _case(1, r, d)
+    res = mpcache.Session("rep3", seed=0).run(_job, x, G, q, p, lazy)
+    sc, cx = res.scope("scores"), res.scope("context")
+    P, rows = NC * C, S + NC * C + W
+    if lazy:
+        want_s = [cost("rep3", "matmul_ring", m=H * r, q=rows),
+                  cost("rep3", "matmul_ring", m=H * K, q=r * C),
+                  cost("rep3", "trunc", n=H * r * B)]
+        want_c = [cost("rep3", "matmul_ring", m=H * P, q=r),
+                  cost("rep3", "matmul_fixed", m=H * r, q=d)]
+    else:
+        want_s = [cost("rep3", "matmul_ring", m=H * K, q=C * d),
+                  cost("rep3", "matmul_fixed", m=H * r, q=B)]
+        want_c = [cost("rep3", "matmul_fixed", m=H * r, q=d)]   # rows gathered once
+    assert sc["bytes_sent"] == sum(c["bytes"] for c in want_s)
+    assert sc["rounds"] == sum(c["rounds"] for c in want_s)
+    assert cx["bytes_sent"] == sum(c["bytes"] for c in want_c)
+    assert cx["rounds"] == sum(c["rounds"] for c in want_c)
