@@ -211,6 +211,8 @@ def ring_matmul(a: np.ndarray, b: np.ndarray, mode: str | None = None) -> np.nda
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) every kernel signature used, so a
     benchmark never times a compilation."""
+    from .protocols.select import rotate_rows     # one-hot rotation (top-k, one_hot)
+    rotate_rows(np.zeros((1, 2, 3), np.uint64), np.zeros(2, np.int64))
     one = np.ones((2, 3), dtype=np.uint64)
     for mode in MODES:
         ring_matmul(one, one.T.copy(), mode)
