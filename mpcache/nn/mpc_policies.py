@@ -9,9 +9,10 @@ algorithms:
 * :func:`instrument` -- cost scopes.  A decode step's policy work (cluster bounds, the
   ``q . bracket`` matmul, top-k, H2O's score bookkeeping) runs in scope ``"selection"``;
   every one-hot gather (:meth:`Selection.gather`, i.e. ``onehot @ X``) in scope
-  ``"gather"``.  Gathers happen inside the policy's ``select``, so the raw scope tree has
-  ``selection/gather``; :func:`split_breakdown` reports ``selection`` EXCLUSIVE of its
-  gathers and ``gather`` as its own scope (so the two add up to the policy's cost).
+  ``"gather"``.  Gathers happen inside the policy's ``select`` (``selection/gather``) or,
+  for MPCache's clusters, when attention reads the :class:`SelectedRows`
+  (``attn_scores/gather``, ``attn_context/gather``); :func:`split_breakdown` reports each
+  parent EXCLUSIVE of its gathers and ``gather`` as its own scope (so they add up).
   Static eviction at prefill (:meth:`Policy.attach` on secret statistics) runs in
   ``"static_eviction"`` (its own gather nested as ``static_eviction/gather``).
 * :data:`SECRET_STATE` / :func:`share_state` -- the per-layer state a policy keeps after
