@@ -18,18 +18,50 @@ import numpy as np
 
 
 class PRG:
-    """A Philox stream keyed by a 128-bit key; draws uniform ring elements."""
+    """A Philox stream keyed by a 128-bit key; draws uniform ring elements.
+
+    Small draws are served from a block drawn ahead of time: numpy's ``random_raw``
+    releases the GIL on every call, and with three party threads in one process each
+    release of a 1-element draw is a GIL hand-off to another party (measured: 0.9 us per
+    draw alone, ~7 us per draw with three parties running).  The stream is unchanged:
+    Philox ``random_raw(a)`` then ``random_raw(b)`` equals ``random_raw(a + b)``, and the
+    block is consumed strictly in order (a large draw first takes what is left of it).
+    """
+
+    #: Draws of at most SMALL words come from the block; BLOCK words are drawn at a time.
+    SMALL = 256
+    BLOCK = 4096
 
     def __init__(self, key: int):
         self._bitgen = np.random.Philox(key=key)
+        self._buf = _EMPTY
+        self._pos = 0
+
+    def _raw(self, n: int) -> np.ndarray:
+        """The next ``n`` words of the stream as a fresh 1-d array."""
+        pos, buf = self._pos, self._buf
+        left = buf.shape[0] - pos
+        if n <= left:
+            self._pos = pos + n
+            return buf[pos:pos + n].copy()     # a copy: callers may keep or mutate it
+        if n <= self.SMALL:
+            fresh = self._bitgen.random_raw(self.BLOCK)
+            self._buf, self._pos = fresh, n - left
+            return np.concatenate((buf[pos:], fresh[:n - left])) if left else fresh[:n].copy()
+        self._buf, self._pos = _EMPTY, 0
+        out = self._bitgen.random_raw(n - left)
+        return np.concatenate((buf[pos:], out)) if left else out
 
     def ring(self, shape) -> np.ndarray:
         # hot path (every product draws several masks): no numpy helpers on the shape
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
-        return self._bitgen.random_raw(math.prod(shape)).reshape(shape)
+        return self._raw(math.prod(shape)).reshape(shape)
 
     def bits(self, shape) -> np.ndarray:
         return self.ring(shape) & np.uint64(1)
+
+
+_EMPTY = np.empty(0, dtype=np.uint64)
 
 
 def fresh_key(rng: np.random.Generator | None = None) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 
 
@@ -54,11 +53,17 @@ class Accounting:
     spans: dict = field(default_factory=lambda: defaultdict(list))   # path -> [(in, out)]
     wire_bytes_sent: int = 0      # set by transports that frame payloads (gRPC)
     _stack: list = field(default_factory=list)
+    #: "/".join(_stack), kept up to date by scope(); and the Counters of that path once
+    #: this scope has sent (None until then: entries are created on first use, as before)
+    _path: str = ""
+    _cur: Counters | None = None
 
     # -- called by the transport -------------------------------------------------
     def on_send(self, nbytes: int, offline: bool) -> int:
         """Record a send; return the round stamp to put on the message (0 if offline)."""
-        c = self.scopes[self.path]
+        c = self._cur
+        if c is None:
+            c = self._cur = self.scopes[self._path]
         if offline:
             self.total.offline_bytes_sent += nbytes
             self.total.offline_messages_sent += 1
@@ -78,23 +83,11 @@ class Accounting:
     # -- scopes ------------------------------------------------------------------
     @property
     def path(self) -> str:
-        return "/".join(self._stack)
+        return self._path
 
-    @contextmanager
-    def scope(self, name: str):
-        if not name or "/" in name:
-            raise ValueError(f"scope names must be non-empty and contain no '/': {name!r}")
-        self._stack.append(name)
-        c0, t0 = self.clock, time.perf_counter()
-        try:
-            yield
-        finally:
-            c = self.scopes[self.path]
-            c.rounds += self.clock - c0
-            c.seconds += time.perf_counter() - t0
-            self.spans[self.path].append((c0, self.clock))
-            c.calls += 1
-            self._stack.pop()
+    def scope(self, name: str) -> "_Scope":
+        """Context manager: count everything inside under ``path/name``."""
+        return _Scope(self, name)
 
     def snapshot(self) -> dict:
         """A plain-dict copy of every counter (safe to send across processes)."""
@@ -107,6 +100,38 @@ class Accounting:
     def breakdown(self) -> dict:
         """Counters aggregated by leaf scope name (bytes exclusive, rounds inclusive)."""
         return breakdown(self.snapshot())
+
+
+class _Scope:
+    """``with acct.scope(name):`` (a class, not a generator: entered once per protocol
+    step, so its cost is on every round's path)."""
+
+    __slots__ = ("acct", "name", "c0", "t0")
+
+    def __init__(self, acct: Accounting, name: str):
+        self.acct, self.name = acct, name
+
+    def __enter__(self):
+        name, a = self.name, self.acct
+        if not name or "/" in name:
+            raise ValueError(f"scope names must be non-empty and contain no '/': {name!r}")
+        a._stack.append(name)
+        a._path = f"{a._path}/{name}" if a._path else name
+        a._cur = None
+        self.c0, self.t0 = a.clock, time.perf_counter()
+
+    def __exit__(self, *exc):
+        a = self.acct
+        path = a._path
+        c = a.scopes[path]
+        c.rounds += a.clock - self.c0
+        c.seconds += time.perf_counter() - self.t0
+        a.spans[path].append((self.c0, a.clock))
+        c.calls += 1
+        a._stack.pop()
+        a._path = "/".join(a._stack)
+        a._cur = None
+        return False
 
 
 def breakdown(snapshot: dict) -> dict:

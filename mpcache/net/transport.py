@@ -18,6 +18,7 @@ from .accounting import Accounting
 N_PARTIES = 3
 #: Largest single message accepted (payload bytes); bigger tensors are a protocol bug.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
+_PARTIES = range(N_PARTIES)
 
 
 class TransportError(RuntimeError):
@@ -36,7 +37,7 @@ class ProtocolMismatch(TransportError):
     """A received message is not the one the protocol expects (tag, order, session)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     session: str
     sender: int
@@ -78,7 +79,7 @@ class Transport:
 
     # -- the interface protocols use ---------------------------------------------------
     def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
-        if to == self.party_id or to not in range(N_PARTIES):
+        if to == self.party_id or to not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot send to {to}")
         payload = np.asarray(payload)
         if not payload.flags.c_contiguous:   # (ascontiguousarray would make 0-d arrays 1-d)
@@ -90,13 +91,14 @@ class Transport:
         msg = Message(self.session, self.party_id, self._send_seq[to], tag, stamp, payload,
                       offline)
         self._send_seq[to] += 1
-        for obs in self.observers:
-            obs("send", to, msg, self.acct.path)
+        if self.observers:
+            for obs in self.observers:
+                obs("send", to, msg, self.acct.path)
         self._deliver(to, msg)
 
     def recv(self, frm: int, tag: str, shape: tuple | None = None) -> np.ndarray:
         """Next message from ``frm``; it must carry step ``tag`` (and ``shape`` if given)."""
-        if frm == self.party_id or frm not in range(N_PARTIES):
+        if frm == self.party_id or frm not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
         msg = self._collect(frm, tag)
         want = self._recv_seq[frm]
@@ -120,8 +122,9 @@ class Transport:
                                    f"{tuple(shape)} (parties are running different programs)")
         self._recv_seq[frm] += 1
         self.acct.on_recv(msg.stamp)
-        for obs in self.observers:
-            obs("recv", frm, msg, self.acct.path)
+        if self.observers:
+            for obs in self.observers:
+                obs("recv", frm, msg, self.acct.path)
         return msg.payload
 
     # -- conveniences -----------------------------------------------------------------

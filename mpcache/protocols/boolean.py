@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ring import RING
+from ..ring import RING, iota
 from .base import ProtocolError, phantom
 
 U8 = np.uint8
@@ -106,7 +106,7 @@ def unpack_msg(buf, bit_shapes=(), ring_shapes=()):
 def to_bits(u: np.ndarray, nbits: int = 64, start: int = 0) -> np.ndarray:
     """Bits ``start .. start+nbits-1`` of uint64 values -> uint8 array [nbits, *u.shape]."""
     u = np.asarray(u, dtype=RING)
-    sh = np.arange(start, start + nbits, dtype=RING).reshape((nbits,) + (1,) * u.ndim)
+    sh = iota(start + nbits, RING)[start:].reshape((nbits,) + (1,) * u.ndim)
     return ((u[None] >> sh) & _ONE).astype(U8)
 
 
@@ -259,7 +259,7 @@ class Pair:
         S = bits[0].shape
         K = 1 << k
         F = np.asarray(table, dtype=RING).reshape(K)
-        wts = np.arange(k)
+        wts = iota(k)
         sx = x.shape if x is not None else None
         extra = () if x is None else sx[len(S):]
         if x is not None and sx[:len(S)] != S:
@@ -268,7 +268,7 @@ class Pair:
             kA, kB = self.kA, self.kB
             rho = np.stack([rand_bits(kA, S) ^ rand_bits(kB, S) for _ in range(k)], -1)
             r = (rho.astype(np.int64) << wts).sum(-1)                         # S
-            T = F[np.arange(K) ^ r[..., None]]                                 # S + (K,)
+            T = F[iota(K) ^ r[..., None]]                                 # S + (K,)
             parts = [T - kA.ring(S + (K,))]
             if x is not None:
                 al = kA.ring(sx) + kB.ring(sx)

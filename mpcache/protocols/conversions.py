@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ring import RING
+from ..ring import RING, iota
 from .boolean import (U8, BoolTensor, Pair, pack_bits, pair_of, rand_bits, to_bits,
                       unpack_bits)
 
@@ -180,7 +180,7 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     nout = 2 if kind == "lt" else 1
     tb = (M * nout + 7) // 8
     lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2**64 - 1)
-    sh = (np.arange(D, dtype=np.uint64) * np.uint64(w))[:, None]
+    sh = (iota(D, np.uint64) * np.uint64(w))[:, None]
     dmask = np.uint64(M - 1)
     want_top = low < nbits
 
@@ -217,7 +217,7 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     if nbits < 64:
         c &= np.uint64((1 << nbits) - 1)
     cd = digits(c)
-    q = cd[..., None] * nout + np.arange(nout)                       # bit positions
+    q = cd[..., None] * nout + iota(nout)                       # bit positions
     leaves = (np.take_along_axis(tab, (q >> 3).reshape(D, N, nout), axis=2)
               >> (q & 7).astype(U8)) & U8(1)
     return leaves, c, top

@@ -71,7 +71,7 @@ import builtins
 import numba
 import numpy as np
 
-from ..ring import RING
+from ..ring import RING, iota
 from .boolean import U8, Pair, pair_of
 from .conversions import msb_bits, sign_to_ring
 
@@ -155,7 +155,7 @@ def _perm(prg, shape):
 
 def _take_rows(X, perm):
     """X [R, m, ...] permuted along axis 1 by per-row ``perm`` [R, m]."""
-    return X[np.arange(X.shape[0])[:, None], perm]
+    return X[iota(X.shape[0])[:, None], perm]
 
 
 # -- trees ---------------------------------------------------------------------------------------
