@@ -103,6 +103,26 @@ def test_scope_breakdown_and_totals_agree(protocol):
         v["bytes_sent"] for v in p0["scopes"].values()) + unscoped
 
 
+def test_scope_seconds_come_from_online_parties(protocol):
+    """add2's dealer waits ahead of the online parties: a scope's seconds are the max over
+    P0 and P1 only (rep3: all three parties compute)."""
+    import time
+
+    def job(p):
+        a = p.share(np.ones(4) if p.id == 0 else None, 0)
+        with p.scope("wait"):
+            if p.id == 2:
+                time.sleep(0.2)
+            b = a * a
+        return p.reveal(b)
+    res = mpcache.Session(protocol).run(job)
+    from mpcache.net.accounting import scope_totals
+    per = [scope_totals(s, "wait")["seconds"] for s in res.stats]
+    want = (0, 1) if protocol == "add2" else (0, 1, 2)
+    assert res.timed == want
+    assert res.scope("wait")["seconds"] == max(per[i] for i in want)
+
+
 @pytest.mark.parametrize("m,k,q", [(1, 8, 8), (3, 5, 2), (4, 16, 32)])
 def test_persistent_weight_matmul(protocol, m, k, q):
     """x @ W with W persisted: same values; add2 opens only x - A per product."""
