@@ -182,8 +182,12 @@ def test_receive_deadline_names_peer_and_step():
     assert isinstance(err[0], PeerTimeout)
     assert "party 2" in str(err[0]) and "'never.sent'" in str(err[0])
     assert 0.9 < fn.elapsed < 8.0      # bounded (not hung); wide for loaded CI machines
+    # the abort reaches a party from P0 itself or relayed by the other party (a race):
+    # either way it names P0's failure
     for i in (1, 2):
-        assert isinstance(err[i], PeerAborted) and "party 0 aborted" in str(err[i])
+        msg = str(err[i])
+        assert isinstance(err[i], PeerAborted)
+        assert "party 0 aborted" in msg or "cause: party 0: no message from party 2" in msg
 
 
 def _inject(frame_bytes):
