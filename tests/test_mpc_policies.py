@@ -184,3 +184,9 @@ def test_report_best_of_steps():
     assert (b["seconds"], b["seconds_first_step"], b["steps_timed"]) == (2.0, 3.0, 3)
     assert b["modelled_seconds"]["lan"] > 2.0 and best_of_steps(b) is b
     assert best_of_steps({"seconds": 1.0}) == {"seconds": 1.0}
+    # the fastest step's breakdown replaces the first step's (shares of time add up)
+    bd0, bd1 = {"softmax": {"seconds": 2.5}}, {"softmax": {"seconds": 1.5}}
+    r = dict(r, breakdown=bd0, later_steps=[{"seconds": 2.0, "breakdown": bd1}])
+    assert best_of_steps(r)["breakdown"] is bd1
+    r["later_steps"] = [{"seconds": 4.0, "breakdown": bd1}]
+    assert best_of_steps(r)["breakdown"] is bd0 and best_of_steps(r)["seconds"] == 3.0

@@ -319,11 +319,9 @@ def tie_margin(scores: np.ndarray, mpc: np.ndarray, plain: np.ndarray) -> dict:
 
 
 def _row(res, i, case, ref, out, model, protocol, wall):
-    from ..nn.mpc_policies import split_breakdown
     p = f"c{i}/decode"
     sc = _scope_row(res, p)
-    bd = split_breakdown(res, p)
-    detail = bd.pop("_selection_detail", {})
+    bd, detail = _breakdown(res, p)
     row = {"model": model, "context": case["n"], "protocol": protocol,
            "policy": case["policy"], "budget": case["budget"], "policy_kw": case["kw"],
            "static_eviction": None if case["policy"] == "full" else case["static"],
@@ -332,11 +330,7 @@ def _row(res, i, case, ref, out, model, protocol, wall):
            **sc,
            "modelled_seconds": modelled_seconds(sc["seconds"], sc["rounds"],
                                                 sc["bytes_per_party"]),
-           "breakdown": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
-                             "rounds": v["rounds"]} for k, v in bd.items()},
-           "selection_detail": {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
-                                    "rounds": v["rounds"], "calls": v["calls"]}
-                                for k, v in detail.items()},
+           "breakdown": bd, "selection_detail": detail,
            "token_matches_plaintext": None, "wall_seconds_session": wall}
     if out is not None:
         row["tokens"] = out["tokens"]
@@ -351,8 +345,21 @@ def _row(res, i, case, ref, out, model, protocol, wall):
         if any(path in s["scopes"] for s in res.stats):
             row[f"{extra}_cost"] = _scope_row(res, path)
     for j in range(1, case["steps"]):
-        row.setdefault("later_steps", []).append(_scope_row(res, f"c{i}/decode{j}"))
+        later = _scope_row(res, f"c{i}/decode{j}")
+        later["breakdown"], later["selection_detail"] = _breakdown(res, f"c{i}/decode{j}")
+        row.setdefault("later_steps", []).append(later)
     return row
+
+
+def _breakdown(res, path):
+    """(breakdown, selection detail) of one measured step, as the JSON rows carry them."""
+    from ..nn.mpc_policies import split_breakdown
+    bd = split_breakdown(res, path)
+    detail = bd.pop("_selection_detail", {})
+    return ({k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
+                 "rounds": v["rounds"]} for k, v in bd.items()},
+            {k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
+                 "rounds": v["rounds"], "calls": v["calls"]} for k, v in detail.items()})
 
 
 def _same_sel(a, b):

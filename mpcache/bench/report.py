@@ -45,12 +45,18 @@ def best_of_steps(r: dict) -> dict:
     ``seconds`` (the first step of a session also pays one-off costs: first touches of the
     shared weights, allocator growth), with the modelled LAN/WAN latency recomputed from it;
     bytes and rounds stay those of the first step (exact; later steps differ only when a
-    cluster fills).  The first step's time is kept as ``seconds_first_step``."""
-    later = [s["seconds"] for s in r.get("later_steps", [])]
+    cluster fills).  The first step's time is kept as ``seconds_first_step``; the breakdown
+    (when the later steps carry one) is the fastest step's, so shares of time add up."""
+    later = r.get("later_steps", [])
     if not later or "seconds_first_step" in r:
         return r
+    best = min(later, key=lambda s: s["seconds"])
     r = dict(r, seconds_first_step=r["seconds"], steps_timed=1 + len(later))
-    r["seconds"] = min([r["seconds_first_step"]] + later)
+    if best["seconds"] < r["seconds"]:
+        r["seconds"] = best["seconds"]
+        for key in ("breakdown", "selection_detail"):
+            if key in best:
+                r[key] = best[key]
     r["modelled_seconds"] = modelled_seconds(r["seconds"], r["rounds"], r["bytes_per_party"])
     return r
 
