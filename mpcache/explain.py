@@ -232,10 +232,11 @@ TAGS: dict[str, TagInfo] = {
         "open e = c ^ r (1 bit each) and set c = e + (1 - 2e) [r] locally",
         "e = c ^ r, a uniform bit (r is the dealer's)"),
     "approx.topbit": TagInfo(
-        "top-bit normalisation: bits to ring (B2A), open e = c ^ r",
-        "the bit decomposition of x found its leading one; each bit is turned into a ring "
-        "value by opening e = c ^ r for a dealer bit r",
-        "e = c ^ r, uniform bits"),
+        "top-bit normalisation: thermometer bits [x < 2^i] to ring, last carry level fused",
+        "x was compared with every power of two of the window in one batch; the last carry "
+        "level and the bit-to-ring conversion share one dealt 8-entry table, opened as "
+        "three masked bits; the one-hot of the leading one is t_(i+1) - t_i (local)",
+        "three uniform bits per comparison (the dealer's table masks them)"),
     "*.mux": TagInfo(
         "bit injection: c * x for a secret bit c and a ring value x, in one round",
         "open e = c ^ r and f = x - alpha together (r, alpha, [r alpha] dealt); then "

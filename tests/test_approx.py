@@ -12,10 +12,10 @@ from hypothesis.extra import numpy as hnp
 
 import mpcache
 from mpcache.protocols import approx as A
+from mpcache.ring import FixedPoint
 from mpcache.testing import run_op
 
 compare = pytest.importorskip("mpcache.protocols.compare")
-from mpcache.protocols import conversions as CV   # noqa: E402
 from mpcache.protocols import reciprocal as RC    # noqa: E402
 
 ULP = 2.0 ** -18
@@ -128,15 +128,19 @@ def test_reciprocal_rsqrt_rounds_and_knobs(protocol):
         fn = (lambda p, a, kw=kw: a.reciprocal(out_frac=32, **kw)) if name[0] == "r" else \
             (lambda p, a, kw=kw: a.rsqrt(out_frac=32, **kw))
         out, res = run_op(protocol, fn, x)
+        if name == "r":
+            topbit_res = res
         ref = 1 / q(x) if name[0] == "r" else 1 / np.sqrt(q(x))
         err = np.max(np.abs(out - ref) / ref)
         assert err <= (1e-3 if name in ("r", "s") else 5e-5), (name, err)
         base[name] = res.scope("op")["rounds"]
-    # top-bit one-hot = A2B + 6 prefix-OR levels + injection (+ re-sharing), then
-    # normalise (1 level) + degree-4 polynomial (2) + un-normalise (1): 15 rounds after A2B
-    _, ra = run_op(protocol, lambda p, a: CV.a2b(a), x)
-    # (a standalone A2B's first round can overlap the input sharing in the round count)
-    assert 15 <= base["r"] - ra.scope("op")["rounds"] <= 16
+    # top-bit one-hot = one batched threshold comparison (+ re-sharing), exactly
+    # topbit_cost; then normalise (1 level) + degree-4 polynomial (2) + un-normalise (1)
+    klo, khi = RC._window(FixedPoint().frac_bits, None)
+    want = RC.topbit_cost(x.size, khi + 1, klo, 2, protocol)
+    tb = topbit_res.scope("op/topbit")
+    assert (tb["bytes_sent"], tb["rounds"]) == (want["bytes"], want["rounds"])
+    assert base["r"] - tb["rounds"] == 8
     # knobs cost exactly their levels: degree 8 adds one level, a Newton step two
     assert base["r8"] == base["r"] + 2
     assert base["rn"] == base["r"] + 4
@@ -258,12 +262,14 @@ def test_tanh_sigmoid_accuracy(protocol, x):
     assert np.max(np.abs(out[1] - 0.5 * (1 + np.tanh(q(x) / 2)))) <= 2e-3
 
 
-def test_reciprocal_x_range_saves_rounds(protocol):
+def test_reciprocal_x_range_saves_bytes(protocol):
     x = np.array([1.0, 3.5, 100.0, 1023.0])
     out, r1 = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32), x)
     out2, r2 = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32, x_range=(0.5, 2048)), x)
     assert np.max(np.abs(out2 - 1 / x) * x) <= 1e-3
-    assert r2.scope("op")["rounds"] == r1.scope("op")["rounds"] - 2     # 4 OR levels, not 6
+    # fewer thresholds (14 instead of 45), same rounds (one comparison batch either way)
+    assert r2.scope("op")["rounds"] == r1.scope("op")["rounds"]
+    assert r2.scope("op/topbit")["bytes_sent"] < r1.scope("op/topbit")["bytes_sent"] / 2.5
 
 
 # -------------------------------------------------------------------------------------

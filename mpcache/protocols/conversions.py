@@ -362,23 +362,26 @@ def cmp_levels(n: int, nbits: int = 64, kind: str = "lt", fused: bool = False) -
 def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) -> dict:
     """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "eq",
     "relu" (and abs, maximum: bit injection into ``payload`` ring values per comparison),
-    "reveal" (revealed comparison in top-k)}; per party, bits packed per message.
+    "reveal" (revealed comparison in top-k), "sign" (msb with the fused bit-to-ring,
+    ``sign_to_ring``, left in 2-of-2 form: no re-sharing, e.g. the top-bit thermometer)};
+    per party, bits packed per message.
     Returns {'bytes', 'rounds', 'offline'}.  msb/eq/relu fuse the last tree level with the
     final conversion: 3 opened bits (+ 8 bytes per payload value), dealt 8-entry tables
     (64 bytes, + 64 per payload value)."""
     from .compare import FUSE_SIGN_B2A
-    fused = (op in ("eq", "relu") or (op == "msb" and FUSE_SIGN_B2A)) and n <= FUSE_MAX_BATCH
+    fused = (op in ("eq", "relu", "sign") or (op == "msb" and FUSE_SIGN_B2A)) \
+        and n <= FUSE_MAX_BATCH
     levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt", fused)
     online = sum(b for b, _ in levels)
     offline = sum(d for _, d in levels)
     rounds = len(levels) + 1
-    if op in ("msb", "eq") and not fused:     # b2a: open 1 bit; dealer r_A (8 bytes)
+    if op in ("msb", "eq", "sign") and not fused:     # b2a: open 1 bit; dealer r_A (8 bytes)
         online += (n + 7) // 8
         offline += 8 * n
     elif op == "relu" and not fused:          # bitmul: 1 bit + 8 bytes per payload value
         online += (n + 7) // 8 + 8 * n * payload
         offline += 8 * n + 8 * n * payload
-    elif op in ("msb", "eq"):
+    elif op in ("msb", "eq", "sign"):
         online += (3 * n + 7) // 8
         offline += 64 * n
     elif op == "relu":
@@ -388,7 +391,7 @@ def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) 
         online += 2 * ((n + 7) // 8)
     else:
         raise ValueError(f"unknown comparison op {op!r}")
-    if protocol == "rep3" and op != "reveal":
+    if protocol == "rep3" and op not in ("reveal", "sign"):
         online += 8 * n * (payload if op == "relu" else 1)   # back to replicated
         rounds += 1
     return {"bytes": online, "rounds": rounds, "offline": offline}
