@@ -87,6 +87,9 @@ class Boxed:
     def reshape(self, *shape):
         return Boxed(self.a.reshape(*shape))
 
+    def broadcast_to(self, shape):
+        return Boxed(np.broadcast_to(self.a, shape))
+
     # fixed-point bookkeeping of SecretTensor (value-preserving here)
     frac = 0
     party = type("P", (), {"fxp": type("F", (), {"frac_bits": 0})(),
@@ -111,7 +114,7 @@ class Boxed:
     softmax = lambda s, axis: s._rec("softmax", F.softmax, axis=axis)        # noqa: E731
     exp = lambda s: s._rec("exp", F.exp)                                     # noqa: E731
     reciprocal = lambda s: s._rec("reciprocal", F.reciprocal)                # noqa: E731
-    rsqrt = lambda s: s._rec("rsqrt", F.rsqrt)                               # noqa: E731
+    rsqrt = lambda s, **kw: s._rec("rsqrt", F.rsqrt, **kw)                   # noqa: E731
     silu = lambda s: s._rec("silu", F.silu)                                  # noqa: E731
     gelu = lambda s: s._rec("gelu", F.gelu)                                  # noqa: E731
     relu = lambda s: s._rec("relu", F.relu)                                  # noqa: E731

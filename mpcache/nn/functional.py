@@ -11,8 +11,9 @@ code runs on plaintext numpy arrays (the accuracy reference) and on secret-share
 * anything else (a secret tensor) -> the method of the same meaning on that object:
   ``x.softmax(axis=)``, ``x.exp()``, ``x.reciprocal()``, ``x.rsqrt()``, ``x.silu()``,
   ``x.gelu()``, ``x.relu()``, ``x.argmax(axis=)`` (one-hot result), ``x.max(axis=,
-  keepdims=)``, ``x.mean(axis=, keepdims=)``; ``concatenate``/``stack`` of lists holding any
-  non-numpy item go to ``mpcache.concatenate(list, axis)`` / ``mpcache.stack(list, axis)``.
+  keepdims=)``, ``x.mean(axis=, keepdims=)``, ``x.broadcast_to(shape)``; ``concatenate``/
+  ``stack`` of lists holding any non-numpy item go to ``mpcache.concatenate(list, axis)`` /
+  ``mpcache.stack(list, axis)``.
 
 Layer code may otherwise only use python operators, ``reshape``, ``transpose(axes)``, ``.T``,
 slicing/integer indexing with public indices, ``.sum(axis, keepdims)`` and products/sums
@@ -27,7 +28,7 @@ import numpy as np
 __all__ = [
     "is_plain", "scope", "weighted_sum", "softmax", "exp", "reciprocal", "rsqrt", "silu", "gelu", "relu",
     "argmax_onehot", "top_k_onehot", "top_k_indices", "max", "mean", "concatenate", "stack",
-    "one_hot",
+    "one_hot", "broadcast_to",
 ]
 
 _PLAIN = (np.ndarray, np.generic, float, int)
@@ -93,11 +94,12 @@ def reciprocal(x):
     return x.reciprocal()
 
 
-def rsqrt(x):
-    """1/sqrt(x): the norms need it as one op (MPC computes it directly by Newton)."""
+def rsqrt(x, scale: float = 1.0):
+    """``scale / sqrt(x)`` for a public ``scale``: the norms need it as one op (under MPC
+    the scale is folded into public weights: free)."""
     if is_plain(x):
-        return 1.0 / np.sqrt(_work(x))
-    return x.rsqrt()
+        return scale / np.sqrt(_work(x))
+    return x.rsqrt() if scale == 1.0 else x.rsqrt(scale=scale)
 
 
 def silu(x):
@@ -208,6 +210,13 @@ def _public_secret(ref, x):
     x = np.asarray(x, dtype=np.float64)
     z = ref.flatten()[:1]
     return (z - z).reshape(*([1] * x.ndim)).broadcast_to(x.shape) + x
+
+
+def broadcast_to(x, shape):
+    """np.broadcast_to for plaintext (a read-only view), ``x.broadcast_to`` otherwise."""
+    if is_plain(x):
+        return np.broadcast_to(x, shape)
+    return x.broadcast_to(shape)
 
 
 def stack(items, axis: int = 0):
