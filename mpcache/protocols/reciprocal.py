@@ -100,21 +100,21 @@ def topbit_cost(n: int, nbits: int, lo_bit: int, n_weights: int, protocol: str) 
 
 
 def _ring_rowsum(W, y):
-    """(W @ y) mod 2^64 for uint64 W [S, n] and y [n, N] (small n: a loop is exact)."""
-    out = np.zeros((W.shape[0],) + y.shape[1:], dtype=np.uint64)
-    for i in range(W.shape[1]):
-        out += W[:, i:i + 1] * y[i][None]
-    return out
+    """(W @ y) mod 2^64 for uint64 W [S, n] and y [n, N] (numpy's integer matmul wraps)."""
+    return np.matmul(W, y.reshape(y.shape[0], -1)).reshape((W.shape[0],) + y.shape[1:])
 
 
+@functools.lru_cache(maxsize=256)
 def _pow2_weights(c: float, nbits: int, half: bool = False):
     """Public weights round(2^(c - i)) (or 2^(c - i/2) with ``half``) for i < nbits, as
-    ring integers; weights below 1/2 become 0."""
+    ring integers; weights below 1/2 become 0.  Cached (read-only): every norm and
+    softmax of a model asks for the same few tables."""
     out = np.zeros(nbits, dtype=np.uint64)
     for i in range(nbits):
         e = c - (i / 2 if half else i)
         if e >= 0:
             out[i] = np.uint64(int(round(2.0 ** e)) if e < 63 else 0)
+    out.flags.writeable = False
     return out
 
 
