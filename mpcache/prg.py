@@ -37,13 +37,14 @@ class PRG:
         self._buf = _EMPTY
         self._pos = 0
 
-    def _raw(self, n: int) -> np.ndarray:
-        """The next ``n`` words of the stream as a fresh 1-d array."""
+    def _raw(self, n: int, copy: bool = True) -> np.ndarray:
+        """The next ``n`` words of the stream as a fresh 1-d array (``copy=False``: maybe
+        a read-only view of the block, for callers that only read it once)."""
         pos, buf = self._pos, self._buf
         left = buf.shape[0] - pos
         if n <= left:
             self._pos = pos + n
-            return buf[pos:pos + n].copy()     # a copy: callers may keep or mutate it
+            return buf[pos:pos + n].copy() if copy else buf[pos:pos + n]
         if n <= self.SMALL:
             fresh = self._bitgen.random_raw(self.BLOCK)
             self._buf, self._pos = fresh, n - left
@@ -56,6 +57,11 @@ class PRG:
         # hot path (every product draws several masks): no numpy helpers on the shape
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
         return self._raw(math.prod(shape)).reshape(shape)
+
+    def words_view(self, n: int) -> np.ndarray:
+        """The next ``n`` words, possibly a view of the block: read them, do not keep or
+        write them (the bit engine unpacks them at once)."""
+        return self._raw(int(n), copy=False)
 
     def bits(self, shape) -> np.ndarray:
         return self.ring(shape) & np.uint64(1)

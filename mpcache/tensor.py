@@ -16,6 +16,7 @@ repr shows no share values: the only way to see a value is :meth:`reveal`.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -107,7 +108,7 @@ class SecretTensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return int(math.prod(self.shape))
 
     def __len__(self):
         return self.shape[0]

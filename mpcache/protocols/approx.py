@@ -60,7 +60,7 @@ def _proto(t):
 def _flat(t, shape) -> np.ndarray:
     """Share data of ``t`` broadcast to ``shape`` and flattened to (slots, n)."""
     p = _proto(t)
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     if not p.active:
         return phantom((n,), p.slots)
     d = t.data
@@ -172,7 +172,7 @@ def run_level(dots, shift: int):
     like = dots[0].terms[0][0] if dots[0].terms else dots[0].addend
     p = _proto(like)
     fracs = [d.frac for d in dots]
-    sizes = [int(np.prod(d.shape, dtype=np.int64)) for d in dots]
+    sizes = [math.prod(d.shape) for d in dots]
     N = sum(sizes)
     outs = []
     if p.name == "rep3" and (shift > 0 or any(d.addend is not None or len(d.terms) > 1

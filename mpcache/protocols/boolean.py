@@ -42,6 +42,8 @@ the P1-P2 key).  Security needs D not to collude with A or B (rep3: honest major
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ring import RING, iota
@@ -54,10 +56,23 @@ _ONE = np.uint64(1)
 # -- bit helpers ------------------------------------------------------------------------
 def rand_bits(prg, shape) -> np.ndarray:
     """Uniform bits (uint8 0/1) of ``shape`` from a PRG stream (64 bits per draw)."""
-    shape = tuple(int(s) for s in shape)
-    n = int(np.prod(shape, dtype=np.int64))
-    words = prg.ring(((n + 63) // 64,))
+    # hot path (every AND gate draws three of these): math.prod, not np.prod
+    shape = tuple(map(int, shape))
+    n = math.prod(shape)
+    words = prg.words_view((n + 63) >> 6)
     return np.unpackbits(words.view(U8), count=n, bitorder="little").reshape(shape)
+
+
+def rand_bits_many(prg, shapes) -> list:
+    """Uniform bit arrays of each of ``shapes`` from ONE draw of the stream (the holders
+    of a key must ask for the same list of shapes in the same order)."""
+    sizes = [math.prod(s) for s in shapes]
+    flat = rand_bits(prg, (sum(sizes),))
+    out, off = [], 0
+    for shp, n in zip(shapes, sizes):
+        out.append(flat[off:off + n].reshape(shp))
+        off += n
+    return out
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -79,15 +94,15 @@ def pack_msg(bits=(), rings=()) -> np.ndarray:
 
 
 def msg_size(bit_shapes=(), ring_shapes=()) -> int:
-    nb = sum(int(np.prod(s, dtype=np.int64)) for s in bit_shapes)
-    nr = sum(int(np.prod(s, dtype=np.int64)) for s in ring_shapes)
+    nb = sum(math.prod(s) for s in bit_shapes)
+    nr = sum(math.prod(s) for s in ring_shapes)
     return (nb + 7) // 8 + 8 * nr
 
 
 def unpack_msg(buf, bit_shapes=(), ring_shapes=()):
     """Inverse of :func:`pack_msg` given the shapes: (list of bits, list of rings)."""
     buf = np.asarray(buf, dtype=U8)
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in bit_shapes]
+    sizes = [math.prod(s) for s in bit_shapes]
     nb = sum(sizes)
     off = (nb + 7) // 8
     flat = unpack_bits(buf[:off], nb) if nb else np.zeros(0, U8)
@@ -97,7 +112,7 @@ def unpack_msg(buf, bit_shapes=(), ring_shapes=()):
         pos += n
     rings = []
     for s in ring_shapes:
-        n = int(np.prod(s, dtype=np.int64))
+        n = math.prod(s)
         rings.append(buf[off:off + 8 * n].copy().view(RING).reshape(s))
         off += 8 * n
     return bits, rings
@@ -190,23 +205,26 @@ class Pair:
         for y in ys:
             if y.shape[1:] != x.shape[1:] or y.shape[0] > m:
                 raise ProtocolError(f"and_fan: operand {y.shape} does not align with {x.shape}")
+        # one draw per key: A-D stream [a, (b, c) per y], B-D stream [a, b per y]
+        shapes_a = [x.shape] + [y.shape for y in ys for _ in (0, 1)]
+        shapes_b = [x.shape] + [y.shape for y in ys]
         if self.role == "D":
-            kA, kB = self.kA, self.kB
-            a = rand_bits(kA, x.shape) ^ rand_bits(kB, x.shape)
+            ra, rb = rand_bits_many(self.kA, shapes_a), rand_bits_many(self.kB, shapes_b)
+            a = ra[0] ^ rb[0]
             cb = []
-            for y in ys:
-                b = rand_bits(kA, y.shape) ^ rand_bits(kB, y.shape)
-                ca = rand_bits(kA, y.shape)
-                cb.append((a[m - y.shape[0]:] & b) ^ ca)
+            for i, y in enumerate(ys):
+                b = ra[1 + 2 * i] ^ rb[1 + i]
+                cb.append((a[m - y.shape[0]:] & b) ^ ra[2 + 2 * i])
             if ys:
                 self._deal(pack_msg(cb), tag)
             return [np.zeros(y.shape, U8) for y in ys]
         k = self.k_own
-        a = rand_bits(k, x.shape)
-        bs, cs = [], []
-        for y in ys:
-            bs.append(rand_bits(k, y.shape))
-            cs.append(rand_bits(k, y.shape) if self.role == "A" else None)
+        if self.role == "A":
+            r = rand_bits_many(k, shapes_a)
+            a, bs, cs = r[0], r[1::2], r[2::2]
+        else:
+            r = rand_bits_many(k, shapes_b)
+            a, bs, cs = r[0], r[1:], [None] * len(ys)
         if self.role == "B" and ys:
             n = sum(y.size for y in ys)
             cs, _ = unpack_msg(self._recv_deal((n + 7) // 8, tag), [y.shape for y in ys])
@@ -287,7 +305,7 @@ class Pair:
             if x is not None:
                 al = kk.ring(sx)
             shapes = [S + (K,)] + ([sx + (K,)] if x is not None else [])
-            n = sum(int(np.prod(q, dtype=np.int64)) for q in shapes)
+            n = sum(math.prod(q) for q in shapes)
             _, got = unpack_msg(self._recv_deal(8 * n, tag), (), shapes)
             T = got[0]
             U = got[1] if x is not None else None
@@ -341,7 +359,7 @@ class Pair:
             ra, al, w = k.ring(sc), k.ring(sx), k.ring(sx)
         else:
             al = k.ring(sx)
-            n = int(np.prod(sc, dtype=np.int64)) + int(np.prod(sx, dtype=np.int64))
+            n = math.prod(sc) + math.prod(sx)
             _, (ra, w) = unpack_msg(self._recv_deal(8 * n, tag), (), [sc, sx])
         (e,), (f,) = self.open([c ^ r], [x - al], tag=tag)
         e = e.astype(RING)
