@@ -1,5 +1,7 @@
 """reveal(op(share(x))) == op(x): exactly on the ring, within tolerance in fixed point,
 for both protocols, over random shapes and values including negatives, zeros and edges."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mpcache
+from mpcache.runtime import Session
 from mpcache.testing import assert_close, fixed_arrays, ring_arrays, run_op
 
 ULP = 2.0**-18
@@ -176,3 +179,17 @@ def test_grow_into_matches_concatenate(protocol):
         return p.reveal(buf[:, :n], 0)
     got = mpcache.Session(protocol).run(job).output
     assert_close(got, np.concatenate(chunks, axis=1), atol=ULP)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
+def test_party_threads_share_one_core_unless_turned_off(monkeypatch):
+    """In-process parties run on one core (cheap hand-offs); MPCACHE_PIN=0 or pin=False
+    leaves the scheduler alone; the caller's own affinity is never changed."""
+    mine = os.sched_getaffinity(0)
+    core = min(mine)
+    res = Session("rep3", pin=True).run(lambda p: os.sched_getaffinity(0))
+    assert res.outputs == [{core}] * 3
+    assert os.sched_getaffinity(0) == mine
+    assert Session("add2", pin=False).run(lambda p: os.sched_getaffinity(0)).outputs == [mine] * 3
+    monkeypatch.setenv("MPCACHE_PIN", "0")
+    assert Session("rep3").run(lambda p: os.sched_getaffinity(0)).outputs == [mine] * 3
