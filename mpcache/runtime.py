@@ -203,12 +203,13 @@ class Session:
     a path also writes them there (JSON lines).  With ``trace=False`` the environment
     variable ``MPCACHE_TRACE=FILE`` turns tracing on for every session of the process.
     ``trace_values``: also record share values (toy data only: warns).
-    ``pin``: run the three party threads on ONE core (Linux; default on, or the
-    environment variable ``MPCACHE_PIN=0`` turns it off).  They share one interpreter
-    lock, so a second core adds little but makes every hand-off between parties a
-    cross-core wake-up and cache migration: pinned, a SmolLM2 decoding step at 2048
-    tokens (rep3, MPCache at 5%, ~5000 rounds) went from 2.66 s to 1.88 s and the
-    full-cache step from 4.18 s to 3.97 s (docs/mpcache-mpc.md).
+    ``pin``: run the online parties' threads on ONE core (Linux; default on, or the
+    environment variable ``MPCACHE_PIN=0`` turns it off); add2's dealer runs on the
+    other cores.  The parties share one interpreter lock, so a second core adds little
+    but makes every hand-off between parties a cross-core wake-up and cache migration:
+    pinned, a SmolLM2 decoding step at 2048 tokens (rep3, MPCache at 5%, ~5000 rounds)
+    went from 2.66 s to 1.88 s and the full-cache step from 4.18 s to 3.97 s
+    (docs/mpcache-mpc.md).
     """
 
     protocol: str = "rep3"
@@ -237,12 +238,13 @@ class Session:
             from .trace import session_recorders
             recorders = session_recorders(self, sid)
 
-        core = _pin_core(self.pin)
+        timed = (0, 1) if self.protocol == "add2" else (0, 1, 2)
+        cores = _pin_cores(self.pin, timed)
 
         def body(i):
             try:
-                if core is not None:          # this thread only (Linux: tid 0 = caller)
-                    os.sched_setaffinity(0, {core})
+                if cores is not None and cores[i]:   # this thread only (Linux: tid 0)
+                    os.sched_setaffinity(0, cores[i])
                 rng = np.random.default_rng(seeds[i]) if seeds[i] is not None else None
                 tr = net.transport(i, session=sid, timeout=self.timeout)
                 if recorders is not None:
@@ -277,23 +279,28 @@ class Session:
             if not isinstance(first, TransportError):
                 raise first
             raise PartyFailed(str(first)) from first
-        timed = (0, 1) if self.protocol == "add2" else (0, 1, 2)
         if recorders is None:
             return RunResult(outputs, stats, secs, timed=timed)
         from .trace import finish_session
         return RunResult(outputs, stats, secs, finish_session(self, recorders, stats), timed)
 
 
-def _pin_core(pin: bool | None):
-    """The core to run the party threads on, or None (pinning off or not supported)."""
+def _pin_cores(pin: bool | None, online) -> list | None:
+    """Per party, the set of cores to run its thread on, or None (pinning off or not
+    supported): the online parties share the lowest allowed core; add2's dealer gets the
+    other cores (its work is preprocessing: it should not queue behind the online
+    parties on their core, nor they behind it)."""
     if pin is None:
         pin = os.environ.get("MPCACHE_PIN", "1").strip().lower() not in ("0", "off", "false", "no")
     if not pin or not hasattr(os, "sched_setaffinity"):
         return None
     try:
-        return min(os.sched_getaffinity(0))
+        allowed = os.sched_getaffinity(0)
     except OSError:
         return None
+    core = {min(allowed)}
+    rest = (allowed - core) or allowed
+    return [core if i in online else rest for i in range(3)]
 
 
 def _one_blas_thread():

@@ -183,12 +183,15 @@ def test_grow_into_matches_concatenate(protocol):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
 def test_party_threads_share_one_core_unless_turned_off(monkeypatch):
-    """In-process parties run on one core (cheap hand-offs); MPCACHE_PIN=0 or pin=False
-    leaves the scheduler alone; the caller's own affinity is never changed."""
+    """In-process online parties run on one core (cheap hand-offs), add2's dealer on the
+    others; MPCACHE_PIN=0 or pin=False leaves the scheduler alone; the caller's own
+    affinity is never changed."""
     mine = os.sched_getaffinity(0)
-    core = min(mine)
+    core = {min(mine)}
     res = Session("rep3", pin=True).run(lambda p: os.sched_getaffinity(0))
-    assert res.outputs == [{core}] * 3
+    assert res.outputs == [core] * 3
+    res = Session("add2", pin=True).run(lambda p: os.sched_getaffinity(0))
+    assert res.outputs == [core, core, (mine - core) or mine]
     assert os.sched_getaffinity(0) == mine
     assert Session("add2", pin=False).run(lambda p: os.sched_getaffinity(0)).outputs == [mine] * 3
     monkeypatch.setenv("MPCACHE_PIN", "0")
