@@ -92,15 +92,15 @@ def test_secret_lazy_equals_gathered(protocol, seed, r, d):
 
 @pytest.mark.parametrize("lazy", [True, False])
 def test_rep3_bytes_and_rounds(lazy):
-    """Per party (max): lazy scores = exact q.[head|pool|tail]^T (re-share) + exact G @
-    pool scores (re-share) + one truncation of the B selected; lazy context = exact scatter
-    G^T p (re-share) + fused product.  Gathered: G @ blocks (re-share) + fused product,
-    for K and for V."""
+    """Per party (max): lazy scores = exact q.x^T over the whole cache, the gap rows
+    included (re-share) + exact G @ pool scores (re-share) + one truncation of the B
+    selected; lazy context = exact scatter G^T p (re-share) + fused product with x.
+    Gathered: G @ blocks (re-share) + fused product, for K and for V."""
     r, d = 3, 8
     x, G, q, p = _case(1, r, d)
     res = mpcache.Session("rep3", seed=0).run(_job, x, G, q, p, lazy)
     sc, cx = res.scope("scores"), res.scope("context")
-    P, rows = NC * C, S + NC * C + W
+    P, rows = NC * C, N
     if lazy:
         want_s = [cost("rep3", "matmul_ring", m=H * r, q=rows),
                   cost("rep3", "matmul_ring", m=H * K, q=r * C),

@@ -34,6 +34,8 @@ context.  The gathers and selections are counted in cost scope ``gather``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from . import functional as F
 
 __all__ = ["SelectedRows", "attention_scores", "attention_context"]
@@ -84,10 +86,11 @@ class SelectedRows:
             self._rows = F.concatenate([head, mid.reshape(h, self.k * self.c, d), tail], axis=1)
         return self._rows
 
-    def _candidates(self):
-        """``[head | pool | tail]`` rows (no selection): what the lazy path multiplies."""
-        head, pool, tail = self._parts()
-        return F.concatenate([head, pool, tail], axis=1)
+    def _gap(self) -> int:
+        """Rows between the pool and the recent window (the start of the partial cluster
+        the window begins in): never read; the lazy path multiplies the whole cache ``x``
+        (no copy of ``[head | pool | tail]``) and drops or zero-weights these columns."""
+        return int(self.x.shape[1]) - self.w - (self.start + self.nc * self.c)
 
     def scores(self, q):
         """``q @ rows().T`` for ``q`` [h, r, d] -> [h, r, B], by the cheaper path."""
@@ -95,12 +98,13 @@ class SelectedRows:
         if not self.lazy(r):
             return q @ self.rows().transpose((0, 2, 1))
         s, nc, c, k = self.start, self.nc, self.c, self.k
-        full = _exact_matmul(q, self._candidates().transpose((0, 2, 1)))   # 2f bits
+        full = _exact_matmul(q, self.x.transpose((0, 2, 1)))                 # 2f bits
         pool = full[:, :, s:s + nc * c].reshape(h, r, nc, c).transpose((0, 2, 1, 3))
         with F.scope(self.onehot, "gather"):
             mid = self.onehot @ pool.reshape(h, nc, r * c)                   # [h, k, r c]
         mid = mid.reshape(h, k, r, c).transpose((0, 2, 1, 3)).reshape(h, r, k * c)
-        out = F.concatenate([full[:, :, :s], mid, full[:, :, s + nc * c:]], axis=2)
+        tail0 = s + nc * c + self._gap()
+        out = F.concatenate([full[:, :, :s], mid, full[:, :, tail0:]], axis=2)
         return _rescale(out)
 
     def context(self, probs):
@@ -113,8 +117,11 @@ class SelectedRows:
         with F.scope(self.onehot, "gather"):                                 # scatter back
             pool = self.onehot.transpose((0, 2, 1)) @ mid.reshape(h, k, r * c)
         pool = pool.reshape(h, nc, r, c).transpose((0, 2, 1, 3)).reshape(h, r, nc * c)
-        full = F.concatenate([probs[:, :, :s], pool, probs[:, :, s + k * c:]], axis=2)
-        return full @ self._candidates()
+        parts = [probs[:, :, :s], pool]
+        if self._gap():                      # public zeros: exact, local under MPC
+            parts.append(np.zeros((h, r, self._gap())))
+        full = F.concatenate(parts + [probs[:, :, s + k * c:]], axis=2)
+        return full @ self.x
 
 
 def attention_scores(q, keys):
