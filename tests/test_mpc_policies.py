@@ -190,3 +190,26 @@ def test_report_best_of_steps():
     assert best_of_steps(r)["breakdown"] is bd1
     r["later_steps"] = [{"seconds": 4.0, "breakdown": bd1}]
     assert best_of_steps(r)["breakdown"] is bd0 and best_of_steps(r)["seconds"] == 3.0
+
+
+def test_measured_steps_pause_the_cyclic_collector_and_restore_it():
+    """bench decode times a step with the cyclic GC off (as timeit), nested across the
+    three party threads, and leaves the collector as it found it."""
+    import gc
+
+    from mpcache.bench.decode import _gc_paused
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        with _gc_paused():
+            assert not gc.isenabled()
+            with _gc_paused():
+                pass
+            assert not gc.isenabled()          # another party is still inside its step
+        assert gc.isenabled()
+        gc.disable()
+        with _gc_paused():
+            pass
+        assert not gc.isenabled()              # was off before: stays off
+    finally:
+        (gc.enable if was else gc.disable)()
