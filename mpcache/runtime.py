@@ -13,6 +13,7 @@ them as processes over gRPC.  The job code does not change.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -85,6 +86,25 @@ class Party:
 
     def scope(self, name: str):
         return self.acct.scope(name)
+
+    #: Cores for :meth:`latency_bound` blocks (set by the in-process driver, Session.pin).
+    latency_cores: frozenset | None = None
+
+    @contextlib.contextmanager
+    def latency_bound(self):
+        """A block of many small rounds (a decoding step): in-process, run this party's
+        thread on the session's latency cores for its duration (Session.pin); elsewhere a
+        no-op.  Setup and prefill stay outside: their big local arrays use every core."""
+        cores = self.latency_cores
+        if not cores:
+            yield
+            return
+        before = os.sched_getaffinity(0)          # this thread (Linux: tid 0 = caller)
+        os.sched_setaffinity(0, cores)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
 
     def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
         self.transport.send(to, payload, tag, offline)
@@ -203,13 +223,16 @@ class Session:
     a path also writes them there (JSON lines).  With ``trace=False`` the environment
     variable ``MPCACHE_TRACE=FILE`` turns tracing on for every session of the process.
     ``trace_values``: also record share values (toy data only: warns).
-    ``pin``: run the online parties' threads on ONE core (Linux; default on, or the
-    environment variable ``MPCACHE_PIN=0`` turns it off); add2's dealer runs on the
-    other cores.  The parties share one interpreter lock, so a second core adds little
-    but makes every hand-off between parties a cross-core wake-up and cache migration:
-    pinned, a SmolLM2 decoding step at 2048 tokens (rep3, MPCache at 5%, ~5000 rounds)
-    went from 2.66 s to 1.88 s and the full-cache step from 4.18 s to 3.97 s
-    (docs/mpcache-mpc.md).
+    ``pin``: inside :meth:`Party.latency_bound` blocks (each decoding step), run the
+    online parties' threads on ONE core, add2's dealer on the other cores (Linux; default
+    on, ``MPCACHE_PIN=0`` turns it off).  The parties share one interpreter lock, so for
+    many small rounds a second core adds little but makes every hand-off between parties
+    a cross-core wake-up and cache migration: pinned, a SmolLM2 decoding step at 2048
+    tokens (rep3, MPCache at 5%, ~5000 rounds) went from 2.66 s to 1.88 s and the
+    full-cache step from 4.18 s to 3.97 s (docs/mpcache-mpc.md).  Outside those blocks
+    (weight sharing, prefill: big local arrays whose numpy work runs beside the other
+    parties' on the other core) the scheduler is left alone: pinned throughout, the
+    README's generation took 51 s instead of 34 s.
     """
 
     protocol: str = "rep3"
@@ -243,13 +266,13 @@ class Session:
 
         def body(i):
             try:
-                if cores is not None and cores[i]:   # this thread only (Linux: tid 0)
-                    os.sched_setaffinity(0, cores[i])
                 rng = np.random.default_rng(seeds[i]) if seeds[i] is not None else None
                 tr = net.transport(i, session=sid, timeout=self.timeout)
                 if recorders is not None:
                     recorders[i].attach(tr)
                 party = Party(i, self.protocol, tr, self.fxp, rng)
+                if cores is not None:
+                    party.latency_cores = cores[i]
                 outputs[i] = job(party, *args, **kwargs)
                 stats[i] = party.stats()
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller

@@ -182,17 +182,24 @@ def test_grow_into_matches_concatenate(protocol):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
-def test_party_threads_share_one_core_unless_turned_off(monkeypatch):
-    """In-process online parties run on one core (cheap hand-offs), add2's dealer on the
-    others; MPCACHE_PIN=0 or pin=False leaves the scheduler alone; the caller's own
-    affinity is never changed."""
+def test_latency_bound_blocks_share_one_core_unless_turned_off(monkeypatch):
+    """Inside Party.latency_bound() the online parties run on one core (cheap hand-offs)
+    and add2's dealer on the others; outside, and with MPCACHE_PIN=0 or pin=False, the
+    scheduler is left alone; the caller's own affinity is never changed."""
     mine = os.sched_getaffinity(0)
     core = {min(mine)}
-    res = Session("rep3", pin=True).run(lambda p: os.sched_getaffinity(0))
-    assert res.outputs == [core] * 3
-    res = Session("add2", pin=True).run(lambda p: os.sched_getaffinity(0))
-    assert res.outputs == [core, core, (mine - core) or mine]
+
+    def job(p):
+        outside = os.sched_getaffinity(0)
+        with p.latency_bound():
+            inside = os.sched_getaffinity(0)
+        return outside, inside, os.sched_getaffinity(0)
+
+    res = Session("rep3", pin=True).run(job)
+    assert res.outputs == [(mine, core, mine)] * 3
+    res = Session("add2", pin=True).run(job)
+    assert [o[1] for o in res.outputs] == [core, core, (mine - core) or mine]
     assert os.sched_getaffinity(0) == mine
-    assert Session("add2", pin=False).run(lambda p: os.sched_getaffinity(0)).outputs == [mine] * 3
+    assert Session("add2", pin=False).run(job).outputs == [(mine, mine, mine)] * 3
     monkeypatch.setenv("MPCACHE_PIN", "0")
-    assert Session("rep3").run(lambda p: os.sched_getaffinity(0)).outputs == [mine] * 3
+    assert Session("rep3").run(job).outputs == [(mine, mine, mine)] * 3

@@ -25,7 +25,7 @@ def agree_job(party, config, weights, prescales, prompt_ids, n_new, client=0, ow
     with party.scope("prefill"):
         logits = dec.prefill(oh)
     for _ in range(n_new):
-        with party.scope("decode"):
+        with party.latency_bound(), party.scope("decode"):
             lg = logits.reveal(to=client)            # verification only
             onehot = dec.greedy_onehot(logits)
             tid = (onehot @ dec.token_values).reveal(to=client)

@@ -91,7 +91,7 @@ def decode_step_job(party, config, weights, prescales, cache_kv, positions, next
         oh = np.zeros((1, config.vocab_size), dtype=np.int64)
         oh[0, next_token] = 1
     tok = party.share(oh, owner=client, integer=True)
-    with party.scope("decode"):
+    with party.latency_bound(), _gc_paused(), party.scope("decode"):
         logits = dec.decode_step(tok)
         with party.scope("sample"):
             onehot = dec.greedy_onehot(logits)
@@ -167,7 +167,8 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
             tok = party.share(oh, owner=client, integer=True)
             toks, sels = [], []
             for j in range(case.get("steps", 1)):
-                with _gc_paused(), party.scope("decode" if j == 0 else f"decode{j}"):
+                with party.latency_bound(), _gc_paused(), \
+                        party.scope("decode" if j == 0 else f"decode{j}"):
                     logits = dec.decode_step(tok)
                     with party.scope("sample"):
                         onehot = dec.greedy_onehot(logits)

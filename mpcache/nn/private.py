@@ -177,7 +177,7 @@ def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, st
         dec.on_layer = None
     out = []
     for step in range(max_new_tokens):
-        with party.scope("decode"):
+        with party.latency_bound(), party.scope("decode"):    # many small rounds: one core
             with party.scope("sample"):
                 oh = dec.greedy_onehot(logits)
                 tid = (oh @ dec.token_values).reveal(to=client)
