@@ -16,6 +16,7 @@ from mpcache.ring import FixedPoint
 from mpcache.testing import run_op
 
 compare = pytest.importorskip("mpcache.protocols.compare")
+from mpcache.protocols import conversions as CV   # noqa: E402
 from mpcache.protocols import reciprocal as RC    # noqa: E402
 
 ULP = 2.0 ** -18
@@ -128,19 +129,16 @@ def test_reciprocal_rsqrt_rounds_and_knobs(protocol):
         fn = (lambda p, a, kw=kw: a.reciprocal(out_frac=32, **kw)) if name[0] == "r" else \
             (lambda p, a, kw=kw: a.rsqrt(out_frac=32, **kw))
         out, res = run_op(protocol, fn, x)
-        if name == "r":
-            topbit_res = res
         ref = 1 / q(x) if name[0] == "r" else 1 / np.sqrt(q(x))
         err = np.max(np.abs(out - ref) / ref)
         assert err <= (1e-3 if name in ("r", "s") else 5e-5), (name, err)
         base[name] = res.scope("op")["rounds"]
-    # top-bit one-hot = one batched threshold comparison (+ re-sharing), exactly
-    # topbit_cost; then normalise (1 level) + degree-4 polynomial (2) + un-normalise (1)
-    klo, khi = RC._window(FixedPoint().frac_bits, None)
-    want = RC.topbit_cost(x.size, khi + 1, klo, 2, protocol)
-    tb = topbit_res.scope("op/topbit")
-    assert (tb["bytes_sent"], tb["rounds"]) == (want["bytes"], want["rounds"])
-    assert base["r"] - tb["rounds"] == 8
+    # 257 values x 45 positions: above THERMOMETER_MAX, so the top bit takes A2B + 6
+    # prefix-OR levels + injection (+ re-sharing), then normalise (1 level) + degree-4
+    # polynomial (2) + un-normalise (1): 15 rounds after A2B
+    _, ra = run_op(protocol, lambda p, a: CV.a2b(a), x)
+    # (a standalone A2B's first round can overlap the input sharing in the round count)
+    assert 15 <= base["r"] - ra.scope("op")["rounds"] <= 16
     # knobs cost exactly their levels: degree 8 adds one level, a Newton step two
     assert base["r8"] == base["r"] + 2
     assert base["rn"] == base["r"] + 4
@@ -260,6 +258,31 @@ def test_tanh_sigmoid_accuracy(protocol, x):
     out, _ = run_op(protocol, lambda p, a: mpcache.stack([a.tanh(), a.sigmoid()]), x)
     assert np.max(np.abs(out[0] - np.tanh(q(x)))) <= 3e-3
     assert np.max(np.abs(out[1] - 0.5 * (1 + np.tanh(q(x) / 2)))) <= 2e-3
+
+
+def test_top_bit_methods_agree_and_the_thermometer_costs_its_formula(protocol):
+    """Few values (a decoding step's norms, softmax rows): the thermometer, exactly
+    topbit_cost and 8 rounds before the result; many values: A2B.  Same result bits."""
+    x = np.exp(np.linspace(math.log(1e-2), math.log(1e4), 20))
+    klo, khi = RC._window(FixedPoint().frac_bits, None)
+    assert x.size * (khi + 2 - klo) <= RC.THERMOMETER_MAX
+    outs = {}
+    for method in ("thermometer", "a2b"):
+        def fn(p, a, method=method):
+            R, = RC.top_bit_weights(a, [RC._pow2_weights(40, khi + 1)], khi + 1, klo, method)
+            return R
+        outs[method], res = run_op(protocol, fn, x, integer=())
+        if method == "thermometer":
+            want = RC.topbit_cost(x.size, khi + 1, klo, 1, protocol)
+            tb = res.scope("op/topbit")
+            assert (tb["bytes_sent"], tb["rounds"]) == (want["bytes"], want["rounds"])
+    np.testing.assert_array_equal(outs["thermometer"], outs["a2b"])
+    out, res = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32), x)
+    assert np.max(np.abs(out - 1 / q(x)) * q(x)) <= 1e-3
+    assert res.scope("op")["rounds"] - res.scope("op/topbit")["rounds"] == 8
+    with pytest.raises(ValueError, match="method"):
+        run_op(protocol, lambda p, a: RC.top_bit_weights(a, [RC._pow2_weights(40, 44)], 44,
+                                                         0, "bits")[0], x)
 
 
 def test_reciprocal_x_range_saves_bytes(protocol):

@@ -11,12 +11,14 @@ Steps (each a sub-protocol; nothing is opened):
 1. *Top-bit one-hot* (:func:`top_bit_weights`): a thermometer code ``t_i = [X < 2^i]``
    from ONE batched comparison of X with the public thresholds of the window (the compare
    engine's sign protocol, its last level fused with the bit-to-ring round), so
-   ``h_i = t_(i+1) - t_i`` is the one-hot of the top bit, and *public weights per bit
-   position* are summed locally: any function of ``k`` becomes one weighted sum, e.g.
+   ``h_i = t_(i+1) - t_i`` is the one-hot of the top bit (for wide tensors, by a public
+   rule, :data:`THERMOMETER_MAX`: A2B + prefix-OR + bit injection instead), and *public
+   weights per bit position* are summed locally: any function of ``k`` becomes one
+   weighted sum, e.g.
    ``D = sum_i h_i 2^(60 - i) = 2^(60 - k)`` and ``R = 2^(43 - k)`` or, for rsqrt,
    ``E = sum_i h_i round(2^(c - i/2))`` (the odd-exponent sqrt 2 is exact in the
-   weight).  One re-sharing (rep3: 1 round) for all sums.  (Stop 12: this replaced an
-   A2B + 6 prefix-OR rounds + bit injection: 23 -> 14 rounds per reciprocal in rep3.)
+   weight).  One re-sharing (rep3: 1 round) for all sums.  (Stop 12: the thermometer
+   took a decoding step's reciprocals and rsqrts from 23 to 14 rounds in rep3.)
 2. *Normalise*: ``a = trunc(X * D)`` (one fused level; ``X * D = a * 2^60``).
 3. *Polynomial* ``p(a) ~ 1/a`` (or ``1/sqrt a``) on [1, 2): relative least-squares fit of
    degree ``degree`` (default 4: 2 levels, rel. error 3e-4 for 1/a, 7e-5 for 1/sqrt a),
@@ -43,42 +45,51 @@ import numpy as np
 from .approx import (Dot, PolyPlan, _choose_frac, add_const, fit_poly, poly_eval_many,
                      run_level, scale_pow2, to_frac)
 
-__all__ = ["reciprocal", "rsqrt", "top_bit_weights", "topbit_cost"]
+__all__ = ["reciprocal", "rsqrt", "top_bit_weights", "topbit_cost", "THERMOMETER_MAX"]
 
 
 # ---------------------------------------------------------------------------------------
 # top-bit one-hot -> arithmetic powers of two
 # ---------------------------------------------------------------------------------------
-def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0):
+#: Public rule for the top-bit one-hot: the thermometer (one batched comparison with each
+#: threshold: 4-5 rounds) while it compares at most this many (value, threshold) pairs --
+#: decoding's norms (1 row x 45) and softmax reciprocals (rows x ~13); beyond, A2B +
+#: prefix-OR (about 9 more rounds in rep3, but one A2B per value: for 1024 values 0.24 MB
+#: and 9.5 ms against 0.69 MB and 46 ms).
+THERMOMETER_MAX = 2048
+
+
+def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None = None):
     """``[sum_i h_i * w[i] for w in weights]`` as arithmetic ring integers (frac 0), where
     ``h`` is the one-hot of the top set bit of ``X`` (x's ring value) among bit positions
     ``lo_bit .. nbits-1`` and each ``w`` is a public integer weight per position (indexed
     by the absolute position).
 
-    By a *thermometer code*: ONE batched comparison of X with every public threshold,
+    ``method="thermometer"``: ONE batched comparison of X with every public threshold,
     ``t_i = [X < 2^i]`` for i = lo_bit .. nbits (``conversions.msb_bits`` on X - 2^i, its
-    last tree level fused with the bit-to-ring round, ``sign_to_ring``), then
-    ``h_i = t_(i+1) - t_i`` is linear, and so is every weighted sum
-    ``sum_i w_i (t_(i+1) - t_i)`` (local, in 2-of-2 form); one re-sharing to the
-    protocol's form (rep3: one round; add2: free).  Rounds do not grow with the window
-    (4 + 1 for up to 512 comparisons, 5 + 1 beyond); bytes do, ~10-13 per threshold and
-    value.  It replaced an A2B + prefix-OR + bit injection (9 more rounds in rep3).
-    A top bit outside the window (e.g. x <= 0: every t_i = 1; X >= 2^nbits: every
-    t_i = 0) gives all-zero sums.
-    What a party learns: nothing (masked openings of the comparison sub-protocol only).
+    last tree level fused with the bit-to-ring round, ``sign_to_ring``); ``h_i = t_(i+1) -
+    t_i`` is linear.  Rounds do not grow with the window (4 + 1 for up to 512
+    comparisons, 5 + 1 beyond); bytes do, ~10-13 per threshold and value.
+    ``method="a2b"``: A2B (``conversions.a2b``), prefix-OR from the top on packed words
+    (``m |= m >> s``: ceil(log2 window) AND rounds, bits >= nbits are promised zero),
+    ``h = m ^ (m >> 1)`` (local), bit injection of the window's bits (``Pair.b2a``).
+    Default (None): the thermometer up to :data:`THERMOMETER_MAX` comparisons (a public
+    rule on public sizes), else A2B.  Either way the weighted sums are local in 2-of-2 form
+    and one re-sharing brings them to the protocol's form (rep3: one round; add2: free).
+    A top bit outside the window (e.g. x <= 0) gives all-zero sums.
+    What a party learns: nothing (masked openings of the sub-protocols only).
     """
-    from .compare import to_pair
-    from .conversions import msb_bits, sign_to_ring
+    from .boolean import pair_of
     p = x.party
     shape = x.shape
+    if method is None:
+        method = "thermometer" if x.size * (nbits - lo_bit + 1) <= THERMOMETER_MAX else "a2b"
+    if method not in ("thermometer", "a2b"):
+        raise ValueError(f"top-bit method must be 'thermometer' or 'a2b', got {method!r}")
     with p.scope("topbit"):
-        pair, u = to_pair(x)                                  # flat 2-of-2 ring shares
-        thr = np.array([1 << i for i in range(lo_bit, nbits + 1)], dtype=np.uint64)
-        d = u[None, :] - thr[:, None] if pair.role == "A" else np.broadcast_to(
-            u[None, :], (thr.size, u.size))
-        t = sign_to_ring(pair, msb_bits(pair, d.reshape(-1), "topbit.cmp", last=False),
-                         tag="approx.topbit").reshape(thr.size, -1)   # [X < 2^i], 2-of-2
-        h = t[1:] - t[:-1]                                    # [window, N] one-hot rows
+        pair = pair_of(p)
+        h = (_onehot_thermometer if method == "thermometer" else _onehot_a2b)(
+            x, pair, nbits, lo_bit)                           # [window, N] ring, 2-of-2
         W = np.stack([np.asarray(wt, dtype=np.uint64)[lo_bit:nbits] for wt in weights])
         sums = _ring_rowsum(W, h)
         out = p.protocol.from_pair(sums.reshape((len(weights),) + shape),
@@ -87,10 +98,35 @@ def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0):
     return [SecretTensor(p, out[:, i], 0) for i in range(len(weights))]
 
 
+def _onehot_thermometer(x, pair, nbits, lo_bit):
+    from .compare import to_pair
+    from .conversions import msb_bits, sign_to_ring
+    _, u = to_pair(x)                                         # flat 2-of-2 ring shares
+    thr = np.array([1 << i for i in range(lo_bit, nbits + 1)], dtype=np.uint64)
+    d = u[None, :] - thr[:, None] if pair.role == "A" else np.broadcast_to(
+        u[None, :], (thr.size, u.size))
+    t = sign_to_ring(pair, msb_bits(pair, d.reshape(-1), "topbit.cmp", last=False),
+                     tag="approx.topbit").reshape(thr.size, -1)       # [X < 2^i]
+    return t[1:] - t[:-1]
+
+
+def _onehot_a2b(x, pair, nbits, lo_bit):
+    from .boolean import to_bits
+    from .conversions import a2b
+    m = a2b(x)
+    s = 1
+    while s < nbits - lo_bit:
+        m = m | (m >> s)
+        s *= 2
+    h = m ^ (m >> 1)
+    w = x.party.protocol.bool_to_pair(h.data).reshape(-1)
+    return pair.b2a(to_bits(w, nbits - lo_bit, lo_bit), "approx.topbit")
+
+
 def topbit_cost(n: int, nbits: int, lo_bit: int, n_weights: int, protocol: str) -> dict:
-    """Exact cost of :func:`top_bit_weights` on ``n`` values (bytes per party, rounds,
-    dealt bytes): one "sign" batch of ``n (nbits - lo_bit + 1)`` comparisons, then rep3
-    re-shares the ``n_weights n`` sums (8 bytes each, one round)."""
+    """Exact cost of :func:`top_bit_weights` by the thermometer on ``n`` values (bytes per
+    party, rounds, dealt bytes): one "sign" batch of ``n (nbits - lo_bit + 1)``
+    comparisons, then rep3 re-shares the ``n_weights n`` sums (8 bytes each, one round)."""
     from .conversions import cmp_cost
     c = dict(cmp_cost("sign", n * (nbits - lo_bit + 1), protocol))
     if protocol == "rep3":
@@ -208,7 +244,8 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     ``x_range=(lo, hi)``: a promise ``lo <= x <= hi`` that shrinks the top-bit window
     (e.g. softmax's row sums in [1, n]: ~13 thresholds instead of 45, fewer bytes; the
     rounds do not depend on the window); outside it the result is garbage.
-    Cost: top-bit one-hot (:func:`topbit_cost`: 4-5 rounds [+1 rep3]) +
+    Cost: top-bit one-hot (thermometer, :func:`topbit_cost`: 4-5 rounds [+1 rep3]; or
+    A2B + ceil(log2 window) AND rounds + 1 injection [+1 rep3] for wide tensors) +
     (1 + ceil(log2 degree) + 2 * iterations + 1) truncating levels.
     What a party learns: nothing (see module doc).
     """
