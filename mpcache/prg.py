@@ -38,8 +38,8 @@ class PRG:
         self._pos = 0
 
     def _raw(self, n: int, copy: bool = True) -> np.ndarray:
-        """The next ``n`` words of the stream as a fresh 1-d array (``copy=False``: maybe
-        a read-only view of the block, for callers that only read it once)."""
+        """The next ``n`` words of the stream as a fresh 1-d array (``copy=False``: possibly
+        a view of the block, for callers that read it once and never write it)."""
         pos, buf = self._pos, self._buf
         left = buf.shape[0] - pos
         if n <= left:

@@ -88,7 +88,7 @@ class Party:
         return self.acct.scope(name)
 
     #: Cores for :meth:`latency_bound` blocks (set by the in-process driver, Session.pin).
-    latency_cores: frozenset | None = None
+    latency_cores: set | None = None
 
     @contextlib.contextmanager
     def latency_bound(self):

@@ -102,7 +102,7 @@ class RMSNorm:
     Written as ``(x g) * (a sqrt(n)) / sqrt(sum((a x)^2) + n eps a^2)``: the 1/n of the
     mean and the prescale correction are public and ride in rsqrt's ``scale`` (free), and
     ``x g`` does not wait for the rsqrt -- it shares a product level with the square.
-    Under MPC: [x a] + 1 level + rsqrt + 1 level (rep3: 20 rounds with a prescale, 18
+    Under MPC: [x a] + 1 level + rsqrt + 1 level (rep3: 19 rounds with a prescale, 17
     without; was 34 with separate mean, r a, x r and * g levels and the A2B top bit)."""
 
     def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
