@@ -66,6 +66,11 @@ def test_mpc_mpcache_same_clusters_and_tokens(model, protocol):
             m = tie_margin(s, want[layer], want[layer])
             assert m["lost_rel"] == [0.0] * s.shape[0]
             assert all(g >= 0 for g in m["kth_gap_rel"])
+    # two levels: it also keeps each selecting layer's coarse margin (k1-th vs next)
+    assert len(ref["coarse_gaps"]) == STEPS
+    for cg, want in zip(ref["coarse_gaps"], ref["selections"]):
+        assert sorted(cg) == sorted(want)
+        assert all(0.0 <= g <= 1.0 for gaps in cg.values() for g in gaps)
     # the composed two-level gather moves only the kept clusters (rep3: output size)
     # + the fine bounds of the chosen coarse clusters (3 layer groups x 2 heads x 2 x 8)
     g = split_breakdown(res, "c0/decode")["gather"]

@@ -281,7 +281,7 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
         ref_cache = rec.fork(base_cache, ref_pol)
     dec.cache = ref_cache
     queries = _record_queries(ref_pol)
-    tok, ref_tokens, ref_sels, ref_scores = int(ids[n]), [], [], []
+    tok, ref_tokens, ref_sels, ref_scores, ref_coarse = int(ids[n]), [], [], [], []
     for _ in range(steps):
         logits = dec.decode_step(tok)
         tok = int(np.argmax(logits))
@@ -289,6 +289,7 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
         if ref_pol is not None:
             ref_sels.append(selected_clusters(ref_pol))
             ref_scores.append(_fine_scores(ref_pol, queries))
+            ref_coarse.append(_coarse_gaps(ref_pol, queries))
     dec.cache = None
     rows_read = None if ref_pol is None else int(ref_pol.B)
     if ref_pol is not None:
@@ -299,6 +300,7 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
             "plain_policy": _state_only(plain) if static != "secret" else None, "stats": stats,
             "stats_shape": None if stats is None else [{k: None for k in d} for d in stats]}
     return case, {"tokens": ref_tokens, "selections": ref_sels, "scores": ref_scores,
+                  "coarse_gaps": ref_coarse,
                   "rows_read": rows_read}
 
 
@@ -327,6 +329,27 @@ def _fine_scores(pol, queries) -> dict:
         ops = {k: st["f"][k][:, :p["nf"]] for k in pol._operands()}
         n_kv = int(next(iter(ops.values())).shape[0])
         out[layer] = np.asarray(pol._score(pol.group_query(queries[layer], n_kv), ops))
+    return out
+
+
+def _coarse_gaps(pol, queries) -> dict:
+    """Two-level layers: per KV head, the plaintext gap between the k1-th and (k1+1)-th
+    best COARSE cluster score, relative to that head's coarse score range (the fine
+    margins of :func:`tie_margin` cannot explain a difference made at the coarse level)."""
+    out = {}
+    for layer, dyn in enumerate(getattr(pol, "_dyn", None) or []):
+        if dyn is None or dyn[2] is None or layer not in queries:
+            continue
+        p, st = dyn[1], pol._bnd[layer]
+        ops = {k: st["c"][k][:, :p["nc"]] for k in pol._operands()}
+        n_kv = int(next(iter(ops.values())).shape[0])
+        sc = np.asarray(pol._score(pol.group_query(queries[layer], n_kv), ops))
+        k1, gaps = int(p["k1"]), []
+        for h in range(sc.shape[0]):
+            srt = np.sort(sc[h])[::-1]
+            rng = float(srt[0] - srt[-1]) or 1.0
+            gaps.append(float(srt[k1 - 1] - srt[k1]) / rng if k1 < srt.size else 0.0)
+        out[layer] = gaps
     return out
 
 
@@ -502,7 +525,8 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
                    mismatches=[{"step": j, "layer": int(L), "mpc": np.asarray(a[L]).tolist(),
                                 "plaintext": np.asarray(b[L]).tolist(),
                                 **tie_margin(ref["scores"][j][L], np.asarray(a[L]),
-                                             np.asarray(b[L]))}
+                                             np.asarray(b[L])),
+                                "coarse_kth_gap_rel": ref["coarse_gaps"][j].get(L)}
                                for j, (a, b) in enumerate(zip(res.output[0]["selections"],
                                                               ref["selections"]))
                                for L in b if L in a and not np.array_equal(
