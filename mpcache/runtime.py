@@ -99,8 +99,12 @@ class Party:
         if not cores:
             yield
             return
-        before = os.sched_getaffinity(0)          # this thread (Linux: tid 0 = caller)
-        os.sched_setaffinity(0, cores)
+        try:
+            before = os.sched_getaffinity(0)      # this thread (Linux: tid 0 = caller)
+            os.sched_setaffinity(0, cores)
+        except OSError:                           # cpuset changed under us: run unpinned
+            yield
+            return
         try:
             yield
         finally:
