@@ -103,12 +103,12 @@ class Party:
             before = os.sched_getaffinity(0)      # this thread (Linux: tid 0 = caller)
             os.sched_setaffinity(0, cores)
         except OSError:                           # cpuset changed under us: run unpinned
-            yield
-            return
+            before = None
         try:
             yield
         finally:
-            os.sched_setaffinity(0, before)
+            if before is not None:
+                os.sched_setaffinity(0, before)
 
     def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
         self.transport.send(to, payload, tag, offline)
