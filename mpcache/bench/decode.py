@@ -318,18 +318,25 @@ def _record_queries(pol) -> dict:
     return queries
 
 
-def _fine_scores(pol, queries) -> dict:
-    """Plaintext fine-cluster scores ``[n_kv, n_fine]`` over ALL full clusters, per selecting
-    layer, for the step just taken (to tell near-ties from real disagreements)."""
+def _level_scores(pol, queries, level: str) -> dict:
+    """Plaintext cluster scores ``[n_kv, n]`` of one level (``"f"``: ALL full fine
+    clusters; ``"c"``: the coarse clusters of two-level layers) per selecting layer, for
+    the step just taken, with the layer's plan ``p``: ``{layer: (scores, p)}``."""
     out = {}
     for layer, dyn in enumerate(getattr(pol, "_dyn", None) or []):
-        if dyn is None or dyn[3] is None or layer not in queries:
+        if dyn is None or dyn[3 if level == "f" else 2] is None or layer not in queries:
             continue
         p, st = dyn[1], pol._bnd[layer]
-        ops = {k: st["f"][k][:, :p["nf"]] for k in pol._operands()}
+        n = p["nf"] if level == "f" else p["nc"]
+        ops = {k: st[level][k][:, :n] for k in pol._operands()}
         n_kv = int(next(iter(ops.values())).shape[0])
-        out[layer] = np.asarray(pol._score(pol.group_query(queries[layer], n_kv), ops))
+        out[layer] = (np.asarray(pol._score(pol.group_query(queries[layer], n_kv), ops)), p)
     return out
+
+
+def _fine_scores(pol, queries) -> dict:
+    """Fine-cluster scores per selecting layer (to tell near-ties from disagreements)."""
+    return {layer: sc for layer, (sc, _) in _level_scores(pol, queries, "f").items()}
 
 
 def _coarse_gaps(pol, queries) -> dict:
@@ -337,13 +344,7 @@ def _coarse_gaps(pol, queries) -> dict:
     best COARSE cluster score, relative to that head's coarse score range (the fine
     margins of :func:`tie_margin` cannot explain a difference made at the coarse level)."""
     out = {}
-    for layer, dyn in enumerate(getattr(pol, "_dyn", None) or []):
-        if dyn is None or dyn[2] is None or layer not in queries:
-            continue
-        p, st = dyn[1], pol._bnd[layer]
-        ops = {k: st["c"][k][:, :p["nc"]] for k in pol._operands()}
-        n_kv = int(next(iter(ops.values())).shape[0])
-        sc = np.asarray(pol._score(pol.group_query(queries[layer], n_kv), ops))
+    for layer, (sc, p) in _level_scores(pol, queries, "c").items():
         k1, gaps = int(p["k1"]), []
         for h in range(sc.shape[0]):
             srt = np.sort(sc[h])[::-1]
