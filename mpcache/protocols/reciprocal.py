@@ -120,7 +120,7 @@ def _onehot_a2b(x, pair, nbits, lo_bit):
         s *= 2
     h = m ^ (m >> 1)
     w = x.party.protocol.bool_to_pair(h.data).reshape(-1)
-    return pair.b2a(to_bits(w, nbits - lo_bit, lo_bit), "approx.topbit")
+    return pair.b2a(to_bits(w, nbits - lo_bit, lo_bit), "topbit.a2b.b2a")
 
 
 def topbit_cost(n: int, nbits: int, lo_bit: int, n_weights: int, protocol: str) -> dict:
