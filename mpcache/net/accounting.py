@@ -52,9 +52,9 @@ class Accounting:
     scopes: dict = field(default_factory=lambda: defaultdict(Counters))
     spans: dict = field(default_factory=lambda: defaultdict(list))   # path -> [(in, out)]
     wire_bytes_sent: int = 0      # set by transports that frame payloads (gRPC)
-    _stack: list = field(default_factory=list)
-    #: "/".join(_stack), kept up to date by scope(); and the Counters of that path once
-    #: this scope has sent (None until then: entries are created on first use, as before)
+    #: the current scope path ("a/b/c"), kept up to date by scope(); and the Counters of
+    #: that path once this scope has sent (None until then: entries are created on first
+    #: use, as before)
     _path: str = ""
     _cur: Counters | None = None
 
@@ -106,7 +106,7 @@ class _Scope:
     """``with acct.scope(name):`` (a class, not a generator: entered once per protocol
     step, so its cost is on every round's path)."""
 
-    __slots__ = ("acct", "name", "c0", "t0")
+    __slots__ = ("acct", "name", "outer", "c0", "t0")
 
     def __init__(self, acct: Accounting, name: str):
         self.acct, self.name = acct, name
@@ -115,7 +115,7 @@ class _Scope:
         name, a = self.name, self.acct
         if not name or "/" in name:
             raise ValueError(f"scope names must be non-empty and contain no '/': {name!r}")
-        a._stack.append(name)
+        self.outer = a._path
         a._path = f"{a._path}/{name}" if a._path else name
         a._cur = None
         self.c0, self.t0 = a.clock, time.perf_counter()
@@ -128,8 +128,7 @@ class _Scope:
         c.seconds += time.perf_counter() - self.t0
         a.spans[path].append((self.c0, a.clock))
         c.calls += 1
-        a._stack.pop()
-        a._path = "/".join(a._stack)
+        a._path = self.outer
         a._cur = None
         return False
 
