@@ -343,15 +343,16 @@ def _coarse_gaps(pol, queries) -> dict:
     """Two-level layers: per KV head, the plaintext gap between the k1-th and (k1+1)-th
     best COARSE cluster score, relative to that head's coarse score range (the fine
     margins of :func:`tie_margin` cannot explain a difference made at the coarse level)."""
-    out = {}
-    for layer, (sc, p) in _level_scores(pol, queries, "c").items():
-        k1, gaps = int(p["k1"]), []
-        for h in range(sc.shape[0]):
-            srt = np.sort(sc[h])[::-1]
-            rng = float(srt[0] - srt[-1]) or 1.0
-            gaps.append(float(srt[k1 - 1] - srt[k1]) / rng if k1 < srt.size else 0.0)
-        out[layer] = gaps
-    return out
+    return {layer: [_kth_gap_rel(sc[h], int(p["k1"])) for h in range(sc.shape[0])]
+            for layer, (sc, p) in _level_scores(pol, queries, "c").items()}
+
+
+def _kth_gap_rel(s: np.ndarray, k: int) -> float:
+    """The gap between the k-th and (k+1)-th largest of ``s``, relative to its range."""
+    if k >= s.size:
+        return 0.0
+    srt = np.sort(s)[::-1]
+    return float(srt[k - 1] - srt[k]) / (float(srt[0] - srt[-1]) or 1.0)
 
 
 def tie_margin(scores: np.ndarray, mpc: np.ndarray, plain: np.ndarray) -> dict:
@@ -363,10 +364,8 @@ def tie_margin(scores: np.ndarray, mpc: np.ndarray, plain: np.ndarray) -> dict:
     for h in range(scores.shape[0]):
         s = scores[h]
         rng = float(s.max() - s.min()) or 1.0
-        k = plain.shape[-1]
-        srt = np.sort(s)[::-1]
         lost.append(float(s[plain[h]].sum() - s[mpc[h]].sum()) / rng)
-        gap.append(float(srt[k - 1] - srt[k]) / rng if k < s.size else 0.0)
+        gap.append(_kth_gap_rel(s, plain.shape[-1]))
     return {"lost_rel": lost, "kth_gap_rel": gap}
 
 
