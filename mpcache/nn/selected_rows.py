@@ -103,8 +103,8 @@ class SelectedRows:
         with F.scope(self.onehot, "gather"):
             mid = self.onehot @ pool.reshape(h, nc, r * c)                   # [h, k, r c]
         mid = mid.reshape(h, k, r, c).transpose((0, 2, 1, 3)).reshape(h, r, k * c)
-        tail0 = s + nc * c + self._gap()
-        out = F.concatenate([full[:, :, :s], mid, full[:, :, tail0:]], axis=2)
+        tail = full[:, :, int(self.x.shape[1]) - self.w:]                     # gap dropped
+        out = F.concatenate([full[:, :, :s], mid, tail], axis=2)
         return _rescale(out)
 
     def context(self, probs):
@@ -117,9 +117,9 @@ class SelectedRows:
         with F.scope(self.onehot, "gather"):                                 # scatter back
             pool = self.onehot.transpose((0, 2, 1)) @ mid.reshape(h, k, r * c)
         pool = pool.reshape(h, nc, r, c).transpose((0, 2, 1, 3)).reshape(h, r, nc * c)
-        parts = [probs[:, :, :s], pool]
-        if self._gap():                      # public zeros: exact, local under MPC
-            parts.append(np.zeros((h, r, self._gap())))
+        parts, gap = [probs[:, :, :s], pool], self._gap()
+        if gap:                              # public zeros: exact, local under MPC
+            parts.append(np.zeros((h, r, gap)))
         full = F.concatenate(parts + [probs[:, :, s + k * c:]], axis=2)
         return full @ self.x
 
