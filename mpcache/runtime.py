@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 import traceback
@@ -237,6 +238,13 @@ class Session:
     (weight sharing, prefill: big local arrays whose numpy work runs beside the other
     parties' on the other core) the scheduler is left alone: pinned throughout, the
     README's generation took 51 s instead of 34 s.
+    ``processes``: parties to run in their own forked process, linked by socket pairs
+    (mpcache.net.pipe) instead of queues; the rest are threads.  Default: add2's dealer
+    (P2), for rep3 none; ``MPCACHE_PROCESSES=none|all|default`` overrides the default.
+    The dealer works ahead of the online parties (triples, masks); as a thread its Python
+    work held the interpreter lock the online parties need (docs/mpcache-mpc.md).  Traced
+    runs keep every party a thread (transcripts are recorded in this process).  Needs
+    ``os.fork`` (elsewhere: threads).
     """
 
     protocol: str = "rep3"
@@ -246,6 +254,7 @@ class Session:
     trace: bool | str = False
     trace_values: bool = False
     pin: bool | None = None
+    processes: tuple | None = None
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -254,7 +263,9 @@ class Session:
             self.fxp = FixedPoint(self.fxp)
 
     def run(self, job, *args, **kwargs) -> RunResult:
-        """Run ``job(party, *args, **kwargs)`` at all three parties (threads)."""
+        """Run ``job(party, *args, **kwargs)`` at all three parties: threads, and a forked
+        process for each party in :attr:`processes` (whose output and stats come back
+        pickled)."""
         net = LocalNetwork()
         sid = uuid.uuid4().hex[:12]
         outputs, stats, errors = [None] * 3, [None] * 3, [None] * 3
@@ -267,6 +278,8 @@ class Session:
 
         timed = (0, 1) if self.protocol == "add2" else (0, 1, 2)
         cores = _pin_cores(self.pin, timed)
+        # transcripts are recorded in this process's memory: a traced run keeps threads
+        procs = () if recorders is not None else self.process_parties()
 
         def body(i):
             try:
@@ -286,15 +299,17 @@ class Session:
 
         t0 = time.perf_counter()
         threads = [threading.Thread(target=body, args=(i,), name=f"mpcache-P{i}", daemon=True)
-                   for i in range(3)]
+                   for i in range(3) if i not in procs]
         # Three parties share this process's cores: one BLAS thread per party, or the
         # parties' BLAS pools oversubscribe the machine (measured: a 64x1024x64 gather went
         # from 17 ms to 550 ms on 2 cores).  Restored when the run ends.
         with _one_blas_thread():
+            children = _fork_parties(procs, net, body, outputs, stats, errors)
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+            _join_children(children, outputs, stats, errors)
         secs = time.perf_counter() - t0
         # Report the root cause: a party's own error rather than the others' aborts.
         primary = [e for e in errors if e is not None and not isinstance(e, TransportError)]
@@ -310,6 +325,99 @@ class Session:
             return RunResult(outputs, stats, secs, timed=timed)
         from .trace import finish_session
         return RunResult(outputs, stats, secs, finish_session(self, recorders, stats), timed)
+
+    def process_parties(self) -> tuple:
+        """The parties :meth:`run` forks into their own process (see :attr:`processes`)."""
+        procs = self.processes
+        if procs is None:
+            env = os.environ.get("MPCACHE_PROCESSES", "").strip().lower()
+            if env in ("", "default"):
+                procs = (2,) if self.protocol == "add2" else ()
+            elif env in ("none", "0", "off", "threads"):
+                procs = ()
+            elif env == "all":
+                procs = (0, 1, 2)
+            else:
+                raise ValueError(f"MPCACHE_PROCESSES={env!r}: use default, none, all "
+                                 "(or Session(processes=...))")
+        procs = tuple(sorted(set(int(i) for i in procs)))
+        if any(i not in range(3) for i in procs):
+            raise ValueError(f"processes must name parties 0, 1, 2, not {procs}")
+        if procs and not hasattr(os, "fork"):     # (Windows) threads only
+            return ()
+        return procs
+
+
+def _fork_parties(procs, net, body, outputs, stats, errors) -> list:
+    """Fork one child per party in ``procs`` (before any party thread starts) and wire
+    every link touching one of them as a socket pair (mpcache.net.pipe).  Returns
+    [(party, pid, result socket)]."""
+    if not procs:
+        return []
+    from .net import pipe
+    links = pipe.socket_links([(i, j) for i in range(3) for j in range(i + 1, 3)
+                               if i in procs or j in procs])
+    children = []
+    for i in procs:
+        res_parent, res_child = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:                                        # the child: party i only
+            status = 0
+            try:
+                res_parent.close()
+                for (a, b), ends in links.items():
+                    for party, end in zip((a, b), ends):
+                        if party != i:
+                            end.close()
+                for (a, b), (ea, eb) in links.items():
+                    if i in (a, b):
+                        peer = b if i == a else a
+                        link = pipe.ProcessLink(ea if i == a else eb,
+                                                _broken_hook(net, peer))
+                        net.queues[(i, peer)] = net.queues[(peer, i)] = link
+                body(i)
+                pipe.send_result(res_child, (outputs[i], stats[i], errors[i],
+                                             getattr(errors[i], "__mpcache_tb__", None)))
+            except BaseException:  # noqa: BLE001 - nothing to report to: exit non-zero
+                status = 1
+            finally:
+                os._exit(status)
+        res_child.close()
+        children.append((i, pid, res_parent))
+    for (a, b), ends in links.items():
+        if a in procs and b in procs:
+            for end in ends:
+                end.close()
+            continue
+        inner = b if a in procs else a            # the party that stays in this process
+        outer = a if a in procs else b
+        mine, theirs = (ends[1], ends[0]) if a in procs else (ends[0], ends[1])
+        theirs.close()
+        link = pipe.ProcessLink(mine, _broken_hook(net, outer))
+        net.queues[(inner, outer)] = net.queues[(outer, inner)] = link
+        net.abort_hooks.append(link.shutdown)
+    return children
+
+
+def _broken_hook(net, peer):
+    def hook(reason):
+        net.fail(peer, ConnectionError(f"its process ended or its link broke ({reason})"))
+    return hook
+
+
+def _join_children(children, outputs, stats, errors) -> None:
+    """Collect each child's (output, stats, error) and reap it."""
+    from .net import pipe
+    for i, pid, sock in children:
+        got = pipe.recv_result(sock)
+        _, status = os.waitpid(pid, 0)
+        if got is None:
+            errors[i] = PartyFailed(f"party {i}'s process ended without a result "
+                                    f"(exit status {status})")
+            continue
+        outputs[i], stats[i], errors[i], tb = got
+        if errors[i] is not None and tb:
+            errors[i].__mpcache_tb__ = tb
 
 
 def _pin_cores(pin: bool | None, online) -> list | None:

@@ -25,13 +25,22 @@ def test_mismatched_shapes(protocol, op):
 
 
 def test_mixing_sessions_is_refused(protocol):
-    escaped = run(protocol, lambda p: shared(p, np.ones(3))).outputs
+    # a share can escape its session only where every party is a thread of this process
+    threads = mpcache.Session(protocol, timeout=5, processes=())
+    escaped = threads.run(lambda p: shared(p, np.ones(3))).outputs
 
     def job(p):
         mine = shared(p, np.ones(3))
         return mine + escaped[p.id]
     with pytest.raises(mpcache.SessionMismatch, match="different sessions"):
-        run(protocol, job)
+        threads.run(job)
+
+
+def test_a_share_cannot_leave_a_party_process():
+    """add2's dealer runs in its own process: returning a share from it is refused with
+    a message that says what to do, not an opaque pickling error."""
+    with pytest.raises(RuntimeError, match="reveal it first"):
+        run("add2", lambda p: shared(p, np.ones(3)))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 1e12])

@@ -41,11 +41,16 @@ class LocalNetwork:
                        for j in range(N_PARTIES) if i != j}
         self.abort = threading.Event()
         self.abort_reason = ""
+        #: called once on abort (e.g. shutting the socket links to party processes, so a
+        #: party in another process learns of the failure too)
+        self.abort_hooks: list = []
 
     def fail(self, party: int, exc: BaseException) -> None:
         if not self.abort.is_set():
             self.abort_reason = f"party {party} failed: {type(exc).__name__}: {exc}"
             self.abort.set()
+            for hook in self.abort_hooks:
+                hook()
 
     def transport(self, party_id: int, **kw) -> "LocalTransport":
         return LocalTransport(self, party_id, **kw)
@@ -60,9 +65,13 @@ class LocalTransport(Transport):
         #: this party's outgoing and incoming links, indexed by peer (None for itself)
         self._out = [net.queues.get((party_id, j)) for j in range(N_PARTIES)]
         self._in = [net.queues.get((j, party_id)) for j in range(N_PARTIES)]
+        #: queue links share memory: copy payloads (a socket link to another process,
+        #: mpcache.net.pipe, copies by itself)
+        self._copy = [isinstance(q, SimpleQueue) for q in self._out]
 
     def _deliver(self, to: int, msg: Message) -> None:
-        msg.payload = msg.payload.copy()
+        if self._copy[to]:
+            msg.payload = msg.payload.copy()
         self._out[to].put(msg)
 
     def _collect(self, frm: int, tag: str) -> Message:

@@ -1,0 +1,145 @@
+"""Links to a party in another process on the same machine: socket pairs.
+
+``Session.run`` can run some parties in forked child processes (by default add2's dealer:
+``Session.processes``).  Every link that touches such a party is a Unix socket pair
+instead of an in-process queue; :class:`ProcessLink` gives it the queue interface
+:class:`mpcache.net.local.LocalTransport` already uses (``put``, ``get_nowait``,
+``get(timeout)``), so the transport, its framing checks and its accounting are unchanged.
+
+Why a process.  In-process parties are threads sharing one interpreter lock.  add2's
+dealer runs ahead of the online parties, generating triples (PRG draws, numpy products,
+ring matmuls with the whole KV cache); as a thread, every bit of its Python work takes the
+lock away from P0 and P1 (measured: a SmolLM2 add2 step at 2048 tokens with MPCache took
+1.36x less time than full cache against 2.08x for rep3, whose parties have no dealer).
+In its own process the dealer's work runs beside the online parties on another core, as
+it would on its own machine.  (CrypTen's trusted-third-party mode is also a process.)
+
+Framing: a small pickled header (session, sender, seq, tag, stamp, offline, dtype,
+shape), then the payload's raw bytes in the same frame when small, else in a second frame
+received straight into a fresh array (no extra copy).  Only ndarrays of fixed-size dtypes
+travel, as on the gRPC wire.  A closed or broken socket sets the group's abort flag, so
+the parties blocked in ``recv`` raise :class:`PeerAborted` with the reason.
+"""
+from __future__ import annotations
+
+import pickle
+import queue
+import socket
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from .transport import Message, PeerAborted
+
+#: Payloads up to this many bytes travel in the header's frame (one write per message).
+INLINE_BYTES = 1 << 16
+#: Socket buffer sizes asked of the kernel (the dealer sends large triples ahead).
+SOCKET_BUFFER = 4 << 20
+
+
+class ProcessLink:
+    """One socket end, used as both the outgoing and the incoming queue of a link.
+
+    ``on_broken(reason)`` is called once when the peer process goes away (EOF or a socket
+    error): the group's abort."""
+
+    def __init__(self, sock: socket.socket, on_broken):
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:           # the kernel caps it: its own default is fine
+                pass
+        self.conn = Connection(sock.detach())
+        self._on_broken = on_broken
+        self.broken = False
+
+    # -- outgoing ---------------------------------------------------------------------
+    def put(self, msg: Message) -> None:
+        p = msg.payload
+        inline = p.nbytes <= INLINE_BYTES
+        head = (msg.session, msg.sender, msg.seq, msg.tag, msg.stamp, msg.offline,
+                p.dtype.str, p.shape, p.tobytes() if inline else None)
+        try:
+            self.conn.send_bytes(pickle.dumps(head, pickle.HIGHEST_PROTOCOL))
+            if not inline:
+                self.conn.send_bytes(p.reshape(-1).view(np.uint8))
+        except OSError as e:
+            self._broken(f"link to the other process failed: {e}")
+            raise PeerAborted(f"party {msg.sender} could not send {msg.tag!r}: the other "
+                              f"party's process is gone ({e})") from e
+
+    # -- incoming: the SimpleQueue interface LocalTransport reads -------------------------
+    def get_nowait(self) -> Message:
+        return self.get(0.0)
+
+    def get(self, timeout: float | None = None) -> Message:
+        if self.broken:
+            raise queue.Empty
+        try:
+            if not self.conn.poll(timeout):
+                raise queue.Empty
+            return self._read()
+        except (EOFError, OSError) as e:
+            self._broken("the other process closed its link" if isinstance(e, EOFError)
+                         else f"link to the other process failed: {e}")
+            raise queue.Empty from None
+
+    def _read(self) -> Message:
+        session, sender, seq, tag, stamp, offline, dt, shape, raw = pickle.loads(
+            self.conn.recv_bytes())
+        if raw is not None:
+            payload = np.frombuffer(raw, dtype=dt).reshape(shape).copy()
+        else:
+            payload = np.empty(shape, dtype=dt)
+            self.conn.recv_bytes_into(payload.reshape(-1).view(np.uint8))
+        return Message(session, sender, seq, tag, stamp, payload, offline)
+
+    def _broken(self, reason: str) -> None:
+        if not self.broken:
+            self.broken = True
+            self._on_broken(reason)
+
+    def shutdown(self) -> None:
+        """Stop the link both ways (the peer's reads see EOF), from any thread."""
+        try:
+            s = socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+            s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        except OSError:               # already closed or gone
+            pass
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def socket_links(pairs) -> dict:
+    """A socket pair per unordered link ``(i, j)`` in ``pairs``: {(i, j): (end_i, end_j)}."""
+    return {(i, j): socket.socketpair() for i, j in pairs}
+
+
+def send_result(sock: socket.socket, result) -> None:
+    """From a child party: its (output, stats, error, traceback) to the parent, pickled.
+    An output or error that cannot be pickled is replaced by a RuntimeError saying so."""
+    try:
+        data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - reported to the parent instead
+        out, stats, err, tb = result
+        what = "error" if err is not None else "output"
+        data = pickle.dumps((None, stats, RuntimeError(
+            f"this party ran in its own process (Session.processes) and its job's {what} "
+            f"cannot be sent back ({e}; error: {err!r}): return plain values -- a secret "
+            "tensor cannot leave its party: reveal it first -- or run the parties as "
+            "threads, Session(processes=())"), tb))
+    Connection(sock.detach()).send_bytes(data)
+
+
+def recv_result(sock: socket.socket):
+    """At the parent: a child's result (blocks until it comes), or None when the child
+    died without sending one."""
+    conn = Connection(sock.detach())
+    try:
+        return pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return None
+    finally:
+        conn.close()
