@@ -154,7 +154,7 @@ def _bench_gather(a) -> int:
 
 
 def _bench_agree_policy(a) -> int:
-    from .bench.decode import bench_agree_task
+    from .bench.agree_policy import bench_agree_task
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     _, name, kw = parse_policy(a.policy)
     rows = bench_agree_task(a.task, a.context, a.index, a.steps, protos, name, a.budget,

@@ -32,9 +32,10 @@ def model():
     return dec, ids, calibrate_prescales(dec, np.arange(64) % dec.config.vocab_size)
 
 
-def _run(model, protocol, kw, static="secret", steps=STEPS):
+def _run(model, protocol, kw, static="secret", steps=STEPS, replay=False):
     dec, ids, pres = model
-    case, ref = make_case(dec, ids, N, "mpcache", 0.125, static=static, steps=steps, kw=kw)
+    case, ref = make_case(dec, ids, N, "mpcache", 0.125, static=static, steps=steps, kw=kw,
+                          replay=replay)
     res = mpcache.Session(protocol, timeout=300, seed=0).run(
         policy_cases_job, dec.config, dec.weights, pres, [case], reveal_selection=True)
     return case, ref, res
@@ -79,6 +80,34 @@ def test_mpc_mpcache_same_clusters_and_tokens(model, protocol):
     # static eviction ran on secrets, in its own scope, with its gather inside
     assert res.scope("c0/static_eviction")["bytes_sent"] > 0
     assert res.scope("c0/static_eviction/topk")["calls"] == 3     # one per layer group
+
+
+def test_query_replay_audit(model):
+    """bench agree-policy's audit: the MPC run reveals each selecting layer's query per
+    step; the plaintext reference replayed with given queries at the selection reproduces
+    itself with its own queries, follows the queries it is given (negated ones change the
+    choice), and with MPC's queries chooses what MPC chose."""
+    from mpcache.bench.agree_policy import _mismatches, _query_err
+    case, ref, res = _run(model, "rep3", {}, replay=True)
+    out = res.output[0]
+    assert [sorted(q) for q in out["queries"]] == [[0, 1, 2]] * STEPS       # the leaders
+    assert 0 < max(_query_err(a, b) for a, b in zip(out["queries"], ref["queries"])) < 0.05
+    same = ref["replay"](ref["queries"], ref["tokens"])
+    assert same["tokens"] == ref["tokens"]
+    for a, b in zip(same["selections"], ref["selections"]):
+        assert all(np.array_equal(a[L], b[L]) for L in b)
+    neg = ref["replay"]([{L: -q for L, q in qs.items()} for qs in ref["queries"]],
+                        ref["tokens"])
+    assert any(not np.array_equal(np.sort(a[L], -1), np.sort(b[L], -1))
+               for a, b in zip(neg["selections"], ref["selections"]) for L in b)
+    given = ref["replay"](out["queries"], out["tokens"])
+    for a, b in zip(given["selections"], out["selections"]):
+        assert all(np.array_equal(np.sort(a[L], -1), np.sort(b[L], -1)) for L in b)
+    # a difference is reported with its margins and whether the MPC query explains it
+    fake = dict(out, selections=neg["selections"])
+    rows = _mismatches(fake, ref, given)
+    assert rows and all(not r["same_given_mpc_query"] and r["query_rel_err"] < 0.05 and
+                        len(r["kth_gap_rel"]) == 2 for r in rows)
 
 
 def test_selection_costs_one_level(model):

@@ -6,8 +6,10 @@ does not depend on how the cache was made, and a private prefill of thousands of
 would dominate the benchmark's run time.  Measured inside scope "decode": the embedding
 of the (secret) previous token, all layers, the LM head and the secret argmax; reported as
 max over parties (bytes, seconds) and critical-path rounds, with the breakdown per scope.
-The whole run is in one process (three threads), so ``peak_rss_mb`` covers all three
-parties; per-party memory is about a third of the share part.
+The parties are threads of this process, except add2's dealer, a forked child
+(``Session.processes``): ``peak_rss_mb_all_parties`` is this process's peak plus the
+largest child's (an upper bound: pages the child still shares with its parent count
+twice); per-party memory is about a third of the share part.
 
 Policies (issue 7): ``--policy NAME --budget B`` runs the policy's decode-time selection on
 the secret cache through the same code as plaintext (see :mod:`mpcache.nn.mpc_policies`).
@@ -128,6 +130,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                "lazy": bool(kw.pop("mpc_lazy", True))}
         pol = None if name == "full" else instrument(make_policy(name, case["budget"], **kw),
                                                      **mpc)
+        asked = _stash_queries(pol) if reveal_selection and pol is not None else None
         cache = dec.new_cache(pol)
         n = int(case["n"])
         secret_static = case["static"] == "secret"
@@ -165,7 +168,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                 oh = np.zeros((1, config.vocab_size), dtype=np.int64)
                 oh[0, case["next_token"]] = 1
             tok = party.share(oh, owner=client, integer=True)
-            toks, sels = [], []
+            toks, sels, qs = [], [], []
             for j in range(case.get("steps", 1)):
                 with party.latency_bound(), _gc_paused(), \
                         party.scope("decode" if j == 0 else f"decode{j}"):
@@ -174,15 +177,31 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                         onehot = dec.greedy_onehot(logits)
                         tid = (onehot @ dec.token_values).reveal(to=client)
                 toks.append(None if tid is None else int(tid))
-                if reveal_selection and pol is not None:
+                if asked is not None:                     # audit only, outside the step
                     sels.append(selected_clusters(pol, to=client))
+                    qs.append({L: q.reveal(to=client) for L, q in sorted(asked.items())})
                 tok = onehot.reshape(1, config.vocab_size)
         dec.cache = None
         _release(cache, pol)
         del cache, pol, stats, logits, onehot, tok
         gc.collect()                 # shares of a finished case must not pile up (OOM)
-        outs.append({"tokens": toks, "selections": sels} if party.id == client else None)
+        outs.append({"tokens": toks, "selections": sels, "queries": qs}
+                    if party.id == client else None)
     return outs
+
+
+def _stash_queries(pol) -> dict:
+    """Keep the (secret) query each selecting layer's ``select`` saw this step, for the
+    audit reveal after it (``{layer: query}``, overwritten every step)."""
+    asked, inner = {}, pol.select
+    lead = getattr(pol, "leader", lambda layer: layer)
+
+    def select(cache, layer, query):
+        if lead(layer) == layer:
+            asked[layer] = query
+        return inner(cache, layer, query)
+    pol.select = select
+    return asked
 
 
 _GC_LOCK = threading.Lock()
@@ -244,12 +263,13 @@ def _state_only(plain):
 
 
 def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
-              recorder=None):
+              recorder=None, replay=False):
     """Plaintext side of one case: prefill n tokens (unless ``recorder`` already holds that
     prefill), the cache to share, the plaintext reference tokens (and MPCache selections).
 
-    ``recorder``: ``(PrefillRecorder, cache)`` of a prefill of ``ids[:n]`` to fork from."""
-    from ..nn.mpc_policies import selected_clusters
+    ``recorder``: ``(PrefillRecorder, cache)`` of a prefill of ``ids[:n]`` to fork from.
+    ``replay``: the reference dict also gets ``replay(queries, tokens)`` (keeps the
+    prefill alive: one case only)."""
     from ..nn.policies import PrefillRecorder, make_policy
     from ..nn.policies.base import clone_cache
     kw = dict(kw or {})
@@ -273,45 +293,64 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
         need = {stat_key(w, n) for w in plain.stat_windows(n)}
         stats = [{w: np.array(rec.stats[layer][w]) for w in need}
                  for layer in range(src.n_layers)]
-    # plaintext reference with the same policy (fast index path), same steps
-    ref_pol = None if policy == "full" else make_policy(policy, budget, **pkw)
-    if ref_pol is None:
-        ref_cache = clone_cache(base_cache)
-    else:
-        ref_cache = rec.fork(base_cache, ref_pol)
-    dec.cache = ref_cache
-    queries = _record_queries(ref_pol)
-    tok, ref_tokens, ref_sels, ref_scores, ref_coarse = int(ids[n]), [], [], [], []
-    for _ in range(steps):
-        logits = dec.decode_step(tok)
-        tok = int(np.argmax(logits))
-        ref_tokens.append(tok)
-        if ref_pol is not None:
-            ref_sels.append(selected_clusters(ref_pol))
-            ref_scores.append(_fine_scores(ref_pol, queries))
-            ref_coarse.append(_coarse_gaps(ref_pol, queries))
-    dec.cache = None
-    rows_read = None if ref_pol is None else int(ref_pol.B)
-    if ref_pol is not None:
-        _release(ref_cache, ref_pol)
-    del src, ref_cache
+    ref = _reference_run(dec, rec, base_cache, policy, budget, pkw, int(ids[n]), steps)
+    if replay:        # audit: the same reference, with MPC's queries at the selection
+        ref["replay"] = lambda queries, tokens: _reference_run(
+            dec, rec, base_cache, policy, budget, pkw, int(ids[n]), steps, queries, tokens)
+    del src
     case = {"n": n, "policy": policy, "budget": budget, "kw": kw, "static": static,
             "steps": steps, "kv": kv, "lens": lens, "next_token": int(ids[n]),
             "plain_policy": _state_only(plain) if static != "secret" else None, "stats": stats,
             "stats_shape": None if stats is None else [{k: None for k in d} for d in stats]}
-    return case, {"tokens": ref_tokens, "selections": ref_sels, "scores": ref_scores,
-                  "coarse_gaps": ref_coarse,
-                  "rows_read": rows_read}
+    return case, ref
 
 
-def _record_queries(pol) -> dict:
-    """Wrap a plaintext MPCache's ``select`` to keep each layer's last decode query."""
+def _reference_run(dec, rec, base_cache, policy, budget, pkw, tok, steps,
+                   queries_in=None, tokens_in=None) -> dict:
+    """The plaintext reference: ``steps`` greedy steps with the same policy (fast index
+    path) from the same prefill, recording tokens, MPCache's selections, its cluster scores
+    and each selecting layer's query per step.  ``queries_in`` (per step ``{layer:
+    query}``) replaces the query the SELECTION sees at those layers, and ``tokens_in``
+    forces the fed tokens: the plaintext choice given another run's queries."""
+    from ..nn.mpc_policies import selected_clusters
+    from ..nn.policies import make_policy
+    from ..nn.policies.base import clone_cache
+    ref_pol = None if policy == "full" else make_policy(policy, budget, **pkw)
+    ref_cache = clone_cache(base_cache) if ref_pol is None else rec.fork(base_cache, ref_pol)
+    dec.cache = ref_cache
+    step = [0]
+    queries = _record_queries(ref_pol, lambda: None if queries_in is None
+                              else queries_in[step[0]])
+    out = {"tokens": [], "selections": [], "scores": [], "coarse_gaps": [], "queries": []}
+    for j in range(steps):
+        step[0] = j
+        logits = dec.decode_step(tok)
+        tok = int(np.argmax(logits)) if tokens_in is None else int(tokens_in[j])
+        out["tokens"].append(int(np.argmax(logits)))
+        if ref_pol is not None:
+            out["selections"].append(selected_clusters(ref_pol))
+            out["scores"].append(_fine_scores(ref_pol, queries))
+            out["coarse_gaps"].append(_coarse_gaps(ref_pol, queries))
+            out["queries"].append(dict(queries))
+    dec.cache = None
+    out["rows_read"] = None if ref_pol is None else int(ref_pol.B)
+    if ref_pol is not None:
+        _release(ref_cache, ref_pol)
+    return out
+
+
+def _record_queries(pol, override=lambda: None) -> dict:
+    """Wrap a plaintext MPCache's ``select`` to keep each layer's last decode query (the
+    one from ``override()`` -- ``{layer: query}`` or None -- where it has the layer)."""
     queries = {}
     if pol is None or not hasattr(pol, "_bnd"):
         return queries
     inner = pol.select
 
     def select(cache, layer, query):
+        given = override()
+        if given is not None and layer in given:
+            query = np.asarray(given[layer], dtype=np.float64).reshape(np.shape(query))
         queries[layer] = np.array(query)
         return inner(cache, layer, query)
     pol.select = select
@@ -467,8 +506,9 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
         for i, case in enumerate(cases):
             row = _row(res, i, case, refs[i], outs[i], model, protocol, wall)
             row["label"] = case["label"]
-            row["peak_rss_mb_all_parties"] = resource.getrusage(
-                resource.RUSAGE_SELF).ru_maxrss / 1024
+            row["peak_rss_mb_all_parties"] = (
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss +
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
             rows.append(row)
             echo(f"{model} ctx {case['n']:5d} {protocol} {case['label']:>10s}: "
                  f"{row['seconds']:.2f} s, {row['bytes_per_party'] / 1e6:.2f} MB/party, "
@@ -487,54 +527,3 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
-                     protocols=("rep3", "add2"), policy="mpcache", budget=0.05,
-                     static="secret", policy_kw=None, json_path=None, echo=print) -> list:
-    """SmolLM2 on a needle task prompt (``mpcache.eval.tasks``): plaintext prefill of the
-    prompt, then ``steps`` PRIVATE greedy steps with the policy on the secret cache (static
-    eviction on secrets by default), revealing (audit only) MPCache's chosen clusters each
-    step; compared with plaintext MPCache on the same cache: same clusters, same tokens."""
-    from ..eval.tasks import TaskGenerator, score
-    from ..generate import prescales_for
-    from ..nn.smollm2 import load_smollm2
-    lm = load_smollm2("float64")
-    sample = TaskGenerator(lm).sample(task, context, index)
-    ids = np.asarray(lm.encode(sample.prompt), dtype=np.int64)
-    n = ids.size - 1
-    dec = lm.model
-    case, ref = make_case(dec, ids, n, policy, budget, static, steps, policy_kw)
-    case["label"] = policy
-    pres = prescales_for(lm)
-    rows = []
-    for protocol in protocols:
-        t0 = time.perf_counter()
-        res = Session(protocol, timeout=3600).run(policy_cases_job, dec.config, dec.weights,
-                                                  pres, [case], reveal_selection=True)
-        row = _row(res, 0, case, ref, res.output[0], "smollm2", protocol,
-                   time.perf_counter() - t0)
-        row.update(task=task, sample_id=sample.id, prompt_tokens=int(ids.size),
-                   answers=sample.answers, mpc_text=lm.decode(row["tokens"]),
-                   plaintext_text=lm.decode(ref["tokens"]),
-                   score_mpc=score(lm.decode(row["tokens"]), sample.answers),
-                   score_plaintext=score(lm.decode(ref["tokens"]), sample.answers),
-                   per_step_clusters_match=[_same_sel(a, b) for a, b in
-                                            zip(res.output[0]["selections"],
-                                                ref["selections"])],
-                   mismatches=[{"step": j, "layer": int(L), "mpc": np.asarray(a[L]).tolist(),
-                                "plaintext": np.asarray(b[L]).tolist(),
-                                **tie_margin(ref["scores"][j][L], np.asarray(a[L]),
-                                             np.asarray(b[L])),
-                                "coarse_kth_gap_rel": ref["coarse_gaps"][j].get(L)}
-                               for j, (a, b) in enumerate(zip(res.output[0]["selections"],
-                                                              ref["selections"]))
-                               for L in b if L in a and not np.array_equal(
-                                   np.sort(a[L], -1), np.sort(b[L], -1))])
-        rows.append(row)
-        echo(f"{task} {ids.size} tokens {protocol}: tokens equal {row['token_matches_plaintext']}, "
-             f"clusters equal {row.get('clusters_match_plaintext')}: "
-             f"MPC {row['mpc_text']!r} | plaintext {row['plaintext_text']!r} "
-             f"(answers {sample.answers})")
-        write_rows(rows, json_path, default=_jsonable)
-    return rows
