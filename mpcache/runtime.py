@@ -310,6 +310,9 @@ class Session:
             for t in threads:
                 t.join()
             _join_children(children, outputs, stats, errors)
+            for link in net.process_links:
+                link.shutdown()
+                link.close()
         secs = time.perf_counter() - t0
         # Report the root cause: a party's own error rather than the others' aborts.
         primary = [e for e in errors if e is not None and not isinstance(e, TransportError)]
@@ -369,13 +372,17 @@ def _fork_parties(procs, net, body, outputs, stats, errors) -> list:
                     for party, end in zip((a, b), ends):
                         if party != i:
                             end.close()
+                mine = []
                 for (a, b), (ea, eb) in links.items():
                     if i in (a, b):
                         peer = b if i == a else a
                         link = pipe.ProcessLink(ea if i == a else eb,
                                                 _broken_hook(net, peer))
                         net.queues[(i, peer)] = net.queues[(peer, i)] = link
+                        mine.append(link)
                 body(i)
+                for link in mine:           # deliver what is queued, unless failing
+                    link.flush() if errors[i] is None else link.shutdown()
                 pipe.send_result(res_child, (outputs[i], stats[i], errors[i],
                                              getattr(errors[i], "__mpcache_tb__", None)))
             except BaseException:  # noqa: BLE001 - nothing to report to: exit non-zero
@@ -396,6 +403,7 @@ def _fork_parties(procs, net, body, outputs, stats, errors) -> list:
         link = pipe.ProcessLink(mine, _broken_hook(net, outer))
         net.queues[(inner, outer)] = net.queues[(outer, inner)] = link
         net.abort_hooks.append(link.shutdown)
+        net.process_links.append(link)
     return children
 
 

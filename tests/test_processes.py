@@ -99,3 +99,20 @@ def test_a_dead_process_or_unsendable_output_is_a_clear_error():
         return (lambda: 0) if p.id == 2 else p.id
     with pytest.raises(RuntimeError, match="cannot be sent back"):
         Session("add2").run(lambda_out)
+
+
+@pytest.mark.parametrize("protocol", ["rep3", "add2"])
+def test_exchanges_bigger_than_the_socket_buffer(protocol):
+    """Every party in its own process and a product whose opening (add2) or re-sharing
+    (rep3) is 16 MB per message, both ways at once: sends are queued to a writer thread,
+    so neither party waits for the other to read (a blocking send here deadlocked)."""
+    n = 1 << 21
+
+    def job(p):
+        x = p.share(np.linspace(-1, 1, n) if p.id == 0 else None, owner=0)
+        return p.reveal((x * x).sum())
+    got = Session(protocol, seed=3, processes=(0, 1, 2), timeout=60).run(job)
+    ref = Session(protocol, seed=3, processes=(), timeout=60).run(job)
+    assert np.array_equal(got.output, ref.output)
+    assert abs(float(got.output) - float((np.linspace(-1, 1, n) ** 2).sum())) < 1.0
+    assert _counts(got) == _counts(ref)

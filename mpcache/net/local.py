@@ -44,6 +44,8 @@ class LocalNetwork:
         #: called once on abort (e.g. shutting the socket links to party processes, so a
         #: party in another process learns of the failure too)
         self.abort_hooks: list = []
+        #: links to parties in other processes (mpcache.net.pipe), closed after the run
+        self.process_links: list = []
 
     def fail(self, party: int, exc: BaseException) -> None:
         if not self.abort.is_set():

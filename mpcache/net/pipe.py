@@ -25,7 +25,9 @@ from __future__ import annotations
 import pickle
 import queue
 import socket
+import threading
 from multiprocessing.connection import Connection
+from queue import SimpleQueue
 
 import numpy as np
 
@@ -40,8 +42,11 @@ SOCKET_BUFFER = 4 << 20
 class ProcessLink:
     """One socket end, used as both the outgoing and the incoming queue of a link.
 
-    ``on_broken(reason)`` is called once when the peer process goes away (EOF or a socket
-    error): the group's abort."""
+    Sends never block the party: a writer thread per link drains a queue into the
+    socket.  (Written in the party's own thread, two parties that both send a message
+    bigger than the socket buffer before receiving -- every exchange does -- would wait on
+    each other forever.)  ``on_broken(reason)`` is called once when the peer process goes
+    away (EOF or a socket error): the group's abort."""
 
     def __init__(self, sock: socket.socket, on_broken):
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -52,21 +57,46 @@ class ProcessLink:
         self.conn = Connection(sock.detach())
         self._on_broken = on_broken
         self.broken = False
+        self._outq: SimpleQueue = SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # -- outgoing ---------------------------------------------------------------------
     def put(self, msg: Message) -> None:
+        """Queue ``msg`` for the writer thread (a snapshot: the caller may reuse its array)."""
+        if self.broken:
+            raise PeerAborted(f"party {msg.sender} could not send {msg.tag!r}: the other "
+                              "party's process is gone")
         p = msg.payload
         inline = p.nbytes <= INLINE_BYTES
-        head = (msg.session, msg.sender, msg.seq, msg.tag, msg.stamp, msg.offline,
-                p.dtype.str, p.shape, p.tobytes() if inline else None)
-        try:
-            self.conn.send_bytes(pickle.dumps(head, pickle.HIGHEST_PROTOCOL))
-            if not inline:
-                self.conn.send_bytes(p.reshape(-1).view(np.uint8))
-        except OSError as e:
-            self._broken(f"link to the other process failed: {e}")
-            raise PeerAborted(f"party {msg.sender} could not send {msg.tag!r}: the other "
-                              f"party's process is gone ({e})") from e
+        head = pickle.dumps((msg.session, msg.sender, msg.seq, msg.tag, msg.stamp,
+                             msg.offline, p.dtype.str, p.shape,
+                             p.tobytes() if inline else None), pickle.HIGHEST_PROTOCOL)
+        self._outq.put((head, None if inline else p.reshape(-1).view(np.uint8).copy()))
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                            name="mpcache-link-writer")
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._outq.get()
+            if item is None:
+                return
+            head, body = item
+            try:
+                self.conn.send_bytes(head)
+                if body is not None:
+                    self.conn.send_bytes(body)
+            except OSError as e:
+                self._broken(f"link to the other process failed: {e}")
+                return
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is written (or the link broke)."""
+        if self._writer is not None:
+            self._outq.put(None)
+            self._writer.join()
+            self._writer = None
 
     # -- incoming: the SimpleQueue interface LocalTransport reads -------------------------
     def get_nowait(self) -> Message:
@@ -109,6 +139,7 @@ class ProcessLink:
             pass
 
     def close(self) -> None:
+        self.flush()
         self.conn.close()
 
 
