@@ -1,6 +1,6 @@
 """Tables for docs/mpcache-mpc.md (and its plot) from one folder of bench JSON files.
 
-    python scripts/mpcache_mpc_tables.py out/s12/final
+    python scripts/mpcache_mpc_tables.py out/s13/final
 
 Reads ``sweep_*.json`` and ``sweep4k_*.json`` (mpcache bench decode), ``ablation_*.json``,
 ``agree_*.json`` (mpcache bench agree-policy); every decode row is reduced to its fastest
@@ -14,7 +14,7 @@ import sys
 
 from mpcache.bench.report import ablation_table, best_of_steps, plot, ratio_table, table
 
-D = sys.argv[1] if len(sys.argv) > 1 else "out/s12/final"
+D = sys.argv[1] if len(sys.argv) > 1 else "out/s13/final"
 
 
 def load(pattern):
@@ -40,13 +40,18 @@ if abl:
 ag = load("agree_*.json")
 if ag:
     print("### MPC vs plaintext MPCache, needle task\n")
-    print("| protocol | prompt tokens | steps | same tokens | same clusters (steps) | MPC text | "
-          "plaintext text | answer | s/step (mean) |\n"
-          "|---|---:|---:|---|---|---|---|---|---:|")
+    print("| protocol | prompt tokens | steps | same tokens | same clusters (steps) | same "
+          "clusters given the MPC query (steps) | max query error | MPC text | plaintext text "
+          "| answer | s/step (mean) |\n"
+          "|---|---:|---:|---|---|---|---:|---|---|---|---:|")
     for r in ag:
         steps = [r["seconds"]] + [x["seconds"] for x in r.get("later_steps", [])]
+        given = r.get("per_step_clusters_match_given_mpc_query")
+        given = "--" if given is None else f"{sum(given)}/{len(given)}"
+        err = r.get("query_rel_err_max")
         print(f"| {r['protocol']} | {r['prompt_tokens']} | {len(r['tokens'])} | "
               f"{r['token_matches_plaintext']} | {r.get('clusters_match_plaintext')} "
               f"({sum(r['per_step_clusters_match'])}/{len(r['per_step_clusters_match'])}) | "
+              f"{given} | {'--' if err is None else f'{err:.2%}'} | "
               f"{r['mpc_text']!r} | {r['plaintext_text']!r} | {r['answers']} | "
               f"{sum(steps) / len(steps):.2f} |")

@@ -11,6 +11,10 @@ randomness, which is counted as *offline* traffic.  Seed compression: every deal
 P0 needs is drawn from the P0-P2 key, every value P1 needs except the correlated one
 (c1 = ab - c0, [s], [m]) from the P1-P2 key; so the dealer sends one value per product.
 
+Under ``Session.run`` the dealer is a forked process of its own by default
+(``Session.processes``): its preprocessing runs beside the online parties instead of
+taking their interpreter lock; the protocol is the same either way.
+
 What each party learns: P0 and P1 see only openings masked by dealer randomness
 (uniform), plus outputs at ``reveal``.  P2 sees nothing but its own randomness and
 whatever is explicitly revealed to it.  Security needs P2 not to collude with P0 or P1.
