@@ -183,6 +183,25 @@ def _limb(a: np.ndarray, b: np.ndarray, out_shape: tuple) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- entry point
+def matmul_shape(sa: tuple, sb: tuple) -> tuple:
+    """The shape of ``a @ b`` for operand shapes ``sa``, ``sb`` (numpy's rules, 1-D
+    included), from the shapes alone.  (add2 once got it from ``np.matmul`` on broadcast
+    int8 zeros: a real product, ~30 ms per embedding step at vocabulary 50257.)"""
+    sa, sb = tuple(int(v) for v in sa), tuple(int(v) for v in sb)
+    if not sa or not sb:
+        raise ValueError("matmul needs operands of at least one dimension")
+    a2 = (1,) + sa if len(sa) == 1 else sa
+    b2 = sb + (1,) if len(sb) == 1 else sb
+    if a2[-1] != b2[-2]:
+        raise ValueError(f"matmul shape mismatch: {sa} @ {sb}")
+    out = np.broadcast_shapes(a2[:-2], b2[:-2]) + (a2[-2], b2[-1])
+    if len(sa) == 1:
+        out = out[:-2] + out[-1:]
+    if len(sb) == 1:
+        out = out[:-1]
+    return out
+
+
 def ring_matmul(a: np.ndarray, b: np.ndarray, mode: str | None = None) -> np.ndarray:
     """Exact ``a @ b mod 2^64`` for uint64 arrays, with numpy's matmul broadcasting rules
     (1-D, 2-D and batched operands).  ``mode``: ``"direct"`` / ``"limb"`` (default: env

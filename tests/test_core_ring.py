@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mpcache import kernels
-from mpcache.kernels import ring_matmul
+from mpcache.kernels import matmul_shape, ring_matmul
 from mpcache.ring import FixedPoint, FixedPointRangeError, arshift, encode_int, to_signed
 
 u64 = st.integers(0, 2**64 - 1)
@@ -129,3 +129,18 @@ def test_ring_matmul_many_small_batches(mode):
     bt = rng.integers(0, 2**64, (300, 2, 5), dtype=np.uint64, endpoint=False)
     assert np.array_equal(ring_matmul(a, bt.transpose(0, 2, 1), mode),
                           np.matmul(a, bt.transpose(0, 2, 1)))
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_matmul_shape_follows_numpy(data):
+    """matmul_shape from shapes alone equals numpy's result shape (1-D, batched,
+    broadcast batches), and refuses what numpy refuses."""
+    k = data.draw(st.integers(1, 4))
+    batch = data.draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=3))
+    sa = data.draw(st.sampled_from([(k,), (2, k), batch + (3, k)]))
+    sb = data.draw(st.sampled_from([(k,), (k, 5), batch[-1:] + (k, 2)]))
+    want = np.matmul(np.zeros(sa, np.int8), np.zeros(sb, np.int8)).shape
+    assert matmul_shape(sa, sb) == want
+    with pytest.raises(ValueError, match="mismatch"):
+        matmul_shape(sa, (k + 1, 2))

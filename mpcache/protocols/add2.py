@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import ring_matmul
+from ..kernels import matmul_shape, ring_matmul
 from ..ring import RING
 from . import truncation as tr
 from .base import ARITH, Group, Protocol, ProtocolError, phantom
@@ -136,8 +136,7 @@ class Add2(Protocol):
         sx, sy = x.shape[1:], y.shape[1:]
         if not matmul:
             return np.broadcast_shapes(sx, sy)
-        return np.matmul(np.broadcast_to(np.zeros((), np.int8), sx),
-                         np.broadcast_to(np.zeros((), np.int8), sy)).shape
+        return matmul_shape(sx, sy)
 
     def _product(self, x, y, matmul):
         op = ring_matmul if matmul else np.multiply
@@ -229,8 +228,7 @@ class Add2(Protocol):
         masked and opened now (8 bytes each per party), the rest not at all."""
         p = self.party
         sx = x.shape[1:]
-        sz = np.matmul(np.broadcast_to(np.zeros((), np.int8), sx),
-                       np.broadcast_to(np.zeros((), np.int8), w.shape[1:])).shape
+        sz = matmul_shape(sx, w.shape[1:])
         fresh = state.fresh_mask()
         B = state.arrays["B"][0]
         if self.id == DEALER:
