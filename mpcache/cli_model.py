@@ -34,8 +34,9 @@ def register(sub) -> None:
                         "(default) or on secrets inside MPC (measured as static_eviction)")
     d.add_argument("--steps", type=int, default=1, help="greedy decode steps per case")
     d.add_argument("--reveal-selection", action="store_true",
-                   help="audit: reveal MPCache's chosen clusters to the client and compare "
-                        "with plaintext MPCache")
+                   help="audit: reveal MPCache's chosen clusters and queries to the client "
+                        "and compare with plaintext MPCache, also replayed with the MPC "
+                        "queries (keeps each context's prefill in memory)")
     d.add_argument("--no-persist-cache", dest="persist_cache", action="store_false",
                    help="do not persist the shared KV-cache prefix (add2 then re-opens K/V "
                         "in every step's products; for comparison)")

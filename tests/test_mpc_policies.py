@@ -103,6 +103,12 @@ def test_query_replay_audit(model):
     given = ref["replay"](out["queries"], out["tokens"])
     for a, b in zip(given["selections"], out["selections"]):
         assert all(np.array_equal(np.sort(a[L], -1), np.sort(b[L], -1)) for L in b)
+    # bench decode --reveal-selection rows carry the same audit
+    from mpcache.bench.decode import _row
+    case["label"] = "mpcache"
+    row = _row(res, 0, case, ref, out, "tiny", "rep3", 0.0)
+    assert row["clusters_match_given_mpc_query"] == [True] * STEPS
+    assert row["plaintext_tokens_given_mpc_query"] == out["tokens"]
     # a difference is reported with its margins and whether the MPC query explains it
     fake = dict(out, selections=neg["selections"])
     rows = _mismatches(fake, ref, given)

@@ -429,6 +429,11 @@ def _row(res, i, case, ref, out, model, protocol, wall):
         if out["selections"]:
             same = all(_same_sel(a, b) for a, b in zip(out["selections"], ref["selections"]))
             row["clusters_match_plaintext"] = same
+        if out.get("queries") and "replay" in ref:      # audit (bench_agree_task explains)
+            given = ref["replay"](out["queries"], out["tokens"])
+            row["clusters_match_given_mpc_query"] = [
+                _same_sel(a, b) for a, b in zip(out["selections"], given["selections"])]
+            row["plaintext_tokens_given_mpc_query"] = given["tokens"]
     row["persist_cache"] = bool(case.get("persist_cache", True))
     for extra in ("static_eviction", "cluster_bounds", "share_state", "persist_cache"):
         path = f"c{i}/{extra}"
@@ -468,7 +473,10 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
     ``policies``, each a name or ``(label, name, kw)``) at ``budget``; all cases of one
     protocol run in ONE session (weights shared once).  Rows also go to ``json_path``
     after every protocol (so a long sweep leaves partial results).  ``persist_cache``:
-    persist the shared cache prefix before the measured steps (see the module docstring)."""
+    persist the shared cache prefix before the measured steps (see the module docstring).
+    ``reveal_selection``: audit -- also reveal the chosen clusters and each selecting
+    layer's query, and replay the plaintext policy with those queries (rows get
+    ``clusters_match_given_mpc_query`` and ``plaintext_tokens_given_mpc_query``)."""
     specs = []
     for p in (policies or [policy]):
         if isinstance(p, (tuple, list)):
@@ -487,7 +495,7 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
         recorder = (rec, dec.cache)
         for label, nm, kw in specs:
             c, r = make_case(dec, ids, n, nm, None if nm == "full" else budget, static, steps,
-                             kw, recorder)
+                             kw, recorder, replay=reveal_selection)
             c["label"] = label
             c["persist_cache"] = persist_cache
             cases.append(c)
