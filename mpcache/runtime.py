@@ -2,8 +2,10 @@
 
 mpcache programs are SPMD: the *same* job function runs at all three parties, each with
 its own :class:`Party` (its shares, its PRG keys, its transport).  ``Session.run`` starts
-the three parties as threads over the in-process transport; ``mpcache launch`` starts
-them as processes over gRPC.  The job code does not change.
+the three parties on this machine: threads over the in-process transport, and forked
+processes (socket-pair links, mpcache/net/pipe.py) for :attr:`Session.processes` -- by
+default add2's dealer; ``mpcache launch`` starts them as processes over gRPC.  The job
+code does not change.
 
     def job(p):
         x = p.share(np.array([1.5, -2.0]), owner=0)    # P0's input; others pass None
