@@ -1,6 +1,6 @@
 """Tables for docs/mpcache-mpc.md (and its plot) from one folder of bench JSON files.
 
-    python scripts/mpcache_mpc_tables.py out/s13b/final
+    python scripts/mpcache_mpc_tables.py out/s13c/final
 
 Reads ``sweep_*.json`` and ``sweep4k_*.json`` (mpcache bench decode), ``ablation_*.json``,
 ``agree_*.json`` (mpcache bench agree-policy); every decode row is reduced to its fastest
@@ -14,7 +14,7 @@ import sys
 
 from mpcache.bench.report import ablation_table, best_of_steps, plot, ratio_table, table
 
-D = sys.argv[1] if len(sys.argv) > 1 else "out/s13b/final"
+D = sys.argv[1] if len(sys.argv) > 1 else "out/s13c/final"
 
 
 def load(pattern):
