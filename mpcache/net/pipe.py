@@ -18,7 +18,9 @@ Framing: a small pickled header (session, sender, seq, tag, stamp, offline, dtyp
 shape), then the payload's raw bytes in the same frame when small, else in a second frame
 received straight into a fresh array (no extra copy).  Only ndarrays of fixed-size dtypes
 travel, as on the gRPC wire.  A closed or broken socket sets the group's abort flag, so
-the parties blocked in ``recv`` raise :class:`PeerAborted` with the reason.
+the parties blocked in ``recv`` raise :class:`PeerAborted` with the reason.  (Headers and
+results are pickled: only between processes forked from one session, over unnamed socket
+pairs no other process can connect to.)
 """
 from __future__ import annotations
 
