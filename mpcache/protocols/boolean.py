@@ -66,10 +66,14 @@ def rand_bits(prg, shape) -> np.ndarray:
 def rand_bits_many(prg, shapes) -> list:
     """Uniform bit arrays of each of ``shapes`` from ONE draw of the stream (the holders
     of a key must ask for the same list of shapes in the same order)."""
-    sizes = [math.prod(s) for s in shapes]
-    flat = rand_bits(prg, (sum(sizes),))
+    return _split(rand_bits(prg, (sum(math.prod(s) for s in shapes),)), shapes)
+
+
+def _split(flat: np.ndarray, shapes) -> list:
+    """Consecutive pieces of the 1-d ``flat``, one per shape, each reshaped to it."""
     out, off = [], 0
-    for shp, n in zip(shapes, sizes):
+    for shp in shapes:
+        n = math.prod(shp)
         out.append(flat[off:off + n].reshape(shp))
         off += n
     return out
@@ -102,14 +106,9 @@ def msg_size(bit_shapes=(), ring_shapes=()) -> int:
 def unpack_msg(buf, bit_shapes=(), ring_shapes=()):
     """Inverse of :func:`pack_msg` given the shapes: (list of bits, list of rings)."""
     buf = np.asarray(buf, dtype=U8)
-    sizes = [math.prod(s) for s in bit_shapes]
-    nb = sum(sizes)
+    nb = sum(math.prod(s) for s in bit_shapes)
     off = (nb + 7) // 8
-    flat = unpack_bits(buf[:off], nb) if nb else np.zeros(0, U8)
-    bits, pos = [], 0
-    for s, n in zip(bit_shapes, sizes):
-        bits.append(flat[pos:pos + n].reshape(s))
-        pos += n
+    bits = _split(unpack_bits(buf[:off], nb) if nb else np.zeros(0, U8), bit_shapes)
     rings = []
     for s in ring_shapes:
         n = math.prod(s)
