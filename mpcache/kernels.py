@@ -188,11 +188,9 @@ def matmul_shape(sa: tuple, sb: tuple) -> tuple:
     included), from the shapes alone.  (add2 once got it from ``np.matmul`` on broadcast
     int8 zeros: a real product, ~30 ms per embedding step at vocabulary 50257.)"""
     sa, sb = tuple(int(v) for v in sa), tuple(int(v) for v in sb)
-    if not sa or not sb:
-        raise ValueError("matmul needs operands of at least one dimension")
     a2 = (1,) + sa if len(sa) == 1 else sa
     b2 = sb + (1,) if len(sb) == 1 else sb
-    if a2[-1] != b2[-2]:
+    if not sa or not sb or a2[-1] != b2[-2]:
         raise ValueError(f"matmul shape mismatch: {sa} @ {sb}")
     out = np.broadcast_shapes(a2[:-2], b2[:-2]) + (a2[-2], b2[-1])
     if len(sa) == 1:
@@ -217,9 +215,7 @@ def ring_matmul(a: np.ndarray, b: np.ndarray, mode: str | None = None) -> np.nda
         if b.ndim == 1:
             out = out[..., 0]
         return out
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul shape mismatch: {a.shape} @ {b.shape}")
-    out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    out_shape = matmul_shape(a.shape, b.shape)
     if a.shape[-1] == 0 or 0 in out_shape:
         return np.zeros(out_shape, dtype=np.uint64)
     if (mode or _mode()) == "limb":

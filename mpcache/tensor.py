@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from .kernels import ring_matmul
+from .kernels import matmul_shape, ring_matmul
 from .persistent import Persisted, concatenated, grown
 from .protocols.base import align, phantom
 from .ring import RING, FixedPointRangeError, encode_int
@@ -265,7 +265,7 @@ class SecretTensor:
                 raise ValueError("rescale=False needs a secret right operand")
             return self._matmul_public(other)
         self._check(other)
-        _check_matmul(self.shape, other.shape)
+        matmul_shape(self.shape, other.shape)
         f = self.party.fxp.frac_bits if self.frac and other.frac and rescale else None
         if other._persist is not None:
             d = self._proto.matmul_persistent(self.data, other.data, other._persist, f)
@@ -277,13 +277,13 @@ class SecretTensor:
 
     def _matmul_public(self, other):
         c, exact = self._public_operand(other)
-        _check_matmul(self.shape, c.shape)
+        matmul_shape(self.shape, c.shape)
         prod = self._local(lambda d: _matmul_slots(d, c, secret_left=True))
         return self._finish_public_product(prod, exact)
 
     def __rmatmul__(self, other):
         c, exact = self._public_operand(other)
-        _check_matmul(c.shape, self.shape)
+        matmul_shape(c.shape, self.shape)
         prod = self._local(lambda d: _matmul_slots(d, c, secret_left=False))
         return self._finish_public_product(prod, exact)
 
@@ -404,13 +404,6 @@ def _value_axes(axis, ndim):
             raise ValueError(f"axis {a} is out of bounds for a tensor of {ndim} dims")
         out.append(a % ndim + 1)
     return tuple(out)
-
-
-def _check_matmul(sa, sb):
-    ka = sa[-1] if sa else None
-    kb = sb[0] if len(sb) == 1 else (sb[-2] if sb else None)
-    if not sa or not sb or ka != kb:
-        raise ValueError(f"matmul shape mismatch: {sa} @ {sb}")
 
 
 def _matmul_slots(d, c, secret_left):
