@@ -360,8 +360,10 @@ def _fork_parties(procs, net, body, outputs, stats, errors) -> list:
     if not procs:
         return []
     from .net import pipe
-    links = pipe.socket_links([(i, j) for i in range(3) for j in range(i + 1, 3)
-                               if i in procs or j in procs])
+    # {(i, j): {i: i's end, j: j's end}} for every link touching a party in procs
+    links = {pair: dict(zip(pair, ends)) for pair, ends in pipe.socket_links(
+        [(i, j) for i in range(3) for j in range(i + 1, 3) if i in procs or j in procs]
+    ).items()}
     children = []
     for i in procs:
         res_parent, res_child = socket.socketpair()
@@ -370,18 +372,7 @@ def _fork_parties(procs, net, body, outputs, stats, errors) -> list:
             status = 0
             try:
                 res_parent.close()
-                for (a, b), ends in links.items():
-                    for party, end in zip((a, b), ends):
-                        if party != i:
-                            end.close()
-                mine = []
-                for (a, b), (ea, eb) in links.items():
-                    if i in (a, b):
-                        peer = b if i == a else a
-                        link = pipe.ProcessLink(ea if i == a else eb,
-                                                _broken_hook(net, peer))
-                        net.queues[(i, peer)] = net.queues[(peer, i)] = link
-                        mine.append(link)
+                mine = _wire(links, lambda party: party == i, net)
                 body(i)
                 for link in mine:           # deliver what is queued, unless failing
                     link.flush() if errors[i] is None else link.shutdown()
@@ -393,20 +384,25 @@ def _fork_parties(procs, net, body, outputs, stats, errors) -> list:
                 os._exit(status)
         res_child.close()
         children.append((i, pid, res_parent))
-    for (a, b), ends in links.items():
-        if a in procs and b in procs:
-            for end in ends:
-                end.close()
-            continue
-        inner = b if a in procs else a            # the party that stays in this process
-        outer = a if a in procs else b
-        mine, theirs = (ends[1], ends[0]) if a in procs else (ends[0], ends[1])
-        theirs.close()
-        link = pipe.ProcessLink(mine, _broken_hook(net, outer))
-        net.queues[(inner, outer)] = net.queues[(outer, inner)] = link
-        net.abort_hooks.append(link.shutdown)
-        net.process_links.append(link)
+    net.process_links += _wire(links, lambda party: party not in procs, net)  # the threads'
     return children
+
+
+def _wire(links, here, net) -> list:
+    """In one process: keep the socket ends of the parties ``here(party)`` runs, as
+    ProcessLinks installed in ``net.queues`` for both directions; close the others."""
+    from .net import pipe
+    kept = []
+    for pair, ends in links.items():
+        for party, end in ends.items():
+            if not here(party):
+                end.close()
+                continue
+            peer = pair[1] if pair[0] == party else pair[0]
+            link = pipe.ProcessLink(end, _broken_hook(net, peer))
+            net.queues[(party, peer)] = net.queues[(peer, party)] = link
+            kept.append(link)
+    return kept
 
 
 def _broken_hook(net, peer):

@@ -41,18 +41,16 @@ class LocalNetwork:
                        for j in range(N_PARTIES) if i != j}
         self.abort = threading.Event()
         self.abort_reason = ""
-        #: called once on abort (e.g. shutting the socket links to party processes, so a
-        #: party in another process learns of the failure too)
-        self.abort_hooks: list = []
-        #: links to parties in other processes (mpcache.net.pipe), closed after the run
+        #: links to parties in other processes (mpcache.net.pipe): shut on abort, so a
+        #: party in another process learns of the failure too; closed after the run
         self.process_links: list = []
 
     def fail(self, party: int, exc: BaseException) -> None:
         if not self.abort.is_set():
             self.abort_reason = f"party {party} failed: {type(exc).__name__}: {exc}"
             self.abort.set()
-            for hook in self.abort_hooks:
-                hook()
+            for link in self.process_links:
+                link.shutdown()
 
     def transport(self, party_id: int, **kw) -> "LocalTransport":
         return LocalTransport(self, party_id, **kw)

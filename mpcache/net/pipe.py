@@ -74,8 +74,7 @@ class ProcessLink:
         """Send ``msg``: at once if small and the writer is idle, else queued for the
         writer thread (as a snapshot: the caller may reuse its array)."""
         if self.broken:
-            raise PeerAborted(f"party {msg.sender} could not send {msg.tag!r}: the other "
-                              "party's process is gone")
+            raise _gone(msg)
         p = msg.payload
         inline = p.nbytes <= INLINE_BYTES
         head = pickle.dumps((msg.session, msg.sender, msg.seq, msg.tag, msg.stamp,
@@ -87,8 +86,7 @@ class ProcessLink:
                     self.conn.send_bytes(head)
                 except OSError as e:
                     self._broken(f"link to the other process failed: {e}")
-                    raise PeerAborted(f"party {msg.sender} could not send {msg.tag!r}: "
-                                      f"the other party's process is gone ({e})") from e
+                    raise _gone(msg, e) from e
                 return
             self._pending += 1
         self._outq.put((head, None if inline else p.reshape(-1).view(np.uint8).copy()))
@@ -164,6 +162,11 @@ class ProcessLink:
     def close(self) -> None:
         self.flush()
         self.conn.close()
+
+
+def _gone(msg: Message, why=None) -> PeerAborted:
+    return PeerAborted(f"party {msg.sender} could not send {msg.tag!r}: the other party's "
+                       f"process is gone" + (f" ({why})" if why is not None else ""))
 
 
 def socket_links(pairs) -> dict:
