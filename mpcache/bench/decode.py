@@ -130,7 +130,8 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                "lazy": bool(kw.pop("mpc_lazy", True))}
         pol = None if name == "full" else instrument(make_policy(name, case["budget"], **kw),
                                                      **mpc)
-        asked = _stash_queries(pol) if reveal_selection and pol is not None else None
+        asked = (_record_queries(pol, keep=lambda q: q)       # audit: the secret queries
+                 if reveal_selection and pol is not None else None)
         cache = dec.new_cache(pol)
         n = int(case["n"])
         secret_static = case["static"] == "secret"
@@ -188,20 +189,6 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
         outs.append({"tokens": toks, "selections": sels, "queries": qs}
                     if party.id == client else None)
     return outs
-
-
-def _stash_queries(pol) -> dict:
-    """Keep the (secret) query each selecting layer's ``select`` saw this step, for the
-    audit reveal after it (``{layer: query}``, overwritten every step)."""
-    asked, inner = {}, pol.select
-    lead = getattr(pol, "leader", lambda layer: layer)
-
-    def select(cache, layer, query):
-        if lead(layer) == layer:
-            asked[layer] = query
-        return inner(cache, layer, query)
-    pol.select = select
-    return asked
 
 
 _GC_LOCK = threading.Lock()
@@ -325,8 +312,8 @@ def _reference_run(dec, rec, base_cache, policy, budget, pkw, tok, steps,
     for j in range(steps):
         step[0] = j
         logits = dec.decode_step(tok)
-        tok = int(np.argmax(logits)) if tokens_in is None else int(tokens_in[j])
         out["tokens"].append(int(np.argmax(logits)))
+        tok = out["tokens"][-1] if tokens_in is None else int(tokens_in[j])
         if ref_pol is not None:
             out["selections"].append(selected_clusters(ref_pol))
             out["scores"].append(_fine_scores(ref_pol, queries))
@@ -339,19 +326,22 @@ def _reference_run(dec, rec, base_cache, policy, budget, pkw, tok, steps,
     return out
 
 
-def _record_queries(pol, override=lambda: None) -> dict:
-    """Wrap a plaintext MPCache's ``select`` to keep each layer's last decode query (the
-    one from ``override()`` -- ``{layer: query}`` or None -- where it has the layer)."""
+def _record_queries(pol, override=lambda: None, keep=np.array) -> dict:
+    """Wrap a policy's ``select`` to keep ``keep(query)`` of each selecting layer (its own
+    leader) at the last decode step: ``{layer: query}``, overwritten every step.  Where
+    ``override()`` (``{layer: query}`` or None) has the layer, the selection sees that
+    query instead (plaintext only: the replay of another run's queries)."""
     queries = {}
-    if pol is None or not hasattr(pol, "_bnd"):
+    if pol is None:
         return queries
-    inner = pol.select
+    inner, lead = pol.select, getattr(pol, "leader", lambda layer: layer)
 
     def select(cache, layer, query):
         given = override()
         if given is not None and layer in given:
             query = np.asarray(given[layer], dtype=np.float64).reshape(np.shape(query))
-        queries[layer] = np.array(query)
+        if lead(layer) == layer:
+            queries[layer] = keep(query)
         return inner(cache, layer, query)
     pol.select = select
     return queries
