@@ -50,9 +50,9 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
         t0 = time.perf_counter()
         res = Session(protocol, timeout=3600).run(policy_cases_job, dec.config, dec.weights,
                                                   pres, [case], reveal_selection=True)
-        out = res.output[0]
-        row = _row(res, 0, case, ref, out, "smollm2", protocol, time.perf_counter() - t0)
+        wall, out = time.perf_counter() - t0, res.output[0]
         given = ref["replay"](out["queries"], out["tokens"])
+        row = _row(res, 0, case, ref, out, "smollm2", protocol, wall, given)
         mism = _mismatches(out, ref, given)
         row.update(task=task, sample_id=sample.id, prompt_tokens=int(ids.size),
                    answers=sample.answers, mpc_text=lm.decode(row["tokens"]),
@@ -61,9 +61,8 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
                    score_plaintext=score(lm.decode(ref["tokens"]), sample.answers),
                    per_step_clusters_match=[_same_sel(a, b) for a, b in
                                             zip(out["selections"], ref["selections"])],
-                   per_step_clusters_match_given_mpc_query=[
-                       _same_sel(a, b) for a, b in zip(out["selections"],
-                                                       given["selections"])],
+                   per_step_clusters_match_given_mpc_query=row[
+                       "clusters_match_given_mpc_query"],
                    query_rel_err_max=max((_query_err(a, b) for a, b in
                                           zip(out["queries"], ref["queries"])), default=0.0),
                    mismatches=mism)

@@ -398,7 +398,9 @@ def tie_margin(scores: np.ndarray, mpc: np.ndarray, plain: np.ndarray) -> dict:
     return {"lost_rel": lost, "kth_gap_rel": gap}
 
 
-def _row(res, i, case, ref, out, model, protocol, wall):
+def _row(res, i, case, ref, out, model, protocol, wall, given=None):
+    """One JSON row of case ``i``.  ``given``: the reference replayed with the MPC queries
+    (computed here when ``ref`` can replay and ``out`` has queries)."""
     p = f"c{i}/decode"
     sc = _scope_row(res, p)
     bd, detail = _breakdown(res, p)
@@ -419,8 +421,9 @@ def _row(res, i, case, ref, out, model, protocol, wall):
         if out["selections"]:
             same = all(_same_sel(a, b) for a, b in zip(out["selections"], ref["selections"]))
             row["clusters_match_plaintext"] = same
-        if out.get("queries") and "replay" in ref:      # audit (bench_agree_task explains)
-            given = ref["replay"](out["queries"], out["tokens"])
+        if given is None and out.get("queries") and "replay" in ref:
+            given = ref["replay"](out["queries"], out["tokens"])   # audit (agree_policy.py)
+        if given is not None:
             row["clusters_match_given_mpc_query"] = [
                 _same_sel(a, b) for a, b in zip(out["selections"], given["selections"])]
             row["plaintext_tokens_given_mpc_query"] = given["tokens"]
