@@ -67,6 +67,24 @@ def test_top_k_contract(protocol, x, data):
     assert np.array_equal(got, F.top_k_onehot(x, k, axis=axis))
 
 
+@EX
+@given(x=matrices(max_n=16), data=st.data())
+def test_top_k_unordered_same_rows_fewer_rounds(protocol, x, data):
+    """``ordered=False``: the same set of one-hot rows as the contract (any order), with
+    no sort: fewer rounds and bytes than the ordered top-k on the same shuffle."""
+    k = data.draw(st.integers(0, x.shape[1]))
+    (got,) = run(protocol, lambda p, a: a.top_k(k, ordered=False), x)
+    want = F.top_k_onehot(x, k)
+    assert got.shape == want.shape
+    assert np.array_equal(np.sort(got.argmax(-1), -1), want.argmax(-1))
+    assert np.array_equal(got.sum(-1), np.ones(want.shape[:-1], np.int64))
+    if k >= 2 and k < x.shape[1]:
+        fast = cost(protocol, lambda p, a: a.top_k(k, ordered=False), x, seed=4)
+        full = cost(protocol, lambda p, a: a.top_k(k), x, seed=4)
+        assert fast["rounds"] < full["rounds"]
+        assert fast["bytes_sent"] < full["bytes_sent"]
+
+
 @pytest.mark.parametrize("n,k", [(300, 17), (64, 63), (33, 1)])
 def test_top_k_distinct_and_ties(protocol, n, k):
     rng = np.random.default_rng(n)

@@ -159,7 +159,7 @@ def top_k_indices(x, k: int, axis: int = -1) -> np.ndarray:
     return np.moveaxis(np.sort(order, axis=-1), -1, axis)
 
 
-def top_k_onehot(x, k: int, axis: int = -1):
+def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True):
     """One-hot selection matrix of the ``k`` largest entries along ``axis``.
 
     ``x`` [..., n] (``axis`` moved last) -> ``[..., k, n]``: row j is the one-hot of the j-th
@@ -168,7 +168,12 @@ def top_k_onehot(x, k: int, axis: int = -1):
     broken towards the lower index.  Under MPC the same call goes to ``x.top_k(k, axis=)``,
     which must honour this contract and reveals nothing but ``k`` (public).  ``k`` and ``n``
     are public; the choice is not.  Gathering is then ``onehot @ X`` (a matmul whose MPC cost
-    is the OUTPUT size)."""
+    is the OUTPUT size).
+
+    ``ordered=False``: the same set of rows in any order (under MPC a secret one, and a
+    cheaper top-k: no sort); for callers that use the rows as a set -- a gather and a
+    scatter through the same one-hot, sums over the rows (a decoding step's attention).
+    Plaintext keeps ascending order, one of the allowed orders."""
     if is_plain(x):
         z = np.moveaxis(np.asarray(x), axis, -1)
         idx = top_k_indices(z, k, axis=-1)
@@ -176,7 +181,7 @@ def top_k_onehot(x, k: int, axis: int = -1):
                        dtype=z.dtype if z.dtype.kind == "f" else np.float64)
         np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
         return out
-    return x.top_k(k, axis=axis)
+    return x.top_k(k, axis=axis, ordered=ordered)
 
 
 def max(x, axis: int = -1, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name

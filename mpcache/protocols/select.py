@@ -45,6 +45,11 @@ with revealed comparisons* (Hamada et al., ICISC 2012; the same idea as SPU's so
 4. the k selected original indices are shuffled again (fresh permutation, 2 rounds),
    sorted by all-pairs comparisons of (l + 1)-bit values whose results are revealed
    (k(k-1)/2 small comparisons, 1 + ceil(log2 l) + 1 rounds), then one_hot() of each.
+   ``ordered=False`` skips the shuffle and the sort: the rows come in the order the
+   selection picked their shuffled positions -- a secret order, as the indices are still
+   secret-shared and the shuffle is secret -- for callers that use the rows as a set
+   (a decoding step's gather and scatter with one one-hot: MPCache, H2O, SnapKV, token
+   top-k).  Static eviction keeps the order (neighbouring tokens must stay neighbours).
 
 What is revealed, and why it is harmless: all parties (they must follow the same control
 flow) learn the outcomes of comparisons between keys at *shuffled* positions.  Keys are
@@ -471,10 +476,15 @@ def _sort_small(pair: Pair, I: np.ndarray, nbits: int) -> np.ndarray:
     return _take_rows(I, order)
 
 
-def top_k(x, k: int, axis: int = -1, budget: float = 1.0):
+def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True):
     """One-hot selection [..., k, n] of the k largest entries of x along ``axis`` (moved
     last), rows in ascending index order, ties to the lower index; reveals only k.
-    ``budget``: comparisons per level in units of n (more: fewer levels, more bytes)."""
+    ``budget``: comparisons per level in units of n (more: fewer levels, more bytes).
+    ``ordered=False``: the same k rows in a secret order (no party learns it: it follows
+    the secret shuffle), skipping step 4 -- the second shuffle and the revealed sort,
+    2 + ceil(log2 l) + 4 rounds (add2; rep3 one more) and k(k-1)/2 small comparisons.
+    For consumers that use the one-hot as a set (a gather and a scatter with the same
+    one-hot, a sum over the rows): a decoding step's attention over the selected rows."""
     _require_secret(x, "top_k")
     axis = _axis(x, axis) if x.ndim else None
     if axis is None:
@@ -502,7 +512,8 @@ def top_k(x, k: int, axis: int = -1, budget: float = 1.0):
         S = shuffle(pair, np.stack([keys, idx], axis=-1), "topk.shuffle")
         sel = _select(pair, S[..., 0], k, budget)
         I = S[np.arange(Rn)[:, None], sel, 1]
-        I = _sort_small(pair, I, l + 1)
+        if ordered:
+            I = _sort_small(pair, I, l + 1)
         data = _onehot_rows(party, pair, I.reshape(-1), n)
         return _from_native(party, data, batch + (k, n))
 

@@ -52,7 +52,8 @@ class Selection:
     """A per-head top-k choice over n rows: one-hot ``[h, k, n]`` or (fast) indices ``[h, k]``.
 
     Both forms follow :func:`~mpcache.nn.functional.top_k_onehot`'s contract (ascending row
-    order), so :meth:`gather` gives bit-identical results on finite inputs."""
+    order; a decoding step's selection may be unordered, ``select(ordered=False)``, and
+    then is used only through the methods below, which agree for any row order)."""
 
     def __init__(self, onehot=None, index=None):
         self.onehot, self.index = onehot, index
@@ -92,11 +93,15 @@ class Selection:
         return out
 
 
-def select(scores, k: int, fast: bool = True) -> Selection:
-    """Top-``k`` along the last axis of ``scores`` [h, n] (k public)."""
+def select(scores, k: int, fast: bool = True, ordered: bool = True) -> Selection:
+    """Top-``k`` along the last axis of ``scores`` [h, n] (k public).  ``ordered=False``
+    (a decoding step's choice, used only through this Selection's gather / scatter /
+    indicator): the rows may come in any order (:func:`~mpcache.nn.functional.top_k_onehot`;
+    under MPC a cheaper top-k).  Static eviction keeps ``ordered=True``: it compacts the
+    cache, whose neighbouring tokens must stay neighbours."""
     if fast and F.is_plain(scores):
         return Selection(index=F.top_k_indices(scores, k, axis=-1))
-    return Selection(onehot=F.top_k_onehot(scores, k, axis=-1))
+    return Selection(onehot=F.top_k_onehot(scores, k, axis=-1, ordered=ordered))
 
 
 def window_counts(n: int, w: int) -> np.ndarray:

@@ -56,7 +56,7 @@ class H2O(Policy):
         c = n - r                                        # candidates: rows [0, c)
         acc, ev = self.acc[layer][:, :c], self.evicted[layer][:, :c]
         score = acc * (1.0 - ev) - ev                    # acc >= 0; evicted -> -1
-        sel = select(score, self.B - r, self.fast)
+        sel = select(score, self.B - r, self.fast, ordered=False)
         self.evicted[layer] = F.concatenate(
             [1.0 - sel.indicator(c), self.evicted[layer][:, c:]], axis=1)
         self._sel[layer] = (sel, c)

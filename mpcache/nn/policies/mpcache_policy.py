@@ -221,15 +221,16 @@ class MPCache(Policy):
                 return self._score(qg, ops)
         if not p["two"]:
             ops = {k: st["f"][k][:, :p["nf"]] for k in names}
-            return None, select(score(ops), p["k"], self.fast)
+            return None, select(score(ops), p["k"], self.fast, ordered=False)
         nc, k1, m = p["nc"], p["k1"], p["m"]
-        sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast)
+        sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast,
+                       ordered=False)
         nkv, d = int(qg.shape[0]), int(qg.shape[2])
         fine = {}
         for k in names:                      # fine extrema inside the chosen coarse clusters
             x = st["f"][k][:, :nc * m].reshape(nkv, nc, m * d)
             fine[k] = sel_c.gather(x).reshape(nkv, k1 * m, d)   # [1,k1,n] one-hot broadcasts
-        return sel_c, select(score(fine), p["k"], self.fast)
+        return sel_c, select(score(fine), p["k"], self.fast, ordered=False)
 
     def _gather(self, x, p, sel_c, sel_f):
         """sink rows + chosen clusters (one or two one-hot matmuls) + newest ``w`` rows."""

@@ -60,6 +60,6 @@ class SnapKV(Policy):
         k = self.B - (n - p)
         if k <= 0:                                       # answer outgrew the budget: newest B
             return keys[:, n - self.B:], values[:, n - self.B:]
-        sel = select(self.score[layer], k, self.fast)
+        sel = select(self.score[layer], k, self.fast, ordered=False)
         return (F.concatenate([sel.gather(keys[:, :p]), keys[:, p:]], axis=1),
                 F.concatenate([sel.gather(values[:, :p]), values[:, p:]], axis=1))
