@@ -23,8 +23,12 @@ Both give bit-identical results (tested against numpy's integer loop).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
+import threading
+from queue import SimpleQueue
 
 import numba
 import numpy as np
@@ -129,11 +133,114 @@ def _direct(a: np.ndarray, b: np.ndarray, out_shape: tuple) -> np.ndarray:
         right, kernel, kernel3 = b, _mm_kn2, _mm_kn3
     if nb <= _PY_BATCH:
         am, bm = _mats(a, batch), _mats(right, batch)
-        for t in range(nb):
-            kernel(am[t if len(am) > 1 else 0], bm[t if len(bm) > 1 else 0], out[t])
+
+        def run():
+            for t in range(nb):
+                kernel(am[t if len(am) > 1 else 0], bm[t if len(bm) > 1 else 0], out[t])
     else:
-        kernel3(_stack(a, batch), _stack(right, batch), out)
+        sa, sb = _stack(a, batch), _stack(right, batch)
+
+        def run():
+            kernel3(sa, sb, out)
+    macs = nb * out_shape[-2] * out_shape[-1] * a.shape[-1]
+    if macs < SIDE_CORE_MACS or not SIDE_CORE.run(run):
+        run()
     return out.reshape(out_shape)
+
+
+# ----------------------------------------------------------------- the side core
+#: Products of at least this many multiply-adds may go to the side core (below, the
+#: hand-off to another core costs more than it saves; ~0.2 ms of kernel time).
+SIDE_CORE_MACS = 1 << 20
+#: The interpreter's switch interval while a side job runs: the worker needs the lock
+#: twice (to start the kernel, to hand back) while a party on the shared core may be
+#: running Python; the default 5 ms would make it wait that long.
+SIDE_SWITCH_S = 5e-5
+
+
+class SideCore:
+    """One worker thread that runs big ring products on a core the calling thread does not
+    use, while the caller waits without the interpreter lock.
+
+    Why: in-process parties share one core during a decoding step (``Party.latency_bound``:
+    their many small rounds hand the lock back and forth, cheap only on one core), so the
+    big weight and KV-cache products of P0 and P1 (rep3: of all three) ran one after the
+    other on that core while the other core held only add2's dealer, or nothing.  A party
+    that reaches a big product while the worker is idle hands it over and blocks; another
+    party on the shared core runs meanwhile, typically its own product of the same layer.
+    Only inside :func:`side_core` blocks (a pinned decoding step); one product at a time
+    (a second one, arriving while the worker is busy, runs in its caller).  The kernels
+    are numba ``nogil`` code and the result is the same array either way."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reset()
+        if hasattr(os, "register_at_fork"):      # a forked party has no worker thread
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
+        self._busy = False
+        self._thread = None
+        self._jobs: SimpleQueue = SimpleQueue()
+        self._done: SimpleQueue = SimpleQueue()
+        self._on = None
+
+    def run(self, fn) -> bool:
+        """Run ``fn()`` on the side core and return True, or return False at once (no side
+        core for this thread, or the worker is busy): the caller then runs it itself."""
+        cores = getattr(_SIDE, "cores", None)
+        if not cores:
+            return False
+        with self._lock:
+            if self._busy:
+                return False
+            self._busy = True
+        try:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="mpcache-side-core")
+                self._thread.start()
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(SIDE_SWITCH_S)
+            try:
+                self._jobs.put((fn, cores))
+                err = self._done.get()
+            finally:
+                sys.setswitchinterval(switch)
+        finally:
+            with self._lock:
+                self._busy = False
+        if err is not None:
+            raise err
+        return True
+
+    def _loop(self):
+        while True:
+            fn, cores = self._jobs.get()
+            try:
+                if cores != self._on:
+                    os.sched_setaffinity(0, cores)
+                    self._on = cores
+                fn()
+                self._done.put(None)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                self._done.put(e)
+
+
+SIDE_CORE = SideCore()
+_SIDE = threading.local()
+
+
+@contextlib.contextmanager
+def side_core(cores):
+    """Within this block, big ring products of the calling thread may run on ``cores``
+    (:class:`SideCore`); ``None`` or empty: never."""
+    prev = getattr(_SIDE, "cores", None)
+    _SIDE.cores = frozenset(cores) if cores else None
+    try:
+        yield
+    finally:
+        _SIDE.cores = prev
 
 
 # ----------------------------------------------------------------- float64 limb path

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .kernels import side_core
 from .net.accounting import breakdown, scope_rounds, scope_totals
 from .net.local import LocalNetwork
 from .net.transport import Transport, TransportError
@@ -92,6 +93,9 @@ class Party:
 
     #: Cores for :meth:`latency_bound` blocks (set by the in-process driver, Session.pin).
     latency_cores: set | None = None
+    #: Cores whose worker may run this party's big ring products inside
+    #: :meth:`latency_bound` (kernels.SideCore): the cores the online parties do not use.
+    side_cores: set | None = None
 
     @contextlib.contextmanager
     def latency_bound(self):
@@ -108,7 +112,8 @@ class Party:
         except OSError:                           # cpuset changed under us: run unpinned
             before = None
         try:
-            yield
+            with side_core(self.side_cores if before is not None else None):
+                yield
         finally:
             if before is not None:
                 os.sched_setaffinity(0, before)
@@ -280,6 +285,7 @@ class Session:
 
         timed = (0, 1) if self.protocol == "add2" else (0, 1, 2)
         cores = _pin_cores(self.pin, timed)
+        side = _side_cores(cores, timed)
         # transcripts are recorded in this process's memory: a traced run keeps threads
         procs = () if recorders is not None else self.process_parties()
 
@@ -292,6 +298,7 @@ class Session:
                 party = Party(i, self.protocol, tr, self.fxp, rng)
                 if cores is not None:
                     party.latency_cores = cores[i]
+                    party.side_cores = side if i in timed else None
                 outputs[i] = job(party, *args, **kwargs)
                 stats[i] = party.stats()
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller
@@ -442,6 +449,18 @@ def _pin_cores(pin: bool | None, online) -> list | None:
     core = {min(allowed)}
     rest = (allowed - core) or allowed
     return [core if i in online else rest for i in range(3)]
+
+
+def _side_cores(cores, online) -> set | None:
+    """The cores the online parties are not pinned to (their big products' side core,
+    kernels.SideCore), or None."""
+    if cores is None:
+        return None
+    try:
+        rest = os.sched_getaffinity(0) - cores[online[0]]
+    except OSError:
+        return None
+    return rest or None
 
 
 def _one_blas_thread():

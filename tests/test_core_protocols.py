@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mpcache
+from mpcache import kernels
 from mpcache.runtime import Session
 from mpcache.testing import assert_close, fixed_arrays, ring_arrays, run_op
 
@@ -199,6 +200,17 @@ def test_latency_bound_blocks_share_one_core_unless_turned_off(monkeypatch):
     assert res.outputs == [(mine, core, mine)] * 3
     res = Session("add2", pin=True).run(job)
     assert [o[1] for o in res.outputs] == [core, core, (mine - core) or mine]
+
+    def side(p):                  # the online parties' big products may use the other cores
+        with p.latency_bound():
+            inside = getattr(kernels._SIDE, "cores", None)
+        return inside, getattr(kernels._SIDE, "cores", None)
+
+    other = frozenset(mine - core) or None
+    assert Session("rep3", pin=True).run(side).outputs == [(other, None)] * 3
+    assert Session("add2", pin=True, processes=()).run(side).outputs == \
+        [(other, None), (other, None), (None, None)]
+    assert Session("add2", pin=False).run(side).outputs == [(None, None)] * 3
     assert os.sched_getaffinity(0) == mine
     assert Session("add2", pin=False).run(job).outputs == [(mine, mine, mine)] * 3
     monkeypatch.setenv("MPCACHE_PIN", "0")

@@ -1,4 +1,6 @@
 """Ring, fixed point and the local ring matmul kernel."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -51,6 +53,65 @@ def test_ring_matmul_exact_larger(mode, m, k, n):
     a = rng.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
     b = rng.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
     assert np.array_equal(ring_matmul(a, b, mode), a @ b)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), m=st.integers(1, 4), k=st.integers(1, 30), n=st.integers(1, 20),
+       batch=st.sampled_from([(), (3,), (70,)]))
+def test_side_core_products_are_the_same_products(data, m, k, n, batch):
+    """Inside kernels.side_core(), products of at least SIDE_CORE_MACS multiply-adds run on
+    the worker thread (counted here) and give numpy's exact result; outside, none do."""
+    a = data.draw(u64_arrays(batch + (m, k)))
+    b = data.draw(u64_arrays((k, n)))
+    calls = []
+    orig = kernels.SIDE_CORE.run
+
+    def counting(fn):
+        ran = orig(fn)
+        calls.append(ran)
+        return ran
+
+    side = (os.sched_getaffinity(0) - {min(os.sched_getaffinity(0))}) or os.sched_getaffinity(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "SIDE_CORE_MACS", 1)
+        mp.setattr(kernels.SIDE_CORE, "run", counting)
+        assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+        assert calls == [False]                       # outside a side_core block
+        with kernels.side_core(side):
+            assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+        assert calls == [False, True]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
+def test_side_core_busy_or_failing_worker():
+    """A second product while the worker is busy runs in its own thread; an error raised
+    on the worker reaches the caller, and the worker keeps serving."""
+    import threading
+    side = os.sched_getaffinity(0)
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(10)
+
+    def other_party():
+        with kernels.side_core(side):
+            kernels.SIDE_CORE.run(slow)
+
+    with kernels.side_core(side):
+        t = threading.Thread(target=other_party)
+        t.start()
+        assert started.wait(10)
+        assert kernels.SIDE_CORE.run(lambda: None) is False      # busy: caller runs it
+        release.set()
+        t.join(10)
+
+        def boom():
+            raise ValueError("kernel failed")
+        with pytest.raises(ValueError, match="kernel failed"):
+            kernels.SIDE_CORE.run(boom)
+        assert kernels.SIDE_CORE.run(lambda: None) is True
 
 
 def test_ring_matmul_chunks_inner_dimension(monkeypatch):
