@@ -40,7 +40,7 @@ with revealed comparisons* (Hamada et al., ICISC 2012; the same idea as SPU's so
 3. multi-pivot selection: each level compares every candidate with t pivots (the first t
    candidates: a random sample, because the order is random) and *reveals* the results;
    the bucket that contains the k-th largest becomes the next candidate set.
-   t = max(2, floor(budget n / |S|)) (all pairs once that fits the budget): about
+   t = max(2, floor(max(budget n, 64) / |S|)) (all pairs once that fits): about
    4.3 n comparisons and 3.9 levels (5 or 6 rounds each) for n = 1024, k = 64.
 4. the k selected original indices are shuffled again (fresh permutation, 2 rounds),
    sorted by all-pairs comparisons of (l + 1)-bit values whose results are revealed
@@ -387,6 +387,11 @@ def _reveal_lt(pair: Pair, d: np.ndarray, nbits: int = 64, tag="topk.cmp") -> np
 #: n = 1024, k = 64 -> about 4.3 n comparisons, 3.9 levels on average, 6 at the 99th
 #: percentile, against 3.5 n / 4.5 / 8 with one pivot).
 MIN_PIVOTS = 2
+#: At least this many comparisons per row and level: ``budget * n`` is tiny for a small n
+#: (a decoding step's top-k over 8 to 64 clusters), and a level is 5-6 rounds.  Measured
+#: (add2, best of 6): [12 rows, n = 8, k = 4] 18 -> 8 rounds, 4.9 -> 2.7 ms; [3, 10, 5]
+#: 17.7 -> 8 rounds, 3.4 -> 1.7 ms; [12, 30, 4] 21.8 -> 20.5 rounds; n = 1024 unchanged.
+MIN_LEVEL_COMPARISONS = 64
 
 
 class _Cand:
@@ -410,7 +415,7 @@ def _select(pair: Pair, K: np.ndarray, k: int, budget: float) -> np.ndarray:
     """Positions [R, k] of the k largest of each row of the (shuffled, distinct) keys K."""
     R, n = K.shape
     cands = [_Cand(n, k) for _ in range(R)]
-    cap = builtin_max(1.0, budget * n)
+    cap = builtin_max(1.0, budget * n, MIN_LEVEL_COMPARISONS)
     while True:
         act = [(r, c) for r, c in enumerate(cands) if c.active]
         if not act:
