@@ -173,12 +173,12 @@ class SideCore:
     are numba ``nogil`` code and the result is the same array either way."""
 
     def __init__(self):
-        self._lock = threading.Lock()
         self._reset()
         if hasattr(os, "register_at_fork"):      # a forked party has no worker thread
             os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self):
+        self._lock = threading.Lock()
         self._busy = False
         self._thread = None
         self._jobs: SimpleQueue = SimpleQueue()
