@@ -85,6 +85,32 @@ def test_top_k_unordered_same_rows_fewer_rounds(protocol, x, data):
         assert fast["bytes_sent"] < full["bytes_sent"]
 
 
+def test_top_k_all_pairs_batch_one_level(protocol, monkeypatch):
+    """A batch whose all-pairs comparisons fit ``ALL_PAIRS_PER_LEVEL`` (3 rows of 30: 1305)
+    is selected in ONE revealed level (a decoding step's top-k over 30 clusters of 3 KV
+    heads); with the rule off it takes pivot levels: more rounds, fewer bytes."""
+    import threading
+    x = np.random.default_rng(7).normal(size=(3, 30))
+    levels = []
+    real = S._reveal_lt
+
+    def counted(pair, d, *a, **kw):
+        if threading.current_thread().name == "mpcache-P0":
+            levels.append(d.size)
+        return real(pair, d, *a, **kw)
+    monkeypatch.setattr(S, "_reveal_lt", counted)
+    (got,) = run(protocol, lambda p, a: a.top_k(4, ordered=False), x, seed=3)
+    assert levels == [3 * 30 * 29 // 2]
+    assert np.array_equal(np.sort(got.argmax(-1), -1), F.top_k_indices(x, 4))
+    one = cost(protocol, lambda p, a: a.top_k(4, ordered=False), x, seed=3)
+    monkeypatch.setattr(S, "ALL_PAIRS_PER_LEVEL", 0)
+    levels.clear()
+    piv = cost(protocol, lambda p, a: a.top_k(4, ordered=False), x, seed=3)
+    assert len(levels) >= 2
+    assert one["rounds"] < piv["rounds"]
+    assert one["bytes_sent"] > piv["bytes_sent"]
+
+
 @pytest.mark.parametrize("n,k", [(300, 17), (64, 63), (33, 1)])
 def test_top_k_distinct_and_ties(protocol, n, k):
     rng = np.random.default_rng(n)

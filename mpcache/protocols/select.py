@@ -40,7 +40,8 @@ with revealed comparisons* (Hamada et al., ICISC 2012; the same idea as SPU's so
 3. multi-pivot selection: each level compares every candidate with t pivots (the first t
    candidates: a random sample, because the order is random) and *reveals* the results;
    the bucket that contains the k-th largest becomes the next candidate set.
-   t = max(2, floor(max(budget n, 64) / |S|)) (all pairs once that fits): about
+   t = max(2, floor(max(budget n, 64) / |S|)) (all pairs once that fits, or once all
+   pairs of every row of the batch total at most ``ALL_PAIRS_PER_LEVEL``): about
    4.3 n comparisons and 3.9 levels (5 or 6 rounds each) for n = 1024, k = 64.
 4. the k selected original indices are shuffled again (fresh permutation, 2 rounds),
    sorted by all-pairs comparisons of (l + 1)-bit values whose results are revealed
@@ -392,6 +393,13 @@ MIN_PIVOTS = 2
 #: (add2, best of 6): [12 rows, n = 8, k = 4] 18 -> 8 rounds, 4.9 -> 2.7 ms; [3, 10, 5]
 #: 17.7 -> 8 rounds, 3.4 -> 1.7 ms; [12, 30, 4] 21.8 -> 20.5 rounds; n = 1024 unchanged.
 MIN_LEVEL_COMPARISONS = 64
+#: A level compares ALL pairs of every active row's candidates (and so ends the selection)
+#: when that is at most this many comparisons over the whole batch: a level costs 5-6
+#: rounds, an extra comparison about 3 us of the two parties' time.  Measured (add2,
+#: decoding steps at 2048 tokens, top-k over ~30 clusters): SmolLM2's 3 KV heads (1305
+#: pairs) -12 ms per step and 118 rounds fewer; gpt2's 12 heads (5220 pairs) +12 ms, so
+#: those keep the pivot levels.
+ALL_PAIRS_PER_LEVEL = 1536
 
 
 class _Cand:
@@ -420,10 +428,11 @@ def _select(pair: Pair, K: np.ndarray, k: int, budget: float) -> np.ndarray:
         act = [(r, c) for r, c in enumerate(cands) if c.active]
         if not act:
             break
+        all_pairs = sum(len(c.S) * (len(c.S) - 1) // 2 for _, c in act) <= ALL_PAIRS_PER_LEVEL
         rows, qa, qb, plans = [], [], [], []
         for r, c in act:
             m = len(c.S)
-            t = m if m * (m - 1) // 2 <= cap else \
+            t = m if all_pairs or m * (m - 1) // 2 <= cap else \
                 builtin_min(m, builtin_max(MIN_PIVOTS, int(cap // m)))
             P, O = c.S[:t], c.S[t:]
             ii, jj = np.triu_indices(t, 1)
