@@ -73,6 +73,7 @@ unknown to the receiver.
 from __future__ import annotations
 
 import builtins
+import functools
 
 import numba
 import numpy as np
@@ -402,75 +403,83 @@ MIN_LEVEL_COMPARISONS = 64
 ALL_PAIRS_PER_LEVEL = 1536
 
 
-class _Cand:
-    """Selection state of one row: candidates S (shuffled positions), how many still to
-    pick from S, and the positions chosen so far."""
-
-    def __init__(self, n, k):
-        self.S = np.arange(n)
-        self.need = k
-        self.chosen = []
-
-    @property
-    def active(self):
-        if self.need == len(self.S) and self.need:
-            self.chosen.extend(self.S.tolist())
-            self.need = 0
-        return self.need > 0
+@functools.lru_cache(maxsize=256)
+def _level_pattern(m: int, t: int):
+    """Positions (into a row's candidates) of one level's comparisons ``K[a] < K[b]``:
+    every non-pivot against every pivot (pivots = the first t), then the pivot pairs."""
+    ii, jj = np.triu_indices(t, 1)
+    a = np.concatenate([np.repeat(np.arange(t, m), t), ii])
+    b = np.concatenate([np.tile(np.arange(t), m - t), jj])
+    return a, b, ii, jj
 
 
 def _select(pair: Pair, K: np.ndarray, k: int, budget: float) -> np.ndarray:
-    """Positions [R, k] of the k largest of each row of the (shuffled, distinct) keys K."""
+    """Positions [R, k] of the k largest of each row of the (shuffled, distinct) keys K.
+
+    Per row: candidates S (shuffled positions), ``need`` still to pick from S.  A level
+    compares S's non-pivots with its t pivots (and the pivots pairwise) and reveals the
+    results; in walk order -- bucket 0 (above every pivot), the top pivot, bucket 1, ... --
+    everything before the ``need``-th element is chosen, and the bucket holding it (unless
+    taken whole) becomes the next S.  Rows of the same (|S|, t) are handled as one array."""
     R, n = K.shape
-    cands = [_Cand(n, k) for _ in range(R)]
+    S = [np.arange(n)] * R
+    need = [k] * R
+    chosen = [[] for _ in range(R)]
     cap = builtin_max(1.0, budget * n, MIN_LEVEL_COMPARISONS)
     while True:
-        act = [(r, c) for r, c in enumerate(cands) if c.active]
+        for r in range(R):
+            if need[r] and need[r] == len(S[r]):          # the rest is all of S
+                chosen[r].extend(S[r].tolist())
+                need[r] = 0
+        act = [r for r in range(R) if need[r] > 0]
         if not act:
             break
-        all_pairs = sum(len(c.S) * (len(c.S) - 1) // 2 for _, c in act) <= ALL_PAIRS_PER_LEVEL
-        rows, qa, qb, plans = [], [], [], []
-        for r, c in act:
-            m = len(c.S)
+        all_pairs = sum(len(S[r]) * (len(S[r]) - 1) // 2 for r in act) <= ALL_PAIRS_PER_LEVEL
+        groups = {}
+        for r in act:
+            m = len(S[r])
             t = m if all_pairs or m * (m - 1) // 2 <= cap else \
                 builtin_min(m, builtin_max(MIN_PIVOTS, int(cap // m)))
-            P, O = c.S[:t], c.S[t:]
-            ii, jj = np.triu_indices(t, 1)
-            a = np.concatenate([np.repeat(O, t), P[ii]])       # compare K[a] < K[b]
-            b = np.concatenate([np.tile(P, len(O)), P[jj]])
-            plans.append((r, c, P, O, t, ii, jj, len(rows)))
-            rows.append(np.full(a.size, r))
-            qa.append(a)
-            qb.append(b)
-        rr, qa, qb = np.concatenate(rows), np.concatenate(qa), np.concatenate(qb)
-        lt = _reveal_lt(pair, K[rr, qa] - K[rr, qb])
+            groups.setdefault((m, t), []).append(r)
+        plans, qr, qa, qb = [], [], [], []
+        for (m, t), rows in groups.items():
+            Sg = np.stack([S[r] for r in rows])                    # [G, m]
+            a, b, ii, jj = _level_pattern(m, t)
+            qr.append(np.repeat(np.asarray(rows), a.size))
+            qa.append(Sg[:, a].reshape(-1))
+            qb.append(Sg[:, b].reshape(-1))
+            plans.append((m, t, rows, Sg, ii, jj))
+        rr, qa, qb = np.concatenate(qr), np.concatenate(qa), np.concatenate(qb)
+        lt = _reveal_lt(pair, K[rr, qa] - K[rr, qb]).astype(np.int64)
         off = 0
-        for r, c, P, O, t, ii, jj, _ in plans:
-            no = len(O) * t
-            g = lt[off:off + no].reshape(len(O), t).sum(axis=1)          # pivots above o
-            pl = lt[off + no:off + no + ii.size]
-            off += no + ii.size
-            h = np.zeros(t, np.int64)                                       # pivots above p
-            np.add.at(h, ii, pl)                  # K[P_i] < K[P_j]: P_j above P_i
-            np.add.at(h, jj, 1 - pl)
-            order = np.argsort(h)
-            for bk in range(t + 1):
-                B = O[g == bk]
-                if len(B) >= c.need:
-                    if len(B) == c.need:
-                        c.chosen.extend(B.tolist())
-                        c.need = 0
-                    else:
-                        c.S = B
-                    break
-                c.chosen.extend(B.tolist())
-                c.need -= len(B)
-                if bk < t:
-                    c.chosen.append(int(P[order[bk]]))
-                    c.need -= 1
-                    if c.need == 0:
-                        break
-    return np.array([c.chosen for c in cands], dtype=np.int64).reshape(R, k)
+        for m, t, rows, Sg, ii, jj in plans:
+            G, no = len(rows), (m - t) * t
+            L = lt[off:off + G * (no + ii.size)].reshape(G, no + ii.size)
+            off += L.size
+            g = L[:, :no].reshape(G, m - t, t).sum(axis=2)          # pivots above each o
+            above = np.zeros((G, t, t), np.int64)                   # [i, j]: P_j above P_i
+            above[:, ii, jj] = L[:, no:]
+            above[:, jj, ii] = 1 - L[:, no:]
+            order = np.argsort(above.sum(axis=2), axis=1, kind="stable")   # top pivot first
+            elems = np.concatenate([Sg[:, t:], np.take_along_axis(Sg[:, :t], order, 1)], 1)
+            slot = np.concatenate([2 * g, np.broadcast_to(2 * np.arange(t) + 1, (G, t))], 1)
+            walk = np.argsort(slot, axis=1, kind="stable")         # walk order
+            es, ss = np.take_along_axis(elems, walk, 1), np.take_along_axis(slot, walk, 1)
+            for i, r in enumerate(rows):
+                nd = need[r]
+                st = ss[i, nd - 1]                                  # slot of the nd-th
+                if st % 2:                                          # a pivot: done
+                    chosen[r].extend(es[i, :nd].tolist())
+                    need[r] = 0
+                    continue
+                lo, hi = np.searchsorted(ss[i], [st, st + 1])
+                chosen[r].extend(es[i, :lo].tolist())
+                if hi - lo == nd - lo:                              # the bucket, whole
+                    chosen[r].extend(es[i, lo:hi].tolist())
+                    need[r] = 0
+                else:
+                    S[r], need[r] = es[i, lo:hi], nd - lo
+    return np.array(chosen, dtype=np.int64).reshape(R, k)
 
 
 def _sort_small(pair: Pair, I: np.ndarray, nbits: int) -> np.ndarray:
