@@ -284,8 +284,7 @@ class Session:
             recorders = session_recorders(self, sid)
 
         timed = (0, 1) if self.protocol == "add2" else (0, 1, 2)
-        cores = _pin_cores(self.pin, timed)
-        side = _side_cores(cores, timed)
+        cores, side = _pin_cores(self.pin, timed)
         # transcripts are recorded in this process's memory: a traced run keeps threads
         procs = () if recorders is not None else self.process_parties()
 
@@ -433,34 +432,25 @@ def _join_children(children, outputs, stats, errors) -> None:
             errors[i].__mpcache_tb__ = tb
 
 
-def _pin_cores(pin: bool | None, online) -> list | None:
-    """Per party, the set of cores to run its thread on, or None (pinning off or not
-    supported): the online parties share the lowest allowed core; add2's dealer gets the
-    other cores (its work is preprocessing: it should not queue behind the online
-    parties on their core, nor they behind it)."""
+def _pin_cores(pin: bool | None, online) -> tuple:
+    """(per party, the set of cores to run its thread on; the online parties' side cores)
+    or (None, None) when pinning is off or not supported.  The online parties share the
+    lowest allowed core; add2's dealer gets the other cores (its work is preprocessing: it
+    should not queue behind the online parties on their core, nor they behind it); those
+    other cores are also where the online parties' big products may run
+    (kernels.SideCore), None on a one-core machine."""
     if pin is None:
         pin = os.environ.get("MPCACHE_PIN", "1").strip().lower() not in ("0", "off", "false", "no")
     if not pin or not hasattr(os, "sched_setaffinity"):
-        return None
+        return None, None
     try:
         allowed = os.sched_getaffinity(0)
     except OSError:
-        return None
+        return None, None
     core = {min(allowed)}
-    rest = (allowed - core) or allowed
-    return [core if i in online else rest for i in range(3)]
-
-
-def _side_cores(cores, online) -> set | None:
-    """The cores the online parties are not pinned to (their big products' side core,
-    kernels.SideCore), or None."""
-    if cores is None:
-        return None
-    try:
-        rest = os.sched_getaffinity(0) - cores[online[0]]
-    except OSError:
-        return None
-    return rest or None
+    side = allowed - core
+    rest = side or allowed
+    return [core if i in online else rest for i in range(3)], (side or None)
 
 
 def _one_blas_thread():
