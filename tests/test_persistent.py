@@ -145,6 +145,65 @@ def test_grown_buffer_and_concatenation_open_only_fresh_rows(protocol):
         assert res.scope("cat")["bytes_sent"] == E * 2 * (n + t) + fresh
 
 
+PATTERNS = ("cols", "rows", "scattered")
+
+
+def _fresh_pattern(kind, rng, h, k, n):
+    m = np.zeros((h, k, n), bool)
+    if kind == "cols":
+        m[:, :, rng.choice(n, rng.integers(1, n + 1), replace=False)] = True
+    elif kind == "rows":
+        m[:, rng.choice(k, rng.integers(1, k + 1), replace=False), :] = True
+    else:
+        m[rng.random(m.shape) < 0.3] = True
+        m[0, 0, 0] = True
+        m[-1, -1, -1] = False
+    return m
+
+
+@settings(max_examples=12)
+@given(kind=st.sampled_from(PATTERNS), h=st.integers(1, 3), m=st.integers(1, 3),
+       k=st.integers(1, 5), n=st.integers(1, 6), bcast=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fresh_lines_patch_equals_the_general_path(kind, h, m, k, n, bcast, seed):
+    """Fresh elements that are whole rows or columns of W (a grown KV cache) are patched
+    into the product (persistent.FreshLines) instead of copying W's arrays: the SAME ring
+    values, bytes and rounds as the general path, on any pattern, and the right product."""
+    from mpcache import persistent
+    from mpcache.protocols import add2
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-50, 50, (h, k, n))
+    x = rng.integers(-50, 50, (1 if bcast else h, m, k))
+    fresh = _fresh_pattern(kind, rng, h, k, n)
+    lines = persistent.fresh_lines(fresh)
+    if kind != "scattered":              # (whole W fresh is both: either axis serves)
+        assert lines is not None
+        assert lines.take(fresh).size == fresh.sum() and lines.take(fresh).all()
+
+    def job(p):
+        W = _share(p, w, 1, integer=True).persist()
+        st_ = W._persist
+        W._persist = persistent.Persisted(st_.arrays, fresh[None])   # mark them fresh
+        X = _share(p, x, 0, integer=True)
+        with p.scope("op"):
+            y = X @ W
+        return y.reveal(0)
+
+    out = {}
+    for use_lines in (True, False):
+        orig = add2.fresh_lines
+        if not use_lines:
+            add2.fresh_lines = lambda f: None
+        try:
+            res = mpcache.Session("add2", seed=seed).run(job)
+        finally:
+            add2.fresh_lines = orig
+        out[use_lines] = (res.output, res.scope("op")["bytes_sent"], res.scope("op")["rounds"])
+    assert np.array_equal(out[True][0], out[False][0])
+    assert out[True][1:] == out[False][1:] == (E * (x.size + int(fresh.sum())), 1)
+    np.testing.assert_array_equal(out[True][0], x @ w)
+
+
 def test_fully_unpersisted_buffer_rows_are_fresh_after_overwrite():
     """Rows overwritten in a persisted buffer are new values: they must be masked afresh
     (the old B there is never used again), and the product stays right."""

@@ -26,6 +26,7 @@ import numpy as np
 from ..kernels import matmul_shape, ring_matmul
 from ..ring import RING
 from . import truncation as tr
+from ..persistent import fresh_lines
 from .base import ARITH, Group, Protocol, ProtocolError, phantom
 
 DEALER = 2
@@ -212,7 +213,8 @@ class Add2(Protocol):
 
     def _fresh_part(self, b, fresh, w):
         """B with its fresh (not persisted) elements replaced by a new mask b (dealt like any
-        Beaver mask), and at P0/P1 this party's part of the opening W - b there."""
+        Beaver mask), and at P0/P1 this party's part of the opening W - b there.  The
+        general path (any pattern of fresh elements): copies B."""
         p = self.party
         nf = int(fresh.sum())
         b = np.array(b)
@@ -231,19 +233,29 @@ class Add2(Protocol):
         sz = matmul_shape(sx, w.shape[1:])
         fresh = state.fresh_mask()
         B = state.arrays["B"][0]
+        lines = None if fresh is None else fresh_lines(fresh)
         if self.id == DEALER:
             a = p.prg_next.ring(sx) + p.prg_prev.ring(sx)
-            if fresh is not None:
+            if fresh is not None and lines is None:
                 B, _ = self._fresh_part(B, fresh, None)
+            c = ring_matmul(a, B)
+            if lines is not None:                 # the same draws as _fresh_part's
+                shape = lines.take(B).shape
+                bj = p.prg_next.ring(shape) + p.prg_prev.ring(shape)
+                c = lines.patch(c, [(a, B, bj)])
             c0 = p.prg_next.ring(sz)
-            p.send(1, ring_matmul(a, B) - c0, "add2.ptriple", offline=True)
+            p.send(1, c - c0, "add2.ptriple", offline=True)
             z = None
         else:
             Fm = state.arrays["F"][0]
             g = self._prg_dealer()
             a = g.ring(sx)
-            f_own = None
-            if fresh is not None:
+            f_own = bj = None
+            if lines is not None:
+                wj = lines.take(w[0])
+                bj = g.ring(wj.shape)
+                f_own = (wj - bj).reshape(-1)
+            elif fresh is not None:
                 B, f_own = self._fresh_part(B, fresh, w[0])
             c = g.ring(sz) if self.id == 0 else p.recv(DEALER, "add2.ptriple", sz)
             e_own = x[0] - a
@@ -255,10 +267,15 @@ class Add2(Protocol):
                 p.send(other, np.concatenate([e_own.reshape(-1), f_own]), "add2.pmatmul")
                 ef = p.recv(other, "add2.pmatmul", (e_own.size + f_own.size,))
                 e = e_own + ef[:e_own.size].reshape(sx)
-                Fm = np.array(Fm)
-                Fm[fresh] = f_own + ef[e_own.size:]
+                f_new = f_own + ef[e_own.size:]
+                if lines is None:
+                    Fm = np.array(Fm)
+                    Fm[fresh] = f_new
             # P0 adds e @ F: folded into one product with F, (a + e) @ F
-            z = c + ring_matmul(e, B) + ring_matmul(a + e if self.id == 0 else a, Fm)
+            ae = a + e if self.id == 0 else a
+            z = c + ring_matmul(e, B) + ring_matmul(ae, Fm)
+            if lines is not None:    # the fresh lines' terms with their new b and W - b
+                z = lines.patch(z, [(e, B, bj), (ae, Fm, f_new.reshape(bj.shape))], c)
         if f_bits is None:
             return phantom(sz, 1) if z is None else z[None]
         return self._trunc_value(z, sz, f_bits)
