@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import matmul_shape, ring_matmul
+from ..persistent import fresh_lines
 from ..ring import RING
 from . import truncation as tr
-from ..persistent import fresh_lines
 from .base import ARITH, Group, Protocol, ProtocolError, phantom
 
 DEALER = 2
