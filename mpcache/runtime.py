@@ -88,8 +88,10 @@ class Party:
     def acct(self):
         return self.transport.acct
 
-    def scope(self, name: str):
-        return self.acct.scope(name)
+    def scope(self, name: str, cpu: bool = False):
+        """Count everything inside under ``name`` (accounting.py); ``cpu``: also this
+        party's thread CPU time (``cpu_seconds``; ~1 us per entry, for measured steps)."""
+        return self.acct.scope(name, cpu)
 
     #: Cores for :meth:`latency_bound` blocks (set by the in-process driver, Session.pin).
     latency_cores: set | None = None

@@ -123,6 +123,38 @@ def test_scope_seconds_come_from_online_parties(protocol):
     assert res.scope("wait")["seconds"] == max(per[i] for i in want)
 
 
+def test_waits_and_cpu_say_where_wall_time_went(protocol):
+    """A party that sleeps before its first message shows up as the others' wait in the
+    scope where they waited; CPU time is measured only in scopes opened with cpu=True,
+    and a sleeping party's CPU stays far below its wall time."""
+    import time
+    from mpcache.net.accounting import scope_totals
+    sleeper = 0
+
+    def job(p):
+        a = p.share(np.ones(4) if p.id == 0 else None, 0)
+        with p.scope("step", cpu=True):
+            with p.scope("mul"):
+                if p.id == sleeper:
+                    time.sleep(0.3)
+                b = a * a
+        with p.scope("plain"):
+            c = b * b
+        return p.reveal(c)
+    res = mpcache.Session(protocol, processes=()).run(job)
+    for i in res.timed:
+        step = scope_totals(res.stats[i], "step")
+        assert step["wait_seconds"] == res.stats[i]["scopes"]["step/mul"]["wait_seconds"]
+        assert 0.0 < step["cpu_seconds"] < 0.2 and step["seconds"] >= 0.29
+        assert scope_totals(res.stats[i], "plain")["cpu_seconds"] == 0.0
+        waited = step["wait_seconds"] + step["offline_wait_seconds"]
+        if i != sleeper:       # the others' online messages came 0.3 s late
+            assert step["wait_seconds"] >= 0.25, (i, step)
+        else:
+            assert waited < 0.2, step
+        assert res.stats[i]["total"]["wait_seconds"] >= step["wait_seconds"]
+
+
 @pytest.mark.parametrize("m,k,q", [(1, 8, 8), (3, 5, 2), (4, 16, 32)])
 def test_persistent_weight_matmul(protocol, m, k, q):
     """x @ W with W persisted: same values; add2 opens only x - A per product."""

@@ -8,9 +8,17 @@ is the number of sequential communication steps on its critical path.  Offline m
 not advance the clock: they could all be sent ahead of time.
 
 Scopes nest (``with party.scope("layer0"): with party.scope("softmax"): ...``) and are
-recorded by their full path ``"layer0/softmax"``.  Bytes and messages are *exclusive*
-(attributed to the innermost scope); rounds and seconds are *inclusive* (clock and wall
-time elapsed inside the scope).  :meth:`Accounting.breakdown` aggregates by leaf name.
+recorded by their full path ``"layer0/softmax"``.  Bytes, messages and waits are
+*exclusive* (attributed to the innermost scope); rounds, seconds and CPU seconds are
+*inclusive* (clock, wall and thread CPU time elapsed inside the scope).
+:meth:`Accounting.breakdown` aggregates by leaf name.
+
+Where a party's wall time goes: ``wait_seconds`` is the time it spent inside ``recv`` for
+online messages (waiting for a peer's round), ``offline_wait_seconds`` the same for
+offline ones (add2: the dealer's material arriving late); ``cpu_seconds`` is its thread's
+CPU time, measured only in scopes opened with ``cpu=True`` (a clock read costs ~1 us, too
+much for every protocol step; the benchmarks open their measured step that way).  On a
+shared core the rest of the wall time is time the party was ready but another party ran.
 
 Rounds of a scope across parties: parties enter a scope with different clocks (one that
 only sent may lag), so per-party clock deltas over-count.  Each scope call records its
@@ -33,6 +41,9 @@ class Counters:
     rounds: int = 0               # inclusive, clock ticks elapsed in scope
     seconds: float = 0.0          # inclusive wall time in scope
     calls: int = 0                # times the scope was entered
+    cpu_seconds: float = 0.0      # inclusive thread CPU time (scopes opened with cpu=True)
+    wait_seconds: float = 0.0     # exclusive time in recv waiting for online messages
+    offline_wait_seconds: float = 0.0   # ... for offline messages (dealer material)
 
     def add(self, other: "Counters") -> None:
         for k, v in asdict(other).items():
@@ -80,14 +91,27 @@ class Accounting:
         if stamp > self.clock:
             self.clock = stamp
 
+    def on_wait(self, seconds: float, offline: bool) -> None:
+        """Record time spent in ``recv`` for one message (online or offline)."""
+        c = self._cur
+        if c is None:
+            c = self._cur = self.scopes[self._path]
+        if offline:
+            self.total.offline_wait_seconds += seconds
+            c.offline_wait_seconds += seconds
+        else:
+            self.total.wait_seconds += seconds
+            c.wait_seconds += seconds
+
     # -- scopes ------------------------------------------------------------------
     @property
     def path(self) -> str:
         return self._path
 
-    def scope(self, name: str) -> "_Scope":
-        """Context manager: count everything inside under ``path/name``."""
-        return _Scope(self, name)
+    def scope(self, name: str, cpu: bool = False) -> "_Scope":
+        """Context manager: count everything inside under ``path/name``; ``cpu``: also
+        this thread's CPU time inside (``cpu_seconds``)."""
+        return _Scope(self, name, cpu)
 
     def snapshot(self) -> dict:
         """A plain-dict copy of every counter (safe to send across processes)."""
@@ -106,10 +130,11 @@ class _Scope:
     """``with acct.scope(name):`` (a class, not a generator: entered once per protocol
     step, so its cost is on every round's path)."""
 
-    __slots__ = ("acct", "name", "outer", "c0", "t0")
+    __slots__ = ("acct", "name", "outer", "c0", "t0", "cpu0")
 
-    def __init__(self, acct: Accounting, name: str):
+    def __init__(self, acct: Accounting, name: str, cpu: bool = False):
         self.acct, self.name = acct, name
+        self.cpu0 = 0.0 if cpu else None
 
     def __enter__(self):
         name, a = self.name, self.acct
@@ -119,6 +144,8 @@ class _Scope:
         a._path = f"{a._path}/{name}" if a._path else name
         a._cur = None
         self.c0, self.t0 = a.clock, time.perf_counter()
+        if self.cpu0 is not None:
+            self.cpu0 = time.thread_time()
 
     def __exit__(self, *exc):
         a = self.acct
@@ -126,6 +153,8 @@ class _Scope:
         c = a.scopes[path]
         c.rounds += a.clock - self.c0
         c.seconds += time.perf_counter() - self.t0
+        if self.cpu0 is not None:
+            c.cpu_seconds += time.thread_time() - self.cpu0
         a.spans[path].append((self.c0, a.clock))
         c.calls += 1
         a._path = self.outer
@@ -147,8 +176,8 @@ def scope_totals(snapshot: dict, name: str) -> dict:
     for path, d in snapshot["scopes"].items():
         if path == name or path.startswith(name + "/"):
             c = Counters(**d)
-            if path != name:   # rounds/seconds/calls are inclusive already
-                c.rounds = c.seconds = c.calls = 0
+            if path != name:   # rounds/seconds/calls/CPU are inclusive already
+                c.rounds = c.seconds = c.calls = c.cpu_seconds = 0
             out.add(c)
     return out.as_dict()
 

@@ -9,6 +9,7 @@ account identically.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,9 @@ class Transport:
         """Next message from ``frm``; it must carry step ``tag`` (and ``shape`` if given)."""
         if frm == self.party_id or frm not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
+        t0 = time.perf_counter()
         msg = self._collect(frm, tag)
+        self.acct.on_wait(time.perf_counter() - t0, msg.offline)
         want = self._recv_seq[frm]
         if msg.session != self.session:
             raise ProtocolMismatch(f"party {self.party_id}: message from party {frm} is for "
