@@ -5,7 +5,9 @@ secret-shared by the client (as if a private prefill had produced it): the step'
 does not depend on how the cache was made, and a private prefill of thousands of tokens
 would dominate the benchmark's run time.  Measured inside scope "decode": the embedding
 of the (secret) previous token, all layers, the LM head and the secret argmax; reported as
-max over parties (bytes, seconds) and critical-path rounds, with the breakdown per scope.
+max over parties (bytes, seconds) and critical-path rounds, with the breakdown per scope;
+``per_party``: each online party's thread CPU seconds in the step and its time blocked in
+``recv`` for online messages and for offline (dealer) material.
 The parties are threads of this process, except add2's dealer, a forked child
 (``Session.processes``): ``peak_rss_mb_all_parties`` is this process's peak plus the
 largest child's (an upper bound: pages the child still shares with its parent count
@@ -43,6 +45,7 @@ import time
 
 import numpy as np
 
+from ..net.accounting import scope_totals
 from ..runtime import Session
 from . import modelled_seconds, write_rows
 
@@ -105,10 +108,18 @@ POLICY_SCOPES = ("selection", "gather")
 
 
 def _scope_row(res, path):
+    """Counters of one measured scope; ``per_party``: where each online party's wall time
+    went (its CPU, and its waits in recv for online messages and for offline material)."""
     sc = res.scope(path)
+    per = []
+    for i in res.timed:
+        t = scope_totals(res.stats[i], path)
+        per.append({"party": i, "cpu_seconds": t["cpu_seconds"],
+                    "wait_seconds": t["wait_seconds"],
+                    "offline_wait_seconds": t["offline_wait_seconds"]})
     return {"seconds": sc["seconds"], "bytes_per_party": sc["bytes_sent"],
             "offline_bytes_per_party": sc["offline_bytes_sent"], "rounds": sc["rounds"],
-            "messages": sc["messages_sent"]}
+            "messages": sc["messages_sent"], "per_party": per}
 
 
 def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1,
@@ -172,7 +183,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
             toks, sels, qs = [], [], []
             for j in range(case.get("steps", 1)):
                 with party.latency_bound(), _gc_paused(), \
-                        party.scope("decode" if j == 0 else f"decode{j}"):
+                        party.scope("decode" if j == 0 else f"decode{j}", cpu=True):
                     logits = dec.decode_step(tok)
                     with party.scope("sample"):
                         onehot = dec.greedy_onehot(logits)
