@@ -70,11 +70,16 @@ class Accounting:
     _cur: Counters | None = None
 
     # -- called by the transport -------------------------------------------------
-    def on_send(self, nbytes: int, offline: bool) -> int:
-        """Record a send; return the round stamp to put on the message (0 if offline)."""
+    def _here(self) -> Counters:
+        """The current scope's Counters (created on first use)."""
         c = self._cur
         if c is None:
             c = self._cur = self.scopes[self._path]
+        return c
+
+    def on_send(self, nbytes: int, offline: bool) -> int:
+        """Record a send; return the round stamp to put on the message (0 if offline)."""
+        c = self._here()
         if offline:
             self.total.offline_bytes_sent += nbytes
             self.total.offline_messages_sent += 1
@@ -93,9 +98,7 @@ class Accounting:
 
     def on_wait(self, seconds: float, offline: bool) -> None:
         """Record time spent in ``recv`` for one message (online or offline)."""
-        c = self._cur
-        if c is None:
-            c = self._cur = self.scopes[self._path]
+        c = self._here()
         if offline:
             self.total.offline_wait_seconds += seconds
             c.offline_wait_seconds += seconds
