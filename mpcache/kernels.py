@@ -143,9 +143,41 @@ def _direct(a: np.ndarray, b: np.ndarray, out_shape: tuple) -> np.ndarray:
         def run():
             kernel3(sa, sb, out)
     macs = nb * out_shape[-2] * out_shape[-1] * a.shape[-1]
-    if macs < SIDE_CORE_MACS or not SIDE_CORE.run(run):
-        run()
+    if macs >= SIDE_CORE_MACS:
+        if nb == 1 and _both_cores(am[0], bm[0], kernel, out[0]):
+            return out.reshape(out_shape)
+        if SIDE_CORE.run(run):
+            return out.reshape(out_shape)
+    run()
     return out.reshape(out_shape)
+
+
+def _both_cores(a: np.ndarray, b: np.ndarray, kernel, out: np.ndarray) -> bool:
+    """One big product split in halves between the side core and the caller, only while
+    every other party on the caller's core is blocked in recv (``side_core``'s probe):
+    then that core would otherwise idle while the side core works alone.  Halves of k
+    (partial sums) for ``out += a @ b``; halves of n (rows of b = K.T) for the transposed
+    kernel.  Same result; False (nothing done) when the split does not apply."""
+    idle = getattr(_SIDE, "idle", None)
+    if idle is None or not idle():
+        return False
+    if kernel is _mm_kn2:
+        h = a.shape[1] // 2
+        a_lo, a_hi = np.ascontiguousarray(a[:, :h]), np.ascontiguousarray(a[:, h:])
+        part = np.zeros_like(out)
+        if not SIDE_CORE.run(lambda: kernel(a_lo, b[:h], part),
+                             own=lambda: kernel(a_hi, b[h:], out)):
+            return False
+        out += part
+        return True
+    h = b.shape[0] // 2
+    lo = np.zeros((out.shape[0], h), out.dtype)
+    hi = np.zeros((out.shape[0], b.shape[0] - h), out.dtype)
+    if not SIDE_CORE.run(lambda: kernel(a, b[:h], lo), own=lambda: kernel(a, b[h:], hi)):
+        return False
+    out[:, :h] = lo
+    out[:, h:] = hi
+    return True
 
 
 # ----------------------------------------------------------------- the side core
@@ -185,9 +217,10 @@ class SideCore:
         self._done: SimpleQueue = SimpleQueue()
         self._on = None
 
-    def run(self, fn) -> bool:
+    def run(self, fn, own=None) -> bool:
         """Run ``fn()`` on the side core and return True, or return False at once (no side
-        core for this thread, or the worker is busy): the caller then runs it itself."""
+        core for this thread, or the worker is busy): the caller then runs it itself.
+        ``own``: the caller runs ``own()`` meanwhile (the other half of a split job)."""
         cores = getattr(_SIDE, "cores", None)
         if not cores:
             return False
@@ -204,7 +237,11 @@ class SideCore:
             sys.setswitchinterval(SIDE_SWITCH_S)
             try:
                 self._jobs.put((fn, cores))
-                err = self._done.get()
+                try:
+                    if own is not None:
+                        own()
+                finally:
+                    err = self._done.get()
             finally:
                 sys.setswitchinterval(switch)
         finally:
@@ -232,15 +269,18 @@ _SIDE = threading.local()
 
 
 @contextlib.contextmanager
-def side_core(cores):
+def side_core(cores, idle=None):
     """Within this block, big ring products of the calling thread may run on ``cores``
-    (:class:`SideCore`); ``None`` or empty: never."""
-    prev = getattr(_SIDE, "cores", None)
+    (:class:`SideCore`); ``None`` or empty: never.  ``idle``: a probe, true while every
+    other party on the caller's core is blocked, so that a product may be split between
+    the side core and the caller (:func:`_both_cores`)."""
+    prev = getattr(_SIDE, "cores", None), getattr(_SIDE, "idle", None)
     _SIDE.cores = frozenset(cores) if cores else None
+    _SIDE.idle = idle if cores else None
     try:
         yield
     finally:
-        _SIDE.cores = prev
+        _SIDE.cores, _SIDE.idle = prev
 
 
 # ----------------------------------------------------------------- float64 limb path

@@ -98,6 +98,18 @@ class Party:
     #: Cores whose worker may run this party's big ring products inside
     #: :meth:`latency_bound` (kernels.SideCore): the cores the online parties do not use.
     side_cores: set | None = None
+    #: The other online parties sharing this party's latency core (in-process runs).
+    core_peers: tuple = ()
+
+    def _peers_waiting(self):
+        """A probe for kernels.SideCore: are all other parties on this core blocked in
+        recv right now (then a big product may use the core as well)?  None when the
+        transport cannot tell (another process, gRPC)."""
+        net, peers = getattr(self.transport, "net", None), self.core_peers
+        waiting = getattr(net, "waiting", None)
+        if waiting is None or not peers:
+            return None
+        return lambda: all(waiting[j] for j in peers)
 
     @contextlib.contextmanager
     def latency_bound(self):
@@ -114,7 +126,8 @@ class Party:
         except OSError:                           # cpuset changed under us: run unpinned
             before = None
         try:
-            with side_core(self.side_cores if before is not None else None):
+            with side_core(self.side_cores if before is not None else None,
+                           self._peers_waiting()):
                 yield
         finally:
             if before is not None:
@@ -300,6 +313,7 @@ class Session:
                 if cores is not None:
                     party.latency_cores = cores[i]
                     party.side_cores = side if i in timed else None
+                    party.core_peers = tuple(j for j in timed if j != i and i in timed)
                 outputs[i] = job(party, *args, **kwargs)
                 stats[i] = party.stats()
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller

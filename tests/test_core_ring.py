@@ -84,6 +84,33 @@ def test_side_core_products_are_the_same_products(data, m, k, n, batch):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), m=st.integers(1, 3), k=st.integers(1, 40), n=st.integers(1, 30),
+       transposed=st.booleans(), idle=st.booleans())
+def test_products_split_between_side_core_and_caller(data, m, k, n, transposed, idle):
+    """While the probe says every other party on the caller's core waits, a big single
+    product is split in halves (side core + caller; halves of k, or of n for a right
+    operand stored transposed, K.T): still numpy's exact result.  Otherwise it is not."""
+    a = data.draw(u64_arrays((m, k)))
+    b = data.draw(u64_arrays((n, k))).T if transposed else data.draw(u64_arrays((k, n)))
+    split = []
+    orig = kernels.SIDE_CORE.run
+
+    def counting(fn, own=None):
+        ran = orig(fn, own=own)
+        split.append(own is not None and ran)
+        return ran
+
+    side = (os.sched_getaffinity(0) - {min(os.sched_getaffinity(0))}) or os.sched_getaffinity(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "SIDE_CORE_MACS", 1)
+        mp.setattr(kernels.SIDE_CORE, "run", counting)
+        with kernels.side_core(side, lambda: idle):
+            assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+    assert split == [idle]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
 def test_side_core_busy_or_failing_worker():
     """A second product while the worker is busy runs in its own thread; an error raised
     on the worker reaches the caller, and the worker keeps serving."""

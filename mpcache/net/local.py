@@ -41,6 +41,9 @@ class LocalNetwork:
                        for j in range(N_PARTIES) if i != j}
         self.abort = threading.Event()
         self.abort_reason = ""
+        #: per party: blocked in ``recv`` right now (read by kernels.SideCore: a big
+        #: product may use the shared core too while every other party on it waits)
+        self.waiting = [False] * N_PARTIES
         #: links to parties in other processes (mpcache.net.pipe): shut on abort, so a
         #: party in another process learns of the failure too; closed after the run
         self.process_links: list = []
@@ -81,14 +84,18 @@ class LocalTransport(Transport):
         except queue.Empty:
             pass
         deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                return q.get(timeout=self.POLL)
-            except queue.Empty:
-                pass
-            if self.net.abort.is_set():
-                raise PeerAborted(f"party {self.party_id} stopped at step {tag!r}: "
-                                  f"{self.net.abort_reason}")
-            if time.monotonic() > deadline:
-                raise PeerTimeout(f"party {self.party_id}: no message from party {frm} at "
-                                  f"step {tag!r} within {self.timeout:.1f} s")
+        self.net.waiting[self.party_id] = True
+        try:
+            while True:
+                try:
+                    return q.get(timeout=self.POLL)
+                except queue.Empty:
+                    pass
+                if self.net.abort.is_set():
+                    raise PeerAborted(f"party {self.party_id} stopped at step {tag!r}: "
+                                      f"{self.net.abort_reason}")
+                if time.monotonic() > deadline:
+                    raise PeerTimeout(f"party {self.party_id}: no message from party {frm} "
+                                      f"at step {tag!r} within {self.timeout:.1f} s")
+        finally:
+            self.net.waiting[self.party_id] = False
