@@ -230,6 +230,10 @@ def test_report_best_of_steps():
     assert best_of_steps(r)["breakdown"] is bd1
     r["later_steps"] = [{"seconds": 4.0, "breakdown": bd1}]
     assert best_of_steps(r)["breakdown"] is bd0 and best_of_steps(r)["seconds"] == 3.0
+    # ... and so does its per-party CPU / wait split
+    pp0, pp1 = [{"party": 0, "cpu_seconds": 2.0}], [{"party": 0, "cpu_seconds": 1.0}]
+    r = dict(r, per_party=pp0, later_steps=[{"seconds": 2.0, "per_party": pp1}])
+    assert best_of_steps(r)["per_party"] is pp1
 
 
 def test_measured_steps_pause_the_cyclic_collector_and_restore_it():

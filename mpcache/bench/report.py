@@ -46,7 +46,8 @@ def best_of_steps(r: dict) -> dict:
     shared weights, allocator growth), with the modelled LAN/WAN latency recomputed from it;
     bytes and rounds stay those of the first step (exact; later steps differ only when a
     cluster fills).  The first step's time is kept as ``seconds_first_step``; the breakdown
-    (when the later steps carry one) is the fastest step's, so shares of time add up."""
+    and ``per_party`` (when the later steps carry them) are the fastest step's, so shares
+    of time add up."""
     later = r.get("later_steps", [])
     if not later or "seconds_first_step" in r:
         return r
@@ -54,7 +55,7 @@ def best_of_steps(r: dict) -> dict:
     r = dict(r, seconds_first_step=r["seconds"], steps_timed=1 + len(later))
     if best["seconds"] < r["seconds"]:
         r["seconds"] = best["seconds"]
-        for key in ("breakdown", "selection_detail"):
+        for key in ("breakdown", "selection_detail", "per_party"):
             if key in best:
                 r[key] = best[key]
     r["modelled_seconds"] = modelled_seconds(r["seconds"], r["rounds"], r["bytes_per_party"])
