@@ -257,3 +257,31 @@ def test_measured_steps_pause_the_cyclic_collector_and_restore_it():
         assert not gc.isenabled()              # was off before: stays off
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_case_clean_up_waits_for_parties_still_in_their_last_step():
+    """A party that finished its last measured step waits for the others before freeing
+    its shares and collecting (which would hold the interpreter lock inside their step)."""
+    import threading
+    import time
+
+    from mpcache.bench.decode import _gc_paused, _steps_done
+    inside, leave = threading.Event(), threading.Event()
+    left = []
+
+    def other_party():
+        with _gc_paused():
+            inside.set()
+            leave.wait(10)
+            time.sleep(0.05)
+            left.append(time.perf_counter())
+
+    t = threading.Thread(target=other_party)
+    t.start()
+    assert inside.wait(10)
+    leave.set()
+    _steps_done()
+    done = time.perf_counter()
+    t.join(10)
+    assert left and done >= left[0]
+    _steps_done()                      # nobody inside: returns at once
