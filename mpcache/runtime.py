@@ -313,7 +313,8 @@ class Session:
                 if cores is not None:
                     party.latency_cores = cores[i]
                     party.side_cores = side if i in timed else None
-                    party.core_peers = tuple(j for j in timed if j != i and i in timed)
+                    party.core_peers = (tuple(j for j in timed if j != i)
+                                        if i in timed else ())
                 outputs[i] = job(party, *args, **kwargs)
                 stats[i] = party.stats()
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller

@@ -193,8 +193,10 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                     sels.append(selected_clusters(pol, to=client))
                     qs.append({L: q.reveal(to=client) for L, q in sorted(asked.items())})
                 tok = onehot.reshape(1, config.vocab_size)
-        _steps_done()                # this party's clean-up would stall a party still in
-        dec.cache = None             # its last measured step (one interpreter lock)
+        # this party's clean-up would stall a party still in its last measured step
+        # (one interpreter lock): wait for the others first
+        _steps_done()
+        dec.cache = None
         _release(cache, pol)
         del cache, pol, stats, logits, onehot, tok
         gc.collect()                 # shares of a finished case must not pile up (OOM)
