@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import threading
+import time
 from queue import SimpleQueue
 
 import numba
@@ -246,7 +247,7 @@ class SideCore:
                     if own is not None:
                         own()
                 finally:
-                    err = self._done.get()
+                    err, cpu = self._done.get()
             finally:
                 sys.setswitchinterval(switch)
         finally:
@@ -254,19 +255,23 @@ class SideCore:
                 self._busy = False
         if err is not None:
             raise err
+        on_cpu = getattr(_SIDE, "on_cpu", None)
+        if on_cpu is not None:
+            on_cpu(cpu)
         return True
 
     def _loop(self):
         while True:
             fn, cores = self._jobs.get()
+            c0 = time.thread_time()
             try:
                 if cores != self._on:
                     os.sched_setaffinity(0, cores)
                     self._on = cores
                 fn()
-                self._done.put(None)
+                self._done.put((None, time.thread_time() - c0))
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-                self._done.put(e)
+                self._done.put((e, time.thread_time() - c0))
 
 
 SIDE_CORE = SideCore()
@@ -274,18 +279,21 @@ _SIDE = threading.local()
 
 
 @contextlib.contextmanager
-def side_core(cores, idle=None):
+def side_core(cores, idle=None, on_cpu=None):
     """Within this block, big ring products of the calling thread may run on ``cores``
     (:class:`SideCore`); ``None`` or empty: never.  ``idle``: a probe, true while every
     other party on the caller's core is blocked, so that a product may be split between
-    the side core and the caller (:func:`_both_cores`)."""
-    prev = getattr(_SIDE, "cores", None), getattr(_SIDE, "idle", None)
+    the side core and the caller (:func:`_both_cores`).  ``on_cpu(seconds)``: told the
+    worker's CPU time for each job it ran for the caller (work off the caller's clock)."""
+    prev = (getattr(_SIDE, "cores", None), getattr(_SIDE, "idle", None),
+            getattr(_SIDE, "on_cpu", None))
     _SIDE.cores = frozenset(cores) if cores else None
     _SIDE.idle = idle if cores else None
+    _SIDE.on_cpu = on_cpu if cores else None
     try:
         yield
     finally:
-        _SIDE.cores, _SIDE.idle = prev
+        _SIDE.cores, _SIDE.idle, _SIDE.on_cpu = prev
 
 
 # ----------------------------------------------------------------- float64 limb path

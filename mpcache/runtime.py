@@ -127,7 +127,7 @@ class Party:
             before = None
         try:
             with side_core(self.side_cores if before is not None else None,
-                           self._peers_waiting()):
+                           self._peers_waiting(), self.acct.on_side_cpu):
                 yield
         finally:
             if before is not None:

@@ -1,4 +1,6 @@
 """Exact byte and round counts, checked against protocols/costs.py at three shapes."""
+import os
+
 import numpy as np
 import pytest
 
@@ -153,6 +155,36 @@ def test_waits_and_cpu_say_where_wall_time_went(protocol):
         else:
             assert waited < 0.2, step
         assert res.stats[i]["total"]["wait_seconds"] >= step["wait_seconds"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="a side core needs thread affinity and two cores")
+def test_side_core_cpu_is_counted_in_the_callers_scope(protocol, monkeypatch):
+    """Inside a latency-bound block a big product of an online party may run on the side
+    core's worker: its CPU time lands in that party's innermost scope as
+    ``side_cpu_seconds`` (exclusive, like waits), so a step's work is all accounted for."""
+    from mpcache import kernels
+    from mpcache.kernels import ring_matmul
+    from mpcache.net.accounting import scope_totals
+    monkeypatch.setattr(kernels, "SIDE_CORE_MACS", 1)
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 2**64, (96, 512), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (512, 384), dtype=np.uint64, endpoint=False)
+
+    def job(p):
+        with p.latency_bound(), p.scope("step", cpu=True), p.scope("mm"):
+            ok = np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+        return ok
+    res = mpcache.Session(protocol, processes=(), pin=True).run(job)
+    assert all(res.outputs)
+    side = [scope_totals(res.stats[i], "step")["side_cpu_seconds"] for i in res.timed]
+    assert max(side) > 0.0, side                 # at least one product went to the worker
+    for i in range(3):
+        st = res.stats[i]
+        assert st["scopes"]["step/mm"]["side_cpu_seconds"] == \
+            scope_totals(st, "step")["side_cpu_seconds"] == st["total"]["side_cpu_seconds"]
+        if i not in res.timed:                   # add2's dealer has no side core
+            assert st["total"]["side_cpu_seconds"] == 0.0
 
 
 @pytest.mark.parametrize("m,k,q", [(1, 8, 8), (3, 5, 2), (4, 16, 32)])

@@ -111,6 +111,24 @@ def test_products_split_between_side_core_and_caller(data, m, k, n, transposed, 
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
+@pytest.mark.parametrize("idle", [False, True])
+def test_side_core_work_is_reported_to_its_caller(idle):
+    """The worker's CPU time on a caller's product reaches the caller's ``on_cpu`` (once
+    per job, whole or split): work done off the caller's own clock is still counted."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 2**64, (64, 512), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (512, 256), dtype=np.uint64, endpoint=False)
+    side = os.sched_getaffinity(0)
+    got = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "SIDE_CORE_MACS", 1)
+        with kernels.side_core(side, lambda: idle, got.append):
+            assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+        assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))   # outside: no report
+    assert len(got) == 1 and 0.0 < got[0] < 5.0, got
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity: Linux only")
 def test_side_core_busy_or_failing_worker():
     """A second product while the worker is busy runs in its own thread; an error raised
     on the worker reaches the caller, and the worker keeps serving."""

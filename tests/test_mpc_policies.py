@@ -108,6 +108,8 @@ def test_query_replay_audit(model):
     case["label"] = "mpcache"
     row = _row(res, 0, case, ref, out, "tiny", "rep3", 0.0)
     assert row["clusters_match_given_mpc_query"] == [True] * STEPS
+    # the step's work: every party's CPU (and the side core's) in the measured step
+    assert row["work_cpu_seconds"] >= sum(p["cpu_seconds"] for p in row["per_party"]) > 0
     assert row["plaintext_tokens_given_mpc_query"] == out["tokens"]
     # a difference is reported with its margins and whether the MPC query explains it
     fake = dict(out, selections=neg["selections"])
@@ -205,6 +207,13 @@ def test_report_table_and_plot(tmp_path):
                          "token_matches_plaintext": True})
     md = table(rows)
     assert "| m | rep3 | 1024 | mpcache |" in md and "2.67x" in md
+    from mpcache.bench.report import ratio_table
+    for r in rows:                                  # core-seconds of the step, all parties
+        r["work_cpu_seconds"] = 3 * r["seconds"]
+    rows[-1]["work_cpu_seconds"] = 2.0              # 1024 mpcache: 12.0 / 2.0
+    rt = ratio_table(rows)
+    assert "| m | rep3 | 1024 | 4.00 | 1.50 | 2.67x |" in rt and rt.endswith("| 6.00x |\n")
+    assert "| 2.00x |\n" in rt
     plot(rows, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -232,8 +241,10 @@ def test_report_best_of_steps():
     assert best_of_steps(r)["breakdown"] is bd0 and best_of_steps(r)["seconds"] == 3.0
     # ... and so does its per-party CPU / wait split
     pp0, pp1 = [{"party": 0, "cpu_seconds": 2.0}], [{"party": 0, "cpu_seconds": 1.0}]
-    r = dict(r, per_party=pp0, later_steps=[{"seconds": 2.0, "per_party": pp1}])
-    assert best_of_steps(r)["per_party"] is pp1
+    r = dict(r, per_party=pp0, work_cpu_seconds=5.0,
+             later_steps=[{"seconds": 2.0, "per_party": pp1, "work_cpu_seconds": 3.0}])
+    b = best_of_steps(r)
+    assert b["per_party"] is pp1 and b["work_cpu_seconds"] == 3.0
 
 
 def test_measured_steps_pause_the_cyclic_collector_and_restore_it():

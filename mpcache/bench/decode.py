@@ -6,8 +6,12 @@ does not depend on how the cache was made, and a private prefill of thousands of
 would dominate the benchmark's run time.  Measured inside scope "decode": the embedding
 of the (secret) previous token, all layers, the LM head and the secret argmax; reported as
 max over parties (bytes, seconds) and critical-path rounds, with the breakdown per scope;
-``per_party``: each online party's thread CPU seconds in the step and its time blocked in
-``recv`` for online messages and for offline (dealer) material.
+``per_party``: each online party's thread CPU seconds in the step, the side-core worker's
+CPU on its big products, and its time blocked in ``recv`` for online messages and for
+offline (dealer) material; ``work_cpu_seconds``: the step's total CPU over all parties
+(add2's dealer included) and the side core, the core-seconds it consumed.  On c cores a
+step cannot take less than ``work_cpu_seconds / c``, so the ratio of two policies' work is
+what their latency ratio tends to when every core is kept busy.
 The parties are threads of this process, except add2's dealer, a forked child
 (``Session.processes``): ``peak_rss_mb_all_parties`` is this process's peak plus the
 largest child's (an upper bound: pages the child still shares with its parent count
@@ -109,17 +113,22 @@ POLICY_SCOPES = ("selection", "gather")
 
 def _scope_row(res, path):
     """Counters of one measured scope; ``per_party``: where each online party's wall time
-    went (its CPU, and its waits in recv for online messages and for offline material)."""
+    went (its CPU, the side-core worker's CPU on its products, and its waits in recv for
+    online messages and for offline material); ``work_cpu_seconds``: the core-seconds
+    the scope consumed, CPU of all three parties (add2's dealer too) and of the side core."""
     sc = res.scope(path)
-    per = []
-    for i in res.timed:
+    per, work = [], 0.0
+    for i in range(len(res.stats)):
         t = scope_totals(res.stats[i], path)
-        per.append({"party": i, "cpu_seconds": t["cpu_seconds"],
-                    "wait_seconds": t["wait_seconds"],
-                    "offline_wait_seconds": t["offline_wait_seconds"]})
+        work += t["cpu_seconds"] + t["side_cpu_seconds"]
+        if i in res.timed:
+            per.append({"party": i, "cpu_seconds": t["cpu_seconds"],
+                        "side_cpu_seconds": t["side_cpu_seconds"],
+                        "wait_seconds": t["wait_seconds"],
+                        "offline_wait_seconds": t["offline_wait_seconds"]})
     return {"seconds": sc["seconds"], "bytes_per_party": sc["bytes_sent"],
             "offline_bytes_per_party": sc["offline_bytes_sent"], "rounds": sc["rounds"],
-            "messages": sc["messages_sent"], "per_party": per}
+            "messages": sc["messages_sent"], "per_party": per, "work_cpu_seconds": work}
 
 
 def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1,

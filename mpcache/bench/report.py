@@ -46,8 +46,8 @@ def best_of_steps(r: dict) -> dict:
     shared weights, allocator growth), with the modelled LAN/WAN latency recomputed from it;
     bytes and rounds stay those of the first step (exact; later steps differ only when a
     cluster fills).  The first step's time is kept as ``seconds_first_step``; the breakdown
-    and ``per_party`` (when the later steps carry them) are the fastest step's, so shares
-    of time add up."""
+    ``per_party`` and ``work_cpu_seconds`` (when the later steps carry them) are the
+    fastest step's, so shares of time add up."""
     later = r.get("later_steps", [])
     if not later or "seconds_first_step" in r:
         return r
@@ -55,7 +55,7 @@ def best_of_steps(r: dict) -> dict:
     r = dict(r, seconds_first_step=r["seconds"], steps_timed=1 + len(later))
     if best["seconds"] < r["seconds"]:
         r["seconds"] = best["seconds"]
-        for key in ("breakdown", "selection_detail", "per_party"):
+        for key in ("breakdown", "selection_detail", "per_party", "work_cpu_seconds"):
             if key in best:
                 r[key] = best[key]
     r["modelled_seconds"] = modelled_seconds(r["seconds"], r["rounds"], r["bytes_per_party"])
@@ -133,11 +133,13 @@ def plot(rows, path) -> None:
 
 def ratio_table(rows, policy="mpcache") -> str:
     """Full cache / policy per (model, protocol, context): measured, LAN and WAN modelled
-    latency, and communication (the paper's 1.8-2.01x latency, 3.39-8.37x communication)."""
+    latency, communication (the paper's 1.8-2.01x latency, 3.39-8.37x communication) and
+    work (CPU core-seconds of the step over all parties, :func:`_work_ratio`)."""
     full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
     out = ("| model | protocol | context | full s | MPCache s | latency ratio | LAN ratio | "
-           "WAN ratio | full MB | MPCache MB | comm ratio | rounds full / MPCache |\n"
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+           "WAN ratio | full MB | MPCache MB | comm ratio | rounds full / MPCache | "
+           "work ratio |\n"
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
     for r in sorted((r for r in rows if _label(r) == policy),
                     key=lambda r: (r["model"], r["protocol"], r["context"])):
         f = full.get((r["model"], r["protocol"], r["context"]))
@@ -150,8 +152,15 @@ def ratio_table(rows, policy="mpcache") -> str:
                 f"{fm.get('wan', 0) / max(pm.get('wan', 1e-9), 1e-9):.2f}x | "
                 f"{f['bytes_per_party'] / 1e6:.1f} | {r['bytes_per_party'] / 1e6:.1f} | "
                 f"{f['bytes_per_party'] / r['bytes_per_party']:.2f}x | "
-                f"{f['rounds']} / {r['rounds']} |\n")
+                f"{f['rounds']} / {r['rounds']} | {_work_ratio(f, r)} |\n")
     return out
+
+
+def _work_ratio(f, r) -> str:
+    """Full / policy core-seconds of the step (all parties' CPU and the side core's): what
+    the latency ratio tends to when every core is kept busy ("" for rows without it)."""
+    wf, wr = f.get("work_cpu_seconds"), r.get("work_cpu_seconds")
+    return f"{wf / wr:.2f}x" if wf and wr else ""
 
 
 def ablation_table(rows) -> str:

@@ -19,6 +19,10 @@ offline ones (add2: the dealer's material arriving late); ``cpu_seconds`` is its
 CPU time, measured only in scopes opened with ``cpu=True`` (a clock read costs ~1 us, too
 much for every protocol step; the benchmarks open their measured step that way).  On a
 shared core the rest of the wall time is time the party was ready but another party ran.
+``side_cpu_seconds`` (exclusive) is the CPU time another thread, the side-core worker of
+:class:`mpcache.kernels.SideCore`, spent on this party's big ring products: the party's
+work that is not in its own thread's clock.  A step's total work, the core-seconds it
+consumed, is the sum over parties of both.
 
 Rounds of a scope across parties: parties enter a scope with different clocks (one that
 only sent may lag), so per-party clock deltas over-count.  Each scope call records its
@@ -44,6 +48,8 @@ class Counters:
     cpu_seconds: float = 0.0      # inclusive thread CPU time (scopes opened with cpu=True)
     wait_seconds: float = 0.0     # exclusive time in recv waiting for online messages
     offline_wait_seconds: float = 0.0   # ... for offline messages (dealer material)
+    side_cpu_seconds: float = 0.0  # exclusive CPU of the side-core worker on this party's
+    #                                products (kernels.SideCore), in latency_bound blocks
 
     def add(self, other: "Counters") -> None:
         for k, v in asdict(other).items():
@@ -105,6 +111,12 @@ class Accounting:
         else:
             self.total.wait_seconds += seconds
             c.wait_seconds += seconds
+
+    def on_side_cpu(self, seconds: float) -> None:
+        """Record CPU time the side-core worker spent on one of this party's products
+        (another thread's clock: not in this thread's ``cpu_seconds``)."""
+        self.total.side_cpu_seconds += seconds
+        self._here().side_cpu_seconds += seconds
 
     # -- scopes ------------------------------------------------------------------
     @property
