@@ -110,6 +110,7 @@ def test_query_replay_audit(model):
     assert row["clusters_match_given_mpc_query"] == [True] * STEPS
     # the step's work: every party's CPU (and the side core's) in the measured step
     assert row["work_cpu_seconds"] >= sum(p["cpu_seconds"] for p in row["per_party"]) > 0
+    assert row["persist_cache_cost"]["work_cpu_seconds"] is None     # no CPU clock there
     assert row["plaintext_tokens_given_mpc_query"] == out["tokens"]
     # a difference is reported with its margins and whether the MPC query explains it
     fake = dict(out, selections=neg["selections"])

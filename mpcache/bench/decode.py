@@ -115,11 +115,13 @@ def _scope_row(res, path):
     """Counters of one measured scope; ``per_party``: where each online party's wall time
     went (its CPU, the side-core worker's CPU on its products, and its waits in recv for
     online messages and for offline material); ``work_cpu_seconds``: the core-seconds
-    the scope consumed, CPU of all three parties (add2's dealer too) and of the side core."""
+    the scope consumed, CPU of all three parties (add2's dealer too) and of the side core
+    (None for a scope not opened with ``cpu=True``: only the measured steps are)."""
     sc = res.scope(path)
-    per, work = [], 0.0
+    per, work, cpu = [], 0.0, 0.0
     for i in range(len(res.stats)):
         t = scope_totals(res.stats[i], path)
+        cpu += t["cpu_seconds"]
         work += t["cpu_seconds"] + t["side_cpu_seconds"]
         if i in res.timed:
             per.append({"party": i, "cpu_seconds": t["cpu_seconds"],
@@ -128,7 +130,8 @@ def _scope_row(res, path):
                         "offline_wait_seconds": t["offline_wait_seconds"]})
     return {"seconds": sc["seconds"], "bytes_per_party": sc["bytes_sent"],
             "offline_bytes_per_party": sc["offline_bytes_sent"], "rounds": sc["rounds"],
-            "messages": sc["messages_sent"], "per_party": per, "work_cpu_seconds": work}
+            "messages": sc["messages_sent"], "per_party": per,
+            "work_cpu_seconds": work if cpu > 0 else None}
 
 
 def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1,
