@@ -47,7 +47,10 @@ def test_ring_matmul_batched_and_transposed(mode, data, m, k, n, batches):
 
 
 @MODES
-@pytest.mark.parametrize("m,k,n", [(64, 300, 70), (5, 2000, 9), (16, 3, 4096), (40, 65, 33)])
+@pytest.mark.parametrize("m,k,n", [(64, 300, 70), (5, 2000, 9), (16, 3, 4096), (40, 65, 33),
+                                   # wide outputs (kernels._WIDE_N): 8 rows of b per pass,
+                                   # k with and without a remainder, across a row tile
+                                   (1, 8, 2048), (17, 19, 2051), (3, 777, 3072)])
 def test_ring_matmul_exact_larger(mode, m, k, n):
     rng = np.random.default_rng(m * k)
     a = rng.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
