@@ -253,3 +253,17 @@ def test_matmul_shape_follows_numpy(data):
     assert matmul_shape(sa, sb) == want
     with pytest.raises(ValueError, match="mismatch"):
         matmul_shape(sa, (k + 1, 2))
+
+
+def test_bench_ops_uncached_matvec_rows(monkeypatch):
+    """``mpcache bench ops``' out-of-cache 1-row products: exact, one row per shape, with
+    the matrix bytes read per second (small shapes here; the bench uses a gpt2 step's)."""
+    from mpcache.bench import ops
+    monkeypatch.setattr(ops, "MATVEC_SHAPES", ((3, 5), (17, 2050)))
+    monkeypatch.setattr(ops, "MATVEC_BYTES", 1 << 12)
+    rows = ops._decode_matvec_rows(repeat=2, seed=1)
+    assert [r["shape"] for r in rows] == ["1x3x5", "1x17x2050"]
+    for r in rows:
+        assert r["op"] == "ring_matvec_uncached" and r["max_abs_err"] == 0.0
+        assert r["seconds"] > 0 and r["matrix_gb_per_s"] > 0
+        assert "GB/s" in ops._fmt(r)

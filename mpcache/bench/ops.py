@@ -114,6 +114,39 @@ def _local_matmul_rows(repeat: int, seed: int) -> list:
     return rows
 
 
+#: (k, n) of the 1-row weight products of a gpt2 decoding step (attention, MLP in/out,
+#: LM head), timed out of cache: enough distinct matrices to stream MATVEC_BYTES per pass.
+MATVEC_SHAPES = ((768, 768), (768, 3072), (3072, 768), (768, 50257))
+MATVEC_BYTES = 1 << 27
+
+
+def _decode_matvec_rows(repeat: int, seed: int) -> list:
+    """``ring_matmul`` of one row by weight-sized matrices that do not fit the caches (as in
+    a decoding step, where every weight is read once): seconds per product and the bytes
+    of the matrix read per second (these products are bound by memory bandwidth)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, n in MATVEC_SHAPES:
+        count = max(1, -(-MATVEC_BYTES // (8 * k * n)))
+        mats = [rng.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
+                for _ in range(count)]
+        a = rng.integers(0, 2**64, (1, k), dtype=np.uint64, endpoint=False)
+        ok = np.array_equal(ring_matmul(a, mats[0]), np.matmul(a, mats[0]))
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for b in mats:
+                ring_matmul(a, b)
+            times.append((time.perf_counter() - t0) / count)
+        sec = min(times)
+        rows.append({"op": "ring_matvec_uncached", "shape": f"1x{k}x{n}", "protocol": "local",
+                     "seconds": sec, "bytes_per_party": 0, "rounds": 0,
+                     "max_abs_err": 0.0 if ok else float("inf"),
+                     "matrix_gb_per_s": 8 * k * n / sec / 1e9})
+        del mats
+    return rows
+
+
 def _load_extra_cases() -> None:
     """Import modules that register more cases (the non-linear suite), if present."""
     import importlib
@@ -128,7 +161,7 @@ def _load_extra_cases() -> None:
 def bench_ops(protocols=("rep3", "add2"), only=None, repeat=3, seed=0, json_path=None,
               echo=print) -> list:
     _load_extra_cases()
-    rows = _local_matmul_rows(repeat, seed)
+    rows = _local_matmul_rows(repeat, seed) + _decode_matvec_rows(repeat, seed)
     for r in rows:
         echo(_fmt(r))
     for protocol in protocols:
@@ -147,4 +180,5 @@ def _fmt(r: dict) -> str:
     return (f"{r['protocol']:5s} {r['op']:28s} {r['shape']:14s} {r['seconds'] * 1e3:9.2f} ms "
             f"{r['bytes_per_party'] / 1e6:9.4f} MB {r['rounds']:4d} rounds "
             f"err {r['max_abs_err']:.2e}"
-            + (f"  x{r['speedup_vs_numpy']:.1f} vs numpy" if "speedup_vs_numpy" in r else ""))
+            + (f"  x{r['speedup_vs_numpy']:.1f} vs numpy" if "speedup_vs_numpy" in r else "")
+            + (f"  {r['matrix_gb_per_s']:.1f} GB/s" if "matrix_gb_per_s" in r else ""))
