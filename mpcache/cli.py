@@ -20,7 +20,8 @@ def _bench(sub) -> None:
     bsub = p.add_subparsers(dest="bench", required=True)
     ops = bsub.add_parser("ops", help="per-op seconds, bytes per party, rounds, error")
     ops.add_argument("--protocol", choices=["rep3", "add2", "both"], default="both")
-    ops.add_argument("--only", nargs="*", help="op names (or op_shape) to run")
+    ops.add_argument("--only", nargs="*", help="op names (or op_shape) to run; the local "
+                     "kernel rows always run first (`--only none`: only those)")
     ops.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
     ops.add_argument("--seed", type=int, default=0)
     ops.add_argument("--json", dest="json_path", help="write the rows to this file")
