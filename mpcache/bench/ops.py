@@ -84,6 +84,13 @@ def _run_case(case: Case, protocol: str, repeat: int, seed: int) -> dict:
     return best
 
 
+def _local_row(op: str, shape: str, seconds: float, exact: bool, **extra) -> dict:
+    """A row for a local kernel (no parties): no bytes, no rounds; error 0 or inf."""
+    return {"op": op, "shape": shape, "protocol": "local", "seconds": seconds,
+            "bytes_per_party": 0, "rounds": 0, "max_abs_err": 0.0 if exact else float("inf"),
+            **extra}
+
+
 def _local_matmul_rows(repeat: int, seed: int) -> list:
     """ring_matmul (direct numba kernel, and the limb-split BLAS path) vs numpy's uint64 @
     on the same operands: a 64-row block and the 1-row product of a decoding step."""
@@ -103,9 +110,7 @@ def _local_matmul_rows(repeat: int, seed: int) -> list:
                 t0 = time.perf_counter()
                 out = fn(a, b)
                 times.append(time.perf_counter() - t0)
-            row = {"op": name, "shape": f"{m}x{k}x{n}", "protocol": "local",
-                   "seconds": min(times), "bytes_per_party": 0, "rounds": 0,
-                   "max_abs_err": 0.0 if np.array_equal(out, ref) else float("inf")}
+            row = _local_row(name, f"{m}x{k}x{n}", min(times), np.array_equal(out, ref))
             if base is None:
                 base = row["seconds"]
             else:
@@ -139,10 +144,8 @@ def _decode_matvec_rows(repeat: int, seed: int) -> list:
                 ring_matmul(a, b)
             times.append((time.perf_counter() - t0) / count)
         sec = min(times)
-        rows.append({"op": "ring_matvec_uncached", "shape": f"1x{k}x{n}", "protocol": "local",
-                     "seconds": sec, "bytes_per_party": 0, "rounds": 0,
-                     "max_abs_err": 0.0 if ok else float("inf"),
-                     "matrix_gb_per_s": 8 * k * n / sec / 1e9})
+        rows.append(_local_row("ring_matvec_uncached", f"1x{k}x{n}", sec, ok,
+                               matrix_gb_per_s=8 * k * n / sec / 1e9))
         del mats
     return rows
 
