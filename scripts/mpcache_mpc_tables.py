@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-from mpcache.bench.report import ablation_table, best_of_steps, plot, ratio_table, table
+from mpcache.bench.report import (ablation_table, best_of_steps, plot, ratio_table,
+                                  split_table, table)
 
 D = sys.argv[1] if len(sys.argv) > 1 else "out/s13c/final"
 
@@ -29,6 +30,8 @@ if main:
     for pol in ("mpcache", "mpcache:levels=1"):
         print(f"### Full cache / {pol} (5%)\n")
         print(ratio_table(main, pol))
+        print(f"### Attention and the rest of the step ({pol})\n")
+        print(split_table(main, pol))
     print("### Every row\n")
     print(table(main))
     os.makedirs("docs/img", exist_ok=True)

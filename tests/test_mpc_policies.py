@@ -219,6 +219,26 @@ def test_report_table_and_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_report_split_table():
+    """The attention / rest split adds up to the step, and the rest needed for a target
+    ratio solves (C + F) / (C + M) = target."""
+    from mpcache.bench.report import attention_split, rest_for_ratio, split_table
+    bd = lambda att: {"softmax": {"seconds": att * 0.75}, "attn_scores": {"seconds": att / 4},  # noqa: E731
+                      "norm": {"seconds": 0.3}}
+    rows = [{"model": "m", "protocol": "add2", "context": 2048, "policy": p, "label": p,
+             "seconds": s, "breakdown": bd(a)}
+            for p, s, a in (("full", 1.4, 0.95), ("mpcache", 0.76, 0.30))]
+    rows[1]["breakdown"]["selection"] = {"seconds": 0.0}
+    assert attention_split(rows[0]) == pytest.approx((0.95, 0.45))
+    need = rest_for_ratio(0.95, 0.30, 2.01)
+    assert (need + 0.95) / (need + 0.30) == pytest.approx(2.01)
+    assert rest_for_ratio(0.5, 0.3, 2.01) is None           # attention alone falls short
+    md = split_table(rows)
+    assert "| m | add2 | 2048 | 0.950 / 0.450 | 0.300 / 0.460 | 1.84x | 3.17x | 0.344 | 25% |" in md
+    rows[0]["seconds"], rows[0]["breakdown"] = 0.9, bd(0.5)
+    assert "| unreachable | n/a |" in split_table(rows)
+
+
 def test_tie_margin():
     s = np.array([[5.0, 4.0, 3.9, 0.0]])
     m = tie_margin(s, np.array([[0, 2]]), np.array([[0, 1]]))

@@ -4,7 +4,8 @@ Runs :func:`mpcache.bench.decode.bench_decode` per (model, protocol) -- every co
 policy in ONE session, weights shared once -- writing ``decode_<model>.json`` into
 ``--out`` as it goes (or tabulates existing JSON with ``--from-json``), then writes
 ``decode.md`` (per model/protocol/context: per-step seconds, MB/party, rounds, modelled
-LAN/WAN seconds, the selection and gather shares, and MPCache's ratio to the full cache)
+LAN/WAN seconds, the selection and gather shares, MPCache's ratio to the full cache, and
+each step split into attention and the policy-independent rest: :func:`split_table`)
 and ``decode.png`` (latency -- measured, LAN, WAN -- and bytes vs context, per policy).
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ def bench_report(out_dir, from_json=None, models=("gpt2-small-random", "smollm2"
                                      json_path=os.path.join(out_dir, f"decode_{m}.json"),
                                      echo=echo))
     rows = [best_of_steps(r) for r in rows]
-    md = table(rows) + "\n### Full cache / MPCache\n\n" + ratio_table(rows)
+    md = (table(rows) + "\n### Full cache / MPCache\n\n" + ratio_table(rows)
+          + "\n### Attention and the rest of the step\n\n" + split_table(rows))
     with open(os.path.join(out_dir, "decode.md"), "w") as fh:
         fh.write(md)
     plot(rows, os.path.join(out_dir, "decode.png"))
@@ -161,6 +163,52 @@ def _work_ratio(f, r) -> str:
     the latency ratio tends to when every core is kept busy ("" for rows without it)."""
     wf, wr = f.get("work_cpu_seconds"), r.get("work_cpu_seconds")
     return f"{wf / wr:.2f}x" if wf and wr else ""
+
+
+#: The scopes a cache policy changes: attention over the kept rows, its softmax, and the
+#: policy's own selection and gather.  Everything else in a step (embedding, norms,
+#: linear layers, activations, LM head, sampling) is the same work under every policy.
+ATTENTION_SCOPES = ("attn_scores", "attn_context", "softmax", "selection", "gather")
+
+
+def attention_split(r) -> tuple:
+    """(attention seconds, rest seconds) of a step row: the :data:`ATTENTION_SCOPES` of its
+    breakdown, and the step's time outside them (so the two add up to ``seconds``)."""
+    bd = r.get("breakdown", {})
+    att = sum(bd[k]["seconds"] for k in ATTENTION_SCOPES if k in bd)
+    return att, r["seconds"] - att
+
+
+def rest_for_ratio(full_att: float, pol_att: float, target: float):
+    """The policy-independent time ``C`` at which ``(C + full_att) / (C + pol_att)`` equals
+    ``target``, both attentions as given; None when even ``C = 0`` falls short."""
+    if full_att <= target * pol_att:
+        return None
+    return (full_att - target * pol_att) / (target - 1.0)
+
+
+def split_table(rows, policy="mpcache", target=2.01) -> str:
+    """Why a latency ratio is what it is: each step split into its attention part
+    (:data:`ATTENTION_SCOPES`) and the rest.  The rest is common to both policies, so it
+    dilutes the ratio; the last two columns say how short it would have to be, both
+    attentions as measured, for full / policy to reach ``target`` (the paper's 2.01x)."""
+    full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+    out = ("| model | protocol | context | full: attention / rest s | MPCache: attention / "
+           f"rest s | latency ratio | attention-only ratio | rest for {target:.2f}x s | "
+           "rest cut needed |\n|---|---|---:|---|---|---:|---:|---:|---:|\n")
+    for r in sorted((r for r in rows if _label(r) == policy),
+                    key=lambda r: (r["model"], r["protocol"], r["context"])):
+        f = full.get((r["model"], r["protocol"], r["context"]))
+        if not f or "breakdown" not in f or "breakdown" not in r:
+            continue
+        (fa, fr), (pa, pr) = attention_split(f), attention_split(r)
+        need = rest_for_ratio(fa, pa, target)
+        cut = "" if need is None else f"{max(0.0, 1 - need / pr):.0%}"
+        out += (f"| {r['model']} | {r['protocol']} | {r['context']} | {fa:.3f} / {fr:.3f} | "
+                f"{pa:.3f} / {pr:.3f} | {f['seconds'] / r['seconds']:.2f}x | "
+                f"{fa / pa:.2f}x | {'unreachable' if need is None else f'{need:.3f}'} | "
+                f"{cut or 'n/a'} |\n")
+    return out
 
 
 def ablation_table(rows) -> str:
