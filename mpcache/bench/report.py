@@ -68,6 +68,11 @@ def _label(r):
     return r.get("label") or r["policy"]
 
 
+def _full_rows(rows) -> dict:
+    """The full-cache row of each (model, protocol, context): what the other rows compare to."""
+    return {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+
+
 def _share(r, key):
     b = r.get("breakdown", {}).get(key)
     if not b or not r["seconds"]:
@@ -77,7 +82,7 @@ def _share(r, key):
 
 
 def table(rows) -> str:
-    full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+    full = _full_rows(rows)
     head = ("| model | protocol | context | policy | rows read | s/step | MB/party | rounds | "
             "LAN s | WAN s | selection % (t / B) | gather % (t / B) | full/policy latency | "
             "full/policy bytes | token = plaintext |\n"
@@ -137,7 +142,7 @@ def ratio_table(rows, policy="mpcache") -> str:
     """Full cache / policy per (model, protocol, context): measured, LAN and WAN modelled
     latency, communication (the paper's 1.8-2.01x latency, 3.39-8.37x communication) and
     work (CPU core-seconds of the step over all parties, :func:`_work_ratio`)."""
-    full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+    full = _full_rows(rows)
     out = ("| model | protocol | context | full s | MPCache s | latency ratio | LAN ratio | "
            "WAN ratio | full MB | MPCache MB | comm ratio | rounds full / MPCache | "
            "work ratio |\n"
@@ -192,7 +197,7 @@ def split_table(rows, policy="mpcache", target=2.01) -> str:
     (:data:`ATTENTION_SCOPES`) and the rest.  The rest is common to both policies, so it
     dilutes the ratio; the last two columns say how short it would have to be, both
     attentions as measured, for full / policy to reach ``target`` (the paper's 2.01x)."""
-    full = {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
+    full = _full_rows(rows)
     out = ("| model | protocol | context | full: attention / rest s | MPCache: attention / "
            f"rest s | latency ratio | attention-only ratio | rest for {target:.2f}x s | "
            "rest cut needed |\n|---|---|---:|---|---|---:|---:|---:|---:|\n")
@@ -203,11 +208,11 @@ def split_table(rows, policy="mpcache", target=2.01) -> str:
             continue
         (fa, fr), (pa, pr) = attention_split(f), attention_split(r)
         need = rest_for_ratio(fa, pa, target)
-        cut = "" if need is None else f"{max(0.0, 1 - need / pr):.0%}"
+        need_s, cut = (("unreachable", "n/a") if need is None else
+                       (f"{need:.3f}", f"{max(0.0, 1 - need / pr):.0%}"))
         out += (f"| {r['model']} | {r['protocol']} | {r['context']} | {fa:.3f} / {fr:.3f} | "
                 f"{pa:.3f} / {pr:.3f} | {f['seconds'] / r['seconds']:.2f}x | "
-                f"{fa / pa:.2f}x | {'unreachable' if need is None else f'{need:.3f}'} | "
-                f"{cut or 'n/a'} |\n")
+                f"{fa / pa:.2f}x | {need_s} | {cut} |\n")
     return out
 
 
