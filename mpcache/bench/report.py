@@ -73,6 +73,17 @@ def _full_rows(rows) -> dict:
     return {(r["model"], r["protocol"], r["context"]): r for r in rows if r["policy"] == "full"}
 
 
+def _policy_pairs(rows, policy):
+    """(full-cache row, policy row) of each (model, protocol, context) that has both, in
+    that order: the pairs the ratio tables compare."""
+    full = _full_rows(rows)
+    for r in sorted((r for r in rows if _label(r) == policy),
+                    key=lambda r: (r["model"], r["protocol"], r["context"])):
+        f = full.get((r["model"], r["protocol"], r["context"]))
+        if f:
+            yield f, r
+
+
 def _share(r, key):
     b = r.get("breakdown", {}).get(key)
     if not b or not r["seconds"]:
@@ -142,16 +153,11 @@ def ratio_table(rows, policy="mpcache") -> str:
     """Full cache / policy per (model, protocol, context): measured, LAN and WAN modelled
     latency, communication (the paper's 1.8-2.01x latency, 3.39-8.37x communication) and
     work (CPU core-seconds of the step over all parties, :func:`_work_ratio`)."""
-    full = _full_rows(rows)
     out = ("| model | protocol | context | full s | MPCache s | latency ratio | LAN ratio | "
            "WAN ratio | full MB | MPCache MB | comm ratio | rounds full / MPCache | "
            "work ratio |\n"
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
-    for r in sorted((r for r in rows if _label(r) == policy),
-                    key=lambda r: (r["model"], r["protocol"], r["context"])):
-        f = full.get((r["model"], r["protocol"], r["context"]))
-        if not f:
-            continue
+    for f, r in _policy_pairs(rows, policy):
         fm, pm = f.get("modelled_seconds", {}), r.get("modelled_seconds", {})
         out += (f"| {r['model']} | {r['protocol']} | {r['context']} | {f['seconds']:.2f} | "
                 f"{r['seconds']:.2f} | {f['seconds'] / r['seconds']:.2f}x | "
@@ -197,14 +203,11 @@ def split_table(rows, policy="mpcache", target=2.01) -> str:
     (:data:`ATTENTION_SCOPES`) and the rest.  The rest is common to both policies, so it
     dilutes the ratio; the last two columns say how short it would have to be, both
     attentions as measured, for full / policy to reach ``target`` (the paper's 2.01x)."""
-    full = _full_rows(rows)
     out = ("| model | protocol | context | full: attention / rest s | MPCache: attention / "
            f"rest s | latency ratio | attention-only ratio | rest for {target:.2f}x s | "
            "rest cut needed |\n|---|---|---:|---|---|---:|---:|---:|---:|\n")
-    for r in sorted((r for r in rows if _label(r) == policy),
-                    key=lambda r: (r["model"], r["protocol"], r["context"])):
-        f = full.get((r["model"], r["protocol"], r["context"]))
-        if not f or "breakdown" not in f or "breakdown" not in r:
+    for f, r in _policy_pairs(rows, policy):
+        if "breakdown" not in f or "breakdown" not in r:
             continue
         (fa, fr), (pa, pr) = attention_split(f), attention_split(r)
         need = rest_for_ratio(fa, pa, target)
