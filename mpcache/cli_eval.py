@@ -4,6 +4,8 @@
         --context 2K --samples 10 --json runs/2k.json
     mpcache eval plot --json runs/2k.json runs/4k.json --out acc.png
     mpcache eval table --json runs/2k.json runs/4k.json
+    mpcache eval frontier --json runs/2k.json --cost decode_b005.json decode_b01.json \
+        --context 2K --out frontier.png --md frontier.md
 
 Policy specs take knobs: ``mpcache:bound=exact_max,levels=1``.  Runs are resumable: an
 existing ``--json`` keeps its records and only missing (sample, policy@budget) pairs run.
@@ -27,12 +29,15 @@ def register(subparsers) -> None:
     d = TaskConfig()
     p = subparsers.add_parser("eval", help="accuracy of KV-cache policies (plaintext SmolLM2)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("action", nargs="?", choices=["run", "plot", "table"], default="run",
-                   help="run (default), plot JSON results, or print them as markdown tables")
-    p.add_argument("--policy", nargs="+", default=["mpcache"],
-                   help=f"policy specs NAME[:knob=v,...]; names: {', '.join(sorted(POLICIES))}")
-    p.add_argument("--budget", nargs="+", type=float, default=[0.1],
-                   help="kept tokens / prompt tokens, e.g. 0.05 0.1 (ignored by full)")
+    p.add_argument("action", nargs="?", choices=["run", "plot", "table", "frontier"],
+                   default="run", help="run (default), plot JSON results, print them as "
+                   "markdown tables, or join them with MPC cost (frontier)")
+    p.add_argument("--policy", nargs="+", default=None,
+                   help=f"policy specs NAME[:knob=v,...] (run: default mpcache; frontier: "
+                   f"only these); names: {', '.join(sorted(POLICIES))}")
+    p.add_argument("--budget", nargs="+", type=float, default=None,
+                   help="kept tokens / prompt tokens, e.g. 0.05 0.1 (ignored by full; run: "
+                   "default 0.1; frontier: only these)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--context", nargs="+", type=_context, default=[2048],
                    help="prompt lengths in tokens (1K = 1024)")
@@ -40,7 +45,14 @@ def register(subparsers) -> None:
     p.add_argument("--start", type=int, default=0, help="first sample index")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", nargs="+", help="results file (run: one; plot: several)")
-    p.add_argument("--out", default="eval.png", help="plot: output PNG")
+    p.add_argument("--out", default=None, help="plot / frontier: output PNG "
+                   "(default eval.png / frontier.png)")
+    p.add_argument("--cost", nargs="+", help="frontier: `mpcache bench decode --json` files "
+                   "(one decoding step's bytes, rounds, seconds per policy x budget)")
+    p.add_argument("--md", help="frontier: also write the markdown table here")
+    p.add_argument("--model", default="smollm2", help="frontier: the cost rows' model")
+    p.add_argument("--protocol", nargs="+", default=["rep3", "add2"],
+                   choices=["rep3", "add2"], help="frontier: protocols to tabulate")
     p.add_argument("--heatmap", nargs="*", help="plot: labels for depth x context heat maps")
     p.add_argument("--multikey", type=int, default=d.multikey)
     p.add_argument("--multivalue", type=int, default=d.multivalue)
@@ -50,6 +62,8 @@ def register(subparsers) -> None:
 
 
 def _run(a) -> int:
+    if a.action == "frontier":
+        return _frontier(a)
     if a.action in ("plot", "table"):
         if not a.json:
             print(f"mpcache eval {a.action}: give --json FILE...", file=sys.stderr)
@@ -61,7 +75,7 @@ def _run(a) -> int:
             return 0
         from .eval.plot import plot
 
-        print(plot(a.json, a.out, a.heatmap))
+        print(plot(a.json, a.out or "eval.png", a.heatmap))
         return 0
     from .eval.harness import parse_policy, run_eval
     from .eval.tasks import TaskConfig
@@ -70,8 +84,8 @@ def _run(a) -> int:
         print("mpcache eval: one --json file per run", file=sys.stderr)
         return 2
     specs, seen = [], set()
-    for name in a.policy:
-        for b in a.budget:
+    for name in a.policy or ["mpcache"]:
+        for b in a.budget or [0.1]:
             s = parse_policy(name, b)
             if s.label not in seen:
                 seen.add(s.label)
@@ -89,3 +103,22 @@ def _print_summary(summary) -> None:
         for ctx, tasks in sorted(per_ctx.items()):
             cells = "  ".join(f"{t}={100 * v['mean']:.0f}" for t, v in sorted(tasks.items()))
             print(f"{label:<40} {ctx:>5}  {cells}")
+
+
+def _frontier(a) -> int:
+    if not a.json or not a.cost:
+        print("mpcache eval frontier: give --json ACCURACY.json... and --cost DECODE.json...",
+              file=sys.stderr)
+        return 2
+    from .eval.frontier import frontier, front_members
+
+    if len(a.context) != 1:
+        print("mpcache eval frontier: one --context", file=sys.stderr)
+        return 2
+    rows, md = frontier(a.json, a.cost, a.out or "frontier.png", a.md, a.model, a.context[0],
+                        tuple(a.protocol), a.policy, a.budget)
+    print(md)
+    for p in a.protocol:
+        for m in ("bytes", "lan"):
+            print(f"Pareto front, {p}, {m}: {', '.join(front_members(rows, p, m)) or '-'}")
+    return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_results", "plot"]
+__all__ = ["load_results", "plot", "task_averages"]
 
 
 def load_results(paths) -> list:
@@ -33,18 +33,25 @@ def _matplotlib():
     return plt
 
 
-def _series(results):
-    """{context: {policy(+knobs): {budget: mean over tasks of the task means}}}."""
+def task_averages(results) -> dict:
+    """``{(context, policy(+knobs), budget): {"mean", "tasks", "n"}}``: the mean over tasks
+    of the task means, the tasks it covers, and the sorted distinct samples per task."""
     per = defaultdict(list)
     for r in results:
         name = r["label"].rsplit("@", 1)[0]
         per[(r["context"], name, r["budget"], r["task"])].append(r["score"])
     agg = defaultdict(list)
     for (ctx, name, b, task), v in per.items():
-        agg[(ctx, name, b)].append(np.mean(v))
+        agg[(ctx, name, b)].append((task, float(np.mean(v)), len(v)))
+    return {k: {"mean": float(np.mean([m for _, m, _ in v])), "tasks": sorted(t for t, _, _ in v),
+                "n": sorted({n for _, _, n in v})} for k, v in agg.items()}
+
+
+def _series(results):
+    """{context: {policy(+knobs): {budget: mean over tasks of the task means}}}."""
     out = defaultdict(lambda: defaultdict(dict))
-    for (ctx, name, b), v in agg.items():
-        out[ctx][name][b] = float(np.mean(v))
+    for (ctx, name, b), v in task_averages(results).items():
+        out[ctx][name][b] = v["mean"]
     return out
 
 
