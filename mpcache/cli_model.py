@@ -2,17 +2,38 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
 def register(sub) -> None:
     g = sub.add_parser("generate", help="private generation on the packaged SmolLM2")
-    g.add_argument("--prompt", required=True)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the question (stays in this process: the parties get "
+                     "it secret-shared, party processes through a 0600 file)")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file ('-': stdin)")
     g.add_argument("--max-new-tokens", type=int, default=16)
     g.add_argument("--protocol", choices=["rep3", "add2"], default="rep3")
     g.add_argument("--transport", choices=["local", "grpc"], default="local")
     g.add_argument("--context-file", help="a UTF-8 text placed before the prompt")
     g.add_argument("--raw", action="store_true", help="no chat template")
+    g.add_argument("--policy", default="full",
+                   help="KV-cache eviction: full, mpcache, streaming, h2o, snapkv, topk, quest; "
+                        "NAME:key=val,... sets knobs (as in `bench decode`)")
+    g.add_argument("--budget", type=float, default=None, help="kept / prompt tokens (0.1)")
+    g.add_argument("--prefill", choices=["private", "client"], default="private",
+                   help="private: the prompt is prefilled inside MPC (minutes for a chat "
+                        "prompt, hours for thousands of tokens); client: the client "
+                        "prefills in plaintext with its copy of the public packaged model "
+                        "and shares the (evicted) cache -- the decoding steps stay private")
+    g.add_argument("--no-compare-full", dest="compare_full", action="store_false",
+                   help="do not measure each step again on the full cache")
+    g.add_argument("--fixed-length", action="store_true",
+                   help="always run --max-new-tokens steps and drop what follows the end "
+                        "of the answer at the client: P1 and P2 do not learn its length")
+    g.add_argument("--model", choices=["smollm2", "tiny-random"], default="smollm2",
+                   help="tiny-random: SmolLM2's tokenizer, a 2-layer random decoder "
+                        "(plumbing checks; its text is noise)")
     g.add_argument("--json", dest="json_path", help="write the cost summary here")
     g.set_defaults(func=_generate)
 
@@ -81,41 +102,67 @@ def register(sub) -> None:
 
 
 def _generate(a) -> int:
-    from .generate import PromptError, build_request, print_summary, read_context_file, run_local
-    from .nn.smollm2 import ModelNotInstalled, load_smollm2
+    from .generate import (Eviction, PromptError, build_request, load_model, print_summary,
+                           read_context_file, run_local, step_lines)
+    from .nn.smollm2 import ModelNotInstalled
+    ev = Eviction(a.policy, a.budget, a.prefill, a.compare_full)
     try:
+        ev.check()
+        prompt = a.prompt
+        if a.prompt_file is not None:
+            prompt = sys.stdin.read() if a.prompt_file == "-" else read_context_file(a.prompt_file)
         context = read_context_file(a.context_file) if a.context_file else None
-        lm = load_smollm2("float64")
-        req = build_request(lm, a.prompt, a.max_new_tokens, context, chat=not a.raw)
+        lm = load_model(a.model)
+        req = build_request(lm, prompt, a.max_new_tokens, context, chat=not a.raw)
     except (PromptError, ModelNotInstalled) as e:
         print(f"mpcache generate: {e}", file=sys.stderr)
         return 2
-    if a.transport == "grpc":
-        from .generate import run_grpc
-        job = ["generate", "--prompt", a.prompt, "--max-new-tokens", str(a.max_new_tokens)]
-        if a.context_file:
-            job += ["--context-file", a.context_file]
-        if a.raw:
-            job += ["--raw", "1"]
-        res = run_grpc(job, a.protocol)
-        out = res.outputs[0] or {}
-        print(f"\n[mpcache] gRPC + mutual TLS, 3 processes: {out.get('text', '')!r}; peak RSS "
-              f"per party: {[round((o or {}).get('peak_rss_mb', 0)) for o in res.outputs]} MB")
-        if a.json_path:
-            with open(a.json_path, "w") as fh:
-                json.dump({"protocol": a.protocol, "transport": "grpc", "outputs": res.outputs,
-                           "summary": res.summary}, fh, indent=1, default=str)
-        return res.returncode
     print(f"[mpcache] {a.protocol}: prompt of {req.prompt_ids.size} tokens (secret, client P0), "
-          f"weights secret (model owner P1)", file=sys.stderr)
-    ids, summary = run_local(lm, req, a.protocol)
-    from .generate import print_summary as _ps
-    _ps(summary)
+          f"weights secret (model owner P1), policy {a.policy}"
+          + (f" at budget {a.budget}" if ev.name != "full" else "")
+          + (", plaintext prefill at the client" if a.prefill == "client" else ""),
+          file=sys.stderr)
+    if a.transport == "grpc":
+        return _generate_grpc(a, prompt, ev)
+    ids, summary = run_local(lm, req, a.protocol, eviction=ev, fixed_length=a.fixed_length)
+    text = lm.decode(ids)
+    print(f"\n[mpcache] answer at the client P0: {text!r}")
+    for line in step_lines(summary["steps"], len(ids)):
+        print(f"[mpcache] {line}")
+    print_summary(summary)
     if a.json_path:
-        with open(a.json_path, "w") as fh:
-            json.dump({"protocol": a.protocol, "tokens": ids, "text": lm.decode(ids),
+        with open(a.json_path, "w") as fh:       # the answer, never the prompt
+            json.dump({"protocol": a.protocol, "transport": "local", "policy": a.policy,
+                       "budget": a.budget, "prefill": a.prefill,
+                       "fixed_length": a.fixed_length, "tokens": ids, "text": text,
                        **summary}, fh, indent=1)
     return 0
+
+
+def _generate_grpc(a, prompt: str, ev) -> int:
+    from .generate import run_grpc
+    job = ["generate", "--max-new-tokens", str(a.max_new_tokens), "--policy", a.policy,
+           "--budget", str(a.budget or 0.0), "--prefill", a.prefill,
+           "--compare-full", str(int(a.compare_full)),
+           "--fixed-length", str(int(a.fixed_length)), "--model", a.model]
+    if a.context_file:
+        job += ["--context-file", os.path.abspath(a.context_file)]
+    if a.raw:
+        job += ["--raw", "1"]
+    res = run_grpc(job, a.protocol, prompt=prompt)
+    out = res.outputs[0] or {}
+    print(f"\n[mpcache] gRPC + mutual TLS, 3 processes: {out.get('text', '')!r}; peak RSS "
+          f"per party: {[round((o or {}).get('peak_rss_mb', 0)) for o in res.outputs]} MB")
+    for line in res.summary:
+        print(f"[mpcache] {line}")
+    if a.json_path:
+        with open(a.json_path, "w") as fh:
+            json.dump({"protocol": a.protocol, "transport": "grpc", "policy": a.policy,
+                       "budget": a.budget, "prefill": a.prefill,
+                       "fixed_length": a.fixed_length, "tokens": out.get("tokens"),
+                       "text": out.get("text"), "outputs": res.outputs,
+                       "summary": res.summary}, fh, indent=1, default=str)
+    return res.returncode
 
 
 def parse_policy(spec: str):

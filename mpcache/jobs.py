@@ -34,10 +34,22 @@ class JobSpec:
     params: dict = field(default_factory=dict)
     reference: object = None         # reference(**kwargs) -> ndarray (plaintext)
     help: str = ""
+    #: private inputs given as ``--NAME value`` to the launcher: value param -> file param.
+    #: The launcher writes the value to a 0600 file and passes ``--FILE-PARAM path``
+    #: instead, so it never appears on a child's command line, in logs or in output JSON.
+    file_inputs: dict = field(default_factory=dict)
+    report: object = None            # report(outputs per party) -> extra summary lines
 
     def parse(self, argv=()) -> dict:
         """Parse ``--key value`` job arguments (defaults filled in)."""
         argv = [a for a in argv if a != "--"]
+        for name, file_param in self.file_inputs.items():
+            flag = f"--{name.replace('_', '-')}"
+            if any(a == flag or a.startswith(flag + "=") for a in argv):
+                raise ValueError(f"job {self.name}: {flag} is a private input: put it in a "
+                                 f"file readable by its owner only and pass "
+                                 f"--{file_param.replace('_', '-')} PATH (`mpcache launch` "
+                                 f"and `mpcache generate` do this for you)")
         if not self.params:
             return _parse_free(self.name, argv)
         ap = argparse.ArgumentParser(prog=f"job {self.name}", description=self.help,
@@ -160,12 +172,25 @@ def _generate(party, **kw):
     return generate_job(party, **kw)
 
 
+def _generate_report(outputs):
+    from .generate import report_lines
+    return report_lines(outputs)
+
+
 JOBS["generate"] = JobSpec(
     "generate", _generate,
-    {"prompt": Param(str, "What is the capital of France?", "the client's prompt"),
-     "max_new_tokens": Param(int, 8, ""), "context_file": Param(str, "", "UTF-8 text file"),
-     "raw": Param(int, 0, "1: no chat template")},
-    None, "private generation on the packaged SmolLM2 (client P0, model owner P1)")
+    {"prompt_file": Param(str, "", "UTF-8 file with the prompt (read at the client only)"),
+     "max_new_tokens": Param(int, 8, ""),
+     "context_file": Param(str, "", "UTF-8 text placed before the prompt (client only)"),
+     "raw": Param(int, 0, "1: no chat template"),
+     "policy": Param(str, "full", "eviction policy NAME[:knob=val,...]"),
+     "budget": Param(float, 0.0, "kept / prompt tokens"),
+     "prefill": Param(str, "private", "private | client (docs/network.md)"),
+     "compare_full": Param(int, 1, "1: measure each step on the full cache too"),
+     "fixed_length": Param(int, 0, "1: always max-new-tokens steps (hides the length)"),
+     "model": Param(str, "smollm2", "smollm2 | tiny-random (plumbing checks)")},
+    None, "private generation on the packaged SmolLM2 (client P0, model owner P1)",
+    file_inputs={"prompt": "prompt_file"}, report=_generate_report)
 
 
 def get_job(name: str) -> JobSpec:

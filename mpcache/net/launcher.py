@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,62 @@ def on_sigterm(*_):
     raise Terminated("terminated by SIGTERM")
 
 
+#: Environment variable naming a 0600 file that holds a party's ``--seed`` (set by the
+#: launcher: a seed on a command line would be readable by every user of the host).
+SEED_FILE_ENV = "MPCACHE_SEED_FILE"
+
+
+def _read_seed(path: str) -> int:
+    return int(Path(path).read_text(encoding="ascii").strip())
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """Create ``path`` with mode 0600 (never over an existing file or a link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
+
+
+def split_seed(args) -> tuple:
+    """``(args without any --seed V / --seed=V, the last seed given or None)``."""
+    out, seed, it = [], None, iter(list(args))
+    for a in it:
+        if a == "--seed":
+            seed = next(it, None)
+        elif a.startswith("--seed="):
+            seed = a.split("=", 1)[1]
+        else:
+            out.append(a)
+    return out, seed
+
+
+def private_job_argv(job_argv, folder: Path) -> list:
+    """Move the job's private inputs (``JobSpec.file_inputs``, e.g. ``--prompt TEXT``) out
+    of its argument list into 0600 files in ``folder``: ``--prompt-file PATH`` instead."""
+    from ..jobs import get_job
+    if not job_argv:
+        return []
+    try:
+        spec = get_job(job_argv[0])
+    except ValueError:
+        return list(job_argv)             # reported by the parties, with the job's name
+    argv, out, i = list(job_argv[1:]), [job_argv[0]], 0
+    flags = {f"--{k.replace('_', '-')}": v for k, v in spec.file_inputs.items()}
+    while i < len(argv):
+        a = argv[i]
+        flag, eq, val = a.partition("=")
+        if flag in flags and (eq or i + 1 < len(argv)):
+            if not eq:
+                val, i = argv[i + 1], i + 1
+            path = _write_private(folder / f"input-{flag[2:]}.txt", val)
+            out += [f"--{flags[flag].replace('_', '-')}", str(path)]
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
 def party_rng(seed, party_id: int):
     """The same per-party generator :class:`mpcache.Session` derives from ``seed``."""
     if seed is None:
@@ -70,6 +127,14 @@ def run_party(cfg: NetConfig, party_id: int, job_name: str | None = None, job_ar
     from ..runtime import Party
     from .grpc_transport import GrpcTransport
 
+    seed_file = os.environ.get(SEED_FILE_ENV)
+    if seed_file:
+        try:
+            cfg = replace(cfg, seed=_read_seed(seed_file))
+        except (OSError, ValueError) as e:
+            log.error("P%d: config error: cannot use the seed file: %s", party_id,
+                      type(e).__name__)
+            return 2
     job_name = job_name or cfg.job_name
     if not job_name:
         log.error("P%d: no job given (config [job] name or `-- JOB ARGS`)", party_id)
@@ -154,6 +219,7 @@ def _child_env(extra=None) -> dict:
     paths = [str(ROOT), *extra.pop("PYTHONPATH", "").split(os.pathsep),
              *env.get("PYTHONPATH", "").split(os.pathsep)]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.pop(SEED_FILE_ENV, None)          # only the launcher decides who gets one
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("GRPC_VERBOSITY", "ERROR")
     # all three parties share this machine's cores: split BLAS threads between them
@@ -176,9 +242,10 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
     from .config import load_config
     cfg = cfg or load_config(config_path)
     session = session or f"run-{uuid.uuid4().hex[:12]}"
-    out_dir = tempfile.mkdtemp(prefix="mpcache-launch-")
+    out_dir = tempfile.mkdtemp(prefix="mpcache-launch-")        # mode 0700
     per_party_args = per_party_args or {}
     job_argv = [a for a in job_argv if a != "--"] if job_argv else []
+    job_argv = private_job_argv(job_argv, Path(out_dir))
     procs, logs, readers = [], [[], [], []], []
     lock = threading.Lock()
     stream = sys.stdout if echo is True else echo
@@ -193,13 +260,19 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
 
     t0 = time.perf_counter()
     for i in range(3):
+        # a seed never goes on a command line (any user of the host can read those):
+        # the child reads it from a 0600 file named by SEED_FILE_ENV
+        args, seed = split_seed([*party_args, *per_party_args.get(i, [])])
+        child_env = dict(env or {})
+        if seed is not None:
+            child_env[SEED_FILE_ENV] = str(_write_private(Path(out_dir) / f"seed{i}", seed))
         cmd = [sys.executable, "-m", "mpcache.cli_net", "party", "--id", str(i), "--config",
                str(config_path), "--session", session, "--output",
-               os.path.join(out_dir, f"p{i}.json"), *party_args, *per_party_args.get(i, [])]
+               os.path.join(out_dir, f"p{i}.json"), *args]
         if job_argv:
             cmd += ["--", *job_argv]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=_child_env(env), bufsize=1)
+                             env=_child_env(child_env), bufsize=1)
         procs.append(p)
         th = threading.Thread(target=pump, args=(i, p.stdout), daemon=True)
         th.start()
@@ -232,7 +305,7 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
         f = Path(out_dir) / f"p{i}.json"
         outputs.append(json.loads(f.read_text()) if rcs[i] == 0 and f.exists() else None)
         f.unlink(missing_ok=True)
-    os.rmdir(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)      # private inputs, seed files
     rc = 0 if all(r == 0 for r in rcs) else next(r for r in rcs if r != 0)
     rc = rc if rc > 0 else 1 if rc != 0 else 0    # a signal death is a failure too
     res = LaunchResult(rc, rcs, outputs, logs, secs, session)
@@ -257,7 +330,7 @@ def _stop(procs, stream, why: str) -> None:
 
 def summarize(res: LaunchResult, cfg: NetConfig) -> list:
     """Lines describing the run: status, accuracy, measured vs modelled latency."""
-    from ..jobs import reference
+    from ..jobs import get_job, reference
     lines = []
     for i, rc in enumerate(res.returncodes):
         if rc != 0:
@@ -285,6 +358,12 @@ def summarize(res: LaunchResult, cfg: NetConfig) -> list:
         if ref is not None and ref.shape == got.shape:
             line += f", max |error| vs plaintext {float(np.max(np.abs(got - ref), initial=0)):.3g}"
         lines.append(line)
+    try:
+        report = get_job(o["job"]).report
+    except ValueError:
+        report = None
+    if report is not None:
+        lines += report(res.outputs)
     lines.append(f"per party (max): {nbytes} B sent ({wire} on the wire), {rounds} rounds")
     shaping = cfg.shaping.name if cfg.shaping else "none"
     lines.append(f"measured {seconds:.3f} s (network shaping: {shaping}); "

@@ -9,8 +9,11 @@ with :class:`~mpcache.tensor.SecretTensor` weights instead of numpy arrays.
 Decoding loop: ``onehot = argmax_onehot(logits)`` stays secret and is fed straight back
 as the next token's embedding (``onehot @ E``: an integer-by-fixed ring matmul, no
 truncation, cost = output size); ``onehot @ arange(V)`` is revealed to the client only.
-The client then announces whether to continue (one public bit: stopping at an
-end-of-turn token reveals the answer's length, as any deployment would).
+The client then announces whether to continue (one public bit per step): stopping at an
+end-of-turn token tells P1 and P2 the answer's length in tokens.  ``fixed_length=True``
+hides it: every party runs exactly ``max_new_tokens`` steps (no announcement at all) and
+the client discards what follows the first end-of-turn token, paying for the padding
+steps (docs/protocols.md, "Output length").
 
 Norm prescales: SmolLM2's residual stream reaches |x| ~ 2.4e4 on its attention-sink
 token, whose square leaves the fixed-point range.  :func:`calibrate_prescales` picks, per
@@ -152,18 +155,22 @@ def announce(party, value: int, src: int) -> int:
 
 def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, stop_ids=(),
                      client: int = 0, on_token=None, policy=None,
-                     on_prefill_layer=None, persist_cache: bool | None = None) -> list | None:
+                     on_prefill_layer=None, persist_cache: bool | None = None,
+                     fixed_length: bool = False, forward=None, after_forward=None,
+                     after_prefill=None) -> list | None:
     """Greedy private generation.  Returns the token ids at the client, None elsewhere.
 
     Scopes: "prefill", then "decode" per step (the breakdown inside comes from the layers'
     own scopes).  ``on_token(step, token_id)`` is called at the client as tokens arrive;
-    ``on_prefill_layer(i, n)`` after each layer of the prefill.
+    ``on_prefill_layer(i, n)`` after each layer of the prefill; ``after_prefill(dec)``
+    once the prefill's cache is complete (outside every scope).
 
     ``persist_cache``: after the prefill, persist the prompt's K/V (``KVCache.persist``,
     scope "prefill/persist_cache"): add2 opens them once instead of at every decode step
     (the same tokens).  Default (None): when at least two decode steps will reuse them
-    (``max_new_tokens > 2``); it costs one step's worth of cache openings."""
-    stop = {int(s) for s in stop_ids}
+    (``max_new_tokens > 2``); it costs one step's worth of cache openings.
+
+    ``fixed_length``, ``forward``, ``after_forward``: see :func:`private_decode`."""
     dec.on_layer = on_prefill_layer
     try:
         with party.scope("prefill"):
@@ -175,22 +182,59 @@ def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, st
                     dec.cache.persist()
     finally:
         dec.on_layer = None
-    out = []
+    if after_prefill is not None:
+        after_prefill(dec)
+    return private_decode(party, dec, logits, max_new_tokens, stop_ids, client, on_token,
+                          fixed_length=fixed_length, forward=forward,
+                          after_forward=after_forward)
+
+
+def private_decode(party, dec: Decoder, logits, max_new_tokens: int, stop_ids=(),
+                   client: int = 0, on_token=None, fixed_length: bool = False, first=None,
+                   forward=None, after_forward=None) -> list | None:
+    """The greedy decoding loop over ``dec.cache`` (already filled), starting from the
+    secret ``logits`` of the last prompt position (or, ``first = (onehot, token_id)``, from
+    a first token the client already holds: its id at the client, its secret one-hot
+    everywhere).  Scope "decode" per step.  Returns the ids at the client, None elsewhere.
+
+    ``fixed_length=False``: after each token the client announces one public bit, continue
+    or stop (an end-of-turn token in ``stop_ids``, or ``max_new_tokens`` reached): P1 and
+    P2 learn the answer's length.  ``fixed_length=True``: all parties run exactly
+    ``max_new_tokens`` steps with no announcement; the client keeps the tokens up to and
+    including the first end-of-turn token and drops the rest (computed, never revealed to
+    anyone but the client, never shown).
+
+    ``forward(onehot) -> logits`` replaces ``dec.decode_step`` (the caller's measuring
+    wrapper); ``after_forward(step, onehot)`` runs after each step's "decode" scope closes
+    (e.g. the same step on another cache, measured apart)."""
+    stop = {int(s) for s in stop_ids}
+    forward = forward or dec.decode_step
+    out, ended = [], False
     for step in range(max_new_tokens):
         with party.latency_bound(), party.scope("decode"):    # many small rounds: one core
-            with party.scope("sample"):
-                oh = dec.greedy_onehot(logits)
-                tid = (oh @ dec.token_values).reveal(to=client)
-            if party.id == client:
+            if step == 0 and first is not None:
+                oh, tid = first
+            else:
+                with party.scope("sample"):
+                    oh = dec.greedy_onehot(logits)
+                    tid = (oh @ dec.token_values).reveal(to=client)
+            if party.id == client and not ended:
                 tid = int(tid)
                 out.append(tid)
+                ended = tid in stop
                 if on_token is not None:
                     on_token(step, tid)
-            more = 0
-            if party.id == client:
-                more = int(tid not in stop and step + 1 < max_new_tokens)
-            more = announce(party, more, client)
+            last = step + 1 >= max_new_tokens
+            if fixed_length:
+                more = not last
+            else:
+                more = int(party.id == client and not ended and not last)
+                more = announce(party, more, client)
             if not more:
                 break
-            logits = dec.decode_step(oh.reshape(1, dec.config.vocab_size))
+            oh = oh.reshape(1, dec.config.vocab_size)
+            logits = forward(oh)
+        if after_forward is not None:
+            with party.latency_bound():
+                after_forward(step, oh)
     return out if party.id == client else None
