@@ -50,7 +50,7 @@ TAGS: dict[str, TagInfo] = {
     "setup.key": TagInfo(
         "pairwise PRG keys",
         "P_i draws a 128-bit key k_i from the OS and sends it to P_{i+1}; both then draw "
-        "identical Philox streams from it (zero-sharings, masks, dealt values)",
+        "identical AES-CTR streams from it (zero-sharings, masks, dealt values)",
         "key k_{i-1}, shared with its left neighbour only", "key"),
     # -- rep3 ------------------------------------------------------------------------------
     "rep3.share": TagInfo(
