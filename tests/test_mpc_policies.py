@@ -7,7 +7,7 @@ import pytest
 import mpcache
 from mpcache.bench.decode import make_case, policy_cases_job, tie_margin
 from mpcache.nn.mpc_policies import split_breakdown
-from mpcache.nn.policies import MPCache
+from mpcache.nn.policies import PRESETS, MPCache
 from mpcache.nn.private import calibrate_prescales
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
@@ -32,17 +32,21 @@ def model():
     return dec, ids, calibrate_prescales(dec, np.arange(64) % dec.config.vocab_size)
 
 
+PAPER = {"preset": "paper"}
+
+
 def _run(model, protocol, kw, static="secret", steps=STEPS, replay=False):
+    """One MPCache case with the paper's knobs (plus ``kw``) on secrets."""
     dec, ids, pres = model
-    case, ref = make_case(dec, ids, N, "mpcache", 0.125, static=static, steps=steps, kw=kw,
-                          replay=replay)
+    case, ref = make_case(dec, ids, N, "mpcache", 0.125, static=static, steps=steps,
+                          kw={**PAPER, **kw}, replay=replay)
     res = mpcache.Session(protocol, timeout=300, seed=0).run(
         policy_cases_job, dec.config, dec.weights, pres, [case], reveal_selection=True)
     return case, ref, res
 
 
 def test_plan_is_two_level():
-    p = MPCache(0.125)
+    p = MPCache(0.125, **PRESETS["paper"])
     p.B = 48
     plan = p.plan(N // 2 + 1)
     assert plan["two"] and plan["k"] == 1
@@ -80,6 +84,41 @@ def test_mpc_mpcache_same_clusters_and_tokens(model, protocol):
     # static eviction ran on secrets, in its own scope, with its gather inside
     assert res.scope("c0/static_eviction")["bytes_sent"] > 0
     assert res.scope("c0/static_eviction/topk")["calls"] == 3     # one per layer group
+
+
+def test_mpc_per_query_head_defaults_same_rows_as_plaintext(model, protocol):
+    """The default MPCache (one choice per QUERY head, dense layers 0-1, coarse stage
+    keeping half, cover edges) and Quest's reference layout (per query head, exact bound):
+    the secret path chooses the same clusters for every query head and gives the same
+    tokens as plaintext."""
+    dec, ids, pres = model
+    cases, refs = [], []
+    for name in ("mpcache", "quest"):
+        c, r = make_case(dec, ids, N, name, 0.125, static="plaintext", steps=2)
+        cases.append(c)
+        refs.append(r)
+    res = mpcache.Session(protocol, timeout=300, seed=0).run(
+        policy_cases_job, dec.config, dec.weights, pres, cases, reveal_selection=True)
+    same = 0
+    for i, ref in enumerate(refs):
+        out = res.output[i]
+        assert out["tokens"] == ref["tokens"]
+        assert len(out["selections"]) == 2
+        gaps = ref["coarse_gaps"] or [{}] * 2
+        for got, want, sc, cg in zip(out["selections"], ref["selections"], ref["scores"],
+                                     gaps):
+            assert sorted(got) == sorted(want) == [2, 3]          # layers 0-1 are dense
+            for layer in want:
+                assert np.asarray(want[layer]).shape[0] == 4      # one row per query head
+                fine = tie_margin(sc[layer], want[layer], want[layer])["kth_gap_rel"]
+                for h in range(4):
+                    if np.array_equal(np.sort(got[layer][h]), np.sort(want[layer][h])):
+                        same += 1
+                        continue
+                    # only a plaintext near-tie (fixed point rounds it) may differ
+                    near = min(fine[h], cg.get(layer, [1.0] * 4)[h])
+                    assert near < 1e-3, (i, layer, h, near)
+    assert same >= 30                                  # of 2 cases x 2 steps x 2 layers x 4
 
 
 def test_query_replay_audit(model):
@@ -159,7 +198,7 @@ def test_lazy_columns_same_tokens_fewer_bytes(protocol):
     ids = np.random.default_rng(1).integers(0, cfg.vocab_size, N + 1)
     pres = calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
     cases, refs = [], []
-    for kw in ({}, {"mpc_lazy": False}):
+    for kw in (PAPER, {**PAPER, "mpc_lazy": False}):
         c, r = make_case(dec, ids, N, "mpcache", 0.125, steps=2, kw=kw)
         cases.append(c)
         refs.append(r)

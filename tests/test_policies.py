@@ -53,6 +53,11 @@ def stats_for(policy, n, per_layer, layers=1):
     return [{w: per_layer for w in policy.stat_windows(n)} for _ in range(layers)]
 
 
+def paper(budget, **kw):
+    """MPCache with the paper's knobs (the layout these hand-made caches were drawn for)."""
+    return make_policy("mpcache", budget, preset="paper", **kw)
+
+
 def tiny(n_layers=4, **kw):
     base = dict(vocab_size=61, hidden_size=32, n_layers=n_layers, n_heads=4, n_kv_heads=2,
                 mlp_hidden=48, max_positions=512, rope_theta=1000.0)
@@ -173,10 +178,18 @@ def planted_keys(n, hot, nkv=1):
 def test_quest_selects_the_page_holding_the_hot_key():
     n = 128
     c = make_cache(n, keys=planted_keys(n, [70]))
-    p = Quest(40 / 128, page=16)                          # B = 40: 1 page + 24 recent
+    p = Quest(40 / 128, page=16, dense_layers=0)         # B = 40: 8 + 1 page + 16 recent
     p.attach(c, stats_for(p, n, None), n)
     assert c.length(0) == n                               # Quest evicts nothing
     _, v, _ = p.view(c, 0, query([1.0, 0, 0, 0]))
+    # pages start after the 16-row edge zone; the window starts where the last page ends,
+    # and the budget's remainder (8 rows) is read at the start of the edge zone
+    assert np.array_equal(rows(v)[0], list(range(8)) + list(range(64, 80)) +
+                          list(range(112, 128)))
+    old = Quest(40 / 128, page=16, dense_layers=0, edges="grid")
+    c = make_cache(n, keys=planted_keys(n, [70]))
+    old.attach(c, stats_for(old, n, None), n)
+    _, v, _ = old.view(c, 0, query([1.0, 0, 0, 0]))
     assert np.array_equal(rows(v)[0], list(range(64, 80)) + list(range(104, 128)))
 
 
@@ -185,7 +198,7 @@ def test_mpcache_static_eviction_keeps_sink_recent_and_attended():
     att = np.full((1, n), 0.01)
     att[0, [40, 41, 60]] = 5.0
     c = make_cache(n, layers=4)
-    p = MPCache(0.3, static_keep=0.5, cluster=8, coarse=16)
+    p = paper(0.3, static_keep=0.5, cluster=8, coarse=16)
     p.attach(c, stats_for(p, n, att, layers=4), n)
     kept = c.positions(0)
     assert kept.size == 50 and np.all(np.diff(kept) > 0)
@@ -198,7 +211,7 @@ def test_mpcache_static_eviction_keeps_sink_recent_and_attended():
 def test_mpcache_dynamic_budget_sink_newest_and_hot_cluster():
     n = 200
     c = make_cache(n, keys=planted_keys(n, [100]), layers=4)
-    p = MPCache(0.3, static_keep=1.0, cluster=16, coarse=32)     # B = 60
+    p = paper(0.3, static_keep=1.0, cluster=16, coarse=32)      # B = 60
     p.attach(c, stats_for(p, n, None, layers=4), n)
     plan = p.plan(n + 1)
     assert plan["s"] + plan["k"] * 16 + plan["w"] == p.B == 60
@@ -219,7 +232,7 @@ def test_mpcache_dynamic_budget_sink_newest_and_hot_cluster():
 def test_mpcache_variants_find_the_hot_cluster(bound, levels):
     n = 300
     c = make_cache(n, keys=planted_keys(n, [150]), layers=2)
-    p = MPCache(0.2, static_keep=1.0, bound=bound, levels=levels)
+    p = paper(0.2, static_keep=1.0, bound=bound, levels=levels)
     p.attach(c, stats_for(p, n, None, layers=2), n)
     step(c)
     _, v, _ = p.view(c, 0, query([1.0, 0, 0, 0]))
@@ -231,7 +244,7 @@ def test_linear_bound_formula():
     k = rng.standard_normal((1, 16 + 32, HD))
     c = make_cache(48, keys=k)
     for bound in ("linear", "exact_max"):
-        p = MPCache(0.5, static_keep=1.0, cluster=16, levels=1, bound=bound, a=0.6)
+        p = paper(0.5, static_keep=1.0, cluster=16, levels=1, bound=bound, a=0.6)
         p.attach(c, stats_for(p, 48, None), 48)
         p._update_bounds(0, c.keys(0))
         q = rng.standard_normal((1, 1, HD))
@@ -255,10 +268,11 @@ def test_full_policy_equals_no_policy():
     assert ref[0] == got[0] and np.array_equal(ref[1], got[1])
 
 
-VARIANTS = [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("quest", {}), ("topk", {}),
-            ("mpcache", {}), ("mpcache", {"bound": "exact_max", "levels": 1}),
-            ("mpcache", {"share_layers": "layer", "static_score": "mean"}),
-            ("mpcache", {"bound": "mean_key", "share_layers": False, "cluster": 8,
+P = {"preset": "paper"}
+VARIANTS = [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("quest", {"dense_layers": 0}),
+            ("topk", {}), ("mpcache", P), ("mpcache", {**P, "bound": "exact_max", "levels": 1}),
+            ("mpcache", {**P, "share_layers": "layer", "static_score": "mean"}),
+            ("mpcache", {**P, "bound": "mean_key", "share_layers": False, "cluster": 8,
                          "coarse": 32})]
 
 

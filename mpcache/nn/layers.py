@@ -249,19 +249,22 @@ class Attention:
         keys, values = cache.view(layer, q)
         k_pos = cache.view_positions(layer)
 
+        # a policy may hand every query head its own rows ([n_heads, S, hd]); else per KV head
+        hk = nh if int(keys.shape[0]) == nh else nkv
+        gk = nh // hk
         with F.scope(x, "attn_scores"):
-            scores = attention_scores(q.reshape(nkv, g * t, hd), keys)      # [nkv, g*T, S]
+            scores = attention_scores(q.reshape(hk, gk * t, hd), keys)      # [hk, gk*T, S]
         if k_pos is not None:
             mask = causal_mask(positions, k_pos, self.dtype)
             if mask is not None:                          # public decision on public data
                 s = int(k_pos.shape[0])                   # rows are ordered (group, T)
-                scores = (scores.reshape(nkv, g, t, s) + mask).reshape(nkv, g * t, s)
+                scores = (scores.reshape(hk, gk, t, s) + mask).reshape(hk, gk * t, s)
         elif t > 1:
             raise ValueError("policy returned no positions for a multi-token query")
         with F.scope(x, "softmax"):
             probs = F.softmax(scores, axis=-1)
         cache.observe(layer, probs)
         with F.scope(x, "attn_context"):
-            ctx = attention_context(probs, values)                    # [nkv, g*T, hd]
+            ctx = attention_context(probs, values)                    # [hk, gk*T, hd]
         ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
         return self.o(ctx)

@@ -110,11 +110,11 @@ def _cluster_gather(policy, orig, lazy: bool):
     def gather(x, p, sel_c, sel_f):
         if sel_f is None or sel_f.onehot is None or F.is_plain(sel_f.onehot):
             return orig(x, p, sel_c, sel_f)
-        s, c = p["s"], policy.cluster
+        c, o = policy.cluster, getattr(policy, "origin", p["s"])
         if sel_c is None:
             G, nf = sel_f.onehot, p["nf"]
         else:
-            nc, k1, m = p["nc"], p["k1"], p["m"]
+            nc, k1, m, rest = p["nc"], p["k1"], p["m"], p.get("rest", 0)
             key = (id(sel_c), id(sel_f))
             G = memo.get("G") if memo.get("key") == key else None
             if G is None:
@@ -123,10 +123,16 @@ def _cluster_gather(policy, orig, lazy: bool):
                     h = int(C.shape[0])
                     eye = np.eye(m, dtype=np.int64).reshape(1, 1, m, 1, m)
                     E = (C.reshape(h, k1, 1, nc, 1) * eye).reshape(h, k1 * m, nc * m)
-                    G = sel_f.onehot @ E                                # [h, k, nc m]
+                    if rest:       # fine clusters after the last coarse one: identity
+                        low = np.concatenate([np.zeros((rest, nc * m)), np.eye(rest)], 1)
+                        E = F.concatenate([
+                            F.concatenate([E, np.zeros((h, k1 * m, rest))], axis=2),
+                            np.broadcast_to(low, (h, rest, nc * m + rest))], axis=1)
+                    G = sel_f.onehot @ E                                # [h, k, nf]
                 memo.update(key=key, G=G)
-            nf = nc * m
-        return SelectedRows(x, G, s, nf, c, p["w"], lazy=None if lazy else False)
+            nf = nc * m + rest
+        return SelectedRows(x, G, o, nf, c, p["w"], lazy=None if lazy else False,
+                            head=p["s"])
 
     return gather
 
@@ -198,7 +204,7 @@ def precompute_bounds(policy, cache, n_next: int) -> None:
     if cache.length(0) + 1 <= policy.B or policy.plan(n_next)["k"] == 0:
         return
     for layer in range(cache.n_layers):
-        if policy.leader(layer) == layer:
+        if policy.leader(layer) == layer and not policy.dense(layer):
             policy._update_bounds(layer, cache.keys(layer))
 
 
@@ -233,9 +239,13 @@ def selected_clusters(policy, to: int = 0) -> dict:
             out[layer] = None
             continue
         if sel_c is not None:
-            m = p["m"]
+            m, rest = p["m"], p.get("rest", 0)
             glob = coarse[:, :, None] * m + np.arange(m)[None, None, :]
             glob = glob.reshape(glob.shape[0], -1)
+            if rest:                 # then the fine clusters after the last coarse one
+                tail = np.arange(p["nc"] * m, p["nc"] * m + rest)
+                glob = np.concatenate(
+                    [glob, np.broadcast_to(tail, (glob.shape[0], rest))], axis=1)
             if glob.shape[0] == 1 and fine.shape[0] != 1:
                 glob = np.broadcast_to(glob, (fine.shape[0], glob.shape[1]))
             fine = np.take_along_axis(glob, fine, axis=1)

@@ -44,14 +44,23 @@ __all__ = ["SelectedRows", "attention_scores", "attention_context"]
 class SelectedRows:
     """Rows ``[head | G @ pool clusters | tail]`` of a cache tensor ``x`` [h, n, d], kept as
     the recipe rather than the rows (see the module docstring).  ``onehot`` is ``G``
-    ``[h|1, k, NC]``; the pool is ``x[:, start : start + NC * cluster]``; the tail is the
-    last ``tail`` rows.  ``lazy``: True selects score columns, False gathers rows, None
+    ``[h|1, k, NC]``; the pool is ``x[:, start : start + NC * cluster]``; the head is the
+    first ``head`` rows (default ``start``; fewer when rows between the head and the pool
+    are not read); the tail is the last ``tail`` rows.  A one-hot per QUERY head (``h`` a
+    multiple of x's KV heads) reads its KV head's rows: ``x`` is repeated per query head
+    (public index, local).  ``lazy``: True selects score columns, False gathers rows, None
     (default) takes the one that moves fewer words (:meth:`lazy`)."""
 
     def __init__(self, x, onehot, start: int, n_clusters: int, cluster: int, tail: int,
-                 lazy: bool | None = None):
+                 lazy: bool | None = None, head: int | None = None):
+        hx, ho = int(x.shape[0]), int(onehot.shape[0])
+        if ho > hx:
+            x = x[np.repeat(np.arange(hx), ho // hx)]
         self.x, self.onehot, self.mode = x, onehot, lazy
         self.start, self.nc, self.c, self.w = int(start), int(n_clusters), int(cluster), int(tail)
+        self.head = self.start if head is None else int(head)
+        if not 0 <= self.head <= self.start:
+            raise ValueError("head rows must end before the pool")
         self.k = int(onehot.shape[-2])
         if int(onehot.shape[-1]) != self.nc:
             raise ValueError(f"one-hot over {int(onehot.shape[-1])} clusters, pool has {self.nc}")
@@ -62,7 +71,7 @@ class SelectedRows:
     @property
     def shape(self) -> tuple:
         h, _, d = (int(v) for v in self.x.shape)
-        return (h, self.start + self.k * self.c + self.w, d)
+        return (h, self.head + self.k * self.c + self.w, d)
 
     def lazy(self, r: int) -> bool:
         """Whether to select score columns instead of gathering rows: the ``lazy`` given at
@@ -74,7 +83,7 @@ class SelectedRows:
 
     def _parts(self):
         n, pe = int(self.x.shape[1]), self.start + self.nc * self.c
-        return self.x[:, :self.start], self.x[:, self.start:pe], self.x[:, n - self.w:]
+        return self.x[:, :self.head], self.x[:, self.start:pe], self.x[:, n - self.w:]
 
     def rows(self):
         """The selected rows themselves, ``[h, B, d]``: one gather of whole clusters."""
@@ -103,8 +112,8 @@ class SelectedRows:
         with F.scope(self.onehot, "gather"):
             mid = self.onehot @ pool.reshape(h, nc, r * c)                   # [h, k, r c]
         mid = mid.reshape(h, k, r, c).transpose((0, 2, 1, 3)).reshape(h, r, k * c)
-        tail = full[:, :, int(self.x.shape[1]) - self.w:]                     # gap dropped
-        out = F.concatenate([full[:, :, :s], mid, tail], axis=2)
+        tail = full[:, :, int(self.x.shape[1]) - self.w:]                     # gaps dropped
+        out = F.concatenate([full[:, :, :self.head], mid, tail], axis=2)
         return _rescale(out)
 
     def context(self, probs):
@@ -112,15 +121,19 @@ class SelectedRows:
         h, r = int(probs.shape[0]), int(probs.shape[1])
         if not self.lazy(r):
             return probs @ self.rows()
-        s, nc, c, k = self.start, self.nc, self.c, self.k
-        mid = probs[:, :, s:s + k * c].reshape(h, r, k, c).transpose((0, 2, 1, 3))
+        hd, nc, c, k = self.head, self.nc, self.c, self.k
+        mid = probs[:, :, hd:hd + k * c].reshape(h, r, k, c).transpose((0, 2, 1, 3))
         with F.scope(self.onehot, "gather"):                                 # scatter back
             pool = self.onehot.transpose((0, 2, 1)) @ mid.reshape(h, k, r * c)
         pool = pool.reshape(h, nc, r, c).transpose((0, 2, 1, 3)).reshape(h, r, nc * c)
-        parts, gap = [probs[:, :, :s], pool], self._gap()
-        if gap:                              # public zeros: exact, local under MPC
+        parts = [probs[:, :, :hd]]
+        if self.start > hd:                  # public zeros: exact, local under MPC
+            parts.append(np.zeros((h, r, self.start - hd)))
+        parts.append(pool)
+        gap = self._gap()
+        if gap:
             parts.append(np.zeros((h, r, gap)))
-        full = F.concatenate(parts + [probs[:, :, s + k * c:]], axis=2)
+        full = F.concatenate(parts + [probs[:, :, hd + k * c:]], axis=2)
         return full @ self.x
 
 

@@ -32,7 +32,7 @@ from .. import functional as F
 from ..kv_cache import KVCache
 
 __all__ = ["BIG", "Policy", "Selection", "select", "budget_tokens", "attention_stats",
-           "stat_key", "window_counts", "clone_cache", "PrefillRecorder"]
+           "stat_key", "window_counts", "expand_heads", "clone_cache", "PrefillRecorder"]
 
 #: Public additive constant used to force-keep / exclude rows in a score vector.  Finite
 #: (fixed point holds it) and far above any attention score or key bound of a real model.
@@ -64,16 +64,26 @@ class Selection:
             return int(self.onehot.shape[-2])
         return int(self.index.shape[-1])
 
+    @property
+    def heads(self) -> int:
+        return int((self.onehot if self.onehot is not None else self.index).shape[0])
+
     def gather(self, x):
-        """``x`` [h, n, w] (or [n, w] shared by heads) -> [h, k, w]."""
+        """``x`` [h, n, w] (or [n, w] shared by heads) -> [h, k, w].  A per-query-head
+        selection (``h`` = a multiple of x's KV heads) reads query head j's rows from KV
+        head ``j // (h / h_x)`` (:func:`expand_heads`)."""
         if self.onehot is not None:
+            if len(x.shape) == 3 and self.heads > int(x.shape[0]):
+                x = expand_heads(x, self.heads)
             return self.onehot @ x
         idx = self.index
         if len(x.shape) == 2:
             return x[idx]
-        if idx.shape[0] == 1 and x.shape[0] != 1:
+        h, hx = int(idx.shape[0]), int(x.shape[0])
+        if h == 1 and hx != 1:
             return x[:, idx[0]]
-        return np.take_along_axis(x, idx[:, :, None], axis=1)
+        src = np.arange(h) if h == hx else np.repeat(np.arange(hx), h // hx)
+        return x[src[:, None], idx]
 
     def indicator(self, n: int):
         """0/1 ``[h, n]``: which rows are selected (``ones @ onehot``)."""
@@ -104,14 +114,27 @@ def select(scores, k: int, fast: bool = True, ordered: bool = True) -> Selection
     return Selection(onehot=F.top_k_onehot(scores, k, axis=-1, ordered=ordered))
 
 
+def expand_heads(x, heads: int):
+    """``x`` [h_kv, ...] -> [heads, ...]: query head j gets KV head ``j // (heads / h_kv)``
+    (GQA's mapping; a public index, so a local copy on secret tensors)."""
+    h = int(x.shape[0])
+    if h == heads:
+        return x
+    if heads % h:
+        raise ValueError(f"{heads} query heads over {h} KV heads")
+    return x[np.repeat(np.arange(h), heads // h)]
+
+
 def window_counts(n: int, w: int) -> np.ndarray:
     """How many of the last ``w`` queries (causal) can see key j: ``min(w, n - j)``."""
     return np.minimum(w, n - np.arange(n)).astype(np.float64)
 
 
 def stat_key(spec, t_q: int):
-    """Normalise a statistic request: ``w`` (int: column SUM over the last w queries) or
-    ``("max", w)`` (column MAX over the last w queries and the group's heads)."""
+    """Normalise a statistic request: ``w`` (int: column SUM over the last w queries),
+    ``("max", w)`` (column MAX over the last w queries and the group's heads) or
+    ``("hmeanmax", w)`` (for each of the last w queries the MEAN over all heads of the
+    layer, then the MAX over those queries: ``[1, S]``)."""
     kind, w = ("sum", spec) if not isinstance(spec, tuple) else spec
     w = min(max(int(w), 1), int(t_q))
     return w if kind == "sum" else (kind, w)
@@ -129,7 +152,11 @@ def attention_stats(probs, t_q: int, windows) -> dict:
     p = probs.reshape(nkv, g, t_q, s)
     out = {}
     for key in {stat_key(w, t_q) for w in windows}:
-        if isinstance(key, tuple):
+        if isinstance(key, tuple) and key[0] == "hmeanmax":
+            w = key[1]
+            hm = p[:, :, t_q - w:, :].sum(axis=1).sum(axis=0) * (1.0 / (nkv * g))   # [w, S]
+            out[key] = F.max(hm, axis=0).reshape(1, s)
+        elif isinstance(key, tuple):
             w = key[1]
             out[key] = F.max(p[:, :, t_q - w:, :].reshape(nkv, g * w, s), axis=1)
         else:

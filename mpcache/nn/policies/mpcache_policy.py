@@ -36,20 +36,41 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .base import BIG, Policy, select, window_counts
+from .base import BIG, Policy, expand_heads, select, window_counts
 
-__all__ = ["MPCache", "BOUNDS"]
+__all__ = ["MPCache", "BOUNDS", "PRESETS"]
 
 BOUNDS = ("linear", "exact_max", "mean_key")
 
 
+#: Knob sets by name (``make_policy("mpcache", b, preset="paper")``, ``mpcache:preset=paper``).
+#: ``paper``: the paper's stated design as first implemented here (50% static keep by the
+#: max rule, coarse stage keeping ``coarse_factor * k`` tokens' worth of coarse clusters,
+#: group-summed scores, per-head sharing of layer pairs, sink = one cluster, grid edges).
+#: ``code``: the authors' published code (half of the coarse clusters kept, threshold
+#: static eviction on head-mean attention, one choice per query head, no sharing).
+PRESETS = {
+    "paper": dict(static_keep=0.5, static_tau=None, static_score="max", a=0.6,
+                  bound="linear", levels=2, cluster=16, coarse=32, coarse_factor=2.0,
+                  coarse_keep=None, sink=None, share_layers=True, per_head="group",
+                  dense_layers=0, edges="grid", recent=None),
+    "code": dict(static_keep=1.0, static_tau=1e-8, a=0.6, bound="linear", levels=2,
+                 cluster=16, coarse=32, coarse_keep=0.5, sink=16, share_layers=False,
+                 per_head="query", dense_layers=0, edges="cover", recent=None),
+}
+
+
 class MPCache(Policy):
     name = "mpcache"
+    presets = PRESETS
 
-    def __init__(self, budget=None, static_keep: float = 0.5, static_window: float = 0.2,
-                 a: float = 0.6, bound: str = "linear", levels: int = 2, cluster: int = 16,
-                 coarse: int = 32, coarse_factor: float = 2.0, sink: int | None = None,
-                 share_layers: bool = True, static_score: str = "max", fast: bool = True):
+    def __init__(self, budget=None, static_keep: float = 1.0, static_window: float = 0.2,
+                 a: float = 0.6, bound: str = "linear", levels: int = 2, cluster: int = 4,
+                 coarse: int = 16, coarse_factor: float = 2.0, sink: int | None = None,
+                 share_layers: bool | str = False, static_score: str = "max",
+                 static_tau: float | None = None, coarse_keep: float | None = 0.5,
+                 per_head: str = "query", dense_layers: int = 2, edges: str = "cover",
+                 recent: int | None = None, fast: bool = True):
         super().__init__(budget, fast)
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}")
@@ -57,10 +78,23 @@ class MPCache(Policy):
             raise ValueError("levels must be 1 or 2")
         if levels == 2 and coarse % cluster:
             raise ValueError("coarse cluster size must be a multiple of the fine one")
+        if per_head not in ("group", "query"):
+            raise ValueError("per_head must be 'group' or 'query'")
+        if edges not in ("grid", "cover"):
+            raise ValueError("edges must be 'grid' or 'cover'")
+        if coarse_keep is not None and not 0.0 < float(coarse_keep) <= 1.0:
+            raise ValueError("coarse_keep must be in (0, 1]")
         self.static_keep, self.static_window = float(static_keep), float(static_window)
+        self.static_tau = None if static_tau in (None, "none", "off") else float(static_tau)
         self.a, self.bound, self.levels = float(a), bound, int(levels)
         self.cluster, self.coarse, self.coarse_factor = int(cluster), int(coarse), coarse_factor
+        self.coarse_keep = None if coarse_keep is None else float(coarse_keep)
         self.sink = self.cluster if sink is None else int(sink)
+        self.per_head, self.dense_layers, self.edges = per_head, int(dense_layers), edges
+        self.recent = self.cluster if recent is None else max(1, int(recent))
+        # grid origin: ``cover`` leaves one cluster after the sink as the edge zone where
+        # the budget's remainder is read (see plan()); ``grid`` starts right at the sink
+        self.origin = self.sink + (self.cluster if edges == "cover" else 0)
         modes = {True: "head", False: "off", "head": "head", "layer": "layer", "off": "off"}
         if share_layers not in modes:
             raise ValueError("share_layers must be True/'head', 'layer' or False/'off'")
@@ -71,8 +105,11 @@ class MPCache(Policy):
 
     def __repr__(self):
         return (f"{type(self).__name__}(budget={self.budget}, static_keep={self.static_keep}, "
-                f"a={self.a}, bound={self.bound!r}, levels={self.levels}, "
-                f"cluster={self.cluster}, coarse={self.coarse}, share={self.share_layers!r})")
+                f"static_tau={self.static_tau}, a={self.a}, bound={self.bound!r}, "
+                f"levels={self.levels}, cluster={self.cluster}, coarse={self.coarse}, "
+                f"coarse_keep={self.coarse_keep}, share={self.share_layers!r}, "
+                f"per_head={self.per_head!r}, dense_layers={self.dense_layers}, "
+                f"edges={self.edges!r}, sink={self.sink})")
 
     # ------------------------------------------------------------- bookkeeping
     def reset(self, cache, n_prompt):
@@ -80,45 +117,68 @@ class MPCache(Policy):
         n = cache.n_layers
         self._static, self._dyn = [None] * n, [None] * n
         self._bnd = [{"n": 0, "nc": 0} for _ in range(n)]
+        self.static_kept = [None] * n
+
+    def dense(self, layer: int) -> bool:
+        """The first ``dense_layers`` layers read the whole cache (no eviction, no
+        selection; outside the budget, as Quest's reference runs its first two layers)."""
+        return layer < self.dense_layers
 
     def leader(self, layer: int) -> int:
-        """Layer whose selection ``layer`` uses: itself for 0, 1; then pairs (2,3), ..."""
-        if self.share_layers == "off" or layer < 2:
+        """Layer whose selection ``layer`` uses: itself for the first two selecting
+        layers; then pairs (2,3), (4,5), ... (shifted past the dense layers)."""
+        first = self.dense_layers
+        if self.share_layers == "off" or layer < first + 2:
             return layer
-        return layer - (layer % 2)
+        return layer - ((layer - first) % 2)
 
     def _window(self, n):
         return min(n, max(1, math.ceil(self.static_window * n)))
 
     def _stat(self, n):
         w = self._window(n)
+        if self.static_tau is not None:
+            return ("hmeanmax", w)
         return ("max", w) if self.static_score == "max" else w
 
     def stat_windows(self, n_prompt):
-        return (self._stat(n_prompt),) if self.static_keep < 1.0 else ()
+        on = self.static_tau is not None or self.static_keep < 1.0
+        return (self._stat(n_prompt),) if on else ()
 
     # ------------------------------------------------------------- static eviction
     def prefill_done(self, cache, layer, stats):
-        n = cache.length(layer)
-        m = max(int(round(self.static_keep * n)), min(n, self.sink + 2 * self.cluster))
-        if m >= n:
+        if self.dense(layer) or not self.stat_windows(self.n_prompt):
             return
+        n = cache.length(layer)
         lead = self.leader(layer)
         if lead == layer:
             w = self._window(n)
-            if self.static_score == "max":            # unimportant to ALL window queries
+            if self.static_tau is not None:           # head-mean attention >= tau
+                score = stats[self._stat(n)].reshape(n)
+            elif self.static_score == "max":          # unimportant to ALL window queries
                 score = F.max(stats[self._stat(n)], axis=0)                  # [n]
             else:                                     # mean attention of the window
                 score = stats[w].sum(axis=0) * (1.0 / window_counts(n, w))
             force = np.zeros(n)
             force[:self.sink] = BIG
-            force[n - 2 * self.cluster:] = BIG
-            self._static[layer] = select((score + force).reshape(1, n), m, self.fast)
+            force[max(0, n - 2 * self.cluster):] = BIG
+            floor = min(n, self.sink + 2 * self.cluster)
+            if self.static_tau is not None:
+                m = max(self._count_at_least(score + force, self.static_tau), floor)
+            else:
+                m = max(int(round(self.static_keep * n)), floor)
+            self.static_kept[layer] = m
+            self._static[layer] = None if m >= n else \
+                select((score + force).reshape(1, n), m, self.fast)
         sel = self._static[lead]
+        self.static_kept[layer] = self.static_kept[lead]
+        if sel is None:
+            return
         if sel.index is not None:
             cache.keep(layer, sel.index[0])
             return
         oh = sel.onehot[0]                                                  # [m, n]
+        m = int(oh.shape[0])
         pos = cache.positions(layer)
         if F.is_plain(oh):
             pos = np.rint(oh @ pos.astype(np.float64)).astype(np.int64)
@@ -126,10 +186,19 @@ class MPCache(Policy):
             pos = np.arange(m, dtype=np.int64)
         cache.replace(layer, oh @ cache.keys(layer), oh @ cache.values(layer), pos)
 
+    @staticmethod
+    def _count_at_least(score, tau: float) -> int:
+        """How many entries reach ``tau``: the kept COUNT is public (the authors print the
+        remaining ratio); under MPC one comparison per token and one opening of the sum."""
+        if F.is_plain(score):
+            return int(np.sum(np.asarray(score) >= tau))
+        bits = (score >= tau).sum()
+        return int(round(float(np.asarray(bits.reveal()).reshape(-1)[0])))
+
     # ------------------------------------------------------------- cluster bounds
     def _update_bounds(self, layer, keys):
         """Extrema of every cluster that filled up since the last step (computed once)."""
-        st, c, s = self._bnd[layer], self.cluster, self.sink
+        st, c, s = self._bnd[layer], self.cluster, self.origin
         nkv, n, d = int(keys.shape[0]), int(keys.shape[1]), int(keys.shape[2])
         full = max(0, (n - s) // c)
         if full > st["n"]:
@@ -163,38 +232,66 @@ class MPCache(Policy):
                 "mean_key": ("mean",)}[self.bound]
 
     def _score(self, qg, ops):
-        """Cluster scores ``[n_kv, n]`` for grouped query ``qg`` [n_kv, g, d]."""
-        nkv, d = int(qg.shape[0]), int(qg.shape[2])
-        qs = qg.sum(axis=1).reshape(nkv, 1, d)
-        if self.bound == "exact_max":
-            qp = F.relu(qg).sum(axis=1).reshape(nkv, 1, d)
-            out = qp @ ops["rmax"].transpose((0, 2, 1)) + \
-                (qs - qp) @ ops["rmin"].transpose((0, 2, 1))
+        """Cluster scores for grouped query ``qg`` [n_kv, g, d]: ``[n_kv, n]`` with the
+        group's scores summed (``per_head='group'``), ``[n_kv * g, n]`` one row per query
+        head (``'query'``).  ``ops`` hold bounds per KV head or, after a per-query-head
+        coarse stage, per query head."""
+        nkv, g, d = int(qg.shape[0]), int(qg.shape[1]), int(qg.shape[2])
+        h = int(ops[self._operands()[0]].shape[0])
+        if self.per_head == "query":
+            q = qg if h == nkv else qg.reshape(h, (nkv * g) // h, d)
         else:
-            out = qs @ ops[self._operands()[0]].transpose((0, 2, 1))
-        return out.reshape(nkv, int(out.shape[2]))
+            q = qg.sum(axis=1).reshape(nkv, 1, d)
+        if self.bound == "exact_max":
+            qp = F.relu(q) if self.per_head == "query" else \
+                F.relu(qg).sum(axis=1).reshape(nkv, 1, d)
+            out = qp @ ops["rmax"].transpose((0, 2, 1)) + \
+                (q - qp) @ ops["rmin"].transpose((0, 2, 1))
+        else:
+            out = q @ ops[self._operands()[0]].transpose((0, 2, 1))
+        rows = int(out.shape[0]) * int(out.shape[1])
+        return out.reshape(rows, int(out.shape[2]))
 
     # ------------------------------------------------------------- dynamic selection
     def plan(self, n: int) -> dict:
-        """Public layout of one decode step over ``n`` cached rows (no secrets involved)."""
-        b, c = self.B, self.cluster
-        s = min(self.sink, b)
-        k = max(0, (b - s - c) // c)
-        w = b - s - k * c
-        end = n - w
-        p = {"s": s, "k": k, "w": w, "nf": max(0, (end - self.sink) // c), "two": False}
+        """Public layout of one decode step over ``n`` cached rows (no secrets involved):
+        head rows ``hd`` (sink, plus the budget's remainder under ``edges='cover'``), ``k``
+        clusters chosen among ``nf`` candidates starting at row ``origin``, newest ``w``
+        rows; ``hd + k * cluster + w = B``."""
+        b, c, o = self.B, self.cluster, self.origin
+        if self.edges == "grid":
+            s = min(self.sink, b)
+            k = max(0, (b - s - c) // c)
+            w = b - s - k * c
+            nf = max(0, (n - w - o) // c)
+            tail, hd = 0, s
+        else:   # the window starts where the last full cluster ends: no unreachable rows
+            nf = max(0, (n - o - self.recent) // c)
+            w = n - o - nf * c
+            s = min(self.sink, b)
+            k = max(0, min(nf, (b - s - w) // c))
+            if b - s - w < 0:
+                w, nf = b - s, max(0, (n - (b - s) - o) // c)
+            hd = b - w - k * c                   # sink + remainder (< cluster rows)
+            tail = None
+        p = {"s": hd, "k": k, "w": w, "nf": nf, "two": False}
         if self.levels == 2 and k > 0:
             m = self.coarse // c
-            nc = (end - self.sink) // self.coarse
-            k1 = min(nc, math.ceil(self.coarse_factor * k / m))
-            if k1 * m >= k and k1 < nc:
-                p.update(two=True, nc=nc, k1=k1, m=m)
+            nc = nf // m
+            rest = (nf - nc * m) if tail is None else 0   # fine clusters after the coarse
+            if self.coarse_keep is not None:
+                k1 = max(math.ceil(self.coarse_keep * nc), math.ceil(max(0, k - rest) / m))
+            else:
+                k1 = math.ceil(self.coarse_factor * k / m)
+            k1 = min(nc, k1)
+            if k1 * m + rest >= k and k1 < nc:
+                p.update(two=True, nc=nc, k1=k1, m=m, rest=rest)
         return p
 
     def select(self, cache, layer, query):
         keys, values = cache.keys(layer), cache.values(layer)
         n = int(keys.shape[1])
-        if n <= self.B:
+        if n <= self.B or self.dense(layer):
             return keys, values
         p = self.plan(n)
         lead = self.leader(layer)
@@ -212,7 +309,7 @@ class MPCache(Policy):
         st = self._bnd[layer]
         qg = self.group_query(query, int(keys.shape[0]))
         names = self._operands()
-        if self.share_layers == "layer" and layer >= 2:     # one choice for all heads
+        if self.share_layers == "layer" and layer >= self.dense_layers + 2:   # one choice
             def score(ops):
                 sc = self._score(qg, ops)
                 return sc.sum(axis=0).reshape(1, int(sc.shape[1]))
@@ -222,27 +319,45 @@ class MPCache(Policy):
         if not p["two"]:
             ops = {k: st["f"][k][:, :p["nf"]] for k in names}
             return None, select(score(ops), p["k"], self.fast, ordered=False)
-        nc, k1, m = p["nc"], p["k1"], p["m"]
+        nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
         sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast,
                        ordered=False)
         nkv, d = int(qg.shape[0]), int(qg.shape[2])
         fine = {}
         for k in names:                      # fine extrema inside the chosen coarse clusters
             x = st["f"][k][:, :nc * m].reshape(nkv, nc, m * d)
-            fine[k] = sel_c.gather(x).reshape(nkv, k1 * m, d)   # [1,k1,n] one-hot broadcasts
+            g = sel_c.gather(x)
+            h = int(g.shape[0])
+            g = g.reshape(h, k1 * m, d)                          # [1,k1,n] one-hot broadcasts
+            if rest:                         # + the fine clusters after the last coarse one
+                t = st["f"][k][:, nc * m:nc * m + rest]
+                if h != nkv:
+                    t = expand_heads(t, h)
+                g = F.concatenate([g, t], axis=1)
+            fine[k] = g
         return sel_c, select(score(fine), p["k"], self.fast, ordered=False)
 
     def _gather(self, x, p, sel_c, sel_f):
-        """sink rows + chosen clusters (one or two one-hot matmuls) + newest ``w`` rows."""
+        """head rows + chosen clusters (one or two one-hot matmuls) + newest ``w`` rows.
+        A per-query-head selection reads its KV head's rows (sink and newest rows are
+        copied to every query head of the group)."""
         nkv, n, d = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
-        s, c, parts = p["s"], self.cluster, [x[:, :p["s"]]]
+        s, c, o = p["s"], self.cluster, self.origin
+        heads = nkv if sel_f is None else max(nkv, sel_f.heads)
+        parts = [expand_heads(x[:, :s], heads)]
         if sel_f is not None:
             if sel_c is not None:
-                nc, k1, m = p["nc"], p["k1"], p["m"]
-                blocks = x[:, s:s + nc * self.coarse].reshape(nkv, nc, self.coarse * d)
-                blocks = sel_c.gather(blocks).reshape(nkv, k1 * m, c * d)
+                nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
+                blocks = x[:, o:o + nc * self.coarse].reshape(nkv, nc, self.coarse * d)
+                blocks = sel_c.gather(blocks)
+                blocks = blocks.reshape(int(blocks.shape[0]), k1 * m, c * d)
+                if rest:
+                    t = x[:, o + nc * self.coarse:o + (nc * m + rest) * c]
+                    t = expand_heads(t.reshape(nkv, rest, c * d), int(blocks.shape[0]))
+                    blocks = F.concatenate([blocks, t], axis=1)
             else:
-                blocks = x[:, s:s + p["nf"] * c].reshape(nkv, p["nf"], c * d)
-            parts.append(sel_f.gather(blocks).reshape(nkv, p["k"] * c, d))
-        parts.append(x[:, n - p["w"]:])
+                blocks = x[:, o:o + p["nf"] * c].reshape(nkv, p["nf"], c * d)
+            mid = sel_f.gather(blocks)
+            parts.append(mid.reshape(int(mid.shape[0]), p["k"] * c, d))
+        parts.append(expand_heads(x[:, n - p["w"]:], heads))
         return F.concatenate(parts, axis=1)

@@ -2,8 +2,9 @@
 
 The accuracy upper bound of dynamic selection (no clustering, no bound approximation) and
 the cost worst case under MPC (a top-k over all T tokens and a T-row one-hot gather every
-step, per layer).  GQA: per KV head, scores summed over the group's query heads, which is
-``(sum_g q_g) . k`` -- one matmul."""
+step, per layer).  GQA: ``per_head='group'`` (default) selects per KV head with the
+group's scores summed, ``(sum_g q_g) . k`` -- one matmul; ``'query'`` lets every query head
+pick its own B rows of its KV head.  ``dense_layers``: the first layers read everything."""
 from __future__ import annotations
 
 from .base import Policy, select
@@ -14,13 +15,25 @@ __all__ = ["TokenTopK"]
 class TokenTopK(Policy):
     name = "topk"
 
+    def __init__(self, budget=None, per_head: str = "group", dense_layers: int = 0,
+                 fast: bool = True):
+        super().__init__(budget, fast)
+        if per_head not in ("group", "query"):
+            raise ValueError("per_head must be 'group' or 'query'")
+        self.per_head, self.dense_layers = per_head, int(dense_layers)
+
     def select(self, cache, layer, query):
         keys, values = cache.keys(layer), cache.values(layer)
         n = int(keys.shape[1])
-        if n <= self.B:
+        if n <= self.B or layer < self.dense_layers:
             return keys, values
         nkv, hd = int(keys.shape[0]), int(keys.shape[2])
-        qs = self.group_query(query, nkv).sum(axis=1).reshape(nkv, 1, hd)
-        scores = (qs @ keys.transpose((0, 2, 1))).reshape(nkv, n)
+        qg = self.group_query(query, nkv)
+        if self.per_head == "query":
+            g = int(qg.shape[1])
+            scores = (qg @ keys.transpose((0, 2, 1))).reshape(nkv * g, n)   # per query head
+        else:
+            qs = qg.sum(axis=1).reshape(nkv, 1, hd)
+            scores = (qs @ keys.transpose((0, 2, 1))).reshape(nkv, n)
         sel = select(scores, self.B, self.fast, ordered=False)
         return sel.gather(keys), sel.gather(values)
