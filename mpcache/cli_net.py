@@ -30,7 +30,13 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="network shaping preset (LAN 1 Gbit/s 0.5 ms RTT, WAN 100 Mbit/s 40 ms)")
     g.add_argument("--delay-ms", type=float, help="one-way delay per link (ms)")
     g.add_argument("--bandwidth-mbps", type=float, help="bandwidth cap per link (Mbit/s)")
-    g.add_argument("--seed", type=int, help="reproducible randomness (tests only)")
+    g.add_argument("--seed", type=int,
+                   help="derive every key from this number (INSECURE: tests only; needs "
+                        "--insecure-test-seed or [session] test_mode = true, loopback only)")
+    g.add_argument("--insecure-test-seed", dest="test_mode", action="store_true",
+                   default=None,
+                   help="test mode: allow --seed / [session] seed (loopback addresses only; "
+                        "the shares then protect nothing)")
     g.add_argument("--tls-ca")
     g.add_argument("--tls-cert")
     g.add_argument("--tls-key")
@@ -46,6 +52,8 @@ def _override_argv(a) -> list:
             out += [f"--{flag.replace('_', '-')}", str(v)]
     if getattr(a, "insecure", None):
         out.append("--insecure")
+    if getattr(a, "test_mode", None):
+        out.append("--insecure-test-seed")
     return out
 
 
@@ -58,7 +66,7 @@ def _load(a, party_id: int | None = None):
     cfg = load_config(a.config).override(
         protocol=a.protocol, frac_bits=a.frac_bits, timeout_s=a.timeout,
         connect_timeout_s=a.connect_timeout, insecure=a.insecure, seed=a.seed,
-        session=getattr(a, "session", None))
+        test_mode=getattr(a, "test_mode", None), session=getattr(a, "session", None))
     if a.preset is not None or a.delay_ms is not None or a.bandwidth_mbps is not None:
         base = a.preset
         if base is None and cfg.shaping is not None and cfg.shaping.name in ("lan", "wan"):

@@ -40,9 +40,14 @@ def is_loopback(host: str) -> bool:
 
 
 def split_address(addr: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``HOST:PORT`` string (ValueError, never another error)."""
+    if not isinstance(addr, str):
+        raise ValueError(f"address must be a HOST:PORT string, got {type(addr).__name__} "
+                         f"{addr!r}")
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"address must be HOST:PORT, got {addr!r}")
+    if not sep or not port.isascii() or not port.isdigit() or not host.strip("[]") \
+            or not 1 <= int(port) <= 65535:
+        raise ValueError(f"address must be HOST:PORT with a port in 1-65535, got {addr!r}")
     return host.strip("[]"), int(port)
 
 
