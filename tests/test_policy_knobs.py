@@ -224,3 +224,23 @@ def test_per_query_head_baselines_onehot_equals_fast(name):
     a = run(m, ids, make_policy(name, 0.2, fast=True, **kw), steps=6)
     b = run(m, ids, make_policy(name, 0.2, fast=False, **kw), steps=6)
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("share", ["head", "layer", False])
+def test_sharing_variants_with_per_query_head(share):
+    n = 300
+    keys = two_head_keys(n, [100], [250])
+    c = make_cache(n, keys=keys, layers=4)
+    p = MPCache(0.1, cluster=4, coarse=16, dense_layers=0, share_layers=share)
+    p.attach(c, stats_for(p, n, None, layers=4), n)
+    step(c)
+    views = [rows(p.view(c, layer, two_queries())[1]) for layer in range(4)]
+    if share:
+        assert p._dyn[3] is None and p._dyn[2] is not None       # layer 3 reuses layer 2
+        assert np.array_equal(views[3], views[2])
+    else:
+        assert p._dyn[3] is not None
+    if share == "layer":                      # one choice for both query heads
+        assert views[2].shape[0] == 1 and {100, 250} <= set(views[2][0])
+    else:                                     # each query head its own clusters
+        assert views[2].shape[0] == 2 and 100 in views[2][0] and 250 in views[2][1]

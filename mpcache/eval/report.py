@@ -8,7 +8,7 @@ import numpy as np
 from .plot import load_results
 from .tasks import TASKS
 
-__all__ = ["markdown_tables"]
+__all__ = ["markdown_tables", "budget_table"]
 
 SHORT = {"niah_single_number": "NIAH num", "niah_single_word": "NIAH word",
          "niah_multikey": "multikey", "niah_multivalue": "multivalue", "vt": "VT",
@@ -53,4 +53,29 @@ def markdown_tables(paths, labels=None) -> str:
             n = "/".join(str(x) for x in sorted(ns))
             out.append(f"| {lab} | " + " | ".join(cells) +
                        f" | **{100 * np.mean(means):.1f}** | {n} |")
+    return "\n".join(out) + "\n"
+
+
+def budget_table(paths, rows, budgets, context: int = 2048) -> str:
+    """Task averages side by side per budget: ``rows`` are ``(name, config)`` pairs where
+    ``config`` is a label without its ``@budget`` (``"full"`` for the full cache, read at
+    every budget).  A cell is the mean over the tasks the config has at that budget, with
+    the samples per task; ``-`` where it was not run."""
+    res = load_results(paths)
+    per = defaultdict(list)
+    for r in res:
+        if r["context"] == context:
+            per[(r["label"], r["task"])].append(r["score"])
+    head = "| config | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |"
+    out = [head, "|---" * (len(budgets) + 1) + "|"]
+    for name, cfg in rows:
+        cells = []
+        for b in budgets:
+            lab = "full@full" if cfg == "full" else f"{cfg}@{b}"
+            means = [np.mean(per[(lab, t)]) for t in TASKS if per.get((lab, t))]
+            ns = sorted({len(per[(lab, t)]) for t in TASKS if per.get((lab, t))})
+            cells.append("-" if not means else
+                         f"{100 * np.mean(means):.1f} (n={'/'.join(map(str, ns))}"
+                         f"{'' if len(means) == len(TASKS) else f', {len(means)} tasks'})")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

@@ -1,33 +1,36 @@
-"""MPCache (arXiv 2501.06807): static eviction at prefill + clustered dynamic selection.
+"""MPCache (arXiv 2501.06807): optional static eviction at prefill + clustered dynamic
+selection.  Knob by knob (defaults first; ``PRESETS["paper"]`` is the paper's design):
 
-Prefill (static, once per layer): each prompt token is scored by the MEAN attention the last
-``static_window`` (20%) of prompt queries pay it (mean over the window queries that can see
-it, so tokens inside the window are not penalised for having fewer observers), summed over
-all heads ("unimportant to all"); the lowest are evicted, ``static_keep`` (50%) of the prompt
-stays, always including the first ``sink`` tokens and the last ``2 * cluster``.  The kept
-rows stay in position order (top-k one-hot rows are ascending), then are compacted.
+* Static eviction (prefill, per layer): off by default (``static_keep=1.0``).
+  ``static_keep < 1``: keep that fraction of the prompt by the attention the last
+  ``static_window`` (20%) of prompt queries pay each token (``static_score="max"``: the
+  maximum over those queries and all heads, "unimportant to all"; ``"mean"``).
+  ``static_tau=t``: keep every token whose HEAD-MEAN attention from any of those queries is
+  ``>= t`` (the authors' rule; the kept count is public).  The first ``sink`` and last
+  ``2 * cluster`` tokens are always kept; kept rows stay in position order, compacted.
+* Decode (every step): rows from ``origin`` on are grouped into clusters of ``cluster`` (4)
+  neighbours; when a cluster fills up its per-dimension key extrema r_max, r_min are
+  stored once, plus the bracket ``a r_max + (1 - a) r_min``, so the cluster score
+  ``q . bracket`` is ONE matmul (``bound='linear'``); ``'exact_max'`` is Quest's
+  ``q+ . r_max + q- . r_min``, ``'mean_key'`` scores ``q . mean(K_cluster)``.
+  ``levels=2``: score the coarse clusters (``coarse`` = 16 tokens), keep ``coarse_keep``
+  (half) of them (``None``: ``coarse_factor`` times the needed tokens), then the best fine
+  clusters among those inside them and those after the last full coarse cluster.
+* GQA: ``per_head='query'`` -- every query head selects its own clusters of its KV head
+  (K/V come back per query head, ``[n_heads, B, d]``); ``'group'`` -- one selection per
+  KV head with the group's scores SUMMED, ``(sum_g q_g) . bracket``.
+* ``dense_layers`` (2): the first layers read everything (no eviction, no selection).
+* ``share_layers``: off by default; ``'head'``: after the first two selecting layers each
+  adjacent pair reuses the first layer's static keep set and per-step choice per head;
+  ``'layer'``: one choice per pair for all heads.
 
-Decode (every step, per KV head): rows after the sink are grouped into clusters of
-``cluster`` (16) neighbours; when a cluster fills up its per-dimension key extrema
-r_max, r_min are stored once, plus the linearised bracket ``a r_max + (1 - a) r_min``
-(``a`` = 0.6), so the cluster score ``q . bracket`` is ONE matmul (``bound='linear'``).
-Ablations: ``bound='exact_max'`` is Quest's sum_i max(q_i r_max_i, q_i r_min_i), written as
-``q+ . r_max + q- . r_min`` (two matmuls and a ReLU of q, still no comparison of keys);
-``'mean_key'`` scores ``q . mean(K_cluster)``.  ``levels=2``: first choose coarse clusters
-of ``coarse`` (32) tokens, ``coarse_factor`` (2) times as many tokens as needed, then the
-fine clusters inside them.  GQA: one selection per KV head with the group's query heads'
-scores SUMMED -- for the linear bound that is ``(sum_g q_g) . bracket``, still one matmul,
-and a KV row chosen for the group serves every query head that reads it (max over heads
-would need comparisons under MPC).  ``share_layers``: layers 0 and 1 select alone, then
-each adjacent pair (2,3), (4,5)... reuses the first layer's static keep set and per-step
-selection (half the selection cost).
-
-Budget (exact): attention reads ``B = round(budget * T_prompt)`` rows per step: the sink
-(``sink`` rows), ``k`` selected clusters and the newest ``W`` rows, with
-``k = (B - sink - cluster) // cluster`` and ``W = B - sink - k * cluster`` in
-[cluster, 2 cluster) -- the recent window always covers the newest (partial) cluster, and
-only clusters entirely before it compete.  Static eviction does not spend the budget: it
-shrinks the pool the dynamic selection scans (cost), ``static_keep * T`` rows.
+Budget (exact, per selecting layer and head): attention reads ``B = round(budget *
+T_prompt)`` rows per step, laid out by :meth:`MPCache.plan`: head rows (the sink, plus the
+remainder under ``edges='cover'``), ``k`` selected clusters and the newest ``w`` rows.
+``edges='cover'`` starts the window exactly where the last full cluster ends, so every row
+before it is a candidate; ``'grid'`` (paper preset) leaves up to ``cluster - 1`` (one level)
+or ``coarse - 1`` (two levels) rows before the window unreachable.  Dense layers are outside
+the budget (docs/policies.md).
 """
 from __future__ import annotations
 
