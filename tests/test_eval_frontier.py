@@ -45,6 +45,7 @@ def files(tmp_path):
                           [[1, 0], [1, 0]])                                           # 50
            + _acc_records("streaming@0.1", "streaming", 0.1, [[0, 0], [0, 0]])        # 0
            + _acc_records("h2o@0.1", "h2o", 0.1, [[1, 1]], tasks=TASKS2[:1])          # 1 task
+           + _acc_records("snapkv@0.1", "snapkv", 0.1, [[1], [1]])                    # n = 1
            + _acc_records("topk@0.1", "topk", 0.1, [[0], [0]], context=4096))
     fa = tmp_path / "acc.json"
     fa.write_text(json.dumps({"meta": {}, "results": acc}))
@@ -58,9 +59,11 @@ def files(tmp_path):
                                    "mpc_compose": False}, mb=25, seconds=2.5),
             _cost("quest", 0.1, mb=15, seconds=1.5),                              # no acc
             _cost("h2o", 0.1, mb=5, seconds=1.0),
+            _cost("snapkv", 0.1, mb=1, seconds=0.5),     # would beat all, were n complete
             _cost("full", None, protocol="add2", mb=90, seconds=3.0),
             _cost("topk", 0.1, model="gpt2-small-random", mb=1),                  # skipped
             _cost("topk", 0.1, context=4096, mb=2)]                               # skipped
+    cost[0]["later_steps"][1].update(bytes_per_party=101_000_000, rounds=505)   # grown
     fc = tmp_path / "cost.json"
     fc.write_text(json.dumps(cost))
     return fa, fc
@@ -93,10 +96,11 @@ def test_join_matches_specs_and_marks_missing_sides(files):
         ("full@full", "rep3"), ("topk@0.1", "rep3"), ("quest@0.1", "rep3"),
         ("mpcache:share_layers=False,static_keep=1.0@0.1", "rep3"),
         ("mpcache:mpc_compose=False,share_layers=False,static_keep=1.0@0.1", "rep3"),
-        ("h2o@0.1", "rep3"), ("full@full", "add2")}
+        ("h2o@0.1", "rep3"), ("snapkv@0.1", "rep3"), ("full@full", "add2")}
     full = cost[("full@full", "rep3")]
     assert full["seconds"] == 3.5 and full["steps_timed"] == 3     # best of the steps
-    assert full["bytes"] == 100_000_000 and full["rounds"] == 500
+    assert full["bytes"] == 100_000_000 and full["rounds"] == 500   # the first step's
+    assert full["bytes_range"] == (100_000_000, 101_000_000)
 
     rows = {r["label"]: r for r in join(acc, cost, ("rep3", "add2"))}
     mpc = rows["mpcache:mpc_compose=False,share_layers=False,static_keep=1.0@0.1"]
@@ -106,11 +110,13 @@ def test_join_matches_specs_and_marks_missing_sides(files):
     assert not rows["h2o@0.1"]["complete_tasks"]
     f = {lab: r["front"][("rep3", "bytes")] for lab, r in rows.items()}
     # full (75%, 100 MB) and the 20 MB MPCache (50%) are on it; top-k (50%, 30 MB) and
-    # the 25 MB MPCache variant are beaten by the 20 MB one; h2o (one task) is not eligible
+    # the 25 MB MPCache variant are beaten by the 20 MB one; h2o (one task) and snapkv
+    # (one sample per task) are not eligible
     assert f == {"full@full": True, "topk@0.1": False,
                  "mpcache:share_layers=False,static_keep=1.0@0.1": True,
                  "mpcache:mpc_compose=False,share_layers=False,static_keep=1.0@0.1": False,
-                 "quest@0.1": None, "streaming@0.1": None, "h2o@0.1": None}
+                 "quest@0.1": None, "streaming@0.1": None, "h2o@0.1": None,
+                 "snapkv@0.1": None}
     assert front_members(list(rows.values()), "rep3") == [
         "mpcache:share_layers=False,static_keep=1.0@0.1", "full@full"]
     assert rows["full@full"]["front"][("add2", "bytes")] is True   # alone on add2
@@ -121,8 +127,9 @@ def test_join_matches_specs_and_marks_missing_sides(files):
             if ln.startswith("| ") and "@" in ln}
     assert line["quest@0.1"].rstrip().endswith("| no accuracy |")
     assert line["streaming@0.1"].rstrip().endswith("| no MPC cost |")
-    assert line["h2o@0.1"].rstrip().endswith("| accuracy on 1 tasks only |")
-    assert "| 100.0 | 1.00x | 500 | 3.50 (k=3) |" in line["full@full"]
+    assert line["h2o@0.1"].rstrip().endswith("| accuracy on 1 tasks, n = 2: not on front |")
+    assert line["snapkv@0.1"].rstrip().endswith("| accuracy on 2 tasks, n = 1: not on front |")
+    assert "| 100.0 | 1.00x | 500 | 1.0% / 1.0% | 3.50 (k=3) |" in line["full@full"]
     assert "| 20.0 | 5.00x |" in line["mpcache:share_layers=False,static_keep=1.0@0.1"]
 
 

@@ -24,8 +24,9 @@ defaults, so both files should come from the same code.
 
 Pareto front (per protocol, per cost measure): a row with both sides is on it when no
 other such row is at least as accurate and at most as costly, and strictly better in
-one.  Rows whose accuracy covers fewer tasks than the most complete row are left out of
-the front (their average is over another task set) and marked so.
+one.  Rows whose accuracy covers fewer tasks, or fewer samples of a task, than the most
+complete rows are left out of the front (their average is over another sample set) and
+marked so.
 """
 from __future__ import annotations
 
@@ -76,7 +77,10 @@ def accuracy_rows(paths, context: int) -> dict:
 
 def cost_rows(paths, model: str, context: int) -> dict:
     """``{(spec@budget, protocol): cost}`` of the decode rows of one model and context.
-    ``cost["plain_key"]``: the spec without MPC-only knobs, whose accuracy the row takes.
+    ``cost["plain_key"]``: the spec without MPC-only knobs, whose accuracy the row takes;
+    ``bytes`` and ``rounds`` are the first step's, ``bytes_range`` / ``rounds_range`` span
+    all timed steps (top-k's revealed comparisons follow a random shuffle, so a selecting
+    policy's counts vary a little from step to step; the full cache grows a row per step).
     A later file wins on a duplicate."""
     mpc = _mpc_knobs()
     out = {}
@@ -84,6 +88,7 @@ def cost_rows(paths, model: str, context: int) -> dict:
         for r in json.loads(Path(p).read_text()):
             if r.get("model") != model or r.get("context") != context:
                 continue
+            steps = [r] + list(r.get("later_steps", []))
             r = best_of_steps(r)
             kw = dict(r.get("policy_kw") or {})
             ms = r.get("modelled_seconds", {})
@@ -94,6 +99,10 @@ def cost_rows(paths, model: str, context: int) -> dict:
                 "seconds": r["seconds"], "steps_timed": r.get("steps_timed", 1),
                 "lan": ms.get("lan"), "wan": ms.get("wan"),
                 "rows_read": r.get("rows_read_per_step"),
+                "bytes_range": (min(t["bytes_per_party"] for t in steps),
+                                max(t["bytes_per_party"] for t in steps)),
+                "rounds_range": (min(t["rounds"] for t in steps),
+                                 max(t["rounds"] for t in steps)),
                 "tokens_match": r.get("token_matches_plaintext"), "source": str(p)}
     return out
 
@@ -122,12 +131,14 @@ def join(acc: dict, cost: dict, protocols, specs=None, budgets=None) -> list:
         bs = {round(float(b), 6) for b in budgets}
         keys = {k for k in keys if k.endswith("@full") or float(k.rsplit("@", 1)[1]) in bs}
     most = max((len(v["tasks"]) for v in acc.values()), default=0)
+    most_n = max((min(v["n"]) for v in acc.values()), default=0)
     rows = []
     for k in sorted(keys, key=_order):
         a = acc.get(plain.get(k, k))
         row = {"label": k, "accuracy": a["accuracy"] if a else None,
                "tasks": len(a["tasks"]) if a else 0, "n": a["n"] if a else [],
-               "complete_tasks": bool(a) and len(a["tasks"]) == most,
+               "complete_tasks": bool(a) and len(a["tasks"]) == most
+               and min(a["n"]) >= most_n,
                "cost": {p: cost[(k, p)] for p in protocols if (k, p) in cost}, "front": {}}
         rows.append(row)
     for p in protocols:
@@ -145,8 +156,14 @@ def _missing(r, p) -> str:
     if p not in r["cost"]:
         return "no MPC cost"
     if not r["complete_tasks"]:
-        return f"accuracy on {r['tasks']} tasks only"
+        return f"accuracy on {r['tasks']} tasks, n = {'/'.join(map(str, r['n']))}: not on front"
     return "both"
+
+
+def _spread(c) -> str:
+    """(max - min) / first step over the timed steps, bytes and rounds, in %."""
+    (b0, b1), (r0, r1) = c["bytes_range"], c["rounds_range"]
+    return f"{100 * (b1 - b0) / c['bytes']:.1f}% / {100 * (r1 - r0) / c['rounds']:.1f}%"
 
 
 def _mark(on) -> str:
@@ -163,9 +180,9 @@ def frontier_markdown(rows, protocols, title="") -> str:
         out.append(f"\n**{p}** (front: no row with both sides is at least as accurate and "
                    "at most as costly, better in one)\n")
         out.append("| policy@budget | accuracy % | tasks x n | rows read | MB / party | "
-                   "full / policy bytes | rounds | s (best of k) | LAN s | WAN s | "
-                   "front: bytes | front: LAN | sides |")
-        out.append("|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|---|")
+                   "full / policy bytes | rounds | steps' spread bytes / rounds | "
+                   "s (best of k) | LAN s | WAN s | front: bytes | front: LAN | sides |")
+        out.append("|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|---|---|---|")
         for r in rows:
             acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1f}"
             tn = f"{r['tasks']} x {'/'.join(map(str, r['n']))}" if r["tasks"] else "-"
@@ -174,10 +191,11 @@ def frontier_markdown(rows, protocols, title="") -> str:
                 f = full[p]
                 ratio = f"{f['bytes'] / c['bytes']:.2f}x" if f and c["bytes"] else "-"
                 cells = (f"{c['rows_read']} | {c['bytes'] / 1e6:.1f} | {ratio} | "
-                         f"{c['rounds']} | {c['seconds']:.2f} (k={c['steps_timed']}) | "
+                         f"{c['rounds']} | {_spread(c)} | "
+                         f"{c['seconds']:.2f} (k={c['steps_timed']}) | "
                          f"{c['lan']:.2f} | {c['wan']:.1f}")
             else:
-                cells = " | ".join("-" * 7)
+                cells = " | ".join("-" * 8)
             out.append(f"| {r['label']} | {acc} | {tn} | {cells} | "
                        f"{_mark(r['front'].get((p, 'bytes')))} | "
                        f"{_mark(r['front'].get((p, 'lan')))} | {_missing(r, p)} |")
