@@ -210,6 +210,7 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
     of panels per protocol; one marker per policy spec, budgets annotated, the Pareto
     front drawn as a step line through its points (ringed)."""
     plt = _matplotlib()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     specs = []
     for r in rows:
         s = r["label"].rsplit("@", 1)[0]
@@ -246,6 +247,9 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
                            facecolors="none", edgecolors="k", lw=1,
                            label="Pareto front" if i == 0 and j == 0 else None)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("MB per party per step" if m == "bytes" else mtitle + " per step")
             ax.set_ylabel("accuracy, task average (%)")
             ax.set_title(f"{p}: accuracy vs {mtitle}", fontsize=10)
