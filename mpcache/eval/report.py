@@ -23,9 +23,11 @@ def _order(label: str):
             -1.0 if budget == "full" else float(budget))
 
 
-def markdown_tables(paths, labels=None) -> str:
+def markdown_tables(paths, labels=None, names=None) -> str:
     """One table per context: rows policy@budget, columns tasks (mean score %, n) and the
-    task average; a row's average is over the tasks it has."""
+    task average; a row's average is over the tasks it has.  ``labels``: the rows to show
+    (in that order when given as a list); ``names``: ``{config: short name}`` for the row
+    titles (``config`` = a label without its ``@budget``)."""
     res = load_results(paths)
     per = defaultdict(list)
     for r in res:
@@ -34,7 +36,8 @@ def markdown_tables(paths, labels=None) -> str:
     for ctx in sorted({r["context"] for r in res}):
         rows = sorted({lab for (c, lab, _) in per if c == ctx}, key=_order)
         if labels:
-            rows = [r for r in rows if r in labels]
+            have = set(rows)
+            rows = [r for r in labels if r in have]
         tasks = [t for t in TASKS if any((ctx, lab, t) in per for lab in rows)]
         out.append(f"\n**context {ctx}** (score %, string-match-all; n = samples per task)\n")
         out.append("| policy@budget | " + " | ".join(SHORT.get(t, t) for t in tasks) +
@@ -51,7 +54,9 @@ def markdown_tables(paths, labels=None) -> str:
                 else:
                     cells.append("-")
             n = "/".join(str(x) for x in sorted(ns))
-            out.append(f"| {lab} | " + " | ".join(cells) +
+            cfg, _, b = lab.rpartition("@")
+            title = f"{names[cfg]}@{b}" if names and cfg in names else lab
+            out.append(f"| {title} | " + " | ".join(cells) +
                        f" | **{100 * np.mean(means):.1f}** | {n} |")
     return "\n".join(out) + "\n"
 
