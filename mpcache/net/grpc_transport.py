@@ -13,6 +13,17 @@ byte-identical to what protobuf would write).  A receive slices the payload out 
 frame without a protobuf parse and copies it once into the output array, which is
 writable like the in-process transport's.
 
+Bounded inboxes: the messages a peer has sent but this party has not yet received wait
+in that peer's inbox, at most ``INBOX_MESSAGES`` messages and ``INBOX_BYTES`` payload
+bytes (a single larger message, up to ``max_message_bytes``, is admitted only into an
+empty inbox).  When it is full, the link's server thread stops reading: gRPC's flow
+control then holds the sender, whose ``send`` waits up to ``timeout_s`` for room and then
+raises :class:`PeerTimeout` (a peer can therefore never make this party buffer more than
+the bound).  Every party's port is its own: servers set ``grpc.so_reuseport = 0`` (a
+second process binding the same port fails at start-up instead of sharing its
+connections), and a second ``Link`` stream from a peer that already has one is refused
+(``ALREADY_EXISTS``): one stream per directed link, so nothing can be interleaved into it.
+
 Failure semantics (never hang): every receive has a deadline (:class:`PeerTimeout`); a
 peer that disconnects without saying BYE, or says ABORT, makes every later send/receive
 raise :class:`PeerAborted` naming it; malformed or wrong-session frames raise
@@ -20,6 +31,7 @@ raise :class:`PeerAborted` naming it; malformed or wrong-session frames raise
 """
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import os
@@ -66,8 +78,55 @@ class _Closed:
 _WAKE = object()   # inbox sentinel: a fatal error was recorded, re-check it
 
 
+class _Inbox:
+    """The messages received from one peer and not yet taken by ``recv``, bounded in
+    count and payload bytes (see the module docstring).  ``put`` blocks while full;
+    control items (BYE, wake-ups) are never held back."""
+
+    def __init__(self, max_messages: int, max_bytes: int):
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        self._items: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self.nbytes = 0
+
+    def put(self, item, nbytes: int = 0, alive=None) -> bool:
+        """Queue ``item``, waiting for room; False (item dropped) once ``alive()`` says
+        the transport is no longer running."""
+        with self._cv:
+            while self._items and (len(self._items) >= self.max_messages or
+                                   self.nbytes + nbytes > self.max_bytes):
+                if alive is not None and not alive():
+                    return False
+                self._cv.wait(0.05)
+            self._items.append((item, nbytes))
+            self.nbytes += nbytes
+            self._cv.notify_all()
+        return True
+
+    def put_control(self, item) -> None:
+        with self._cv:
+            self._items.append((item, 0))
+            self._cv.notify_all()
+
+    def get(self, timeout: float | None = None):
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._items, timeout):
+                raise queue.Empty
+            item, nbytes = self._items.popleft()
+            self.nbytes -= nbytes
+            self._cv.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class GrpcTransport(Transport):
     """Transport over gRPC; see the module docstring.  ``connect()`` before use."""
+
+    #: Bounds of each peer's inbox (messages, payload bytes): see the module docstring.
+    INBOX_MESSAGES = 1 << 16
+    INBOX_BYTES = 1 << 30
 
     def __init__(self, party_id: int, config: NetConfig, session: str | None = None, *,
                  peers=None, timeout: float | None = None, connect: bool = True):
@@ -89,7 +148,8 @@ class GrpcTransport(Transport):
             except ValueError as e:   # peers will refuse it with a clear message
                 log.warning("%s", e)
         self.wait_s = 0.0                         # time blocked in receive
-        self._inbox = {j: queue.Queue() for j in self.peers}
+        self._inbox = {j: _Inbox(self.INBOX_MESSAGES, self.INBOX_BYTES) for j in self.peers}
+        self._link_in = {j: False for j in self.peers}   # a Link stream from j is open
         self._outbox = {j: queue.Queue(maxsize=_SEND_QUEUE_FRAMES) for j in self.peers}
         self._shapers = {j: LinkShaper(config.shaping) for j in self.peers} \
             if config.shaping else {}
@@ -119,7 +179,7 @@ class GrpcTransport(Transport):
             self._fatal, self._cause = exc, cause or str(exc)
         log.debug("fatal: %s", exc)
         for q in self._inbox.values():
-            q.put(_WAKE)
+            q.put_control(_WAKE)
 
     def _raise_fatal(self, where: str = "") -> None:
         f = self._fatal
@@ -184,6 +244,14 @@ class GrpcTransport(Transport):
         err = self._check_peer_identity(context, j)
         if err or md.get("mpcache-session") != self.session:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, err or "wrong session")
+        with self._lock:
+            dup, self._link_in[j] = self._link_in[j], True
+        if dup:
+            log.warning("party %d: refused a second link stream claiming party %d",
+                        self.party_id, j)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                          f"party {self.party_id} already has a link from party {j}; a "
+                          f"second stream is refused (one stream per directed link)")
         n, ended = 0, False
         asm = Reassembler(self.party_id, j, self.session, self.max_frame_bytes,
                           self.max_message_bytes)
@@ -196,7 +264,7 @@ class GrpcTransport(Transport):
                 fr, payload = item
                 if fr.kind == pb.BYE:
                     self._bye_from[j] = ended = True
-                    self._inbox[j].put(_Closed())
+                    self._inbox[j].put_control(_Closed())
                     continue
                 if fr.kind == pb.ABORT:
                     ended = True
@@ -205,8 +273,10 @@ class GrpcTransport(Transport):
                                            f"{cause}"), cause)
                     continue
                 msg = asm.add(fr, payload)
-                if msg is not None:
-                    self._inbox[j].put(msg)
+                if msg is not None and not self._inbox[j].put(msg, msg.payload.nbytes,
+                                                              self._running):
+                    ended = True          # shutting down: nobody will receive it
+                    break
         except TransportError as e:
             ended = True
             self._fail(e)
@@ -226,6 +296,9 @@ class GrpcTransport(Transport):
             self._fail(PeerAborted(f"party {self.party_id}: party {j} disconnected without "
                                    f"finishing (process died or network failed)"))
         return pb.LinkEnd(frames=n)
+
+    def _running(self) -> bool:
+        return self._fatal is None and self._state in ("new", "connected")
 
     # -- connecting ---------------------------------------------------------------------
     def _grpc_options(self) -> list:
@@ -260,7 +333,8 @@ class GrpcTransport(Transport):
                                           thread_name_prefix=f"mpc-P{self.party_id}")
         server = grpc.server(pool,
                              handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
-                             options=self._grpc_options(), maximum_concurrent_rpcs=32)
+                             options=self._grpc_options() + [("grpc.so_reuseport", 0)],
+                             maximum_concurrent_rpcs=32)
         bind = self.cfg.parties[self.party_id].bind
         try:
             if self.tls is None:
@@ -462,7 +536,7 @@ class GrpcTransport(Transport):
                 if isinstance(item, Message):
                     return item
                 if isinstance(item, _Closed):
-                    q.put(item)
+                    q.put_control(item)
                     raise PeerAborted(f"party {self.party_id}: party {frm} has closed the "
                                       f"session but step {tag!r} expects a message from it "
                                       f"(the parties run different programs)")
@@ -521,6 +595,8 @@ class GrpcTransport(Transport):
     def __exit__(self, et, ev, tb):
         if ev is None:
             self.close()
-        else:
-            self.abort(f"{type(ev).__name__}: {ev}")
+        elif isinstance(ev, TransportError):      # our own messages: no data in them
+            self.abort(self.failure_cause or str(ev))
+        else:   # only the type: an exception's message could quote a private value
+            self.abort(f"{type(ev).__name__} in party {self.party_id} (details in its log)")
         return False

@@ -97,8 +97,13 @@ class Transport:
                 obs("send", to, msg, self.acct.path)
         self._deliver(to, msg)
 
-    def recv(self, frm: int, tag: str, shape: tuple | None = None) -> np.ndarray:
-        """Next message from ``frm``; it must carry step ``tag`` (and ``shape`` if given)."""
+    def recv(self, frm: int, tag: str, shape: tuple | None = None,
+             dtype=None) -> np.ndarray:
+        """Next message from ``frm``; it must carry step ``tag`` (and ``shape`` and
+        ``dtype`` if given).  With a ``shape`` but no ``dtype`` the payload must still be an
+        integer or bool array: every protocol message is one (ring words, packed bits,
+        small indices), so a float or other array from a peer is refused, not computed
+        with."""
         if frm == self.party_id or frm not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
         t0 = time.perf_counter()
@@ -123,6 +128,13 @@ class Transport:
             raise ProtocolMismatch(f"party {self.party_id}: step {tag!r} from party {frm} "
                                    f"carries shape {tuple(msg.payload.shape)}, expected "
                                    f"{tuple(shape)} (parties are running different programs)")
+        got = msg.payload.dtype
+        if (dtype is not None and got != np.dtype(dtype)) or \
+                (dtype is None and shape is not None and got.kind not in "biu"):
+            want = np.dtype(dtype).str if dtype is not None else "an integer dtype"
+            raise ProtocolMismatch(f"party {self.party_id}: step {tag!r} from party {frm} "
+                                   f"carries dtype {got.str}, expected {want} (parties are "
+                                   f"running different programs)")
         self._recv_seq[frm] += 1
         self.acct.on_recv(msg.stamp)
         if self.observers:
@@ -134,4 +146,4 @@ class Transport:
     def exchange(self, to: int, payload: np.ndarray, frm: int, tag: str) -> np.ndarray:
         """Send to one peer and receive (same shape) from another in the same round."""
         self.send(to, payload, tag)
-        return self.recv(frm, tag, np.shape(payload))
+        return self.recv(frm, tag, np.shape(payload), np.asarray(payload).dtype)

@@ -8,8 +8,11 @@ small protobuf ``Frame`` and the payload (field 15, last) is appended / sliced b
 encoding (fields in any order) while returning the payload as a view, not a copy.
 
 :class:`Reassembler` validates every frame of one directed link (session, sender, dtype,
-shape against byte count, size limits, chunk order) and turns chunk runs into
+shape against byte count, size limits, chunk count and order) and turns chunk runs into
 :class:`~mpcache.net.transport.Message` s, each assembled into one fresh writable array.
+Memory follows the bytes actually received, never a header's claim: chunks are kept as
+views of their frames until the last one arrives, then copied once into an array of the
+announced size (a header saying "2 GiB" followed by nothing allocates nothing).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from .transport import Message, ProtocolMismatch, TransportError
 PAYLOAD_FIELD = 15
 _PAYLOAD_KEY = bytes([(PAYLOAD_FIELD << 3) | 2])
 _DTYPE_KINDS = "biuf"          # bool, int, uint, float: never object / structured
+#: Most dimensions a received array may have (numpy's own limit is 64).
+MAX_NDIM = 32
 
 
 def _varint(n: int) -> bytes:
@@ -132,15 +137,24 @@ class Reassembler:
         h = self.head
         end = self.offset + len(payload)
         last = self.next_chunk + 1 == h.n_chunks
-        if end > h.total_bytes or (last and end != h.total_bytes):
+        if end > h.total_bytes or (last and end != h.total_bytes) or \
+                (not last and len(payload) == 0):
             raise self._err(ProtocolMismatch, f"message {h.seq} from party {j} has {end} "
                                               f"payload bytes, its header says {h.total_bytes}")
-        self.buf[self.offset:end] = np.frombuffer(payload, dtype=np.uint8)
+        # Keep the chunk (a view of the frame gRPC already holds: no copy, and no memory
+        # beyond what the peer actually sent); one array is allocated once all came.
+        self.parts.append(payload)
         self.offset, self.next_chunk = end, self.next_chunk + 1
         if not last:
             return None
         self.head = None
-        arr = self.buf.view(self.dtype).reshape(self.shape)
+        buf = np.empty(h.total_bytes, dtype=np.uint8)
+        pos = 0
+        for part in self.parts:
+            buf[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            pos += len(part)
+        self.parts = []
+        arr = buf.view(self.dtype).reshape(self.shape)
         return Message(h.session, h.sender, h.seq, h.tag, h.stamp, arr, h.offline)
 
     def _start(self, fr: pb.Frame) -> None:
@@ -160,11 +174,15 @@ class Reassembler:
             raise self._err(ProtocolMismatch, f"party {j} sent unsupported dtype "
                                               f"{fr.dtype!r} at step {fr.tag!r}")
         shape = tuple(int(s) for s in fr.shape)
-        if any(s < 0 for s in shape) or math.prod(shape) * dtype.itemsize != fr.total_bytes:
-            raise self._err(ProtocolMismatch, f"party {j} sent shape {shape} of {fr.dtype} "
-                                              f"but {fr.total_bytes} bytes")
-        if fr.n_chunks < 1:
-            raise self._err(ProtocolMismatch, f"party {j} sent a message in 0 chunks")
+        if len(shape) > MAX_NDIM or any(s < 0 for s in shape) or \
+                math.prod(shape) * dtype.itemsize != fr.total_bytes:
+            raise self._err(ProtocolMismatch, f"party {j} sent shape {shape[:MAX_NDIM + 1]} "
+                                              f"of {fr.dtype} but {fr.total_bytes} bytes")
+        # every chunk but the last carries at least one byte and at most a frame
+        if fr.n_chunks < 1 or fr.n_chunks > max(1, fr.total_bytes) or \
+                fr.total_bytes > fr.n_chunks * self.max_frame_bytes:
+            raise self._err(ProtocolMismatch, f"party {j} announced {fr.n_chunks} chunks for "
+                                              f"{fr.total_bytes} bytes")
         self.head, self.dtype, self.shape = fr, dtype, shape
-        self.buf = np.empty(fr.total_bytes, dtype=np.uint8)
+        self.parts = []
         self.offset = self.next_chunk = 0
