@@ -17,28 +17,34 @@ it would on its own machine.  (CrypTen's trusted-third-party mode is also a proc
 Framing: a small pickled header (session, sender, seq, tag, stamp, offline, dtype,
 shape), then the payload's raw bytes in the same frame when small, else in a second frame
 received straight into a fresh array (no extra copy).  Only ndarrays of fixed-size dtypes
-travel, as on the gRPC wire.  A closed or broken socket sets the group's abort flag, so
+travel, as on the gRPC wire; a header is read with a size cap, its dtype, shape and size
+(at most ``DEFAULT_MAX_MESSAGE_BYTES``) are checked before the array is allocated, and the
+body must have exactly the announced length, else the link counts as broken.  A closed or broken socket sets the group's abort flag, so
 the parties blocked in ``recv`` raise :class:`PeerAborted` with the reason.  (Headers and
 results are pickled: only between processes forked from one session, over unnamed socket
 pairs no other process can connect to.)
 """
 from __future__ import annotations
 
+import math
 import pickle
 import queue
 import socket
 import threading
+from multiprocessing import BufferTooShort
 from multiprocessing.connection import Connection
 from queue import SimpleQueue
 
 import numpy as np
 
-from .transport import Message, PeerAborted
+from .transport import DEFAULT_MAX_MESSAGE_BYTES, Message, PeerAborted
 
 #: Payloads up to this many bytes travel in the header's frame (one write per message).
 INLINE_BYTES = 1 << 16
 #: Socket buffer sizes asked of the kernel (the dealer sends large triples ahead).
 SOCKET_BUFFER = 4 << 20
+#: Largest header frame read (a header plus an inline payload of INLINE_BYTES).
+_HEADER_MAX = INLINE_BYTES + (1 << 16)
 
 
 class ProcessLink:
@@ -130,19 +136,35 @@ class ProcessLink:
             if not self.conn.poll(timeout):
                 raise queue.Empty
             return self._read()
-        except (EOFError, OSError) as e:
+        except (EOFError, OSError, ValueError, TypeError, pickle.UnpicklingError,
+                BufferTooShort) as e:
             self._broken("the other process closed its link" if isinstance(e, EOFError)
                          else f"link to the other process failed: {e}")
             raise queue.Empty from None
 
     def _read(self) -> Message:
         session, sender, seq, tag, stamp, offline, dt, shape, raw = pickle.loads(
-            self.conn.recv_bytes())
+            self.conn.recv_bytes(_HEADER_MAX))
+        dtype, shape = np.dtype(dt), tuple(int(n) for n in shape)
+        if dtype.kind not in "biuf" or dtype.fields or any(n < 0 for n in shape):
+            raise OSError(f"bad message header from the other process: {dt} {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > DEFAULT_MAX_MESSAGE_BYTES:
+            raise OSError(f"message of {nbytes} bytes from the other process exceeds the "
+                          f"limit of {DEFAULT_MAX_MESSAGE_BYTES} bytes")
         if raw is not None:
-            payload = np.frombuffer(raw, dtype=dt).reshape(shape).copy()
+            if len(raw) != nbytes:
+                raise OSError(f"message from the other process has {len(raw)} bytes, its "
+                              f"header says {nbytes}")
+            payload = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
         else:
-            payload = np.empty(shape, dtype=dt)
-            self.conn.recv_bytes_into(payload.reshape(-1).view(np.uint8))
+            # the body is its own frame whose length prefix is checked before any read:
+            # recv_bytes_into refuses (BufferTooShort) a body longer than the header says
+            payload = np.empty(shape, dtype=dtype)
+            got = self.conn.recv_bytes_into(payload.reshape(-1).view(np.uint8))
+            if got != nbytes:
+                raise OSError(f"message from the other process has {got} bytes, its "
+                              f"header says {nbytes}")
         return Message(session, sender, seq, tag, stamp, payload, offline)
 
     def _broken(self, reason: str) -> None:
