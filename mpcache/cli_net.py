@@ -4,7 +4,10 @@
 ``func`` (``args.func(args) -> int`` exit code).  ``python -m mpcache.cli_net ...`` runs
 them stand-alone (the launcher starts parties this way)::
 
-    mpcache certs --out certs                         # CA + party keys + parties.toml
+    mpcache certs --out certs                         # loopback demo: every key, one folder
+    mpcache certs ca --out ca                         # deployment: CA, then per party:
+    mpcache certs request --id 1 --host 10.0.0.2      #   key + CSR on the party's host
+    mpcache certs sign --ca-dir ca --id 1 --csr party1.csr   # signed at the CA
     mpcache launch --config certs/parties.toml -- matmul --m 64 --k 64 --n 64
     mpcache party --id 1 --config parties.toml        # one party, e.g. on another host
 """
@@ -117,19 +120,110 @@ def cmd_launch(a) -> int:
 
 
 def cmd_certs(a) -> int:
+    """``mpcache certs {ca,request,sign}`` (deployment) or ``--out DIR`` (loopback demo)."""
+    from .net.tls import CertError
+    try:
+        return _CERTS[a.certs_cmd or "demo"](a)
+    except CertError as e:
+        print(f"mpcache certs: {e}", file=sys.stderr)
+        return 2
+
+
+def _certs_demo(a) -> int:
     from pathlib import Path
 
     from .net.config import render_config
-    from .net.tls import make_certs
+    from .net.tls import is_loopback, make_certs
+    if not a.out:
+        print("mpcache certs: give --out DIR (loopback demo), or use the deployment flow: "
+              "`certs ca`, `certs request`, `certs sign` (see --help)", file=sys.stderr)
+        return 2
     hosts = ["127.0.0.1", "localhost", *(a.host or [])]
-    paths = make_certs(a.out, hosts=hosts, days=a.days)
-    print(f"wrote CA and 3 party certificates to {a.out} "
+    make_certs(a.out, hosts=hosts, days=a.days)
+    print(f"LOOPBACK DEMO: wrote a CA and all 3 party keys and certificates to {a.out} "
           f"(SANs: mpcache-party-<id>, {', '.join(hosts)})")
+    remote = [h for h in hosts if not is_loopback(h)]
+    if remote:
+        print(f"warning: the CA key and every party's key are in one folder; for hosts "
+              f"{', '.join(remote)} make each key on its own host instead: `mpcache certs "
+              f"ca`, `mpcache certs request`, `mpcache certs sign`", file=sys.stderr)
     cfg = Path(a.out) / "parties.toml"
     if not cfg.exists():
         cfg.write_text(render_config([50051, 50052, 50053], certs_dir=".", session=None))
         print(f"wrote an example config {cfg} (loopback, ports 50051-50053)")
-    return 0 if paths else 1
+    return 0
+
+
+def _certs_ca(a) -> int:
+    from .net.tls import make_ca
+    p = make_ca(a.out, days=a.days)
+    print(f"wrote {p['ca']} (give it to every party) and {p['ca_key']} (mode 0600: keep it "
+          f"on this host, it signs every party's certificate)")
+    return 0
+
+
+def _certs_request(a) -> int:
+    from .net.tls import make_request
+    p = make_request(a.out, a.id, hosts=a.host or [])
+    print(f"wrote {p['key']} (mode 0600: it never leaves this host) and {p['csr']} (send it "
+          f"to the CA: `mpcache certs sign --id {a.id} --csr {p['csr'].name} ...`)")
+    return 0
+
+
+def _certs_sign(a) -> int:
+    from pathlib import Path
+
+    from .net.tls import sign_request
+    ca = a.ca or str(Path(a.ca_dir) / "ca.pem")
+    ca_key = a.ca_key or str(Path(a.ca_dir) / "ca.key")
+    out = a.out or str(Path(a.csr).with_name(f"party{a.id}.pem"))
+    p = sign_request(ca, ca_key, a.csr, a.id, out, days=a.days)
+    print(f"wrote {p}: certificate of party {a.id}; send it (and {ca}) back to party {a.id}")
+    return 0
+
+
+_CERTS = {"demo": _certs_demo, "ca": _certs_ca, "request": _certs_request,
+          "sign": _certs_sign}
+
+
+def _add_certs(subparsers) -> None:
+    p = subparsers.add_parser(
+        "certs", help="TLS certificates: a CA, each party's key and signing request, signing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deployment (each private key stays on its own host):\n"
+                    "  CA host:        mpcache certs ca --out ca/\n"
+                    "  party N's host: mpcache certs request --id N --out tls/ --host IP\n"
+                    "  CA host:        mpcache certs sign --ca-dir ca/ --id N --csr partyN.csr\n"
+                    "then give party N its partyN.pem and ca/ca.pem.\n\n"
+                    "Loopback demo (CA key and every party's key in ONE folder, for a single\n"
+                    "machine and tests only):  mpcache certs --out DIR")
+    p.add_argument("--out", help="loopback demo: folder for the CA, all three party keys and "
+                                 "certificates, and an example parties.toml")
+    p.add_argument("--host", action="append",
+                   help="loopback demo: extra SAN (IP or DNS name); repeatable")
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=cmd_certs, certs_cmd=None)
+    sub = p.add_subparsers(dest="certs_cmd", metavar="{ca,request,sign}")
+
+    q = sub.add_parser("ca", help="make the deployment's CA (ca.pem, ca.key)")
+    q.add_argument("--out", required=True, help="folder (made 0700) for ca.pem and ca.key")
+    q.add_argument("--days", type=int, default=365)
+
+    q = sub.add_parser("request", help="on a party's host: its key and a signing request")
+    q.add_argument("--id", type=int, required=True, choices=(0, 1, 2))
+    q.add_argument("--out", default=".", help="folder for partyN.key (0600) and partyN.csr")
+    q.add_argument("--host", action="append",
+                   help="IP or DNS name the peers dial this party at (SAN); repeatable")
+
+    q = sub.add_parser("sign", help="at the CA: check a request and issue the certificate")
+    q.add_argument("--id", type=int, required=True, choices=(0, 1, 2),
+                   help="the party the request must name (and only it)")
+    q.add_argument("--csr", required=True, help="the party's partyN.csr")
+    q.add_argument("--ca-dir", default=".", help="folder with ca.pem and ca.key")
+    q.add_argument("--ca", help="CA certificate (default: CA_DIR/ca.pem)")
+    q.add_argument("--ca-key", help="CA key (default: CA_DIR/ca.key)")
+    q.add_argument("--out", help="certificate to write (default: partyN.pem beside the CSR)")
+    q.add_argument("--days", type=int, default=365)
 
 
 def register(subparsers) -> None:
@@ -157,11 +251,7 @@ def register(subparsers) -> None:
     p.add_argument("job", nargs=argparse.REMAINDER, help=_JOB_HELP)
     p.set_defaults(func=cmd_launch)
 
-    p = subparsers.add_parser("certs", help="make a CA and one key/certificate per party")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--host", action="append", help="extra SAN (IP or DNS name); repeatable")
-    p.add_argument("--days", type=int, default=365)
-    p.set_defaults(func=cmd_certs)
+    _add_certs(subparsers)
 
 
 def main(argv=None) -> int:
