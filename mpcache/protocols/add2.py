@@ -72,21 +72,35 @@ class Add2(Protocol):
     def reveal(self, data, to, g: Group = ARITH):
         """P0 and P1 send their shares to whoever must learn the value (8 bytes/value per
         recipient).  Revealing to all includes the dealer, so every party's program sees
-        the same public values."""
+        the same public values.
+
+        When the dealer is a recipient, P0 sends ``x0 + s`` and P1 ``x1 - s`` (XOR: both
+        ``^ s``) with s from their common key: the dealer must learn the value only.  Raw
+        shares would tell it more, because it knows the randomness inside them: P0's
+        share of a Beaver product is ``c0 + e b0 + a0 f + e f`` with ``a0, b0, c0``
+        dealt by P2, so with the product it solves for both factors.  No extra bytes."""
         p = self.party
         tag = f"add2.{g.prefix}reveal"
         targets = [0, 1, 2] if to is None else [to]
         if self.active:
+            mine = data[0]
+            if DEALER in targets:
+                s = self.reveal_mask(mine.shape)
+                mine = g.combine(mine, s) if self.id == 0 else g.split(mine, s)
             for t in targets:
                 if t != self.id:
-                    p.send(t, data[0], tag)
+                    p.send(t, mine, tag)
         if self.id not in targets:
             return None
-        parts = [data[0]] if self.active else []
+        parts = [mine] if self.active else []
         for src in (0, 1):
             if src != self.id:
                 parts.append(p.recv(src, tag, data.shape[1:]))
         return g.combine(parts[0], parts[1])
+
+    def reveal_mask(self, shape) -> np.ndarray:
+        """At P0/P1: the mask that hides each half of an opening from the dealer."""
+        return self._prg_peer().ring(shape)
 
     # -- local --------------------------------------------------------------------------
     def add_public(self, data, c, g: Group = ARITH):

@@ -181,19 +181,33 @@ class Pair:
         tb, tr = unpack_msg(theirs, [b.shape for b in bits], [r.shape for r in rings])
         return [b ^ t for b, t in zip(bits, tb)], [r + t for r, t in zip(rings, tr)]
 
+    def ab_mask(self, shape, bits: bool = False) -> np.ndarray:
+        """At A and B: a mask from the A-B key (the dealer does not hold it), ring values
+        or (``bits``) uint8 bits.  Added to both data parties' halves of an opening that
+        also goes to D, it cancels in the sum and hides each half from D."""
+        return rand_bits(self.kAB, shape) if bits else self.kAB.ring(shape)
+
     def reveal_bits(self, bits: np.ndarray, tag="pair.reveal") -> np.ndarray:
-        """Open XOR-shared bits to all three parties (for public control flow)."""
+        """Open XOR-shared bits to all three parties (for public control flow).
+
+        A and B send ``share ^ z`` with the same bits z from the A-B key: the two messages
+        still XOR to the value, but neither is a raw share.  A raw share would tell D more
+        than the value: D holds A's and B's dealt randomness, so from A's share of a
+        comparison bit it can recompute a function of the masked input (for top-k's
+        revealed comparisons, a threshold test on the low bits of the difference).
+        Same bytes and rounds as sending the raw shares."""
         p = self.party
         if self.role == "D":
             n = bits.size
             sa = unpack_bits(p.recv(self.A, tag, ((n + 7) // 8,)), n)
             sb = unpack_bits(p.recv(self.B, tag, ((n + 7) // 8,)), n)
             return (sa ^ sb).reshape(bits.shape)
-        msg = pack_bits(bits)
+        z = self.ab_mask(bits.shape, bits=True)
+        msg = pack_bits(bits ^ z)
         p.send(self.D, msg, tag)
         p.send(self.other, msg, tag)
         t = unpack_bits(p.recv(self.other, tag, msg.shape), bits.size).reshape(bits.shape)
-        return bits ^ t
+        return bits ^ z ^ t
 
     # -- gates -----------------------------------------------------------------------------
     def and_fan(self, x: np.ndarray, ys, tag="pair.and"):

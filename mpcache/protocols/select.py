@@ -254,7 +254,13 @@ def argmin(x, axis=-1, method="tree"):
 
 # -- one-hot from a secret index ------------------------------------------------------------------
 def _open_mod(pair: Pair, v: np.ndarray, N: int, to_dealer: bool, tag="onehot.open"):
-    """Open v (pair shares) modulo N (a power of two) to A and B (and D if asked)."""
+    """Open v (pair shares) modulo N (a power of two) to A and B (and D if asked).
+
+    With ``to_dealer`` A sends ``v_A + z`` and B ``v_B - z`` (z from the A-B key): D
+    learns the sum and nothing else.  Without z, D would get B's half ``v_B - r_B`` with
+    ``r_B`` its own preprocessing value (rep3: P0 deals ``r_B = r_a - t``), and with A's
+    half of a shuffled index (A's shuffle output is a message D dealt) every opened
+    index.  Same bytes and rounds."""
     p = pair.party
     dt = np.uint8 if N <= 1 << 8 else np.uint16 if N <= 1 << 16 else np.uint32 \
         if N <= 1 << 32 else np.uint64
@@ -265,6 +271,9 @@ def _open_mod(pair: Pair, v: np.ndarray, N: int, to_dealer: bool, tag="onehot.op
         a = p.recv(pair.A, tag, v.shape).astype(RING)
         b = p.recv(pair.B, tag, v.shape).astype(RING)
         return ((a + b) & mask).astype(np.int64)
+    if to_dealer:
+        z = pair.ab_mask(v.shape)
+        v = v + z if pair.role == "A" else v - z
     mine = (v & mask).astype(dt)
     if to_dealer:
         p.send(pair.D, mine, tag)
