@@ -75,6 +75,11 @@ class Party:
         self.prg_prev = PRG(left)
         #: Local randomness nobody else sees (e.g. sharing one's own input).
         self.prg_own = PRG(fresh_key(self._rng))
+        # Stream names, the same at both holders of a key: the view audit fixes the
+        # streams an observer holds by name (mpcache.audit.frozen_streams).
+        self.prg_next.label = f"k{self.id}"
+        self.prg_prev.label = f"k{(self.id - 1) % 3}"
+        self.prg_own.label = f"own{self.id}"
 
     def prg_with(self, other: int) -> PRG:
         if other == (self.id + 1) % 3:
