@@ -8,7 +8,7 @@ import pytest
 import mpcache
 from mpcache.bench.decode import make_case, policy_cases_job
 from mpcache.nn.mpc_policies import split_breakdown
-from mpcache.nn.policies import MPCache
+from mpcache.nn.policies import PRESETS, MPCache
 from mpcache.nn.private import (calibrate_prescales, private_generate, share_decoder,
                                 share_prompt)
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
@@ -32,8 +32,9 @@ def model():
 
 def _cases(model, policy):
     dec, ids, _ = model
+    kw = {"preset": "paper"} if policy == "mpcache" else None   # the layout counted below
     case, ref = make_case(dec, ids, N, policy, None if policy == "full" else BUDGET,
-                          steps=2)
+                          steps=2, kw=kw)
     return [dict(case, persist_cache=False), dict(case, persist_cache=True)], ref
 
 
@@ -42,7 +43,7 @@ def _expected_saving(policy, n, j):
     reads n prefix rows and j + 1 rows appended while decoding (those are still opened)."""
     if policy == "full":                 # q @ K^T and p @ V over n prefix rows + 1 new
         return E * L * 2 * NKV * n * HD
-    pol = MPCache(BUDGET)
+    pol = MPCache(BUDGET, **PRESETS["paper"])
     pol.B = int(round(BUDGET * N))
     p = pol.plan(n + 1 + j)
     pool = p["nc"] * p["m"] * pol.cluster if p["two"] else p["nf"] * pol.cluster
