@@ -527,17 +527,13 @@ def run_grpc(argv_job: list, protocol: str, prompt: str | None = None,
              insecure: bool = False):
     """Start three party processes on loopback with fresh mTLS certificates.  ``prompt``
     goes to a 0600 file in the run's private folder (``--prompt-file``); the folder (keys,
-    certificates, prompt) is removed when the run ends."""
-    import shutil
+    certificates, prompt; ``tls.private_temp_dir``) is removed when the run ends."""
     import socket
-    import tempfile
-    from pathlib import Path
 
     from .net.config import render_config
     from .net.launcher import launch
-    from .net.tls import make_certs
-    d = Path(tempfile.mkdtemp(prefix="mpcache-gen-"))       # mode 0700
-    try:
+    from .net.tls import make_certs, private_temp_dir
+    with private_temp_dir("mpcache-gen-") as d:              # mode 0700, removed on exit
         make_certs(d)
         ports = []
         for _ in range(3):
@@ -553,5 +549,3 @@ def run_grpc(argv_job: list, protocol: str, prompt: str | None = None,
                                                       connect_timeout_s=120.0,
                                                       certs_dir=".", session=None))
         return launch(d / "parties.toml", job)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)

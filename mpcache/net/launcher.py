@@ -104,7 +104,7 @@ def private_job_argv(job_argv, folder: Path) -> list:
         if flag in flags and (eq or i + 1 < len(argv)):
             if not eq:
                 val, i = argv[i + 1], i + 1
-            path = _write_private(folder / f"input-{flag[2:]}.txt", val)
+            path = _write_private(folder / f"input{len(out)}-{flag[2:]}.txt", val)
             out += [f"--{flags[flag].replace('_', '-')}", str(path)]
         else:
             out.append(a)
