@@ -119,8 +119,10 @@ TAGS: dict[str, TagInfo] = {
         "the shape of the input", "shape"),
     "add2.reveal": TagInfo(
         "reveal",
-        "P0 and P1 send their additive shares to every party that must learn x",
-        "the other share, so it reconstructs x = x0 + x1", "output"),
+        "P0 and P1 send their additive shares to every party that must learn x; when the "
+        "dealer P2 is one of them, P0 sends x0 + s and P1 x1 - s (s from the P0-P1 key): "
+        "P2 knows the triples inside raw shares and would learn more than x",
+        "the other half, so it reconstructs x = x0 + x1 (and nothing else)", "output"),
     "add2.triple": TagInfo(
         "Beaver triple (dealt by P2)",
         "P2 draws a0, b0, c0 from the P0-P2 key and a1, b1 from the P1-P2 key, and sends "
@@ -267,7 +269,9 @@ TAGS: dict[str, TagInfo] = {
     "onehot.open": TagInfo(
         "one-hot of a secret index: open e = idx - r mod N",
         "the data parties open e = idx - r (r: the random one-hot's index, unknown to "
-        "everyone) and rotate their shares of onehot(r) by e: onehot(idx), no comparison",
+        "everyone) and rotate their shares of onehot(r) by e: onehot(idx), no comparison; "
+        "rep3's helper P0 also needs e: A sends its half + z, B its half - z (z from the "
+        "A-B key), so P0 cannot unmask B's half with the r-share it dealt",
         "e = idx - r mod N, uniform because r is uniform and unknown to each party"),
     "topk.shuffle*.ad": TagInfo(
         "secret shuffle: dealer's permuted masks (to B)",
@@ -287,7 +291,9 @@ TAGS: dict[str, TagInfo] = {
     "topk.*.reveal": TagInfo(
         "revealed comparisons of SHUFFLED keys (multi-pivot selection / final sort)",
         "after a secret uniform shuffle, the candidates are compared with the pivots and the "
-        "outcome bits are opened to all parties so they can follow the same control flow",
+        "outcome bits are opened to all parties so they can follow the same control flow; "
+        "A and B send their bit shares XOR the same bits from the A-B key, so the dealer "
+        "gets the outcome and not a raw share (whose dealt randomness it knows)",
         "the outcomes only relate positions of a secret random permutation (keys are made "
         "distinct), so they are simulatable without the data", "pattern"),
     # -- generic: dealer messages of the bit engine (any gate tag + ".deal") ------------------
