@@ -51,6 +51,16 @@ def _mm(m, k, n):
 
 register(Case("mul", "1048576", lambda r: (r.uniform(-4, 4, 1 << 20), r.uniform(-4, 4, 1 << 20)),
               lambda p, a, b: a * b, lambda a, b: a * b))
+
+
+def _reveal_all(p, a):
+    """Open ``a`` to every party inside the measured scope; the secret goes on."""
+    p.reveal(a)
+    return a
+
+
+register(Case("reveal", "1024", lambda r: (r.uniform(-100, 100, 1024),), _reveal_all,
+              lambda a: a))
 register(_mm(1, 768, 768))
 register(_mm(64, 768, 3072))
 register(_mm(1, 64, 1024))
