@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import mpcache
 from mpcache.nn import functional as F
+from mpcache.testing import run_op
 from mpcache.protocols import conversions as V
 from mpcache.protocols import select as S
 
@@ -293,3 +294,17 @@ def test_big_batches_unfused_path(protocol):
     assert np.array_equal(am, F.argmax_onehot(x))
     assert np.array_equal(r, np.maximum(x, 0))
     assert np.array_equal(e, (x == 0.125).astype(np.int64))
+
+
+def test_top_k_key_range_is_checked():
+    """Keys x * 2^l + index must not wrap: a public bound that does not fit is refused
+    before any message is sent, and a fitting one is accepted."""
+    x = np.linspace(-5, 5, 300)
+
+    def run(**kw):
+        return run_op("rep3", lambda p, a: a.top_k(3, **kw).sum(axis=-2), x)[0]
+
+    with pytest.raises(ValueError, match="would wrap"):
+        run(bound=2.0 ** 40)
+    out = run(bound=100.0)
+    assert np.array_equal(np.nonzero(out)[0], [297, 298, 299])

@@ -508,7 +508,31 @@ def _sort_small(pair: Pair, I: np.ndarray, nbits: int) -> np.ndarray:
     return _take_rows(I, order)
 
 
-def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True):
+def _check_key_range(x, l: int, bound) -> None:
+    """top-k's keys are ``x * 2^l + index``: they must not wrap, i.e. |x| < 2^(62 - l)
+    ring units.  A secret's size cannot be checked without a comparison, so the check is
+    on a public bound: ``bound`` (in x's own units) when given, else the fixed-point
+    encoding range |v| < 2^(62 - 2f) (ring.py).  Ring integers (frac 0) have no
+    encoding range: |x| < 2^(62 - l) is the caller's precondition, checked only
+    against a ``bound`` the caller passes."""
+    limit = 2.0 ** (62 - l - x.frac)          # in x's units
+    if bound is None:
+        if x.frac == 0:
+            return                             # documented: |x| < 2^(62 - l) for integers
+        bound = 2.0 ** (62 - 2 * x.frac)
+        if bound >= limit:
+            raise ValueError(
+                f"top_k over {1 << l} entries needs |x| < 2^{62 - l - x.frac} "
+                f"(= {limit:g}), below the encodable range 2^{62 - 2 * x.frac}; pass "
+                f"bound=B (a public bound on |x|, B < {limit:g}) to state it holds")
+        return
+    if not bound < limit:
+        raise ValueError(f"top_k: bound {bound!r} is not below 2^{62 - l - x.frac} "
+                         f"(= {limit:g}): keys x * 2^{l} + index would wrap")
+
+
+def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True,
+          bound: float | None = None):
     """One-hot selection [..., k, n] of the k largest entries of x along ``axis`` (moved
     last), rows in ascending index order, ties to the lower index; reveals only k.
     ``budget``: comparisons per level in units of n (more: fewer levels, more bytes).
@@ -516,7 +540,10 @@ def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True):
     the secret shuffle), skipping step 4 -- the second shuffle and the revealed sort,
     2 + ceil(log2 l) + 4 rounds (add2; rep3 one more) and k(k-1)/2 small comparisons.
     For consumers that use the one-hot as a set (a gather and a scatter with the same
-    one-hot, a sum over the rows): a decoding step's attention over the selected rows."""
+    one-hot, a sum over the rows): a decoding step's attention over the selected rows.
+    ``bound``: a public bound on |x| (x's units) when it is tighter than the encodable
+    range; needed only when the keys' index bits would not fit otherwise (see
+    :func:`_check_key_range`)."""
     _require_secret(x, "top_k")
     axis = _axis(x, axis) if x.ndim else None
     if axis is None:
@@ -530,6 +557,7 @@ def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True):
     l = builtin_max(1, int(n - 1).bit_length())
     if l > 18:
         raise ValueError(f"top_k supports up to 2^18 entries along the axis, got {n}")
+    _check_key_range(x, l, bound)
     party = x.party
     with party.scope("topk"):
         pair, U, batch, _ = _rows(x, axis)
