@@ -186,3 +186,37 @@ def test_launch_keeps_prompt_and_seed_off_child_command_lines_logs_and_json(tmp_
                    party_args=["--seed", seed, "--insecure-test-seed"], echo=False,
                  env=ENV)
     assert [o["share"] for o in again.outputs] == [o["share"] for o in outs]   # seeded
+
+
+# -- the command line, end to end (SmolLM2's tokenizer, a tiny random decoder) -------------
+SECRET_Q = "Which pelican guards the vault code 5551234?"
+
+
+def _cli_generate(tmp_path, capsys, *extra):
+    from mpcache.cli import main
+    out = tmp_path / "g.json"
+    rc = main(["generate", "--model", "tiny-random", "--prompt", SECRET_Q, "--max-new-tokens",
+               "3", "--policy", "topk", "--budget", "0.3", "--json", str(out), *extra])
+    assert rc == 0
+    text = capsys.readouterr()
+    doc = json.loads(out.read_text())
+    assert isinstance(doc["text"], str) and len(doc["tokens"]) >= 1
+    blob = out.read_text() + text.out + text.err
+    assert "pelican" not in blob and "5551234" not in blob
+    return doc, text.out
+
+
+def test_cli_generate_in_process_prints_answer_and_costs(tmp_path, capsys):
+    doc, out = _cli_generate(tmp_path, capsys, "--fixed-length")
+    assert "answer at the client P0" in out and "step 1: rows read" in out
+    assert "full cache (measured, same step)" in out
+    assert doc["steps"][0]["full"]["bytes"] > 0
+
+
+@pytest.mark.slow
+def test_cli_generate_over_grpc_prints_answer_and_costs(tmp_path, capsys):
+    """Three party processes: the answer text and ids reach the JSON and the summary,
+    with one cost line per step; the prompt is on no command line, log or JSON."""
+    doc, out = _cli_generate(tmp_path, capsys, "--transport", "grpc")
+    assert doc["outputs"][0]["text"] == doc["text"]
+    assert "answer at the client P0" in out and "step 1: rows read" in out
