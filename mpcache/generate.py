@@ -367,7 +367,8 @@ def step_lines(costs: list, n_answer: int | None = None) -> list:
         if f:
             pct = 100.0 * c["saved"]["bytes"] / f["bytes"] if f["bytes"] else 0.0
             line += (f" | full cache (measured, same step): {f['rows']:.1f} rows/layer, "
-                     f"{f['bytes'] / 1e6:.3f} MB, {f['rounds']} rounds, {f['seconds']:.2f} s"
+                     f"{f['bytes'] / 1e6:.3f} MB/party, {f['rounds']} rounds, "
+                     f"{f['seconds']:.2f} s"
                      f" | saved {c['saved']['bytes'] / 1e6:.3f} MB ({pct:.0f}%), "
                      f"{c['saved']['rounds']} rounds")
         lines.append(line + (" (padding after the answer's end)" if pad else ""))
