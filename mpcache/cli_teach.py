@@ -30,6 +30,8 @@ def register(sub) -> None:
     ex.add_argument("--values", action="store_true",
                     help="show share values in each message (toy data only)")
     ex.add_argument("--trace", metavar="FILE", help="also write the transcript to FILE")
+    ex.add_argument("--html", metavar="FILE", help="also write the run as an HTML trace "
+                    "view (self-contained; see `mpcache trace html`)")
     ex.set_defaults(func=_explain)
 
     tr = sub.add_parser("trace", help="read transcripts written with MPCACHE_TRACE / "
@@ -45,6 +47,8 @@ def register(sub) -> None:
     show.add_argument("--totals", action="store_true", help="totals only, no timeline")
     show.add_argument("--tags", action="store_true", help="also totals per protocol step")
     show.set_defaults(func=_trace_show)
+    from .trace_html import register_html
+    register_html(tsub)
 
 
 def _explain(a) -> int:
@@ -69,6 +73,12 @@ def _explain(a) -> int:
     if a.trace:
         traces_of(ex.result, a.protocol, 18).write(a.trace)
         print(f"transcript written to {a.trace} (read it with: mpcache trace show {a.trace})")
+    if a.html:
+        from .trace_html import write_html
+        n = write_html(traces_of(ex.result, a.protocol, 18), a.html,
+                       f"mpcache explain {a.op} --protocol {a.protocol} --shape "
+                       f"{'x'.join(map(str, ex.shape))}")
+        print(f"HTML view written to {a.html} ({n} messages)")
     return 0
 
 
