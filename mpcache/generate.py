@@ -444,6 +444,26 @@ def run_local(lm, request: GenerationRequest, protocol: str, echo_stream=sys.std
     return ids, summary
 
 
+def write_needle_files(folder=".", context: int = 2048, index: int = 0) -> dict:
+    """A demo input for eviction in the main job: a needle-in-a-haystack sample
+    (``niah_single_number`` of :mod:`mpcache.eval.tasks`: Paul Graham essays, one hidden
+    number) split into ``needle.txt`` (instructions + haystack, about ``context`` tokens
+    with the chat template) and ``question.txt``; returns the paths and the answer."""
+    from pathlib import Path
+
+    from .eval.tasks import TaskGenerator
+    lm = load_model("smollm2")
+    s = TaskGenerator(lm, seed=0).sample("niah_single_number", context, index)
+    user = s.prompt.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    body, _, question = user.rpartition("\n")
+    d = Path(folder)
+    (d / "needle.txt").write_text(body.rstrip("\n"), encoding="utf-8")
+    (d / "question.txt").write_text(question + " Answer with the number only.",
+                                    encoding="utf-8")
+    return {"context": str(d / "needle.txt"), "question": str(d / "question.txt"),
+            "answer": s.answers[0]}
+
+
 # -- gRPC: the same job in three processes ---------------------------------------------------
 def load_model(name: str = "smollm2"):
     """The packaged SmolLM2, or ``tiny-random``: SmolLM2's tokenizer in front of a 2-layer
