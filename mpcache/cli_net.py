@@ -96,7 +96,7 @@ def cmd_party(a) -> int:
         print(f"mpcache party: config error: {e}", file=sys.stderr)
         return 2
     argv = _job_argv(a.job)
-    return run_party(cfg, a.id, argv[0] if argv else None, argv[1:], a.output)
+    return run_party(cfg, a.id, argv[0] if argv else None, argv[1:], a.output, a.trace)
 
 
 def cmd_launch(a) -> int:
@@ -107,8 +107,11 @@ def cmd_launch(a) -> int:
     except (ConfigError, ValueError) as e:
         print(f"mpcache launch: config error: {e}", file=sys.stderr)
         return 2
+    from .trace_parties import party_file
     res = launch(a.config, _job_argv(a.job), party_args=_override_argv(a),
-                 kill_grace_s=a.kill_grace, deadline_s=a.deadline, cfg=cfg)
+                 per_party_args={i: ["--trace", party_file(a.trace, i)] for i in range(3)}
+                 if a.trace else None, kill_grace_s=a.kill_grace, deadline_s=a.deadline,
+                 cfg=cfg)
     for line in res.summary:
         print(f"[launch] {line}", flush=True)
     if a.json:
@@ -235,6 +238,8 @@ def register(subparsers) -> None:
     p.add_argument("--session", help="session id (the launcher sets a fresh one)")
     p.add_argument("--output", help="write the result and stats as JSON here")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--trace", metavar="FILE", help="record this party's transcript (metadata "
+                   "only) to FILE; merge with `mpcache trace show DIR`")
     _add_overrides(p)
     p.add_argument("job", nargs=argparse.REMAINDER, help=_JOB_HELP)
     p.set_defaults(func=cmd_party)
@@ -247,6 +252,8 @@ def register(subparsers) -> None:
     p.add_argument("--kill-grace", type=float, default=2.0,
                    help="seconds the other parties get to report after one fails")
     p.add_argument("--deadline", type=float, help="kill everything after this many seconds")
+    p.add_argument("--trace", metavar="DIR", help="each party records its transcript to "
+                   "DIR/pN.jsonl (read: mpcache trace show DIR / trace html DIR)")
     _add_overrides(p)
     p.add_argument("job", nargs=argparse.REMAINDER, help=_JOB_HELP)
     p.set_defaults(func=cmd_launch)

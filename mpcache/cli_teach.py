@@ -101,5 +101,8 @@ def _trace_show(a) -> int:
                   file=sys.stderr)
         print(format_trace(t, timeline=not a.totals, tags=a.tags, parties=a.party,
                            scope=a.scope, limit=a.limit))
-        bad |= bool(t.stats) and bool(t.check())
+        if t.meta.get("merged"):
+            from .trace_parties import format_merge
+            print(format_merge(t) + "\n")
+        bad |= bool(t.stats) and bool(t.check()) or bool(t.meta.get("link_check"))
     return 1 if bad else 0

@@ -336,7 +336,11 @@ def write(traces: list, path: str, append: bool | None = None) -> None:
 
 
 def read(path: str) -> list:
-    """All sessions in a trace file (JSON lines or JSON document) as :class:`Trace`."""
+    """All sessions in a trace file (JSON lines or JSON document) as :class:`Trace`; a
+    folder of per-party files is merged (:func:`mpcache.trace_parties.read_folder`)."""
+    if os.path.isdir(path):
+        from .trace_parties import read_folder
+        return read_folder(path)
     with open(path) as fh:
         text = fh.read()
     try:

@@ -128,6 +128,8 @@ def view_data(trace: Trace, title: str = "", scope: str | None = None) -> dict:
                        "crit": scope_rounds(stats, p) if stats else None})
     whole = [t.totals() for t in ts]
     check = trace.check() if stats else None
+    if trace.meta.get("link_check"):      # merged party files: the two ends disagree
+        check = (check or []) + list(trace.meta["link_check"])
     rows = [[m["sender"], m["receiver"], tag_ix[m["tag"]], m["nbytes"], m["round"],
              int(m["offline"]), scope_ix.get(m["scope"], len(paths)), m["dtype"],
              m["shape"], m["seq"]] for m in msgs]
@@ -442,7 +444,8 @@ def _cli_html(a) -> int:
     except ValueError as e:
         print(f"mpcache trace html: {e}", file=sys.stderr)
         return 2
-    bad = [m for t in traces if t.stats for m in t.check()]
+    bad = [m for t in traces for m in ((t.check() if t.stats else [])
+                                       + list(t.meta.get("link_check") or []))]
     print(f"wrote {a.output}: {len(traces)} session(s), {n} messages (arrows)"
           + ("" if not bad else f"; WARNING: events and accounting disagree ({bad[0]})"))
     return 1 if bad else 0

@@ -158,3 +158,59 @@ def test_browser_draws_one_arrow_per_message(browser, tmp_path):
     keep = os.environ.get("MPCACHE_HTML_SCREENSHOT")    # docs/img/... when refreshing docs
     if keep:
         shutil.copyfile(shot, keep)
+
+
+# -- traces recorded by real party processes -----------------------------------------------
+def test_launch_trace_merges_and_matches_every_partys_accounting(tmp_path):
+    from mpcache.net.config import render_config
+    from mpcache.net.launcher import launch
+    from mpcache.trace_parties import link_check, party_file, read_folder
+    cfg = tmp_path / "parties.toml"
+    cfg.write_text(render_config(insecure=True, timeout_s=30.0, seed=5))
+    folder = tmp_path / "traces"
+    res = launch(cfg, ["softmax", "--rows", "1", "--cols", "8"], echo=False,
+                 per_party_args={i: ["--trace", party_file(str(folder), i)]
+                                 for i in range(3)}, deadline_s=120)
+    assert res.returncode == 0, res.log_text(0)
+    (tr,) = read_folder(str(folder))
+    assert tr.session == res.session and tr.meta["link_check"] == []
+    for i, t in enumerate(tr.transcripts):
+        st = res.outputs[i]["stats"]
+        assert t.check(st) == [] and t.check() == []      # file snapshot = process output
+        assert t.totals()["bytes_sent"] == st["total"]["bytes_sent"]
+        for path, c in st["scopes"].items():
+            assert t.scope_counters(path) == {k: c[k] for k in T.COUNTER_KEYS}, path
+    # same messages, tags and sizes as the in-process traced session with the same seed
+    from mpcache.jobs import make_job
+    job, _ = make_job("softmax", rows=1, cols=8)
+    ref = mpcache.Session("rep3", seed=5, trace=True).run(job)
+    assert [sorted((e.peer, e.seq, e.tag, e.nbytes, e.stamp) for e in t.sends())
+            for t in tr.transcripts] == \
+        [sorted((e.peer, e.seq, e.tag, e.nbytes, e.stamp) for e in t.sends())
+         for t in ref.transcripts]
+    # the command lines read the folder; a receiver's record that disagrees is reported
+    r = subprocess.run([sys.executable, "-m", "mpcache.cli", "trace", "show", str(folder),
+                        "--totals"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "merged from 3 party files" in r.stdout
+    assert r.stdout.count("totals equal its own accounting") == 3
+    assert "each matched at its receiver" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "mpcache.cli", "trace", "html", str(folder),
+                        "-o", str(tmp_path / "run.html")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and f"{len(H.messages(tr))} messages" in r.stdout
+    p1 = party_file(str(folder), 1)
+    lines = open(p1).read().splitlines()
+    for j, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec["type"] == "event" and rec["direction"] == "recv" and rec["nbytes"] == 64:
+            rec["tag"] = "rep3.other"
+            lines[j] = json.dumps(rec)
+            break
+    open(p1, "w").write("\n".join(lines) + "\n")
+    (bad,) = read_folder(str(folder))
+    assert len(bad.meta["link_check"]) == 1 and "receiver" in bad.meta["link_check"][0]
+    assert link_check(bad) == bad.meta["link_check"]
+    r = subprocess.run([sys.executable, "-m", "mpcache.cli", "trace", "show", str(folder),
+                        "--totals"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "1 MISMATCH" in r.stdout

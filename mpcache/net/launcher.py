@@ -120,8 +120,9 @@ def party_rng(seed, party_id: int):
 
 
 def run_party(cfg: NetConfig, party_id: int, job_name: str | None = None, job_argv=(),
-              output: str | None = None) -> int:
-    """Run one party to completion; returns the process exit code (0 = success)."""
+              output: str | None = None, trace: str | None = None) -> int:
+    """Run one party to completion; returns the process exit code (0 = success).
+    ``trace``: write this party's transcript there (mpcache/trace_parties.py)."""
     from ..jobs import get_job
     from ..ring import FixedPoint
     from ..runtime import Party
@@ -152,16 +153,21 @@ def run_party(cfg: NetConfig, party_id: int, job_name: str | None = None, job_ar
              party_id, cfg.parties[party_id].bind, cfg.protocol, cfg.frac_bits,
              "PLAINTEXT (loopback)" if cfg.insecure else "mutual TLS", cfg.session, shaping)
     log.info("P%d: job %s %s", party_id, job_name, kwargs)
-    tr = None
+    tr = rec = None
+    done = False
     try:
         tr = GrpcTransport(party_id, cfg)
         log.info("P%d: connected to parties %s", party_id, tr.peers)
+        if trace:
+            from ..trace_parties import party_recorder
+            rec = party_recorder(tr, party_id, cfg.session)
         party = Party(party_id, cfg.protocol, tr, FixedPoint(cfg.frac_bits),
                       party_rng(cfg.seed, party_id))
         t0, wait0 = time.perf_counter(), tr.wait_s
         out = spec(party, **kwargs)
         secs, waited = time.perf_counter() - t0, tr.wait_s - wait0
         tr.close()
+        done = True
     except TransportError as e:
         log.error("P%d FAILED: %s", party_id, e)
         if tr is not None:
@@ -181,6 +187,11 @@ def run_party(cfg: NetConfig, party_id: int, job_name: str | None = None, job_ar
         if tr is not None:
             tr.abort(reason)
         return 1
+    finally:
+        if rec is not None:         # on failure too: the view up to where it stopped
+            from ..trace_parties import write_party_trace
+            write_party_trace(trace, rec, cfg.protocol, cfg.frac_bits,
+                              party.stats() if done else None)
     out = out if isinstance(out, dict) else {"result": out}
     stats = out.get("stats") or party.stats()
     tot = stats["total"]
