@@ -67,6 +67,21 @@ TAGS: dict[str, TagInfo] = {
         "P_i sends its second component x_{i+1} to P_{i-1}; each party adds the three "
         "components x_0 + x_1 + x_2",
         "the component it was missing, so it reconstructs x", "output"),
+    "rep3.checked_reveal": TagInfo(
+        "checked reveal: the missing component",
+        "as reveal: P_{r+1} sends x_{r+2} (its slot 1) to P_r (mpcache/checked.py)",
+        "the component it was missing, so it reconstructs x", "output"),
+    "rep3.checked_reveal.check": TagInfo(
+        "checked reveal: the second holder's copy",
+        "the other holder of x_{r+2}, P_{r+2}, sends it too (or its SHA-256); P_r compares "
+        "the two copies and complains if they differ",
+        "a second copy (or hash) of the component it receives anyway", "output"),
+    "rep3.checked_reveal.agree": TagInfo(
+        "checked reveal: complaints",
+        "every party tells both others whether its comparison failed (1 byte), so all "
+        "abort with the same verdict",
+        "whether the sender's two copies agreed: part of the checked output (all abort "
+        "on it)", "output"),
     "rep3.mul": TagInfo(
         "ring product: re-sharing",
         "each P_i computes z_i = x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i + alpha_i, where "

@@ -155,8 +155,13 @@ class Party:
         from .tensor import SecretTensor
         return SecretTensor.share(self, x, owner, integer=integer)
 
-    def reveal(self, t, to: int | None = None):
-        """Open a secret tensor to party ``to`` (or to all if None). Others get None."""
+    def reveal(self, t, to: int | None = None, checked: bool = False):
+        """Open a secret tensor to party ``to`` (or to all if None). Others get None.
+        ``checked=True`` (rep3): both holders of each share component send it and the
+        receiver compares; aborts on a mismatch (mpcache/checked.py)."""
+        if checked:
+            from .checked import checked_reveal
+            return checked_reveal(t, to)
         return t.reveal(to)
 
     def stats(self) -> dict:

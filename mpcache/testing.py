@@ -32,6 +32,7 @@ from .audit import (OUTPUT_TAGS, AuditReport, ViewBlock, ViewLeak,  # noqa: F401
                     assert_view_indistinguishable, audit_every_party, audit_views,
                     chi_square_lane_pvalues, collect_view, frozen_streams, held_streams)
 from .runtime import RunResult, Session
+from .tamper import Tamper, add_fixed, tamper  # noqa: F401
 
 PROTOCOLS = ("rep3", "add2")
 
