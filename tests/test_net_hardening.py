@@ -183,7 +183,21 @@ def test_a_header_alone_allocates_nothing():
     finally:
         tracemalloc.stop()
     assert peak < (1 << 20)                         # no 1 GiB buffer behind the header
-    assert asm.offset == 1024
+    assert asm.offset == 1024 and asm.buf is None
+
+
+def test_the_array_is_allocated_once_half_has_arrived():
+    total, step = 16 << 10, 1 << 10
+    asm = _asm(max_frame=step)
+    raw = bytes(range(256)) * (total // 256)
+    for k in range(total // step):
+        fr = _hdr(shape=[total], chunk=0, n_chunks=total // step, total_bytes=total) \
+            if k == 0 else _hdr(chunk=k)
+        out = asm.add(fr, memoryview(raw[k * step:(k + 1) * step]))
+        received = (k + 1) * step
+        if received < total:
+            assert (asm.buf is None) == (2 * received < total)   # never > 2x what came
+    assert out.payload.tobytes() == raw
 
 
 def test_chunked_message_is_rebuilt_exactly():

@@ -11,8 +11,10 @@ encoding (fields in any order) while returning the payload as a view, not a copy
 shape against byte count, size limits, chunk count and order) and turns chunk runs into
 :class:`~mpcache.net.transport.Message` s, each assembled into one fresh writable array.
 Memory follows the bytes actually received, never a header's claim: chunks are kept as
-views of their frames until the last one arrives, then copied once into an array of the
-announced size (a header saying "2 GiB" followed by nothing allocates nothing).
+views of their frames until half the announced size has arrived, and only then is the
+message's array allocated (each byte is still copied once); a message never makes the
+receiver allocate more than twice what its sender actually sent, so a header saying
+"2 GiB" followed by nothing allocates nothing.
 """
 from __future__ import annotations
 
@@ -111,6 +113,8 @@ class Reassembler:
         self.me, self.j, self.session = me, sender, session
         self.max_frame_bytes, self.max_message_bytes = max_frame_bytes, max_message_bytes
         self.head = None            # chunk 0 of the message in progress
+        self.buf = None             # the message's array, once half of it has arrived
+        self.parts: list = []       # chunks received before that (views of their frames)
 
     def _err(self, cls, text: str):
         return cls(f"party {self.me}: {text}")
@@ -141,19 +145,25 @@ class Reassembler:
                 (not last and len(payload) == 0):
             raise self._err(ProtocolMismatch, f"message {h.seq} from party {j} has {end} "
                                               f"payload bytes, its header says {h.total_bytes}")
-        # Keep the chunk (a view of the frame gRPC already holds: no copy, and no memory
-        # beyond what the peer actually sent); one array is allocated once all came.
-        self.parts.append(payload)
+        # Until half the message has arrived, keep each chunk as the view of its frame
+        # (gRPC already holds it: no copy); then allocate the message once and copy in.
+        # So a message never costs more than twice the bytes its peer actually sent.
+        if self.buf is None:
+            self.parts.append(payload)
+            if last or 2 * end >= h.total_bytes:
+                self.buf = np.empty(h.total_bytes, dtype=np.uint8)
+                pos = 0
+                for part in self.parts:
+                    self.buf[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+                    pos += len(part)
+                self.parts = []
+        else:
+            self.buf[self.offset:end] = np.frombuffer(payload, dtype=np.uint8)
         self.offset, self.next_chunk = end, self.next_chunk + 1
         if not last:
             return None
         self.head = None
-        buf = np.empty(h.total_bytes, dtype=np.uint8)
-        pos = 0
-        for part in self.parts:
-            buf[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
-            pos += len(part)
-        self.parts = []
+        buf, self.buf = self.buf, None
         arr = buf.view(self.dtype).reshape(self.shape)
         return Message(h.session, h.sender, h.seq, h.tag, h.stamp, arr, h.offline)
 
@@ -184,5 +194,5 @@ class Reassembler:
             raise self._err(ProtocolMismatch, f"party {j} announced {fr.n_chunks} chunks for "
                                               f"{fr.total_bytes} bytes")
         self.head, self.dtype, self.shape = fr, dtype, shape
-        self.parts = []
+        self.parts, self.buf = [], None
         self.offset = self.next_chunk = 0
