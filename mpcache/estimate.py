@@ -1,0 +1,379 @@
+"""``mpcache estimate``: bytes, rounds and offline bytes of one private decoding step of a
+model we do not run, from measured per-op costs and the cost formulas.
+
+    mpcache estimate --arch llama-7b --context 4096 8192 --protocol rep3
+    mpcache estimate --arch smollm2 --context 256 --protocol both --json est.json
+    mpcache estimate --arch my_model.json --context 1024        # a custom architecture
+
+Method (design choice: compose measured ops, never run the model).  A decoding step of
+the private decoder (:meth:`mpcache.nn.transformer.Decoder.decode_step` plus the greedy
+sample, as ``mpcache bench decode`` measures it in scope ``decode``) is the sequence
+
+    embed          one-hot [1, V] @ E [V, d]            (E persisted)
+    per layer      norm(d); q, k, v, o linears; attention over S+1 cached rows
+                   (RoPE or q-scale, cache append, scores, softmax, context);
+                   norm(d); MLP linears and activation
+    final          norm(d); LM head [d, V]; argmax one-hot over V; reveal the id
+
+Every piece is run on random secret data by the same code the model runs (the
+:mod:`mpcache.nn.layers` modules and :mod:`mpcache.nn.functional` ops, in a
+:class:`mpcache.Session`), so its bytes, messages and rounds are the protocol's own:
+
+* pieces whose size is cheap to run are measured **at the target shape**: norms,
+  RoPE, the MLP activation over ``mlp_hidden``, softmax over ``[n_kv, group, S+1]``, the
+  argmax over V;
+* matrix products are affine in their dimensions (closed forms in
+  :mod:`mpcache.protocols.costs`: an ``m x k @ k x q`` product costs a + b k + c q per
+  party for m = 1), so a linear layer, the embedding and the LM head are measured at three
+  small shapes and extrapolated; the attention's products are measured at two small cache
+  lengths S and extrapolated in S (tests/test_estimate.py checks both laws at a 4th
+  point).
+
+Bytes and offline bytes are summed **per party** and reported as the max over parties
+(as the accounting does); rounds are summed along the step (every piece waits for the
+previous one's output).  Norm prescales (a public power of two per norm, chosen by
+calibration; see :func:`mpcache.nn.private.calibrate_prescales`) add one truncation to a
+norm: ``prescaled`` says how many of the 2L+1 norms have one.
+
+LAN/WAN seconds are the communication part only: ``rounds x RTT/2 + bytes / bandwidth``
+with the presets of :mod:`mpcache.net.shaping` (compute is not modelled).
+
+Measured per-op costs are cached (``$XDG_CACHE_HOME/mpcache/estimate-ops.json``), keyed by
+the source of the protocol and layer code, so a later estimate runs in a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+
+#: Architectures (public configs).  ``prescaled``: norms (of 2L+1) with a prescale != 1
+#: as the calibration sets them (SmolLM2: prescales_for on its public calibration text;
+#: gpt2-small-random: calibrate_prescales on 256 random tokens, as bench decode does;
+#: LLaMA: assumed all, the cost upper bound: one truncation per norm).
+ARCHS = {
+    "smollm2": dict(arch="llama", vocab_size=49152, hidden_size=576, n_layers=30, n_heads=9,
+                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=None),
+    "gpt2-small": dict(arch="gpt2", vocab_size=50257, hidden_size=768, n_layers=12,
+                       n_heads=12, n_kv_heads=12, head_dim=64, mlp_hidden=3072,
+                       prescaled=None),
+    "llama-7b": dict(arch="llama", vocab_size=32000, hidden_size=4096, n_layers=32,
+                     n_heads=32, n_kv_heads=32, head_dim=128, mlp_hidden=11008,
+                     prescaled="all"),
+    "llama-3-8b": dict(arch="llama", vocab_size=128256, hidden_size=4096, n_layers=32,
+                       n_heads=32, n_kv_heads=8, head_dim=128, mlp_hidden=14336,
+                       prescaled="all"),
+}
+ARCHS["gpt2-small-random"] = ARCHS["gpt2-small"]
+KEYS = ("bytes_sent", "messages_sent", "offline_bytes_sent")
+#: cache lengths at which the attention's products are measured (then affine in S)
+S_POINTS = (16, 48)
+#: shapes at which a product's affine law is measured: (k, q), (2k, q), (k, 2q)
+K0 = Q0 = 8
+
+
+def arch_config(arch) -> dict:
+    """A preset name, a JSON file with the same keys, or a dict."""
+    if isinstance(arch, dict):
+        cfg = dict(arch)
+    elif arch in ARCHS:
+        cfg = dict(ARCHS[arch])
+    elif str(arch).endswith(".json") and os.path.exists(arch):
+        with open(arch) as fh:
+            cfg = json.load(fh)
+    else:
+        raise ValueError(f"unknown --arch {arch!r}: one of {', '.join(sorted(ARCHS))} or a "
+                         "JSON file")
+    need = ("arch", "vocab_size", "hidden_size", "n_layers", "n_heads", "mlp_hidden")
+    miss = [k for k in need if k not in cfg]
+    if miss:
+        raise ValueError(f"architecture lacks {', '.join(miss)}")
+    cfg.setdefault("n_kv_heads", cfg["n_heads"])
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["n_heads"])
+    cfg.setdefault("prescaled", "all")
+    if cfg["arch"] not in ("llama", "gpt2"):
+        raise ValueError(f"arch must be llama or gpt2, not {cfg['arch']!r}")
+    return cfg
+
+
+# -- measuring one piece ------------------------------------------------------------------
+class Cost:
+    """Per-party counters (bytes, messages, offline bytes) and rounds of a piece."""
+
+    def __init__(self, per=None, rounds=0):
+        self.per = per if per is not None else [{k: 0 for k in KEYS} for _ in range(3)]
+        self.rounds = rounds
+
+    def __add__(self, o):
+        return Cost([{k: a[k] + b[k] for k in KEYS} for a, b in zip(self.per, o.per)],
+                    self.rounds + o.rounds)
+
+    def __mul__(self, n):
+        return Cost([{k: a[k] * n for k in KEYS} for a in self.per], self.rounds * n)
+
+    __rmul__ = __mul__
+
+    def __sub__(self, o):
+        return self + o * -1
+
+    def affine(self, other, steps: float):
+        """self + steps * (other - self): the value of an affine law at a new point."""
+        d = other - self
+        return Cost([{k: a[k] + steps * b[k] for k in KEYS} for a, b in zip(self.per, d.per)],
+                    self.rounds + steps * d.rounds)
+
+    def summary(self) -> dict:
+        return {"bytes_per_party": int(round(max(p["bytes_sent"] for p in self.per))),
+                "offline_bytes_per_party": int(round(max(p["offline_bytes_sent"]
+                                                         for p in self.per))),
+                "messages_per_party": int(round(max(p["messages_sent"] for p in self.per))),
+                "rounds": int(round(self.rounds))}
+
+    def to_json(self):
+        return {"per": self.per, "rounds": self.rounds}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["per"], d["rounds"])
+
+
+def _code_hash() -> str:
+    root = pathlib.Path(__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(list((root / "protocols").glob("*.py")) + [
+            root / "tensor.py", root / "nn" / "layers.py", root / "nn" / "functional.py",
+            root / "nn" / "kv_cache.py", root / "persistent.py", root / "estimate.py"]):
+        if f.exists():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class OpCosts:
+    """Measures pieces on demand and caches them (in memory and, optionally, on disk)."""
+
+    def __init__(self, path: str | None = "default", echo=None):
+        if path == "default":
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+            path = os.path.join(base, "mpcache", "estimate-ops.json")
+        self.path = path
+        self.echo = echo
+        self.version = _code_hash()
+        self.table: dict = {}
+        self.measured = 0
+        if path and os.path.exists(path):
+            try:
+                with open(path) as fh:
+                    doc = json.load(fh)
+                if doc.get("version") == self.version:
+                    self.table = doc.get("ops", {})
+            except (OSError, ValueError):
+                self.table = {}
+
+    def save(self) -> None:
+        if not self.path or not self.measured:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"version": self.version, "ops": self.table}, fh)
+        os.replace(tmp, self.path)
+
+    def get(self, protocol: str, name: str, **kw) -> Cost:
+        key = json.dumps([protocol, name, kw], sort_keys=True)
+        if key not in self.table:
+            if self.echo:
+                self.echo(f"  measuring {protocol} {name} {kw}")
+            res = _run_piece(protocol, name, **kw)
+            self.table[key] = {k: v.to_json() for k, v in res.items()}
+            self.measured += 1
+        return {k: Cost.from_json(v) for k, v in self.table[key].items()}
+
+
+def _run_piece(protocol: str, name: str, **kw) -> dict:
+    """Run piece ``name`` in a session; {"m": cost of scope m, sub-scope name: cost}."""
+    from .net.accounting import scope_rounds, scope_totals
+    from .runtime import Session
+    job = _PIECES[name]
+    res = Session(protocol, seed=0, processes=()).run(_piece_job, job, kw)
+    out = {}
+    paths = ["m"] + [f"m/{s}" for s in res.outputs[0]]
+    for path in paths:
+        per = [{k: scope_totals(st, path)[k] for k in KEYS} for st in res.stats]
+        out[path.split("/")[-1] if path != "m" else "m"] = Cost(
+            per, scope_rounds(res.stats, path))
+    return out
+
+
+def _piece_job(p, job, kw):
+    rng = np.random.default_rng(0)
+    subs = job(p, rng, **kw)
+    return list(subs or ())
+
+
+def _secret(p, rng, shape, owner=0, scale=1.0, integer=False):
+    v = None
+    if p.id == owner:
+        v = (rng.integers(0, 2, shape) if integer else rng.standard_normal(shape) * scale)
+    return p.share(v, owner=owner, integer=integer)
+
+
+def _piece_linear(p, rng, k, q, bias):
+    from .nn.layers import Linear
+    w = _secret(p, rng, (k, q), owner=1, scale=0.05)
+    w.persist()
+    b = _secret(p, rng, (q,), owner=1, scale=0.01) if bias else None
+    x = _secret(p, rng, (1, k))
+    with p.scope("m"):
+        Linear(w, b)(x)
+
+
+def _piece_embed(p, rng, v, d):
+    w = _secret(p, rng, (v, d), owner=1, scale=0.05)
+    w.persist()
+    oh = None
+    if p.id == 0:
+        oh = np.zeros((1, v), dtype=np.int64)
+        oh[0, 1] = 1
+    tok = p.share(oh, owner=0, integer=True)
+    with p.scope("m"):
+        tok @ w
+
+
+def _piece_norm(p, rng, arch, d, prescale):
+    from .nn.layers import LayerNorm, RMSNorm
+    g = _secret(p, rng, (d,), owner=1, scale=0.1)
+    if arch == "gpt2":
+        mod = LayerNorm(g, _secret(p, rng, (d,), owner=1, scale=0.01), 1e-5, prescale)
+    else:
+        mod = RMSNorm(g, 1e-5, prescale)
+    x = _secret(p, rng, (1, d))
+    with p.scope("m"):
+        mod(x)
+
+
+def _piece_attention(p, rng, arch, n_heads, n_kv_heads, head_dim, s):
+    """Attention of one decode token over ``s`` cached rows (persisted, as after a
+    prefill), the real :class:`~mpcache.nn.layers.Attention` with the linears left out."""
+    from .nn.kv_cache import KVCache
+    from .nn.layers import Attention, RoPE
+    cache = KVCache(1)
+    kk = _secret(p, rng, (n_kv_heads, s, head_dim))
+    vv = _secret(p, rng, (n_kv_heads, s, head_dim))
+    cache.replace(0, kk, vv, np.arange(s, dtype=np.int64))
+    cache.n_seen = s
+    cache.persist()
+    q = _secret(p, rng, (1, n_heads * head_dim))
+    kn = _secret(p, rng, (1, n_kv_heads * head_dim))
+    vn = _secret(p, rng, (1, n_kv_heads * head_dim))
+    rope = RoPE(head_dim, 10000.0, s + 2) if arch == "llama" else None
+    att = Attention(lambda x: q, lambda x: kn, lambda x: vn, lambda c: c, n_heads,
+                    n_kv_heads, head_dim, rope)
+    with p.scope("m"):
+        att(q, np.array([s]), cache, 0)
+    return ["softmax"]
+
+
+def _piece_softmax(p, rng, rows, group, n):
+    from .nn import functional as F
+    x = _secret(p, rng, (rows, group, n), scale=2.0)
+    with p.scope("m"):
+        F.softmax(x, axis=-1)
+
+
+def _piece_mlp_act(p, rng, arch, n):
+    from .nn import functional as F
+    g = _secret(p, rng, (1, n))
+    u = _secret(p, rng, (1, n), owner=1) if arch == "llama" else None
+    with p.scope("m"):
+        F.silu(g) * u if arch == "llama" else F.gelu(g)
+
+
+def _piece_sample(p, rng, v):
+    from .nn import functional as F
+    logits = _secret(p, rng, (v,), scale=3.0)
+    with p.scope("m"):
+        oh = F.argmax_onehot(logits, axis=-1)
+        (oh @ np.arange(v, dtype=np.int64)).reveal(to=0)
+
+
+_PIECES = {"linear": _piece_linear, "embed": _piece_embed, "norm": _piece_norm,
+           "attention": _piece_attention, "softmax": _piece_softmax,
+           "mlp_act": _piece_mlp_act, "sample": _piece_sample}
+
+
+# -- composing a decoding step ---------------------------------------------------------------
+def _affine2(ops, protocol, name, k, q, **kw) -> Cost:
+    """A product's cost at (k, q) from three small measurements (affine in k and in q)."""
+    c00 = ops.get(protocol, name, **_kq(name, K0, Q0), **kw)["m"]
+    c10 = ops.get(protocol, name, **_kq(name, 2 * K0, Q0), **kw)["m"]
+    c01 = ops.get(protocol, name, **_kq(name, K0, 2 * Q0), **kw)["m"]
+    return c00 + (c10 - c00) * ((k - K0) / K0) + (c01 - c00) * ((q - Q0) / Q0)
+
+
+def _kq(name, k, q):
+    return {"v": k, "d": q} if name == "embed" else {"k": k, "q": q}
+
+
+def _attention(ops, protocol, cfg, s) -> Cost:
+    """Attention over ``s`` cached rows + the new one: products affine in s (measured at
+    S_POINTS), softmax measured at the target shape."""
+    kw = dict(arch=cfg["arch"], n_heads=cfg["n_heads"], n_kv_heads=cfg["n_kv_heads"],
+              head_dim=cfg["head_dim"])
+    a, b = (ops.get(protocol, "attention", s=x, **kw) for x in S_POINTS)
+    rest_a, rest_b = a["m"] - a["softmax"], b["m"] - b["softmax"]
+    rest = rest_a.affine(rest_b, (s - S_POINTS[0]) / (S_POINTS[1] - S_POINTS[0]))
+    g = cfg["n_heads"] // cfg["n_kv_heads"]
+    sm = ops.get(protocol, "softmax", rows=cfg["n_kv_heads"], group=g, n=s + 1)["m"]
+    return rest + sm
+
+
+def n_prescaled(cfg) -> int:
+    total = 2 * cfg["n_layers"] + 1
+    p = cfg.get("prescaled", "all")
+    if p in (None, "none"):
+        return 0
+    if p == "all":
+        return total
+    return int(p)
+
+
+def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) -> dict:
+    """Predicted cost of one decoding step with ``context`` cached tokens (full cache)."""
+    cfg = arch_config(cfg)
+    ops = ops or OpCosts(None)
+    d, L, V = cfg["hidden_size"], cfg["n_layers"], cfg["vocab_size"]
+    nh, nkv, hd, ff = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["mlp_hidden"]
+    bias = cfg["arch"] == "gpt2"
+    lin = lambda k, q, b=bias: _affine2(ops, protocol, "linear", k, q, bias=b)  # noqa: E731
+    npre = n_prescaled(cfg)
+    norm1 = ops.get(protocol, "norm", arch=cfg["arch"], d=d, prescale=0.5)["m"]
+    norm0 = ops.get(protocol, "norm", arch=cfg["arch"], d=d, prescale=1.0)["m"]
+    parts = {
+        "embed": _affine2(ops, protocol, "embed", V, d),
+        "norms": norm1 * npre + norm0 * (2 * L + 1 - npre),
+        "qkv": (lin(d, nh * hd) + lin(d, nkv * hd) * 2) * L,
+        "attention": _attention(ops, protocol, cfg, context) * L,
+        "o_proj": lin(nh * hd, d) * L,
+        "mlp_linear": ((lin(d, ff) * 2 if cfg["arch"] == "llama" else lin(d, ff))
+                       + lin(ff, d)) * L,
+        "mlp_act": ops.get(protocol, "mlp_act", arch=cfg["arch"], n=ff)["m"] * L,
+        "lm_head": lin(d, V, False),
+        "sample": ops.get(protocol, "sample", v=V)["m"],
+    }
+    total = Cost()
+    for c in parts.values():
+        total = total + c
+    ops.save()
+    out = {"context": context, "protocol": protocol, **total.summary(),
+           "breakdown": {k: v.summary() for k, v in parts.items()}}
+    out["modelled_comm_seconds"] = comm_seconds(out["rounds"], out["bytes_per_party"])
+    return out
+
+
+def comm_seconds(rounds: int, nbytes: int) -> dict:
+    """LAN/WAN communication time: rounds x RTT/2 + bytes / bandwidth (no compute)."""
+    from .net.shaping import model_latency
+    return {net: model_latency(0.0, rounds, nbytes, net) for net in ("lan", "wan")}
