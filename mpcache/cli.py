@@ -12,7 +12,8 @@ import importlib
 import sys
 
 #: Modules exposing ``register(subparsers)``.
-PLUGINS = ("mpcache.cli_net", "mpcache.cli_model", "mpcache.cli_eval", "mpcache.cli_teach")
+PLUGINS = ("mpcache.cli_net", "mpcache.cli_model", "mpcache.cli_eval", "mpcache.cli_teach",
+           "mpcache.estimate")
 
 
 def _bench(sub) -> None:

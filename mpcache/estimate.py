@@ -51,15 +51,16 @@ import pathlib
 import numpy as np
 
 #: Architectures (public configs).  ``prescaled``: norms (of 2L+1) with a prescale != 1
-#: as the calibration sets them (SmolLM2: prescales_for on its public calibration text;
-#: gpt2-small-random: calibrate_prescales on 256 random tokens, as bench decode does;
-#: LLaMA: assumed all, the cost upper bound: one truncation per norm).
+#: as the calibration sets them: SmolLM2 47 of 61 (``generate.prescales_for``, the
+#: scales ``bench decode`` uses), gpt2-small-random all 25 (``calibrate_prescales`` on 256
+#: random tokens, as ``bench decode`` does); for the others all (an upper bound: a
+#: prescale costs one truncation per norm).
 ARCHS = {
     "smollm2": dict(arch="llama", vocab_size=49152, hidden_size=576, n_layers=30, n_heads=9,
-                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=None),
+                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=47),
     "gpt2-small": dict(arch="gpt2", vocab_size=50257, hidden_size=768, n_layers=12,
                        n_heads=12, n_kv_heads=12, head_dim=64, mlp_hidden=3072,
-                       prescaled=None),
+                       prescaled="all"),
     "llama-7b": dict(arch="llama", vocab_size=32000, hidden_size=4096, n_layers=32,
                      n_heads=32, n_kv_heads=32, head_dim=128, mlp_hidden=11008,
                      prescaled="all"),
@@ -373,7 +374,83 @@ def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) 
     return out
 
 
+def estimate(cfg, context: int, protocol: str, policy: str = "full", budget=None,
+             ops: OpCosts | None = None) -> dict:
+    """Predicted cost of one decoding step under ``policy`` (see :func:`estimate_step`)."""
+    if policy in (None, "full"):
+        return {**estimate_step(cfg, context, protocol, ops), "policy": "full"}
+    raise NotImplementedError(f"no estimate for policy {policy!r} (only: full)")
+
+
 def comm_seconds(rounds: int, nbytes: int) -> dict:
     """LAN/WAN communication time: rounds x RTT/2 + bytes / bandwidth (no compute)."""
     from .net.shaping import model_latency
     return {net: model_latency(0.0, rounds, nbytes, net) for net in ("lan", "wan")}
+
+
+# -- command line --------------------------------------------------------------------------------
+def register(sub) -> None:
+    p = sub.add_parser("estimate", help="predict one private decoding step's bytes, rounds "
+                       "and offline bytes for an architecture, without running the model",
+                       description="Compose one decoding step from pieces measured by the "
+                       "model's own code (at the target shape, or extrapolated along the "
+                       "affine laws of matrix products).  Docs: docs/teaching.md")
+    p.add_argument("--arch", required=True,
+                   help=f"{', '.join(sorted(ARCHS))}, or a JSON file with arch, vocab_size, "
+                   "hidden_size, n_layers, n_heads[, n_kv_heads, head_dim], mlp_hidden")
+    p.add_argument("--context", type=int, nargs="+", required=True,
+                   help="cached tokens before the step (one or more)")
+    p.add_argument("--protocol", choices=["rep3", "add2", "both"], default="rep3")
+    p.add_argument("--policy", default="full", help="full (default) or a KV-cache policy")
+    p.add_argument("--budget", type=float, help="policy budget (kept / prompt tokens)")
+    p.add_argument("--prescaled", help="norms with a prescale (an int, 'all' or 'none'; "
+                   "default: the preset's)")
+    p.add_argument("--breakdown", action="store_true", help="also print the pieces")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure every piece again (no cache file)")
+    p.add_argument("--json", dest="json_path", help="write the rows to this file")
+    p.set_defaults(func=_cli)
+
+
+def _cli(a) -> int:
+    import sys
+    try:
+        cfg = arch_config(a.arch)
+    except (ValueError, OSError) as e:
+        print(f"mpcache estimate: {e}", file=sys.stderr)
+        return 2
+    if a.prescaled is not None:
+        cfg["prescaled"] = a.prescaled
+    ops = OpCosts(None if a.no_cache else "default",
+                  echo=lambda s: print(s, file=sys.stderr))
+    protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
+    rows = []
+    print(f"{a.arch}: {cfg['n_layers']} layers, hidden {cfg['hidden_size']}, heads "
+          f"{cfg['n_heads']}/{cfg['n_kv_heads']} x {cfg['head_dim']}, MLP "
+          f"{cfg['mlp_hidden']}, vocab {cfg['vocab_size']}, {n_prescaled(cfg)} of "
+          f"{2 * cfg['n_layers'] + 1} norms prescaled; policy {a.policy}"
+          + (f" budget {a.budget}" if a.budget else ""))
+    print(f"{'protocol':<8} {'context':>7} {'MB/party':>10} {'rounds':>7} "
+          f"{'offline MB':>11} {'LAN s':>8} {'WAN s':>8}   (comm only)")
+    for proto in protos:
+        for n in a.context:
+            try:
+                r = estimate(cfg, n, proto, a.policy, a.budget, ops)
+            except (ValueError, NotImplementedError) as e:
+                print(f"mpcache estimate: {e}", file=sys.stderr)
+                return 2
+            r["arch"] = a.arch
+            rows.append(r)
+            m = r["modelled_comm_seconds"]
+            print(f"{proto:<8} {n:>7} {r['bytes_per_party'] / 1e6:>10.2f} {r['rounds']:>7} "
+                  f"{r['offline_bytes_per_party'] / 1e6:>11.2f} {m['lan']:>8.2f} "
+                  f"{m['wan']:>8.2f}")
+            if a.breakdown:
+                for k, v in r["breakdown"].items():
+                    print(f"    {k:<12} {v['bytes_per_party'] / 1e6:>10.3f} MB "
+                          f"{v['rounds']:>6} rounds {v['offline_bytes_per_party'] / 1e6:>10.3f}"
+                          " MB offline")
+    if a.json_path:
+        with open(a.json_path, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0

@@ -1,0 +1,92 @@
+"""``mpcache estimate`` (mpcache/estimate.py): the composed estimate of a decoding step
+equals the measured step of small models (bytes and offline bytes exactly, rounds within
+5%), and the affine laws it extrapolates along hold at points it did not measure."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mpcache import estimate as E
+from mpcache.bench.decode import make_case, policy_cases_job
+from mpcache.nn.private import calibrate_prescales
+from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
+from mpcache.runtime import Session
+
+TINY = {
+    "gpt2": dict(arch="gpt2", vocab_size=64, hidden_size=16, n_layers=2, n_heads=2,
+                 n_kv_heads=2, head_dim=8, mlp_hidden=32),
+    "llama-gqa": dict(arch="llama", vocab_size=96, hidden_size=24, n_layers=2, n_heads=4,
+                      n_kv_heads=2, head_dim=6, mlp_hidden=40),
+}
+
+
+def _measured_step(cfgd, context, protocol):
+    """One decoding step of a random model, measured as `mpcache bench decode` does."""
+    cfg = DecoderConfig(**cfgd, max_positions=context + 16)
+    dec = Decoder(cfg, random_weights(cfg, 0))
+    rng = np.random.default_rng(0)
+    pres = calibrate_prescales(dec, rng.integers(0, cfg.vocab_size, 32))
+    n_pre = sum(v["prescale"] != 1.0 for v in pres.values())
+    ids = rng.integers(0, cfg.vocab_size, context + 1)
+    case, _ = make_case(dec, ids, context, "full", None)
+    res = Session(protocol, timeout=600).run(policy_cases_job, dec.config, dec.weights, pres,
+                                             [case])
+    return res.scope("c0/decode"), n_pre
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_estimate_equals_the_measured_step(name, protocol):
+    context = 37
+    sc, n_pre = _measured_step(TINY[name], context, protocol)
+    est = E.estimate_step({**TINY[name], "prescaled": n_pre}, context, protocol,
+                          E.OpCosts(None))
+    assert est["bytes_per_party"] == sc["bytes_sent"]
+    assert est["offline_bytes_per_party"] == sc["offline_bytes_sent"]
+    assert abs(est["rounds"] - sc["rounds"]) <= 0.05 * sc["rounds"]
+    assert sum(v["bytes_per_party"] for v in est["breakdown"].values()) >= \
+        est["bytes_per_party"]
+
+
+def test_affine_laws_hold_where_not_measured(protocol):
+    ops = E.OpCosts(None)
+    for bias in (False, True):          # a product at (2k, 3q), never measured
+        k, q = 2 * E.K0, 3 * E.Q0
+        got = ops.get(protocol, "linear", k=k, q=q, bias=bias)["m"]
+        want = E._affine2(ops, protocol, "linear", k, q, bias=bias)
+        assert (got.per, got.rounds) == (want.per, want.rounds)
+    got = ops.get(protocol, "embed", v=3 * E.K0, d=2 * E.Q0)["m"]
+    want = E._affine2(ops, protocol, "embed", 3 * E.K0, 2 * E.Q0)
+    assert (got.per, got.rounds) == (want.per, want.rounds)
+    kw = dict(arch="llama", n_heads=4, n_kv_heads=2, head_dim=6)
+    s = 100                               # attention's products at a third cache length
+    a = ops.get(protocol, "attention", s=s, **kw)
+    cfg = {**kw, "hidden_size": 24}
+    want = E._attention(ops, protocol, cfg, s)
+    assert [p["bytes_sent"] for p in a["m"].per] == [p["bytes_sent"] for p in want.per]
+    assert a["m"].rounds == want.rounds
+
+
+def test_cli_and_custom_architecture(tmp_path):
+    arch = tmp_path / "tiny.json"
+    arch.write_text(json.dumps({**TINY["llama-gqa"], "prescaled": 3}))
+    out = tmp_path / "est.json"
+    r = subprocess.run([sys.executable, "-m", "mpcache.cli", "estimate", "--arch", str(arch),
+                        "--context", "64", "128", "--protocol", "both", "--no-cache",
+                        "--breakdown", "--json", str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [(x["protocol"], x["context"]) for x in rows] == [
+        ("rep3", 64), ("rep3", 128), ("add2", 64), ("add2", 128)]
+    for x in rows:
+        m = x["modelled_comm_seconds"]
+        assert m["wan"] > m["lan"] > 0
+    # a longer context costs more (attention grows with it), all else equal
+    assert rows[1]["bytes_per_party"] > rows[0]["bytes_per_party"]
+    assert "softmax" not in r.stdout and "attention" in r.stdout
+    with pytest.raises(ValueError, match="unknown --arch"):
+        E.arch_config("no-such-model")
+    with pytest.raises(ValueError, match="lacks"):
+        E.arch_config({"arch": "llama", "vocab_size": 8})
