@@ -70,6 +70,9 @@ ARCHS = {
 }
 ARCHS["gpt2-small-random"] = ARCHS["gpt2-small"]
 KEYS = ("bytes_sent", "messages_sent", "offline_bytes_sent")
+#: The attention twin keeps at most this many KV heads (bytes are then scaled up by
+#: n_kv_heads / twin heads; rounds are not scaled).
+MAX_TWIN_KV_HEADS = 4
 #: cache lengths at which the attention's products are measured (then affine in S)
 S_POINTS = (16, 48)
 #: shapes at which a product's affine law is measured: (k, q), (2k, q), (k, 2q)
@@ -375,11 +378,98 @@ def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) 
 
 
 def estimate(cfg, context: int, protocol: str, policy: str = "full", budget=None,
-             ops: OpCosts | None = None) -> dict:
-    """Predicted cost of one decoding step under ``policy`` (see :func:`estimate_step`)."""
+             ops: OpCosts | None = None, max_kv_heads: int = MAX_TWIN_KV_HEADS) -> dict:
+    """Predicted cost of one decoding step under ``policy`` (``NAME[:key=val,...]``, as
+    ``bench decode --policy``): the full-cache step (:func:`estimate_step`) plus the
+    policy's change per layer, measured on an attention twin (:func:`policy_delta`)."""
+    full = estimate_step(cfg, context, protocol, ops)
     if policy in (None, "full"):
-        return {**estimate_step(cfg, context, protocol, ops), "policy": "full"}
-    raise NotImplementedError(f"no estimate for policy {policy!r} (only: full)")
+        return {**full, "policy": "full"}
+    if budget is None:
+        raise ValueError(f"policy {policy!r} needs --budget")
+    cfg = arch_config(cfg)
+    ops = ops or OpCosts(None)
+    d = policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads)
+    b = dict(full["breakdown"])
+    per = {k: full[k] for k in ("bytes_per_party", "offline_bytes_per_party", "rounds")}
+    out = {**full, "policy": policy, "budget": budget, "full_cache": per,
+           "twin": d["twin"]}
+    for k in ("bytes_per_party", "offline_bytes_per_party", "rounds"):
+        out[k] = int(round(full[k] + d[k]))
+    b["policy_change"] = {k: int(round(d[k])) for k in ("bytes_per_party",
+                                                         "offline_bytes_per_party", "rounds")}
+    b["policy_change"]["messages_per_party"] = 0
+    out["breakdown"] = b
+    out["modelled_comm_seconds"] = comm_seconds(out["rounds"], out["bytes_per_party"])
+    return out
+
+
+def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=MAX_TWIN_KV_HEADS):
+    """A policy's change to one decoding step, from the same ``bench decode`` code run on
+    an *attention twin*: a random decoder with the target's head layout (KV heads capped
+    at ``max_kv_heads``, the group size kept) and tiny hidden, MLP and vocabulary sizes,
+    whose full-cache and policy steps differ only in attention.  Twins with D+2 and D+3
+    layers (D = the policy's dense first layers) give the change of the first selecting
+    layers and of every further layer: change(L) = c(D+2) + (L - D - 2) (c(D+3) - c(D+2)).
+    Costs are data-independent except where a policy's kept count depends on the data
+    (MPCache's ``static_tau`` threshold): there the twin's random data decide."""
+    from .cli_model import parse_policy
+    from .nn.policies import make_policy
+    _, name, kw = parse_policy(policy)
+    dense = int(getattr(make_policy(name, budget, **kw), "dense_layers", 0) or 0)
+    nkv = min(cfg["n_kv_heads"], max_kv_heads)
+    g = cfg["n_heads"] // cfg["n_kv_heads"]
+    scale = cfg["n_kv_heads"] / nkv
+    twin = dict(arch=cfg["arch"], vocab_size=32, hidden_size=8, n_heads=nkv * g,
+                n_kv_heads=nkv, head_dim=cfg["head_dim"], mlp_hidden=8)
+    c = {}
+    for layers in (dense + 2, dense + 3):
+        key = dict(twin=twin, layers=layers, context=context, policy=policy, budget=budget)
+        got = ops.table.get(json.dumps([protocol, "policy_twin", key], sort_keys=True))
+        if got is None:
+            if ops.echo:
+                ops.echo(f"  measuring {protocol} policy twin {key}")
+            got = _policy_twin(protocol, {**twin, "n_layers": layers}, context, policy,
+                               budget)
+            ops.table[json.dumps([protocol, "policy_twin", key], sort_keys=True)] = got
+            ops.measured += 1
+        c[layers] = got
+    ops.save()
+    L = cfg["n_layers"]
+    out = {"twin": {**twin, "kv_head_scale": scale, "layers": [dense + 2, dense + 3]}}
+    for k in ("bytes_per_party", "offline_bytes_per_party", "rounds"):
+        a, b = c[dense + 2][k], c[dense + 3][k]
+        if L <= dense:
+            v = 0.0
+        elif L < dense + 2:
+            v = a / 2 * (L - dense)
+        else:
+            v = a + (L - dense - 2) * (b - a)
+        out[k] = v * (scale if k != "rounds" else 1.0)
+    return out
+
+
+def _policy_twin(protocol, twin, context, policy, budget) -> dict:
+    """policy step minus full step of the twin (bytes/offline per party max, rounds)."""
+    from .bench.decode import make_case, policy_cases_job
+    from .cli_model import parse_policy
+    from .nn.private import calibrate_prescales
+    from .nn.transformer import Decoder, DecoderConfig, random_weights
+    from .runtime import Session
+    label, name, kw = parse_policy(policy)
+    cfg = DecoderConfig(**twin, max_positions=context + 16)
+    dec = Decoder(cfg, random_weights(cfg, 0))
+    rng = np.random.default_rng(0)
+    pres = calibrate_prescales(dec, rng.integers(0, cfg.vocab_size, 32))
+    ids = rng.integers(0, cfg.vocab_size, context + 1)
+    full, _ = make_case(dec, ids, context, "full", None)
+    pol, _ = make_case(dec, ids, context, name, budget, kw=kw)
+    res = Session(protocol, timeout=3600).run(policy_cases_job, dec.config, dec.weights,
+                                              pres, [full, pol])
+    a, b = res.scope("c0/decode"), res.scope("c1/decode")
+    return {"bytes_per_party": b["bytes_sent"] - a["bytes_sent"],
+            "offline_bytes_per_party": b["offline_bytes_sent"] - a["offline_bytes_sent"],
+            "rounds": b["rounds"] - a["rounds"]}
 
 
 def comm_seconds(rounds: int, nbytes: int) -> dict:
@@ -401,7 +491,9 @@ def register(sub) -> None:
     p.add_argument("--context", type=int, nargs="+", required=True,
                    help="cached tokens before the step (one or more)")
     p.add_argument("--protocol", choices=["rep3", "add2", "both"], default="rep3")
-    p.add_argument("--policy", default="full", help="full (default) or a KV-cache policy")
+    p.add_argument("--policy", nargs="+", default=["full"],
+                   help="full (default) and/or KV-cache policies as `bench decode --policy` "
+                   "takes them (NAME[:key=val,...], e.g. mpcache:preset=paper)")
     p.add_argument("--budget", type=float, help="policy budget (kept / prompt tokens)")
     p.add_argument("--prescaled", help="norms with a prescale (an int, 'all' or 'none'; "
                    "default: the preset's)")
@@ -428,23 +520,24 @@ def _cli(a) -> int:
     print(f"{a.arch}: {cfg['n_layers']} layers, hidden {cfg['hidden_size']}, heads "
           f"{cfg['n_heads']}/{cfg['n_kv_heads']} x {cfg['head_dim']}, MLP "
           f"{cfg['mlp_hidden']}, vocab {cfg['vocab_size']}, {n_prescaled(cfg)} of "
-          f"{2 * cfg['n_layers'] + 1} norms prescaled; policy {a.policy}"
-          + (f" budget {a.budget}" if a.budget else ""))
-    print(f"{'protocol':<8} {'context':>7} {'MB/party':>10} {'rounds':>7} "
+          f"{2 * cfg['n_layers'] + 1} norms prescaled"
+          + (f"; budget {a.budget}" if a.budget else ""))
+    print(f"{'protocol':<8} {'context':>7} {'policy':<22} {'MB/party':>10} {'rounds':>7} "
           f"{'offline MB':>11} {'LAN s':>8} {'WAN s':>8}   (comm only)")
     for proto in protos:
         for n in a.context:
-            try:
-                r = estimate(cfg, n, proto, a.policy, a.budget, ops)
-            except (ValueError, NotImplementedError) as e:
-                print(f"mpcache estimate: {e}", file=sys.stderr)
-                return 2
-            r["arch"] = a.arch
-            rows.append(r)
-            m = r["modelled_comm_seconds"]
-            print(f"{proto:<8} {n:>7} {r['bytes_per_party'] / 1e6:>10.2f} {r['rounds']:>7} "
-                  f"{r['offline_bytes_per_party'] / 1e6:>11.2f} {m['lan']:>8.2f} "
-                  f"{m['wan']:>8.2f}")
+            for pol in a.policy:
+                try:
+                    r = estimate(cfg, n, proto, pol, a.budget, ops)
+                except (ValueError, NotImplementedError) as e:
+                    print(f"mpcache estimate: {e}", file=sys.stderr)
+                    return 2
+                r["arch"] = a.arch
+                rows.append(r)
+                m = r["modelled_comm_seconds"]
+                print(f"{proto:<8} {n:>7} {pol[:22]:<22} {r['bytes_per_party'] / 1e6:>10.2f} "
+                      f"{r['rounds']:>7} {r['offline_bytes_per_party'] / 1e6:>11.2f} "
+                      f"{m['lan']:>8.2f} {m['wan']:>8.2f}")
             if a.breakdown:
                 for k, v in r["breakdown"].items():
                     print(f"    {k:<12} {v['bytes_per_party'] / 1e6:>10.3f} MB "
