@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--cost", nargs="+", help="frontier: `mpcache bench decode --json` files "
                    "(one decoding step's bytes, rounds, seconds per policy x budget)")
     p.add_argument("--md", help="frontier: also write the markdown table here")
+    p.add_argument("--override", nargs="+", action="append", default=[], metavar="JSON",
+                   help="frontier: eval JSON files whose specs replace those specs' records "
+                   "from --json entirely (repeatable; e.g. a re-run under changed code)")
     p.add_argument("--model", default="smollm2", help="frontier: the cost rows' model")
     p.add_argument("--protocol", nargs="+", default=["rep3", "add2"],
                    choices=["rep3", "add2"], help="frontier: protocols to tabulate")
@@ -116,7 +119,7 @@ def _frontier(a) -> int:
         print("mpcache eval frontier: one --context", file=sys.stderr)
         return 2
     rows, md = frontier(a.json, a.cost, a.out or "frontier.png", a.md, a.model, a.context[0],
-                        tuple(a.protocol), a.policy, a.budget)
+                        tuple(a.protocol), a.policy, a.budget, a.override)
     print(md)
     for p in a.protocol:
         for m in ("bytes", "lan"):

@@ -168,3 +168,21 @@ def test_frontier_without_rows_says_so(tmp_path):
     fc.write_text("[]")
     with pytest.raises(SystemExit, match="no accuracy"):
         frontier([fa], [fc])
+
+
+def test_override_replaces_a_spec_entirely(files, tmp_path):
+    fa, fc = files
+    # a re-run of top-k on other samples (ids 5, 6): it must not be averaged with the old
+    # ids 0, 1; specs it does not have keep the base file's records
+    new = [dict(r, id=r["id"].replace("-0", "-5").replace("-1", "-6"), score=1.0)
+           for r in _acc_records("topk@0.1", "topk", 0.1, [[1, 1], [1, 1]])]
+    fo = tmp_path / "rerun.json"
+    fo.write_text(json.dumps({"results": new}))
+    merged = accuracy_rows([fa, fo], 2048)                 # plain merge: 4 samples per task
+    assert merged["topk@0.1"]["n"] == [4] and merged["topk@0.1"]["accuracy"] == 75.0
+    acc = accuracy_rows([fa], 2048, overrides=[[fo]])
+    assert acc["topk@0.1"]["n"] == [2] and acc["topk@0.1"]["accuracy"] == 100.0
+    assert acc["full@full"]["accuracy"] == pytest.approx(75.0)
+    rows, md = frontier([fa], [fc], overrides=[[fo]], protocols=("rep3",))
+    assert "then, replacing the specs they have" in md
+    assert {r["label"]: r["accuracy"] for r in rows}["topk@0.1"] == 100.0

@@ -38,7 +38,7 @@ from .harness import parse_policy
 from .plot import _matplotlib, load_results, task_averages
 from .report import _order
 
-__all__ = ["accuracy_rows", "cost_rows", "join", "pareto", "frontier_markdown",
+__all__ = ["merged_results", "accuracy_rows", "cost_rows", "join", "pareto", "frontier_markdown",
            "plot_frontier", "frontier", "front_members"]
 
 #: Cost measures the front is drawn over: row key -> column title.
@@ -63,10 +63,24 @@ def _split(text: str) -> tuple:
     return name.strip(), {k.strip(): v.strip() for k, v in knobs.items()}
 
 
-def accuracy_rows(paths, context: int) -> dict:
-    """``{spec@budget: {"accuracy", "tasks", "n"}}`` at one prompt length (accuracy in %)."""
+def merged_results(paths, overrides=()) -> list:
+    """The eval records of ``paths`` (merged per (sample, label), later files winning),
+    then of each group of files in ``overrides`` in turn: a label that a group has keeps
+    ONLY that group's records (a spec re-run under changed code must not be averaged
+    with samples of the old code)."""
+    res = load_results(paths)
+    for group in overrides:
+        new = load_results(group)
+        labels = {r["label"] for r in new}
+        res = [r for r in res if r["label"] not in labels] + new
+    return res
+
+
+def accuracy_rows(paths, context: int, overrides=()) -> dict:
+    """``{spec@budget: {"accuracy", "tasks", "n"}}`` at one prompt length (accuracy in %);
+    ``overrides``: see :func:`merged_results`."""
     out = {}
-    for (ctx, name, b), v in task_averages(load_results(paths)).items():
+    for (ctx, name, b), v in task_averages(merged_results(paths, overrides)).items():
         if ctx != context:
             continue
         pol, knobs = _split(name)
@@ -265,15 +279,18 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
 
 
 def frontier(acc_paths, cost_paths, out_png=None, out_md=None, model="smollm2",
-             context=2048, protocols=("rep3", "add2"), specs=None, budgets=None) -> tuple:
+             context=2048, protocols=("rep3", "add2"), specs=None, budgets=None,
+             overrides=()) -> tuple:
     """Join, tabulate and plot; returns ``(rows, markdown)``."""
-    acc = accuracy_rows(acc_paths, context)
+    acc = accuracy_rows(acc_paths, context, overrides)
     cost = cost_rows(cost_paths, model, context)
     if not acc and not cost:
         raise SystemExit(f"no accuracy at context {context} and no {model} cost rows at "
                          f"{context} in the files given")
     rows = join(acc, cost, protocols, specs, budgets)
-    title = (f"{model}, {context} tokens: plaintext accuracy ({', '.join(map(str, acc_paths))})"
+    srcs = ", ".join(map(str, acc_paths)) + "".join(
+        f"; then, replacing the specs they have, {', '.join(map(str, g))}" for g in overrides)
+    title = (f"{model}, {context} tokens: plaintext accuracy ({srcs})"
              f" vs MPC cost of one decoding step ({', '.join(map(str, cost_paths))})")
     md = frontier_markdown(rows, protocols, title)
     if out_md:
