@@ -51,8 +51,12 @@ def register(subparsers) -> None:
                    "(one decoding step's bytes, rounds, seconds per policy x budget)")
     p.add_argument("--md", help="frontier: also write the markdown table here")
     p.add_argument("--override", nargs="+", action="append", default=[], metavar="JSON",
-                   help="frontier: eval JSON files whose specs replace those specs' records "
-                   "from --json entirely (repeatable; e.g. a re-run under changed code)")
+                   help="frontier: later eval JSON files (repeatable); their records win, "
+                   "and a spec they have replaces that spec's earlier records entirely "
+                   "(a re-run under changed code), or only the specs in --replace")
+    p.add_argument("--replace", nargs="+", default=None, metavar="SPEC",
+                   help="frontier: only these specs (any budget) are replaced whole by "
+                   "--override files; other labels merge sample by sample")
     p.add_argument("--model", default="smollm2", help="frontier: the cost rows' model")
     p.add_argument("--protocol", nargs="+", default=["rep3", "add2"],
                    choices=["rep3", "add2"], help="frontier: protocols to tabulate")
@@ -119,7 +123,7 @@ def _frontier(a) -> int:
         print("mpcache eval frontier: one --context", file=sys.stderr)
         return 2
     rows, md = frontier(a.json, a.cost, a.out or "frontier.png", a.md, a.model, a.context[0],
-                        tuple(a.protocol), a.policy, a.budget, a.override)
+                        tuple(a.protocol), a.policy, a.budget, a.override, a.replace)
     print(md)
     for p in a.protocol:
         for m in ("bytes", "lan"):

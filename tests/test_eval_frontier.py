@@ -184,5 +184,8 @@ def test_override_replaces_a_spec_entirely(files, tmp_path):
     assert acc["topk@0.1"]["n"] == [2] and acc["topk@0.1"]["accuracy"] == 100.0
     assert acc["full@full"]["accuracy"] == pytest.approx(75.0)
     rows, md = frontier([fa], [fc], overrides=[[fo]], protocols=("rep3",))
-    assert "then, replacing the specs they have" in md
+    assert "re-run specs replaced whole: all in the later files" in md
     assert {r["label"]: r["accuracy"] for r in rows}["topk@0.1"] == 100.0
+    # --replace names the re-run specs: others merge sample by sample
+    assert accuracy_rows([fa], 2048, [[fo]], replace=["quest"])["topk@0.1"]["n"] == [4]
+    assert accuracy_rows([fa], 2048, [[fo]], replace=["topk"])["topk@0.1"]["n"] == [2]

@@ -63,24 +63,32 @@ def _split(text: str) -> tuple:
     return name.strip(), {k.strip(): v.strip() for k, v in knobs.items()}
 
 
-def merged_results(paths, overrides=()) -> list:
-    """The eval records of ``paths`` (merged per (sample, label), later files winning),
-    then of each group of files in ``overrides`` in turn: a label that a group has keeps
-    ONLY that group's records (a spec re-run under changed code must not be averaged
-    with samples of the old code)."""
-    res = load_results(paths)
+def _spec_of(label: str) -> str:
+    """The normalised spec of a ``spec@budget`` label, without the budget."""
+    return spec_key(*_split(label.rsplit("@", 1)[0]), None).rsplit("@", 1)[0]
+
+
+def merged_results(paths, overrides=(), replace=None) -> list:
+    """The eval records of ``paths``, then of each group of files in ``overrides`` in
+    turn, merged per (sample, label) with later files winning; except that a label the
+    group has keeps ONLY that group's records when its spec is in ``replace`` (every
+    label of the group when ``replace`` is None): a spec re-run under changed code must
+    not be averaged with samples of the old code."""
+    res = {(r["id"], r["label"]): r for r in load_results(paths)}
+    want = None if replace is None else {_spec_of(s + "@full") for s in replace}
     for group in overrides:
         new = load_results(group)
-        labels = {r["label"] for r in new}
-        res = [r for r in res if r["label"] not in labels] + new
-    return res
+        drop = {r["label"] for r in new if want is None or _spec_of(r["label"]) in want}
+        res = {k: r for k, r in res.items() if k[1] not in drop}
+        res.update({(r["id"], r["label"]): r for r in new})
+    return list(res.values())
 
 
-def accuracy_rows(paths, context: int, overrides=()) -> dict:
+def accuracy_rows(paths, context: int, overrides=(), replace=None) -> dict:
     """``{spec@budget: {"accuracy", "tasks", "n"}}`` at one prompt length (accuracy in %);
-    ``overrides``: see :func:`merged_results`."""
+    ``overrides``, ``replace``: see :func:`merged_results`."""
     out = {}
-    for (ctx, name, b), v in task_averages(merged_results(paths, overrides)).items():
+    for (ctx, name, b), v in task_averages(merged_results(paths, overrides, replace)).items():
         if ctx != context:
             continue
         pol, knobs = _split(name)
@@ -280,16 +288,18 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
 
 def frontier(acc_paths, cost_paths, out_png=None, out_md=None, model="smollm2",
              context=2048, protocols=("rep3", "add2"), specs=None, budgets=None,
-             overrides=()) -> tuple:
+             overrides=(), replace=None) -> tuple:
     """Join, tabulate and plot; returns ``(rows, markdown)``."""
-    acc = accuracy_rows(acc_paths, context, overrides)
+    acc = accuracy_rows(acc_paths, context, overrides, replace)
     cost = cost_rows(cost_paths, model, context)
     if not acc and not cost:
         raise SystemExit(f"no accuracy at context {context} and no {model} cost rows at "
                          f"{context} in the files given")
     rows = join(acc, cost, protocols, specs, budgets)
     srcs = ", ".join(map(str, acc_paths)) + "".join(
-        f"; then, replacing the specs they have, {', '.join(map(str, g))}" for g in overrides)
+        f"; then {', '.join(map(str, g))}" for g in overrides) + (
+        "" if not overrides else "; re-run specs replaced whole: " +
+        ("all in the later files" if replace is None else ", ".join(replace)))
     title = (f"{model}, {context} tokens: plaintext accuracy ({srcs})"
              f" vs MPC cost of one decoding step ({', '.join(map(str, cost_paths))})")
     md = frontier_markdown(rows, protocols, title)
