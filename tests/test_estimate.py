@@ -22,7 +22,7 @@ TINY = {
 }
 
 
-def _measured_step(cfgd, context, protocol):
+def _measured_step(cfgd, context, protocol, policy="full", budget=None, kw=None):
     """One decoding step of a random model, measured as `mpcache bench decode` does."""
     cfg = DecoderConfig(**cfgd, max_positions=context + 16)
     dec = Decoder(cfg, random_weights(cfg, 0))
@@ -30,7 +30,7 @@ def _measured_step(cfgd, context, protocol):
     pres = calibrate_prescales(dec, rng.integers(0, cfg.vocab_size, 32))
     n_pre = sum(v["prescale"] != 1.0 for v in pres.values())
     ids = rng.integers(0, cfg.vocab_size, context + 1)
-    case, _ = make_case(dec, ids, context, "full", None)
+    case, _ = make_case(dec, ids, context, policy, budget, kw=kw)
     res = Session(protocol, timeout=600).run(policy_cases_job, dec.config, dec.weights, pres,
                                              [case])
     return res.scope("c0/decode"), n_pre
@@ -47,6 +47,30 @@ def test_estimate_equals_the_measured_step(name, protocol):
     assert abs(est["rounds"] - sc["rounds"]) <= 0.05 * sc["rounds"]
     assert sum(v["bytes_per_party"] for v in est["breakdown"].values()) >= \
         est["bytes_per_party"]
+
+
+@pytest.mark.parametrize("policy, heads", [("mpcache:preset=paper", 2), ("mpcache", 2),
+                                           ("mpcache:preset=paper", 8)])
+def test_policy_estimate_equals_the_measured_step(policy, heads):
+    """The policy's change comes from an attention twin (other hidden/MLP/vocab sizes,
+    2-3 or 4-5 layers; with 8 KV heads, a 4-head twin scaled x2)."""
+    cfgd = dict(arch="llama", vocab_size=96, hidden_size=8 * heads, n_layers=6,
+                n_heads=2 * heads if heads == 2 else heads, n_kv_heads=heads, head_dim=8,
+                mlp_hidden=40)
+    name, _, knobs = policy.partition(":")
+    kw = dict(k.split("=") for k in knobs.split(",")) if knobs else {}
+    sc, n_pre = _measured_step(cfgd, 128, "rep3", name, 0.25, kw)
+    est = E.estimate({**cfgd, "prescaled": n_pre}, 128, "rep3", policy, 0.25,
+                     E.OpCosts(None))
+    exact = heads <= E.MAX_TWIN_KV_HEADS
+    for k, m in (("bytes_per_party", "bytes_sent"),
+                 ("offline_bytes_per_party", "offline_bytes_sent")):
+        if exact:
+            assert est[k] == sc[m], k
+        else:
+            assert abs(est[k] - sc[m]) <= 0.01 * sc[m], k
+    assert abs(est["rounds"] - sc["rounds"]) <= 0.05 * sc["rounds"]
+    assert est["bytes_per_party"] < est["full_cache"]["bytes_per_party"]
 
 
 def test_affine_laws_hold_where_not_measured(protocol):
