@@ -8,7 +8,7 @@ round.  A fixed-point product also needs a truncation by f bits; mpcache's is ex
 import numpy as np
 
 import mpcache
-from mpcache.protocols.costs import cost
+from mpcache.mpc.costs import cost
 
 n = 10_000
 a = np.random.default_rng(0).uniform(-100, 100, n)

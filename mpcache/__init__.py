@@ -5,8 +5,8 @@ Start with :class:`Session` and a job function; see README.md.
 """
 from .ring import FixedPoint, FixedPointRangeError
 from .runtime import Party, PartyFailed, RunResult, Session
-from .tensor import (SecretTensor, SessionMismatch, concatenate, gather, maximum, minimum,
-                     one_hot, stack, where)
+from .tensor import SecretTensor, SessionMismatch, concatenate, stack
+from .functions import gather, maximum, minimum, one_hot, where   # attaches the methods
 
 __version__ = "0.1.0"
 

@@ -20,6 +20,10 @@
   ``K <= 2^19 / (s+1)``; the inner dimension is chunked at 2^17.  10 BLAS products.
 
 Both give bit-identical results (tested against numpy's integer loop).
+
+:func:`rotate_rows` / :func:`roll_rows` rotate each row of a one-hot block by its own
+shift (numba; one-hot preprocessing in mpc/rep3.py and one_hot / top-k in
+functions/select.py).
 """
 from __future__ import annotations
 
@@ -403,10 +407,38 @@ def ring_matmul(a: np.ndarray, b: np.ndarray, mode: str | None = None) -> np.nda
     return _direct(a, b, out_shape)
 
 
+# -- per-row rotations (one-hot rows: mpc/rep3.py's preprocessing, functions/select.py) --
+@numba.njit(cache=True, nogil=True)
+def _rotate(X, s, n, out):
+    """out[t, j, i] = X[t, j, (i - s_j) mod N] for i < n (numba: no index arrays)."""
+    T, M, N = X.shape
+    for t in range(T):
+        for j in range(M):
+            sh = s[j] % N
+            for i in range(n):
+                c = i - sh
+                if c < 0:
+                    c += N
+                out[t, j, i] = X[t, j, c]
+
+
+def rotate_rows(X: np.ndarray, s: np.ndarray, n: int | None = None) -> np.ndarray:
+    """X [T, M, N] -> [T, M, n]: each row j rotated right by its own s_j, first n columns."""
+    X = np.ascontiguousarray(X, dtype=np.uint64)
+    n = X.shape[2] if n is None else int(n)
+    out = np.empty(X.shape[:2] + (n,), np.uint64)
+    _rotate(X, np.ascontiguousarray(s, dtype=np.int64), n, out)
+    return out
+
+
+def roll_rows(X: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """out[j, c] = X[j, (c - s_j) mod N] (each row rotated right by its own s_j)."""
+    return rotate_rows(X[None], s)[0]
+
+
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) every kernel signature used, so a
     benchmark never times a compilation."""
-    from .protocols.select import rotate_rows     # one-hot rotation (top-k, one_hot)
     rotate_rows(np.zeros((1, 2, 3), np.uint64), np.zeros(2, np.int64))
     one = np.ones((2, 3), dtype=np.uint64)
     for mode in MODES:

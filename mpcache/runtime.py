@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .kernels import side_core
-from .net.accounting import breakdown, scope_rounds, scope_totals
+from .accounting import breakdown, scope_rounds, scope_totals
 from .net.local import LocalNetwork
 from .net.transport import Transport, TransportError
 from .prg import PRG, array_to_key, fresh_key, key_to_array
@@ -38,10 +38,10 @@ PROTOCOLS = ("rep3", "add2")
 
 def make_protocol(name: str, party: "Party"):
     if name == "rep3":
-        from .protocols.rep3 import Rep3
+        from .mpc.rep3 import Rep3
         return Rep3(party)
     if name == "add2":
-        from .protocols.add2 import Add2
+        from .mpc.add2 import Add2
         return Add2(party)
     raise ValueError(f"unknown protocol {name!r}; choose one of {PROTOCOLS}")
 

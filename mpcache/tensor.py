@@ -1,7 +1,10 @@
 """SecretTensor: a numpy-like handle on this party's share of a secret tensor.
 
 One class serves both protocols: structural and linear ops act on the share ``data``
-(see protocols/base.py) and interactive ops go to ``party.protocol``.  Fixed-point
+(see mpc/base.py) and interactive ops go to ``party.protocol``.  Comparisons,
+selection and non-linear functions (``<``, ``max``, ``top_k``, ``exp``, ``softmax``, ...)
+are attached from the one method table of :mod:`mpcache.functions` (``METHODS``) when
+the package is imported; this module does not import that layer.  Fixed-point
 bookkeeping lives here: ``frac`` is the number of fractional bits (``f`` for fixed-point
 tensors, 0 for ring integers such as one-hot vectors).
 
@@ -22,8 +25,8 @@ import numbers
 import numpy as np
 
 from .kernels import matmul_shape, ring_matmul
-from .persistent import Persisted, concatenated, grown
-from .protocols.base import align, phantom
+from .mpc.base import align, phantom
+from .mpc.persistent import Persisted, concatenated, grown
 from .ring import RING, FixedPointRangeError, encode_int
 
 
@@ -58,7 +61,7 @@ class SecretTensor:
         element per party) so every later ``x @ W`` opens only ``x - A``; rep3 needs
         nothing (its matmul already costs the output size).  Results are the same.  The
         state follows the tensor through local views (slicing with public indices,
-        reshape, transpose, ...; mpcache/persistent.py), so ``W[:, :n].reshape(...)`` is
+        reshape, transpose, ...; mpcache/mpc/persistent.py), so ``W[:, :n].reshape(...)`` is
         persisted too.  Persisting an already fully persisted tensor is a no-op."""
         if self.ndim < 2:
             raise ValueError(f"persist() needs a matrix or a batch of matrices (the right "
@@ -451,99 +454,3 @@ def stack(tensors, axis=0):
         raise ValueError("need at least one tensor to stack")
     nd = ts[0].ndim + 1
     return concatenate([t.expand_dims(axis % nd) for t in ts], axis=axis % nd)
-
-
-# === non-linear approximations: exp, reciprocal, rsqrt, softmax, gelu, silu, tanh, sigmoid =
-# (owned by mpcache/protocols/approx.py, reciprocal.py, activations.py; keyword arguments
-#  are forwarded as documented there.  Kept as one delimited block.)
-def _nl_exp(self, **kw):
-    """e^x on [-14, 0] (clipped below; see protocols/approx.exp for knobs and range)."""
-    from .protocols.approx import exp
-    return exp(self, **kw)
-
-
-def _nl_reciprocal(self, **kw):
-    """1/x for x > 0 (top-bit normalisation + polynomial; protocols/reciprocal.py)."""
-    from .protocols.reciprocal import reciprocal
-    return reciprocal(self, **kw)
-
-
-def _nl_rsqrt(self, **kw):
-    """1/sqrt(x) for x > 0 (top-bit normalisation + polynomial; protocols/reciprocal.py)."""
-    from .protocols.reciprocal import rsqrt
-    return rsqrt(self, **kw)
-
-
-def _nl_softmax(self, axis=-1, **kw):
-    """Softmax along ``axis`` (max-subtracted by default; protocols/approx.softmax)."""
-    from .protocols.approx import softmax
-    return softmax(self, axis, **kw)
-
-
-def _nl_gelu(self, **kw):
-    """GELU by an even piecewise polynomial (protocols/activations.py)."""
-    from .protocols.activations import gelu
-    return gelu(self, **kw)
-
-
-def _nl_silu(self, **kw):
-    """SiLU by an even piecewise polynomial (protocols/activations.py)."""
-    from .protocols.activations import silu
-    return silu(self, **kw)
-
-
-def _nl_tanh(self, **kw):
-    """tanh by a fitted odd polynomial on [-3.5, 3.5], +-1 outside (activations.py)."""
-    from .protocols.activations import tanh
-    return tanh(self, **kw)
-
-
-def _nl_sigmoid(self, **kw):
-    """sigmoid by a fitted polynomial on [-7, 7], 0/1 outside (activations.py)."""
-    from .protocols.activations import sigmoid
-    return sigmoid(self, **kw)
-
-
-SecretTensor.exp = _nl_exp
-SecretTensor.reciprocal = _nl_reciprocal
-SecretTensor.rsqrt = _nl_rsqrt
-SecretTensor.softmax = _nl_softmax
-SecretTensor.gelu = _nl_gelu
-SecretTensor.silu = _nl_silu
-SecretTensor.tanh = _nl_tanh
-SecretTensor.sigmoid = _nl_sigmoid
-# === end of non-linear approximations block ===============================================
-
-
-# =========================================================================================
-# Comparisons, selection, max/argmax, top-k, one-hot, gather (comparison engineer):
-# thin delegations to mpcache/protocols/{compare,select}.py.  ``==`` stays unoverloaded
-# (object identity; SecretTensors remain hashable): use ``x.eq(y)``.
-# =========================================================================================
-from .protocols import compare as _cmp  # noqa: E402
-
-SecretTensor.__lt__ = lambda self, other: _cmp.lt(self, other)
-SecretTensor.__le__ = lambda self, other: _cmp.le(self, other)
-SecretTensor.__gt__ = lambda self, other: _cmp.gt(self, other)
-SecretTensor.__ge__ = lambda self, other: _cmp.ge(self, other)
-SecretTensor.eq = lambda self, other: _cmp.eq(self, other)
-SecretTensor.ne = lambda self, other: _cmp.ne(self, other)
-SecretTensor.msb = lambda self: _cmp.msb(self)
-SecretTensor.relu = lambda self: _cmp.relu(self)
-SecretTensor.abs = lambda self: _cmp.abs(self)
-SecretTensor.__abs__ = lambda self: _cmp.abs(self)
-SecretTensor.clip = lambda self, lo=None, hi=None: _cmp.clip(self, lo, hi)
-SecretTensor.select = lambda self, a, b: _cmp.select(self, a, b)
-
-from .protocols import select as _sel  # noqa: E402
-
-SecretTensor.max = lambda self, axis=-1, keepdims=False: _sel.max(self, axis, keepdims)
-SecretTensor.min = lambda self, axis=-1, keepdims=False: _sel.min(self, axis, keepdims)
-SecretTensor.argmax = lambda self, axis=-1, **kw: _sel.argmax(self, axis, **kw)
-SecretTensor.argmin = lambda self, axis=-1, **kw: _sel.argmin(self, axis, **kw)
-SecretTensor.top_k = lambda self, k, axis=-1, **kw: _sel.top_k(self, k, axis, **kw)
-SecretTensor.one_hot = lambda self, n: _sel.one_hot(self, n)
-SecretTensor.gather = lambda self, X: _sel.gather(self, X)
-where, one_hot, gather, maximum, minimum = (_cmp.where, _sel.one_hot, _sel.gather, _cmp.maximum,
-                                            _cmp.minimum)      # exported by mpcache/__init__
-# === end of comparison block ===============================================================

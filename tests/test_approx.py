@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mpcache
-from mpcache.protocols import approx as A
+from mpcache.functions import approx as A
+from mpcache.functions import poly as P
 from mpcache.ring import FixedPoint
 from mpcache.testing import run_op
 
-compare = pytest.importorskip("mpcache.protocols.compare")
-from mpcache.protocols import conversions as CV   # noqa: E402
-from mpcache.protocols import reciprocal as RC    # noqa: E402
+compare = pytest.importorskip("mpcache.functions.compare")
+from mpcache.functions import convert as CV       # noqa: E402
+from mpcache.functions import reciprocal as RC    # noqa: E402
 
 ULP = 2.0 ** -18
 _erf = np.vectorize(math.erf)
@@ -195,7 +196,7 @@ def test_softmax_one_reciprocal_per_row(protocol):
         with p.scope("sm"):
             return a.softmax(axis=-1)
     _, r1 = run_op(protocol, job, x)
-    _, r2 = run_op(protocol, lambda p, a: RC.reciprocal(A.scale_pow2(a, 18), x_range=(0.5, 512)),
+    _, r2 = run_op(protocol, lambda p, a: RC.reciprocal(P.scale_pow2(a, 18), x_range=(0.5, 512)),
                    np.ones((3, 1)))
     assert r1.scope("op/sm/recip")["bytes_sent"] == r2.scope("op")["bytes_sent"]
     # (scope rounds are entry-to-exit across parties; entering after the exp may skew by 1)
@@ -209,7 +210,7 @@ def test_softmax_rounds_compose(protocol):
     _, rs = run_op(protocol, lambda p, a: a.softmax(axis=-1), x)
     _, rm = run_op(protocol, lambda p, a: A.rowmax(a, -1), x)
     _, re = run_op(protocol, lambda p, a: A.exp(a - 25.0, out_frac=36), x)
-    _, rr = run_op(protocol, lambda p, a: RC.reciprocal(A.scale_pow2(a, 18),
+    _, rr = run_op(protocol, lambda p, a: RC.reciprocal(P.scale_pow2(a, 18),
                                                          x_range=(0.5, 2048)), np.ones((2, 1)))
     assert re.scope("op")["rounds"] == 10 + _ltz_rounds(protocol, x.size)
     pieces = rm.scope("op")["rounds"] + re.scope("op")["rounds"] + rr.scope("op")["rounds"]
@@ -303,7 +304,7 @@ def test_poly_eval_degrees(protocol):
     t = np.linspace(-1, 1, 101)
     for D, levels in ((1, 1), (2, 1), (3, 2), (4, 2), (7, 3), (8, 3), (12, 4), (16, 4)):
         c = rng.uniform(-1, 1, D + 1) / (D + 1)
-        out, res = run_op(protocol, lambda p, a: A.poly_eval(a, c), t)
+        out, res = run_op(protocol, lambda p, a: P.poly_eval(a, c), t)
         assert np.max(np.abs(out - np.polyval(c[::-1], q(t)))) <= (2e-5 if D <= 8 else 6e-5), D
         # an affine map is a truncation only: add2 truncates in 1 round, rep3 in 2
         expect = 1 if (D == 1 and protocol == "add2") else 2 * levels
@@ -311,7 +312,7 @@ def test_poly_eval_degrees(protocol):
 
 
 def test_fit_poly_is_least_squares():
-    c = A.fit_poly(np.exp, -1.0, 1.0, 6)
+    c = P.fit_poly(np.exp, -1.0, 1.0, 6)
     x = np.linspace(-1, 1, 1001)
     # near-minimax: the degree-6 minimax error of e^x on [-1, 1] is about 3e-6
     assert np.max(np.abs(np.polyval(c[::-1], x) - np.exp(x))) < 5e-6

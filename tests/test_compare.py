@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mpcache
-from mpcache.protocols import compare as C
-from mpcache.protocols import conversions as V
-from mpcache.protocols.boolean import BoolTensor
+from mpcache.booltensor import BoolTensor
+from mpcache.functions import compare as C
+from mpcache.functions import convert as CV
+from mpcache.mpc import compare_core as V
+from mpcache.mpc.costs import cmp_cost
 from mpcache.testing import assert_close, run_op
 
 EX = settings(max_examples=12, deadline=None)
@@ -116,8 +118,8 @@ def test_comparison_result_is_ring_integer(protocol):
 def test_a2b_b2a(protocol, x):
     def job(p):
         a = p.share(x if p.id == 0 else None, 0, integer=True)
-        b = V.a2b(a)
-        return b.reveal(), V.b2a(b, bit=63).reveal(), V.b2a(b >> 5).reveal()
+        b = CV.a2b(a)
+        return b.reveal(), CV.b2a(b, bit=63).reveal(), CV.b2a(b >> 5).reveal()
     words, top, bit5 = mpcache.Session(protocol).run(job).output
     u = x.view(np.uint64)
     assert np.array_equal(words, u)
@@ -159,13 +161,13 @@ def _cost(protocol, op, *inputs, integer=()):
 @pytest.mark.parametrize("n", [1, 64, 100, 512, 5000])
 @pytest.mark.parametrize("op", ["msb", "relu", "eq"])
 def test_compare_cost_formula(protocol, n, op):
-    """Bytes, rounds and dealt bytes of a batch of comparisons == conversions.cmp_cost
+    """Bytes, rounds and dealt bytes of a batch of comparisons == costs.cmp_cost
     (the formulas in docs/nonlinear-compare.md)."""
     x = np.linspace(-5, 5, n)
     fn = {"msb": lambda p, a: C.msb(a), "relu": lambda p, a: a.relu(),
           "eq": lambda p, a: a.eq(0.5)}[op]
     sc = _cost(protocol, fn, x)
-    c = V.cmp_cost(op, n, protocol)
+    c = cmp_cost(op, n, protocol)
     assert (sc["bytes_sent"], sc["rounds"], sc["offline_bytes_sent"]) == \
         (c["bytes"], c["rounds"], c["offline"])
 
@@ -202,7 +204,7 @@ def test_fused_sign_to_ring_matches(protocol):
 
 def test_a2b_rounds(protocol):
     """Kogge-Stone A2B: (rep3: P0's input round +) generate + log2(64) levels."""
-    sc = _cost(protocol, lambda p, a: V.b2a(V.a2b(a), 63), np.arange(8), integer=(0,))
+    sc = _cost(protocol, lambda p, a: CV.b2a(CV.a2b(a), 63), np.arange(8), integer=(0,))
     # + b2a: 1 round (rep3: +1 re-sharing)
     assert sc["rounds"] == {"rep3": 8 + 2, "add2": 7 + 1}[protocol]
 
@@ -210,7 +212,7 @@ def test_a2b_rounds(protocol):
 def test_eq_cost(protocol):
     n = 64
     sc = _cost(protocol, lambda p, a, b: a.eq(b), np.zeros(n), np.ones(n))
-    c = V.cmp_cost("eq", n, protocol)
+    c = cmp_cost("eq", n, protocol)
     assert (sc["rounds"], sc["bytes_sent"], sc["offline_bytes_sent"]) == \
         (c["rounds"], c["bytes"], c["offline"])
     # open c (8 bytes), AND tree over 8 digit-equalities: (4 + 2) ANDs x 2 bits, then the
@@ -226,7 +228,7 @@ def test_errors(protocol):
         with pytest.raises(TypeError):
             C.msb(np.array([1.0]))
         with pytest.raises(ValueError):
-            C.select(a, a, a)                 # fixed-point condition
+            C.where(a, a, a)                  # fixed-point condition
         with pytest.raises(TypeError):
             C.lt(1.0, 2.0)
         with pytest.raises(ValueError):

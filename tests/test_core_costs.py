@@ -1,11 +1,11 @@
-"""Exact byte and round counts, checked against protocols/costs.py at three shapes."""
+"""Exact byte and round counts, checked against mpc/costs.py at three shapes."""
 import os
 
 import numpy as np
 import pytest
 
 import mpcache
-from mpcache.protocols.costs import cost
+from mpcache.mpc.costs import cost
 from mpcache.testing import assert_budget, run_op
 
 
@@ -118,7 +118,7 @@ def test_scope_seconds_come_from_online_parties(protocol):
             b = a * a
         return p.reveal(b)
     res = mpcache.Session(protocol).run(job)
-    from mpcache.net.accounting import scope_totals
+    from mpcache.accounting import scope_totals
     per = [scope_totals(s, "wait")["seconds"] for s in res.stats]
     want = (0, 1) if protocol == "add2" else (0, 1, 2)
     assert res.timed == want
@@ -130,7 +130,7 @@ def test_waits_and_cpu_say_where_wall_time_went(protocol):
     scope where they waited; CPU time is measured only in scopes opened with cpu=True,
     and a sleeping party's CPU stays far below its wall time."""
     import time
-    from mpcache.net.accounting import scope_totals
+    from mpcache.accounting import scope_totals
     sleeper = 0
 
     def job(p):
@@ -165,7 +165,7 @@ def test_side_core_cpu_is_counted_in_the_callers_scope(protocol, monkeypatch):
     ``side_cpu_seconds`` (exclusive, like waits), so a step's work is all accounted for."""
     from mpcache import kernels
     from mpcache.kernels import ring_matmul
-    from mpcache.net.accounting import scope_totals
+    from mpcache.accounting import scope_totals
     monkeypatch.setattr(kernels, "SIDE_CORE_MACS", 1)
     rng = np.random.default_rng(2)
     a = rng.integers(0, 2**64, (96, 512), dtype=np.uint64, endpoint=False)

@@ -4,7 +4,7 @@ import pytest
 
 import mpcache
 from mpcache.net.transport import PeerTimeout, ProtocolMismatch
-from mpcache.protocols.base import ProtocolError
+from mpcache.mpc.base import ProtocolError
 
 
 def run(protocol, job):

@@ -1,4 +1,4 @@
-"""Persistent right operands beyond 2-D weights (mpcache/persistent.py): batched operands,
+"""Persistent right operands beyond 2-D weights (mpcache/mpc/persistent.py): batched operands,
 views of persisted tensors, partially persisted buffers (the KV cache), and decoding steps
 with a persisted cache prefix -- same values as the ordinary path on both protocols; add2
 stops opening the persisted part (8 bytes per element per party), rep3 costs the same."""
@@ -169,8 +169,7 @@ def test_fresh_lines_patch_equals_the_general_path(kind, h, m, k, n, bcast, seed
     """Fresh elements that are whole rows or columns of W (a grown KV cache) are patched
     into the product (persistent.FreshLines) instead of copying W's arrays: the SAME ring
     values, bytes and rounds as the general path, on any pattern, and the right product."""
-    from mpcache import persistent
-    from mpcache.protocols import add2
+    from mpcache.mpc import add2, persistent
     rng = np.random.default_rng(seed)
     w = rng.integers(-50, 50, (h, k, n))
     x = rng.integers(-50, 50, (1 if bcast else h, m, k))

@@ -10,8 +10,9 @@ from hypothesis.extra import numpy as hnp
 import mpcache
 from mpcache.nn import functional as F
 from mpcache.testing import run_op
-from mpcache.protocols import conversions as V
-from mpcache.protocols import select as S
+from mpcache.functions import select as S
+from mpcache.mpc import compare_core as V
+from mpcache.mpc.costs import cmp_levels
 
 EX = settings(max_examples=8, deadline=None)
 EDGE = float(2**26 - 1)
@@ -172,7 +173,7 @@ def _tree_cost(n, payload, rows=1):
     while n > 1:
         c = (n // 2) * rows
         fused = c <= V.FUSE_MAX_BATCH
-        levels = V.cmp_levels(c, fused=fused)
+        levels = cmp_levels(c, fused=fused)
         rounds += len(levels) + 1
         nbytes += sum(b for b, _ in levels) + ((3 if fused else 1) * c + 7) // 8 + \
             8 * c * payload
@@ -285,7 +286,7 @@ def test_gather_mixing_sessions():
 
 
 def test_big_batches_unfused_path(protocol):
-    """Batches above conversions.FUSE_MAX_BATCH finish the tree and use plain b2a / bit
+    """Batches above compare_core.FUSE_MAX_BATCH finish the tree and use plain b2a / bit
     injection: same results."""
     rng = np.random.default_rng(9)
     x = np.round(rng.normal(size=(2, 4200)) * 8) / 8

@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from ..net.accounting import scope_totals
+from ..accounting import scope_totals
 from ..runtime import Session
 from . import modelled_seconds, write_rows
 

@@ -1,0 +1,140 @@
+"""Non-linear approximations, part 1: exp and softmax on the polynomial engine (:mod:`.poly`).
+
+Both protocols (rep3, add2) through one API on :class:`mpcache.tensor.SecretTensor`.
+Design notes, fits and measured costs: ``docs/nonlinear-approx.md``.  Siblings:
+:mod:`.reciprocal` (reciprocal, rsqrt) and :mod:`.activations` (GELU, SiLU, tanh, sigmoid).
+
+What a party learns: nothing.  Every step is a sub-protocol call of rep3/add2 (products,
+truncations) whose messages are uniformly masked, plus the comparison sub-protocols of
+``compare.py`` and ``select.py`` (same guarantee); nothing is opened outside ``reveal``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from .poly import (Dot, PolyPlan, _choose_frac, add_const, bits_times, bnot, fit_poly,
+                   poly_eval_many, run_level, scale_pow2, sign_bits, to_frac)
+from .reciprocal import reciprocal
+from .select import amax
+
+__all__ = ["exp", "softmax", "rowmax"]
+
+
+# ---------------------------------------------------------------------------------------
+# exp
+# ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _exp_plan(lo: float, hi: float, degree: int, squarings: int):
+    """Fit e^y on [lo, hi] / 2^squarings in t = (y - mid) / 2^k, |t| <= tmax."""
+    ylo, yhi = lo / 2 ** squarings, hi / 2 ** squarings
+    mid = 0.5 * (ylo + yhi)
+    half = 0.5 * (yhi - ylo)
+    k = max(0, math.ceil(math.log2(half))) if half > 0 else 0
+    tmax = half / 2 ** k
+    coeffs = fit_poly(np.exp, ylo, yhi, degree, relative=squarings > 0,
+                      var=lambda y: (y - mid) / 2 ** k)
+    return mid, k, tmax, tuple(coeffs)
+
+
+def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: int = 2,
+        clip: bool = True, out_frac: int | None = None, _mask=None):
+    """Secret ``e^x`` for ``x`` in ``[lo, hi]`` (default ``[-14, 0]``: softmax's range).
+
+    Method: ``e^x = p(x / 2^s)^(2^s)`` with ``p`` a degree-``degree`` least-squares fit of
+    ``e^y`` on ``[lo, hi] / 2^s`` (relative error when ``s > 0``), evaluated in
+    ``ceil(log2 degree)`` levels, then ``s = squarings`` squarings.  Defaults (8, 2):
+    5 levels = 10 rounds, relative error ~6e-6 from the fit.
+
+    ``clip`` (default True): ``x < lo`` gives exactly 0 (the sign bit of ``x - lo`` and one
+    bit-injection round; e^-14 < 2^-20 is below the fixed-point resolution anyway).
+    With ``clip=False`` the caller guarantees ``x >= lo``; below it the result is garbage.
+    Above ``hi`` the result is garbage too (not checked): ``exp`` is for ``x <= hi``.  A
+    general range works (e.g. ``lo=-8, hi=8``; values up to e^hi must fit the fixed
+    point range, hi <= 17), precision degrades with ``hi`` as the fractional bits left
+    for intermediates shrink.  ``out_frac``: fractional bits of the result (default f).
+
+    What a party learns: nothing beyond the comparison/multiplication sub-protocols.
+    """
+    f = x.party.fxp.frac_bits
+    out_frac = f if out_frac is None else out_frac
+    if hi <= lo:
+        raise ValueError("exp needs lo < hi")
+    mid, k, tmax, coeffs = _exp_plan(float(lo), float(hi), int(degree), int(squarings))
+    plan = PolyPlan(coeffs, tmax)
+    bound = max(plan.bound(), math.exp(max(hi, 0.0)) * 1.01)     # largest product value
+    # t = (x / 2^s - mid) / 2^k: exact by re-reading the fraction bits
+    s = int(squarings)
+    t = add_const(x, -mid * 2 ** s).with_frac(x.frac + s + k)
+    fx = _choose_frac(bound, t.frac)
+    t = to_frac(t, fx.F)
+    F, G = fx.F, fx.G
+    last = out_frac if s == 0 else F
+    y = poly_eval_many([t], [plan], fx=fx, out_frac=last)[0]
+    for i in range(s):
+        fin = i == s - 1
+        y = run_level([Dot([(y, scale_pow2(y, G).with_frac(F + G))])],
+                      2 * F + G - (out_frac if fin else F))[0]
+    if clip:
+        pair, below = sign_bits(add_const(x, -lo)) if _mask is None else _mask
+        y = bits_times(pair, [bnot(pair, below)], [y], y.shape, y.frac)
+    return y
+
+
+# ---------------------------------------------------------------------------------------
+# softmax
+# ---------------------------------------------------------------------------------------
+def rowmax(x, axis: int = -1):
+    """Max along ``axis`` with keepdims: ``select.amax`` (the comparison tree: all
+    comparisons of a level batched, 8 rounds per level in the 2-of-2 engine form, one
+    re-sharing at the end for rep3).  What a party learns: nothing."""
+    return amax(x, axis=axis, keepdims=True)
+
+
+def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = None,
+            exp_kw: dict | None = None, recip_kw: dict | None = None,
+            frac_hi: int | None = None):
+    """Softmax along ``axis``: ``e^(x - m) / sum e^(x - m)``, one reciprocal per row.
+
+    ``method="max"`` (default): ``m`` = the row max (:func:`rowmax`), so ``x - m <= 0``
+    and exp runs on ``[-14, 0]`` with clipping.  Valid for any scores in the fixed-point
+    range (masked entries such as -1e4 become exactly 0).
+
+    ``method="bounded"``: no max (saves the comparison tree); ``m = bound`` is a public
+    upper bound on the scores (``bound`` required).  Valid when every score is
+    ``<= bound`` AND each row's max is ``>= bound - 8`` or so: entries below ``bound - 14``
+    become 0, and the row sum must stay >= e^-8 for the reciprocal to keep its relative
+    accuracy (it degrades gracefully down to about e^-12, and a row with every entry
+    below ``bound - 14`` sums to 0 and returns garbage).  Use it in decoding when scores
+    are known bounded (e.g. normalised q, k).
+
+    Precision: the exponentials and their row sum are kept at ``frac_hi`` fractional bits
+    (default 2f) so that summing 1024 terms adds no visible rounding; the output has f.
+    ``exp_kw`` / ``recip_kw``: knobs forwarded to :func:`exp` / ``reciprocal``.
+
+    Cost: max (if any) + exp + 1 reciprocal per row + 1 fixed product per element.
+    What a party learns: nothing beyond the comparison/multiplication sub-protocols.
+    """
+    f = x.party.fxp.frac_bits
+    frac_hi = 2 * f if frac_hi is None else frac_hi
+    ax = axis % x.ndim
+    if method == "max":
+        z = x - rowmax(x, ax)
+    elif method == "bounded":
+        if bound is None:
+            raise ValueError("method='bounded' needs the public score bound")
+        z = add_const(x, -float(bound))
+    else:
+        raise ValueError(f"unknown softmax method {method!r}")
+    with x.party.scope("exp"):
+        e = exp(z, out_frac=frac_hi, **(exp_kw or {}))
+    s = e.sum(axis=ax, keepdims=True)
+    kw = dict(recip_kw or {})
+    if method == "max":           # the max contributes e^0: row sums lie in [1, n]
+        kw.setdefault("x_range", (0.5, 2.0 * x.shape[ax]))
+    with x.party.scope("recip"):
+        r = reciprocal(s, **kw)                       # one per row, at f bits
+    # e (frac_hi) * r (f) -> f: one truncation by frac_hi
+    return run_level([Dot([(r, e)])], frac_hi)[0]

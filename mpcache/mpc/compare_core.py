@@ -1,0 +1,289 @@
+"""The comparison core on the two-party bit engine (:mod:`.pair`): flat ring shares in,
+XOR-shared bits (or ring shares of a bit) out.  Both protocols run it: add2 natively
+(P0, P1; dealer P2), rep3 with P1, P2 as data parties and P0 as helper.
+
+* :func:`msb_bits` -- the sign of d = u_A + u_B by a masked opening and digit tables
+  (the steps and the references are on the function).
+* :func:`sign_to_ring` -- the last tree level fused with bit-to-ring / bit injection.
+* :func:`zero_bits` (equality): the same opening; d = 0 iff all digits of c equal rho's:
+  leaves [c_j == rho_j] by lookup, then an AND tree (2 bits per AND).
+* :func:`carry_bits`: the bit-level reference circuit (private-input ANDs + (G, P) tree,
+  7 rounds, 30 bytes per value), kept for comparison and tests.
+
+Cost formulas: :func:`mpcache.mpc.costs.cmp_cost` (checked against the accounting by
+tests/test_compare.py).  The SecretTensor functions built on this core (lt, eq, relu,
+max, top-k, ...) are in :mod:`mpcache.functions.compare` and
+:mod:`mpcache.functions.select`; A2B and B2A of whole words in
+:mod:`mpcache.functions.convert`.
+
+What each party learns: only uniformly masked openings (see pair.py); nothing about
+x.  No value is reconstructed except by an explicit ``reveal``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ring import RING, iota
+from .pair import U8, Pair, pack_bits, rand_bits, to_bits, unpack_bits
+
+_ONE = np.uint64(1)
+
+WORD_BITS = 64
+
+#: Fuse msb/lt's last tree level with its bit-to-ring round (one round fewer, 64 more dealt
+#: bytes per value).  Off: functions/poly.py composes ``msb_pair`` + ``Pair.bitmul`` and
+#: its tests assert that this costs exactly what ``ltz`` costs; switch on together with
+#: poly.py using :func:`sign_to_ring` (the fused form).  relu/abs/clip/maximum/minimum,
+#: eq and the max/argmax trees are always fused.
+FUSE_SIGN_B2A = False
+
+
+# -- the comparison core: carry trees on packed bits ------------------------------------------
+def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str, last: bool = True):
+    """Group generate of all leaves (leading axis, index 0 = least significant).
+    ``last=False`` stops before the final combine and returns its inputs
+    (G_hi, P_hi, G_lo) -- the result is G_hi ^ (P_hi & G_lo) -- for a fused final step."""
+    stop = 1 if last else 2
+    while G.shape[0] > stop:
+        m = G.shape[0]
+        h = m // 2
+        Gl, Gh, Pl, Ph = G[0:2 * h:2], G[1:2 * h:2], P[0:2 * h:2], P[1:2 * h:2]
+        zg, zp = pair.and_fan(Ph, [Gl, Pl[1:]], tag)
+        Gn = Gh ^ zg
+        Pn = np.concatenate([np.zeros((1,) + G.shape[1:], U8), zp])   # group 0: P unused
+        if m % 2:
+            Gn = np.concatenate([Gn, G[-1:]])
+            Pn = np.concatenate([Pn, P[-1:]])
+        G, P = Gn, Pn
+    if last:
+        return G[0]
+    if G.shape[0] == 1:
+        z = np.zeros(G.shape[1:], U8)
+        return G[0], z, z
+    return G[1], P[1], G[0]
+
+
+#: Digit width of the comparison leaves (dealt lookup tables of 2^w entries); None =
+#: adaptive: 8 for batches of at most SMALL_BATCH values (3 tree levels; 512 dealt bytes
+#: per comparison, so at most 256 KiB per batch), else 4 (4 tree levels; 64 dealt bytes).
+#: See docs/nonlinear-compare.md.
+DIGIT_BITS: int | None = None
+SMALL_BATCH = 512
+#: Batches of at most this many comparisons fuse their last tree level into the final
+#: bit-to-ring / bit-injection round (one round fewer; 64 dealt bytes per value and 64 per
+#: payload value instead of 8 and 16); bigger batches keep the separate round.
+FUSE_MAX_BATCH = 4096
+
+
+def digit_width(n_values: int) -> int:
+    """The leaf digit width used for a batch of ``n_values`` comparisons."""
+    if DIGIT_BITS is not None:
+        return int(DIGIT_BITS)
+    return 8 if n_values <= SMALL_BATCH else 4
+
+
+_TABLES: dict = {}
+
+
+def _digit_tables(w: int, kind: str) -> np.ndarray:
+    """Packed rows, one per secret digit value q: for every public v in [0, 2^w) the bits
+    ``lt``: ([v < q], [v == q]) or ``eq``: ([v == q],), little-endian, 8 per byte."""
+    key = (w, kind)
+    if key not in _TABLES:
+        M = 1 << w
+        v, q = np.arange(M)[None, :], np.arange(M)[:, None]
+        bits = [v < q, v == q] if kind == "lt" else [v == q]
+        T = np.stack(bits, axis=-1).astype(U8).reshape(M, -1)
+        _TABLES[key] = np.packbits(T, axis=1, bitorder="little")
+    return _TABLES[key]
+
+
+def _ring_dtype(nbits: int):
+    return np.uint8 if nbits <= 8 else np.uint16 if nbits <= 16 else np.uint32 \
+        if nbits <= 32 else np.uint64
+
+
+def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind: str,
+                  tag: str):
+    """Open c = d + rho mod 2^nbits (rho: a dealer mask, uniform, each half from a key) and
+    look up, for every w-bit digit j of the ``low`` low bits, XOR shares of the dealt
+    table row of rho's digit at the public digit of c: ([c_j < rho_j], [c_j == rho_j])
+    (``kind="lt"``) or ([c_j == rho_j],) (``"eq"``).  Digits are little-endian with the
+    partial digit at the bottom, padded with zero bits on both sides (equal, so they
+    change nothing).  1 round; returns (leaf bits [D, N, nout], public c, this party's
+    XOR share of bit ``low`` of rho (for the sign) or None)."""
+    u = np.asarray(u, dtype=RING).reshape(-1)
+    N = u.size
+    w = min(w, low)
+    D = -(-low // w)
+    pad = D * w - low
+    M = 1 << w
+    nout = 2 if kind == "lt" else 1
+    tb = (M * nout + 7) // 8
+    lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2**64 - 1)
+    sh = (iota(D, np.uint64) * np.uint64(w))[:, None]
+    dmask = np.uint64(M - 1)
+    want_top = low < nbits
+
+    def digits(v):
+        return ((((v & lowmask) << np.uint64(pad))[None, :] >> sh) & dmask).astype(np.int64)
+
+    def tbytes(prg):
+        n = N * D * tb
+        return prg.ring(((n + 7) // 8,)).view(U8)[:n].reshape(D, N, tb)
+
+    if pair.role == "D":
+        kA, kB = pair.kA, pair.kB
+        rho = kA.ring((N,)) + kB.ring((N,))
+        ta = tbytes(kA)
+        parts = [(_digit_tables(w, kind)[digits(rho)] ^ ta).reshape(-1)]
+        if want_top:
+            topa = rand_bits(kA, (N,))
+            parts.append(pack_bits(((rho >> np.uint64(low)) & _ONE).astype(U8) ^ topa))
+        pair._deal(np.concatenate(parts), tag)
+        return np.zeros((D, N, nout), U8), np.zeros(N, RING), np.zeros(N, U8)
+    k = pair.k_own
+    r = k.ring((N,))
+    if pair.role == "A":
+        tab = tbytes(k)
+        top = rand_bits(k, (N,)) if want_top else None
+    else:
+        nbytes = N * D * tb + ((N + 7) // 8 if want_top else 0)
+        buf = pair._recv_deal(nbytes, tag)
+        tab = buf[:N * D * tb].reshape(D, N, tb)
+        top = unpack_bits(buf[N * D * tb:], N) if want_top else None
+    dt = _ring_dtype(nbits)
+    mine = (u + r).astype(dt)
+    c = (mine.astype(RING) + pair._exchange(mine, tag).astype(RING))
+    if nbits < 64:
+        c &= np.uint64((1 << nbits) - 1)
+    cd = digits(c)
+    q = cd[..., None] * nout + iota(nout)                       # bit positions
+    leaves = (np.take_along_axis(tab, (q >> 3).reshape(D, N, nout), axis=2)
+              >> (q & 7).astype(U8)) & U8(1)
+    return leaves, c, top
+
+
+def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
+             digit: int | None = None, last: bool = True):
+    """XOR shares of bit ``nbits - 1`` (the sign) of d = u_A + u_B mod 2^nbits, for flat
+    ring shares ``u``: the core of every comparison (``a < b  <=>  msb(a - b) = 1``).
+
+    Reference: the masked-opening comparison of Damgaard, Fitzi, Kiltz, Nielsen, Toft,
+    "Unconditionally secure constant-rounds multi-party computation for equality,
+    comparison, bits and exponentiation", TCC 2006, and Rabbit (Makri, Rotaru, Vercauteren,
+    Wouters, Asiacrypt 2021), with the helper's dealt lookup tables in place of bitwise
+    shared masks so the leaves need no interaction; the carry tree is the (G, P) prefix
+    combine of Kogge-Stone (IEEE Trans. Computers 1973); the dealer/helper setting of
+    ABY3 (Mohassel, Rindal, CCS 2018, Sec. 5.3).
+
+    Steps (w-bit digits, w = :func:`digit_width`; ``low = nbits - 1``):
+
+    1. (dealer, :func:`masked_digits`) D draws rho = rho_A + rho_B (each half from its key
+       with A, resp. B: no bytes) and deals, per digit j of rho's ``low`` low bits, XOR
+       shares of the table row ([v < rho_j], [v == rho_j]) for every v in [0, 2^w), plus
+       a share of rho's bit ``low``.  Offline, seed-compressed (only B's part is sent).
+    2. (open, 1 round) A and B open c = d + rho mod 2^nbits (uniform: 8 bytes each, fewer
+       for small ``nbits``), and read their table shares at c's digits: leaves
+       LT_j = [c_j < rho_j], EQ_j = [c_j == rho_j] (local).
+    3. (tree, ceil(log2 D) rounds) combine neighbouring digits,
+       ``LT = LT_hi ^ EQ_hi & LT_lo``, ``EQ = EQ_hi & EQ_lo`` (EQ_hi opened once for both
+       ANDs: 3 bits per combine, 2 for the lowest group): the borrow [c_low < rho_low].
+    4. (finish, local: :func:`msb_finish`) sign(d) = c_top ^ rho_top ^ borrow.
+
+    With w = 8: 8 digits, 3 tree levels, 8 + 18/8 bytes per value per party, 4 rounds;
+    dealt 8 x 2^8 x 2 bits = 512 bytes (w = 4 for big batches: 4 levels, 8 + 41/8 bytes,
+    64 dealt bytes).  Rounds: 1 + ceil(log2 ceil((nbits-1)/w)).
+    ``last=False``: stop before the final AND of step 3 and return (s, p, q) with
+    sign = s ^ (p & q), for :func:`sign_to_ring` (which fuses that AND into its own
+    round).  Exact cost: :func:`mpcache.mpc.costs.cmp_cost`."""
+    u = np.asarray(u, dtype=RING).reshape(-1)
+    w = digit if digit is not None else digit_width(u.size)
+    low = nbits - 1
+    if low == 0:                          # 1-bit values: the sign is the bit itself
+        b = ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
+        return b if last else (b, np.zeros_like(b), np.zeros_like(b))
+    leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open")
+    if not last and u.size > FUSE_MAX_BATCH:     # big batch: finish here (fewer dealt bytes)
+        return msb_finish(pair, _tree(pair, np.ascontiguousarray(leaves[..., 0]),
+                                      np.ascontiguousarray(leaves[..., 1]), tag + ".tree"),
+                          c, top, low), None, None
+    res = _tree(pair, np.ascontiguousarray(leaves[..., 0]),
+                np.ascontiguousarray(leaves[..., 1]), tag + ".tree", last)
+    s = msb_finish(pair, res if last else res[0], c, top, low)
+    return s if last else (s, res[1], res[2])
+
+
+def msb_finish(pair, lt, c, top, low):
+    """sign = c_top ^ rho_top ^ borrow (XOR shares; A adds the public bit)."""
+    if pair.role == "D":
+        return lt
+    s = lt ^ top
+    if pair.role == "A":
+        s = s ^ ((c >> np.uint64(low)) & _ONE).astype(U8)
+    return s
+
+
+#: F(s, p, q) = s ^ (p & q), indexed by s + 2p + 4q.
+_SIGN_TABLE = np.array([(s ^ (p & q)) for q in (0, 1) for p in (0, 1) for s in (0, 1)])
+
+
+def sign_to_ring(pair: Pair, parts, x=None, negate: bool = False, tag: str = "cmp.b2a"):
+    """Ring shares of the sign bit (or of sign * x, bit injection) from the unfinished
+    comparison ``parts`` = (s, p, q) of :func:`msb_bits` (last=False): the final AND
+    and the conversion in ONE round (Pair.bits_to_ring).  ``negate``: use 1 - sign.
+    Batches above FUSE_MAX_BATCH arrive finished ((bits, None, None)) and take the
+    plain b2a / bit injection (16 instead of 64 + 64 dealt bytes per payload value)."""
+    s, p, q = parts
+    if p is None:
+        bits = s ^ U8(1) if (negate and pair.role == "A") else s
+        if x is None:
+            return pair.b2a(bits, tag)
+        return pair.bitmul(bits.reshape(bits.shape + (1,) * (x.ndim - bits.ndim)), x, tag)
+    table = _SIGN_TABLE ^ 1 if negate else _SIGN_TABLE
+    return pair.bits_to_ring([s, p, q], table, x, tag)
+
+
+def zero_bits_finish(pair, z, tag):
+    while z.shape[0] > 1:
+        m = z.shape[0]
+        h = m // 2
+        y = pair.and_(z[0:2 * h:2], z[1:2 * h:2], tag + ".tree")
+        z = np.concatenate([y, z[-1:]]) if m % 2 else y
+    return z[0]
+
+
+def carry_bits(pair: Pair, u: np.ndarray, nbits: int, tag: str = "cmp") -> np.ndarray:
+    """Reference bit-level circuit (not used by default): XOR shares of the carry into bit
+    ``nbits`` of u_A + u_B, from private-input ANDs (g_i = u_i & v_i) and a (G, P) tree:
+    1 + ceil(log2 nbits) rounds, 1 + 3 bits per position per party."""
+    u = np.asarray(u, dtype=RING).reshape(-1)
+    ub = to_bits(u, nbits)
+    g = pair.and_private(ub, tag + ".gen")
+    return _tree(pair, g, ub, tag + ".tree")
+
+
+def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq",
+              digit: int | None = None, last: bool = True):
+    """XOR shares of [u_A + u_B == 0 mod 2^nbits]: open c = d + rho, then d = 0 iff every
+    digit of c equals rho's (leaves by table lookup) and an AND tree over the digits
+    (2 bits per AND).  Rounds 1 + ceil(log2 ceil(nbits / w)).  ``last=False`` returns
+    (0, p, q) with the result p & q, for :func:`sign_to_ring`."""
+    u = np.asarray(u, dtype=RING).reshape(-1)
+    w = digit if digit is not None else digit_width(u.size)
+    leaves, _, _ = masked_digits(pair, u, nbits, nbits, int(w), "eq", tag + ".open")
+    z = leaves[..., 0]
+    if not last and u.size > FUSE_MAX_BATCH:
+        return zero_bits_finish(pair, z, tag), None, None
+    stop = 1 if last else 2
+    while z.shape[0] > stop:
+        m = z.shape[0]
+        h = m // 2
+        y = pair.and_(z[0:2 * h:2], z[1:2 * h:2], tag + ".tree")
+        z = np.concatenate([y, z[-1:]]) if m % 2 else y
+    if last:
+        return z[0]
+    zero = np.zeros(z.shape[1:], U8)
+    if z.shape[0] == 1:                  # one digit: result = s (p & q = 0)
+        return z[0], zero, zero
+    return zero, z[0], z[1]

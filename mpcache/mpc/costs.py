@@ -1,0 +1,123 @@
+"""Communication cost of each engine-core protocol as formulas (bytes are per party, the
+max over parties; rounds on the critical path; offline = dealer/helper traffic, max over
+parties).  tests/test_core_costs.py checks every formula against the accounting at three
+shapes, so the docs (docs/protocols.md) and the code cannot drift apart.  The comparison
+core's formulas (:func:`cmp_cost`, :func:`cmp_levels`, :func:`tree_levels`) follow;
+tests/test_compare.py checks them.
+
+``n``: number of output elements; ``m, k, q``: matmul (m x k) @ (k x q); ``E = 8`` bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import compare_core as _core
+
+E = 8
+
+
+def cost(protocol: str, op: str, n: int = 0, m: int = 0, k: int = 0, q: int = 0,
+         ndim: int = 1) -> dict:
+    """{'bytes': online bytes per party, 'rounds': rounds, 'offline': offline bytes}."""
+    table = _REP3 if protocol == "rep3" else _ADD2
+    b, r, off = table[op](n=n, m=m, k=k, q=q, ndim=ndim)
+    return {"bytes": b, "rounds": r, "offline": off}
+
+
+_REP3 = {
+    # owner sends x - x_o to P_{o+1} (x_{o+2} = 0) and the shape to P_{o+2}
+    "share": lambda n, ndim, **_: (E * n + E * ndim, 1, 0),
+    # each P_i sends one component to P_{i-1}
+    "reveal": lambda n, **_: (E * n, 1, 0),
+    # local cross terms + zero-sharing, one value to one neighbour
+    "mul_ring": lambda n, **_: (E * n, 1, 0),
+    "matmul_ring": lambda m, q, **_: (E * m * q, 1, 0),
+    # fused product + exact truncation: P2 sends its part to P0 and P1 (round 1),
+    # P0 and P1 exchange masked parts (round 1) and re-share (round 2); P2 deals [s],[m]
+    "mul_fixed": lambda n, **_: (2 * E * n, 2, 2 * E * n),
+    "matmul_fixed": lambda m, q, **_: (2 * E * m * q, 2, 2 * E * m * q),
+    # standalone truncation (e.g. times a public float): P0, P1 open and re-share
+    "trunc": lambda n, **_: (2 * E * n, 2, 2 * E * n),
+}
+
+_ADD2 = {
+    # owner keeps x - r, the peer derives r from their key: only the shape moves
+    "share": lambda ndim, **_: (2 * E * ndim, 1, 0),
+    # P0 and P1 send their shares to the two others
+    "reveal": lambda n, **_: (2 * E * n, 1, 0),
+    # Beaver: open e = x - a and f = y - b; dealer sends c1
+    "mul_ring": lambda n, **_: (2 * E * n, 1, E * n),
+    "matmul_ring": lambda m, k, q, **_: (E * (m * k + k * q), 1, E * m * q),
+    # + truncation: open c (1 round), dealer sends [s], [m] parts to P1
+    "mul_fixed": lambda n, **_: (3 * E * n, 2, 3 * E * n),
+    "matmul_fixed": lambda m, k, q, **_: (E * (m * k + k * q + m * q), 2, 3 * E * m * q),
+    "trunc": lambda n, **_: (E * n, 1, 2 * E * n),
+}
+
+
+# -- the comparison core (compare_core.py; checked by tests/test_compare.py) ----------------
+def tree_levels(leaves: int, eq_only: bool = False) -> list:
+    """Per tree round: (online bits per value per party, dealt bits per value)."""
+    out, m = [], leaves
+    while m > 1:
+        h = m // 2
+        out.append((2 * h, h) if eq_only else (3 * h - 1, 2 * h - 1))
+        m = h + m % 2
+    return out
+
+
+def cmp_levels(n: int, nbits: int = 64, kind: str = "lt", fused: bool = False) -> list:
+    """Rounds of one batch of n comparisons (masked opening + tree) as
+    (online bytes per party, dealt bytes): the opening, then the tree levels (without the
+    last one when ``fused``: it is folded into the final conversion round)."""
+    w = _core.digit_width(n)
+    low = nbits - 1 if kind == "lt" else nbits
+    w = min(w, low)
+    D = -(-low // w)
+    nout = 2 if kind == "lt" else 1
+    tb = ((1 << w) * nout + 7) // 8
+    dt = np.dtype(_core._ring_dtype(nbits)).itemsize
+    deal = n * D * tb + ((n + 7) // 8 if kind == "lt" else 0)
+    out = [(dt * n, deal)]
+    tree = tree_levels(D, kind == "eq")
+    if fused and tree:
+        tree = tree[:-1]
+    out += [((b * n + 7) // 8, (d * n + 7) // 8) for b, d in tree]
+    return out
+
+
+def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) -> dict:
+    """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "eq",
+    "relu" (and abs, maximum: bit injection into ``payload`` ring values per comparison),
+    "reveal" (revealed comparison in top-k), "sign" (msb with the fused bit-to-ring,
+    ``sign_to_ring``, left in 2-of-2 form: no re-sharing, e.g. the top-bit thermometer)};
+    per party, bits packed per message.
+    Returns {'bytes', 'rounds', 'offline'}.  msb/eq/relu fuse the last tree level with the
+    final conversion: 3 opened bits (+ 8 bytes per payload value), dealt 8-entry tables
+    (64 bytes, + 64 per payload value)."""
+    fused = (op in ("eq", "relu", "sign") or (op == "msb" and _core.FUSE_SIGN_B2A)) \
+        and n <= _core.FUSE_MAX_BATCH
+    levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt", fused)
+    online = sum(b for b, _ in levels)
+    offline = sum(d for _, d in levels)
+    rounds = len(levels) + 1
+    if op in ("msb", "eq", "sign") and not fused:     # b2a: open 1 bit; dealer r_A (8 bytes)
+        online += (n + 7) // 8
+        offline += 8 * n
+    elif op == "relu" and not fused:          # bitmul: 1 bit + 8 bytes per payload value
+        online += (n + 7) // 8 + 8 * n * payload
+        offline += 8 * n + 8 * n * payload
+    elif op in ("msb", "eq", "sign"):
+        online += (3 * n + 7) // 8
+        offline += 64 * n
+    elif op == "relu":
+        online += (3 * n + 7) // 8 + 8 * n * payload
+        offline += 64 * n + 64 * n * payload
+    elif op == "reveal":        # A and B send their bit shares to each other and to D
+        online += 2 * ((n + 7) // 8)
+    else:
+        raise ValueError(f"unknown comparison op {op!r}")
+    if protocol == "rep3" and op not in ("reveal", "sign"):
+        online += 8 * n * (payload if op == "relu" else 1)   # back to replicated
+        rounds += 1
+    return {"bytes": online, "rounds": rounds, "offline": offline}
