@@ -12,7 +12,7 @@ from mpcache.nn import functional as F
 from mpcache.testing import run_op
 from mpcache.functions import select as S
 from mpcache.mpc import compare_core as V
-from mpcache.mpc.costs import cmp_levels
+from mpcache.mpc.costs import cmp_levels, max_tree_cost
 
 EX = settings(max_examples=8, deadline=None)
 EDGE = float(2**26 - 1)
@@ -167,27 +167,20 @@ def cost(protocol, fn, *xs, integer=(), seed=None):
 
 
 def _tree_cost(n, payload, rows=1):
-    """(rounds, bytes) of the comparison tree over n values: per level a batch of c
-    comparisons (carry tree), then one bit injection of ``payload`` ring values each."""
-    rounds = nbytes = 0
-    while n > 1:
-        c = (n // 2) * rows
-        fused = c <= V.FUSE_MAX_BATCH
-        levels = cmp_levels(c, fused=fused)
-        rounds += len(levels) + 1
-        nbytes += sum(b for b, _ in levels) + ((3 if fused else 1) * c + 7) // 8 + \
-            8 * c * payload
-        n = n // 2 + n % 2
-    return rounds, nbytes
+    """(rounds, bytes) of the comparison tree over n values (mpc/costs.max_tree_cost at
+    the tree's fan-in)."""
+    c = max_tree_cost(n, rows, payload, S.MAX_FANIN)
+    return c["rounds"], c["bytes"]
 
 
 def test_max_over_64_cost(protocol):
-    """6 levels x (1 masked opening + 2 tree rounds + 1 round for the last tree level
-    fused with the bit injection) = 24 rounds, + 1 re-sharing round in rep3; about
-    1.2 kB per party (SPU ABY3: 78 actions, 4 kB)."""
+    """Fan-in 4: 3 levels (64 -> 16 -> 4 -> 1) x (1 masked opening + 3 tree rounds + 1
+    AND3 lookup round) = 15 rounds (the binary tree: 6 levels x 4 = 24), + 1 re-sharing
+    round in rep3; about 2 kB per party (binary 1.2 kB; SPU ABY3: 78 actions, 4 kB)."""
     sc = cost(protocol, lambda p, a: a.max(), np.random.default_rng(0).normal(size=64))
     rounds, nbytes = _tree_cost(64, 1)
-    assert rounds == 24
+    assert rounds == 15
+    assert max_tree_cost(64, fanin=2)["rounds"] == 24
     extra = protocol == "rep3"
     assert sc["rounds"] == rounds + extra
     assert sc["bytes_sent"] == nbytes + 8 * extra
@@ -199,6 +192,8 @@ def test_argmax_1024_cost(protocol):
     masked index to each receiver (rep3: to both other parties)."""
     sc = cost(protocol, lambda p, a: a.argmax(), np.random.default_rng(1).normal(size=1024))
     rounds, nbytes = _tree_cost(1024, 2)
+    assert rounds == 26                 # 5 levels of fan-in 4; the binary tree: 40
+    assert max_tree_cost(1024, payload=2, fanin=2)["rounds"] == 40
     assert sc["rounds"] == rounds + 1
     assert sc["bytes_sent"] == nbytes + (4 if protocol == "rep3" else 2)
     assert sc["bytes_sent"] < 0.38e6 / 5          # SPU ABY3: 0.38 MB
@@ -309,3 +304,20 @@ def test_top_k_key_range_is_checked():
         run(bound=2.0 ** 40)
     out = run(bound=100.0)
     assert np.array_equal(np.nonzero(out)[0], [297, 298, 299])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 6, 7, 9, 17])
+def test_max_tree_fanin_4_and_2_agree(protocol, n, monkeypatch):
+    """Every group shape of a fan-in-4 level (groups of 4 with a last group of 2 or 3, or a
+    single value passing through; many ties) gives the plaintext max/argmax, as the binary
+    tree does, at the cost max_tree_cost says."""
+    x = np.round(np.random.default_rng(n).normal(size=(2, n)) * 2) / 4
+    for fanin in (4, 2):
+        monkeypatch.setattr(S, "MAX_FANIN", fanin)
+        mx, am = run(protocol, lambda p, a: [a.max(), a.argmax()], x)
+        assert np.array_equal(mx, x.max(-1))
+        assert np.array_equal(am, F.argmax_onehot(x))
+        sc = cost(protocol, lambda p, a: a.max(), x)
+        want = max_tree_cost(n, 2, 1, fanin)
+        assert sc["rounds"] == want["rounds"] + (protocol == "rep3")
+        assert sc["bytes_sent"] == want["bytes"] + 8 * 2 * (protocol == "rep3")

@@ -121,3 +121,35 @@ def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) 
         online += 8 * n * (payload if op == "relu" else 1)   # back to replicated
         rounds += 1
     return {"bytes": online, "rounds": rounds, "offline": offline}
+
+
+def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4) -> dict:
+    """Online bytes per party and rounds of the max/min/argmax tree over ``n`` values per
+    row (``functions.select._tree``; rep3 adds its final re-sharing, argmax its one-hot).
+    ``payload``: ring values injected per winner (1 for max, 2 for argmax: value and
+    index).  ``fanin`` 4 (``select.MAX_FANIN``): levels of groups of 4 (last group 2 or 3
+    values, a single last value passes through) while more than 2 values remain: one
+    finished batch of all pairs of every group, then one AND3 lookup round injecting each
+    member's payload (3 bits + 8 bytes per payload value per member); a last pair (and
+    every level with ``fanin`` 2): a binary level whose last tree level is fused with the
+    bit injection (3 bits + 8 bytes per payload value per comparison)."""
+    rounds = nbytes = 0
+    while n > 1:
+        if fanin >= 4 and n > 2:
+            g, r = n // 4, n % 4
+            tail = r if r > 1 else 0
+            c = rows * (6 * g + tail * (tail - 1) // 2)
+            outs = rows * (4 * g + tail)
+            levels = cmp_levels(c)
+            rounds += len(levels) + 1
+            nbytes += sum(b for b, _ in levels) + (3 * outs + 7) // 8 + 8 * outs * payload
+            n = g + (1 if r else 0)
+        else:
+            c = (n // 2) * rows
+            fused = c <= _core.FUSE_MAX_BATCH
+            levels = cmp_levels(c, fused=fused)
+            rounds += len(levels) + 1
+            nbytes += sum(b for b, _ in levels) + ((3 if fused else 1) * c + 7) // 8 + \
+                8 * c * payload
+            n = n // 2 + n % 2
+    return {"bytes": nbytes, "rounds": rounds}
