@@ -189,18 +189,42 @@ def test_softmax_axis_and_bounded(protocol):
 def test_softmax_one_reciprocal_per_row(protocol):
     """The reciprocal runs on [rows, 1], not per element: its scope inside softmax costs
     exactly a standalone reciprocal of a [rows, 1] tensor at 2f fraction bits (with the
-    row-sum range promise [0.5, 2n] that softmax passes)."""
+    row-sum range promise [0.5, 2n] that softmax passes) with the exponentials [rows, n]
+    folded in (``times``), and the fold saves one truncating level (2 rounds) against
+    ``reciprocal(s) * e``."""
     x = np.random.default_rng(2).uniform(-5, 5, (3, 256))
 
     def job(p, a):
         with p.scope("sm"):
             return a.softmax(axis=-1)
     _, r1 = run_op(protocol, job, x)
-    _, r2 = run_op(protocol, lambda p, a: RC.reciprocal(P.scale_pow2(a, 18), x_range=(0.5, 512)),
-                   np.ones((3, 1)))
+
+    def folded(p, a, e):
+        return RC.reciprocal(P.scale_pow2(a, 18), x_range=(0.5, 512),
+                             times=P.scale_pow2(e, 18))
+
+    def separate(p, a, e):
+        r = RC.reciprocal(P.scale_pow2(a, 18), x_range=(0.5, 512))
+        return P.run_level([P.Dot([(r, P.scale_pow2(e, 18))])], 36)[0]
+    e = np.full((3, 256), 1 / 256)
+    _, r2 = run_op(protocol, folded, np.ones((3, 1)), e)
+    _, r3 = run_op(protocol, separate, np.ones((3, 1)), e)
     assert r1.scope("op/sm/recip")["bytes_sent"] == r2.scope("op")["bytes_sent"]
+    assert r2.scope("op")["rounds"] == r3.scope("op")["rounds"] - 2
     # (scope rounds are entry-to-exit across parties; entering after the exp may skew by 1)
     assert abs(r1.scope("op/sm/recip")["rounds"] - r2.scope("op")["rounds"]) <= 1
+
+
+@pytest.mark.parametrize("rows,n", [(1, 5), (3, 300)])
+def test_reciprocal_times_fold(protocol, rows, n):
+    """``reciprocal(s, times=t)`` = t / s within the reciprocal's relative error (plus an
+    ulp), for row sums across the promised range [0.5, 2n], as softmax uses it."""
+    rng = np.random.default_rng(rows)
+    t = rng.uniform(0, 1, (rows, n))
+    s = np.exp(rng.uniform(np.log(0.6), np.log(1.9 * n), (rows, 1)))
+    out, _ = run_op(protocol, lambda p, a, b: RC.reciprocal(
+        P.scale_pow2(a, 18), x_range=(0.5, 2 * n), times=P.scale_pow2(b, 18)), s, t)
+    assert np.all(np.abs(out - t / s) <= 1e-3 * (t / s) + 2.0 ** -17)
 
 
 def test_softmax_rounds_compose(protocol):

@@ -135,6 +135,7 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     if method == "max":           # the max contributes e^0: row sums lie in [1, n]
         kw.setdefault("x_range", (0.5, 2.0 * x.shape[ax]))
     with x.party.scope("recip"):
-        r = reciprocal(s, **kw)                       # one per row, at f bits
-    # e (frac_hi) * r (f) -> f: one truncation by frac_hi
-    return run_level([Dot([(r, e)])], frac_hi)[0]
+        # e / s, the product with e folded into the reciprocal's un-normalisation level
+        # (reciprocal's ``times``: 2 rounds fewer than reciprocal(s) * e; e <= 1 after the
+        # max, up to the polynomial's relative error)
+        return reciprocal(s, times=e, times_bound=1.0 if method == "max" else 2.0, **kw)

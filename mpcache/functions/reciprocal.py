@@ -188,6 +188,9 @@ def _newton_rsqrt(a, y, G: int, iterations: int):
     return y
 
 
+_F = _F_DEFAULT = 18          # fraction bits of the normalised a in [1, 2)
+
+
 def _window(fx: int, x_range) -> tuple:
     """(klo, khi): the bit positions that may hold the top bit of X = x 2^fx.
 
@@ -205,17 +208,20 @@ def _window(fx: int, x_range) -> tuple:
     return klo, khi
 
 
-def _normalised(x, extra_weights, window):
-    """(a = X / 2^k at _F bits, [weighted sums of the one-hot for extra_weights])."""
+def _normalised(x, extra_weights, window, shift: int = 60 - _F_DEFAULT, extra_dots=None):
+    """(a = X / 2^k at _F bits, [weighted sums of the one-hot for extra_weights], [results
+    of ``extra_dots(sums)``]).  ``a = trunc(X 2^(shift + _F - k), shift)`` in one level;
+    ``extra_dots``: a function of the sums giving more dots truncated by ``shift`` in that
+    same level (the folded product of :func:`reciprocal`'s ``times``)."""
     klo, khi = window
-    sums = top_bit_weights(x, [_pow2_weights(60, khi + 1)] + list(extra_weights), khi + 1,
-                           klo)
-    # X * 2^(60 - k) = a * 2^60 < 2^61; one fused truncation down to _F bits
-    a = run_level([Dot([(x.with_frac(0), sums[0])])], 60 - _F)[0].with_frac(_F)
-    return a, sums[1:]
+    sums = top_bit_weights(x, [_pow2_weights(shift + _F, khi + 1)] + list(extra_weights),
+                           khi + 1, klo)
+    # X * 2^(shift + _F - k) = a * 2^(shift + _F) < 2^61; one fused truncation to _F bits
+    dots = [Dot([(x.with_frac(0), sums[0])])] + (extra_dots(sums[1:]) if extra_dots else [])
+    out = run_level(dots, shift)
+    return out[0].with_frac(_F), sums[1:], out[1:]
 
 
-_F = 18          # fraction bits of the normalised a in [1, 2)
 
 
 def _initial_guess(a, kind: str, degree: int):
@@ -231,7 +237,7 @@ def _initial_guess(a, kind: str, degree: int):
 
 
 def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
-               x_range=None):
+               x_range=None, times=None, times_bound: float = 1.0):
     """``1/x`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
     Top-bit normalisation to ``a in [1, 2)``, a degree-``degree`` polynomial (default 4,
@@ -243,6 +249,12 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     ``x_range=(lo, hi)``: a promise ``lo <= x <= hi`` that shrinks the top-bit window
     (e.g. softmax's row sums in [1, n]: ~13 thresholds instead of 45, fewer bytes; the
     rounds do not depend on the window); outside it the result is garbage.
+    ``times``: a secret tensor ``t`` (``|t| <= times_bound``, broadcast against x) --
+    returns ``t / x`` at ``out_frac`` bits with the product *folded into the
+    un-normalisation* (:func:`_times_plan`): ``u = t 2^(c - k)`` is computed in the same
+    level as ``a = X 2^-k`` and the result is ``u * p(a)``, one level instead of the two
+    of ``reciprocal(x) * t`` (softmax: ``e / sum e``; 2 rounds fewer, one more product
+    per element of t).  A window too wide for the fold takes the two levels.
     Cost: top-bit one-hot (thermometer, :func:`topbit_cost`: 4-5 rounds [+1 rep3]; or
     A2B + ceil(log2 window) AND rounds + 1 injection [+1 rep3] for wide tensors) +
     (1 + ceil(log2 degree) + 2 * iterations + 1) truncating levels.
@@ -251,15 +263,49 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     fx = x.frac
     fo = x.party.fxp.frac_bits if out_frac is None else out_frac
     win = _window(fx, x_range)
+    plan = None if times is None else _times_plan(fx, times.frac, times_bound, win, fo)
+    if plan is not None:
+        shift, c, s2 = plan
+        a, _, (u,) = _normalised(
+            x, [_pow2_weights(c, win[1] + 1)], win, shift,
+            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])])
+        y, fxq = _initial_guess(a, "recip", degree)
+        if iterations:
+            y = _newton_recip(a, y, fxq.G, int(iterations))
+        return run_level([Dot([(u.with_frac(0), y.with_frac(s2))])], s2)[0].with_frac(fo)
+    if times is not None:
+        r = reciprocal(x, degree=degree, iterations=iterations, x_range=x_range)
+        return run_level([Dot([(r, times)])], r.frac + times.frac - fo)[0]
     c2 = 61 - _F + win[0]
     shift0 = c2 - fx - fo
     if shift0 + _F < 0:
         raise ValueError(f"reciprocal: out_frac {fo} too large for input frac {fx}")
-    a, (R,) = _normalised(x, [_pow2_weights(c2, win[1] + 1)], win)
+    a, (R,), _ = _normalised(x, [_pow2_weights(c2, win[1] + 1)], win)
     y, fxq = _initial_guess(a, "recip", degree)
     if iterations:
         y = _newton_recip(a, y, fxq.G, int(iterations))
     return run_level([Dot([(y, R)])], y.frac + shift0)[0].with_frac(fo)
+
+
+def _times_plan(fx: int, ft: int, bound: float, window, fo: int):
+    """(shift, c, s2) of ``t / x`` folded into the un-normalisation, or None.
+
+    With X = x 2^fx = a 2^k, T = t 2^ft: level 1 computes ``a = trunc(X 2^(shift+_F-k),
+    shift)`` and ``u = trunc(T R, shift)`` with the public power-of-two weights
+    ``R = 2^(c - k)``; level 2 ``trunc(u y, s2)`` with ``y = 2^_F / a``:
+    ``u y = (t / x) 2^(ft - fx + c - shift + _F)``, so ``s2 = ft - fx + c - shift + _F - fo``.
+    Constraints: ``T R < 2^61`` (c - klo <= 61 - ft - log2 bound), ``R >= 1`` (c >= khi),
+    ``X 2^(shift+_F-k) < 2^61`` and ``2^(shift+_F-k)`` integral (khi - _F <= shift <= 42),
+    ``u y < 2^61`` (shift >= _F), ``s2 >= 0``."""
+    klo, khi = window
+    c = klo + 61 - ft - max(0, math.ceil(math.log2(bound)))
+    shift = max(khi - _F, _F)
+    if c < khi or shift > 60 - _F:
+        return None
+    s2 = ft - fx + c - shift + _F - fo
+    if s2 < 0:
+        return None
+    return shift, c, s2
 
 
 def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
@@ -288,8 +334,8 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     c3 = 61 - _F - it + win[0] // 2 - max(0, math.ceil(math.log2(scale)))
     if (c3 - fx / 2) != int(c3 - fx / 2):
         c3 -= 0.5
-    a, (E,) = _normalised(x, [_pow2_weights(c3 + math.log2(scale), win[1] + 1, half=True)],
-                          win)
+    a, (E,), _ = _normalised(x, [_pow2_weights(c3 + math.log2(scale), win[1] + 1,
+                                               half=True)], win)
     y, fxq = _initial_guess(a, "rsqrt", degree)
     if it:
         y = _newton_rsqrt(a, y, fxq.G, it)
