@@ -39,7 +39,7 @@ LAN/WAN seconds are the communication part only: ``rounds x RTT/2 + bytes / band
 with the presets of :mod:`mpcache.net.shaping` (compute is not modelled).
 
 Measured per-op costs are cached (``$XDG_CACHE_HOME/mpcache/estimate-ops.json``), keyed by
-the source of the protocol and layer code, so a later estimate runs in a second.
+a hash of the package's source, so a later estimate with the same code runs in a second.
 """
 from __future__ import annotations
 
@@ -145,13 +145,12 @@ class Cost:
 
 
 def _code_hash() -> str:
+    """Hash of the package's source: any change re-measures (cheap, except policy twins)."""
     root = pathlib.Path(__file__).parent
     h = hashlib.sha256()
-    for f in sorted(list((root / "protocols").glob("*.py")) + [
-            root / "tensor.py", root / "nn" / "layers.py", root / "nn" / "functional.py",
-            root / "nn" / "kv_cache.py", root / "persistent.py", root / "estimate.py"]):
-        if f.exists():
-            h.update(f.read_bytes())
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
