@@ -155,7 +155,10 @@ def generation_job(party, config, weights, prescales, request: GenerationRequest
     "steps": this party's per-step counters (see :func:`step_costs`)}``."""
     from .nn.private import announce, private_decode, private_generate, share_decoder, share_prompt
     ev = eviction or Eviction()
-    dec = share_decoder(party, config, weights if party.id == owner else None, owner,
+    local = None
+    if ev.prefill == "client" and party.id == client:     # before the shares exist: its
+        local = _plain_prefill(request, ev, plain)         # temporaries and theirs never
+    dec = share_decoder(party, config, weights if party.id == owner else None, owner,  # meet
                         prescales)
     n_new = announce(party, request.max_new_tokens if party.id == client else 0, client)
     stop = request.stop_ids if party.id == client else ()
@@ -163,7 +166,7 @@ def generation_job(party, config, weights, prescales, request: GenerationRequest
     meter.persist = n_new > 2                 # as private_generate's persist_cache default
     on_token = echo if party.id == client else None
     if ev.prefill == "client":
-        first = _client_prefill(party, dec, config, request, ev, plain, n_new, meter, client)
+        first = _client_prefill(party, dec, config, request, ev, local, n_new, meter, client)
         ids = private_decode(party, dec, None, n_new, stop, client, on_token, fixed_length,
                              first=first, forward=meter.forward, after_forward=meter.full_step)
     else:
@@ -181,30 +184,41 @@ def generation_job(party, config, weights, prescales, request: GenerationRequest
     return {"ids": ids, "steps": meter.records}
 
 
-def _client_prefill(party, dec, config, request, ev, plain, n_new, meter, client):
-    """``prefill == "client"``: the client's plaintext prefill (with the policy's static
-    eviction) shared as a secret cache; returns ``(first token one-hot, its id)``."""
-    from .nn.mpc_policies import persist_bounds, precompute_bounds, share_state
+def _plain_prefill(request, ev, plain) -> dict:
+    """The client's plaintext prefill with the policy's static eviction: the (evicted)
+    cache to share, the full one (for the reference), the policy state, the first token."""
+    import gc
+
+    from .bench.decode import _state_only
     from .nn.policies import PrefillRecorder
     from .nn.policies.base import clone_cache
+    plain_pol = ev.plain_policy()
+    rec = PrefillRecorder([plain_pol] if plain_pol is not None else [])
+    logits = plain.prefill(np.asarray(request.prompt_ids, dtype=np.int64), policy=rec)
+    base, plain.cache = plain.cache, None
+    src = clone_cache(base) if plain_pol is None else rec.fork(base, plain_pol)
+    out = {"n": int(request.prompt_ids.size), "tid": int(np.argmax(logits)),
+           "kv": [(np.array(src.keys(i)), np.array(src.values(i)))
+                  for i in range(src.n_layers)],
+           "full": [(np.array(base.keys(i)), np.array(base.values(i)))
+                    for i in range(base.n_layers)] if ev.compare_full else None,
+           "state": _state_only(plain_pol)}
+    del base, src, rec, logits
+    gc.collect()
+    return out
+
+
+def _client_prefill(party, dec, config, request, ev, local, n_new, meter, client):
+    """``prefill == "client"``: the client's plaintext prefill (``local``, from
+    :func:`_plain_prefill`; None at the other parties) shared as a secret cache; returns
+    ``(first token one-hot, its id)``."""
+    from .nn.mpc_policies import persist_bounds, precompute_bounds, share_state
     from .nn.private import announce
-    from .bench.decode import _state_only
     pol = ev.mpc_policy()
-    kv = full = state = tid = None
-    n = request.prompt_ids.size if party.id == client else 0
-    n = announce(party, n, client)                       # public, as in the private prefill
-    if party.id == client:
-        plain_pol = ev.plain_policy()
-        rec = PrefillRecorder([plain_pol] if plain_pol is not None else [])
-        logits = plain.prefill(np.asarray(request.prompt_ids, dtype=np.int64), policy=rec)
-        base, plain.cache = plain.cache, None
-        src = clone_cache(base) if plain_pol is None else rec.fork(base, plain_pol)
-        kv = [(np.array(src.keys(i)), np.array(src.values(i))) for i in range(src.n_layers)]
-        if meter.compare:
-            full = [(np.array(base.keys(i)), np.array(base.values(i)))
-                    for i in range(base.n_layers)]
-        state, tid = _state_only(plain_pol), int(np.argmax(logits))
-        del base, src, rec
+    kv, full, state, tid = (None,) * 4 if local is None else (
+        local["kv"], local["full"], local["state"], local["tid"])
+    n = announce(party, local["n"] if party.id == client else 0, client)   # public, as the
+    #                                                   prompt's shape in a private prefill
     with party.scope("prefill"):
         cache = dec.new_cache(pol)
         with party.scope("share_cache"):
@@ -507,10 +521,20 @@ def generate_job(party, prompt_file: str = "", max_new_tokens: int = 8,
         prompt = read_context_file(prompt_file)
         ctx = read_context_file(context_file) if context_file else None
         req = build_request(lm, prompt, max_new_tokens, ctx, chat=not raw)
-    got = generation_job(party, lm.config, lm.model.weights if party.id == owner else None,
-                         prescales_for(lm), req, client, owner, eviction=ev,
-                         fixed_length=bool(fixed_length),
-                         plain=lm.model if party.id == client else None)
+    prescales = prescales_for(lm)
+    weights = lm.model.weights if party.id == owner else None
+    plain = lm.model if party.id == client and ev.prefill == "client" else None
+    if weights is None and plain is None:          # this process needs no plaintext model:
+        import copy                                # free it (a party process runs one
+        import gc                                  # job; other holders keep theirs)
+
+        from .nn.smollm2 import load_smollm2
+        load_smollm2.cache_clear()
+        lm = copy.copy(lm)
+        lm.model = None
+        gc.collect()
+    got = generation_job(party, lm.config, weights, prescales, req, client, owner,
+                         eviction=ev, fixed_length=bool(fixed_length), plain=plain)
     ids = got["ids"]
     out = {"result": None if ids is None else np.asarray(ids, dtype=np.int64),
            "steps": got["steps"], "stats": party.stats(),
