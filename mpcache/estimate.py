@@ -496,6 +496,9 @@ def register(sub) -> None:
     p.add_argument("--budget", type=float, help="policy budget (kept / prompt tokens)")
     p.add_argument("--prescaled", help="norms with a prescale (an int, 'all' or 'none'; "
                    "default: the preset's)")
+    p.add_argument("--twin-kv-heads", type=int, default=MAX_TWIN_KV_HEADS,
+                   help="KV heads of a policy's attention twin (bytes scaled up to the "
+                   f"model's; default {MAX_TWIN_KV_HEADS}; fewer: less memory and time)")
     p.add_argument("--breakdown", action="store_true", help="also print the pieces")
     p.add_argument("--no-cache", action="store_true",
                    help="measure every piece again (no cache file)")
@@ -527,7 +530,7 @@ def _cli(a) -> int:
         for n in a.context:
             for pol in a.policy:
                 try:
-                    r = estimate(cfg, n, proto, pol, a.budget, ops)
+                    r = estimate(cfg, n, proto, pol, a.budget, ops, a.twin_kv_heads)
                 except (ValueError, NotImplementedError) as e:
                     print(f"mpcache estimate: {e}", file=sys.stderr)
                     return 2
