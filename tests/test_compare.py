@@ -182,7 +182,7 @@ def test_lt_64_cost_by_hand(protocol):
     sc = _cost(protocol, lambda p, a, b: a < b, np.linspace(-5, 5, n), np.zeros(n))
     extra = 8 * n if protocol == "rep3" else 0
     assert sc["bytes_sent"] == 83 * n // 8 + extra
-    if C.FUSE_SIGN_B2A:
+    if V.FUSE_SIGN_B2A:
         assert sc["rounds"] == 4 + (protocol == "rep3")
         assert sc["offline_bytes_sent"] == n * (8 * 64 + 64) + (1 + 10) * n // 8
     else:

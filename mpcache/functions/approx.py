@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from .poly import (Dot, PolyPlan, _choose_frac, add_const, bits_times, bnot, fit_poly,
-                   poly_eval_many, run_level, scale_pow2, sign_bits, to_frac)
+from .poly import (Dot, PolyPlan, _choose_frac, add_const, fit_poly, poly_eval_many,
+                   run_level, scale_pow2, sign_parts, sign_times, to_frac)
 from .reciprocal import reciprocal
 from .select import amax
 
@@ -48,8 +48,9 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
     ``ceil(log2 degree)`` levels, then ``s = squarings`` squarings.  Defaults (8, 2):
     5 levels = 10 rounds, relative error ~6e-6 from the fit.
 
-    ``clip`` (default True): ``x < lo`` gives exactly 0 (the sign bit of ``x - lo`` and one
-    bit-injection round; e^-14 < 2^-20 is below the fixed-point resolution anyway).
+    ``clip`` (default True): ``x < lo`` gives exactly 0 (the sign of ``x - lo``, its last
+    tree level fused with the bit injection into the result: what ``ltz`` costs; e^-14 <
+    2^-20 is below the fixed-point resolution anyway).
     With ``clip=False`` the caller guarantees ``x >= lo``; below it the result is garbage.
     Above ``hi`` the result is garbage too (not checked): ``exp`` is for ``x <= hi``.  A
     general range works (e.g. ``lo=-8, hi=8``; values up to e^hi must fit the fixed
@@ -78,8 +79,10 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
         y = run_level([Dot([(y, scale_pow2(y, G).with_frac(F + G))])],
                       2 * F + G - (out_frac if fin else F))[0]
     if clip:
-        pair, below = sign_bits(add_const(x, -lo)) if _mask is None else _mask
-        y = bits_times(pair, [bnot(pair, below)], [y], y.shape, y.frac)
+        # [x >= lo] * y: the sign's last tree level fused with the bit injection
+        # (sign_times: one round fewer than finishing the sign, then injecting it)
+        pair, parts = sign_parts(add_const(x, -lo)) if _mask is None else _mask
+        y = sign_times(pair, parts, y, negate=True)
     return y
 
 

@@ -19,15 +19,15 @@ at most 512 values use 8-bit digits, bigger ones 4-bit digits):
 ===========  ====================  ====================  ==================
 op           add2 rounds/bytes     rep3 rounds/bytes     dealt, <=512 / more
 ===========  ====================  ====================  ==================
-msb, lt, ..  5 / 10.4 (6 / 13.3)   6 / 18.4 (7 / 21.3)   522 / 75
+msb, lt, ..  4 / 10.4 (5 / 13.3)   5 / 18.4 (6 / 21.3)   577 / 131
 eq           4 / 9.9  (5 / 11.9)   5 / 17.9 (6 / 19.9)   321 / 98
 relu, abs    4 / 18.4 (5 / 21.3)   5 / 26.4 (6 / 29.3)   641 / 195
 ===========  ====================  ====================  ==================
 
 The last tree level is fused with the final conversion (bit-to-ring or bit injection) by a
 dealt 8-entry table of the function s ^ (p & q) (``compare_core.sign_to_ring``); msb/lt
-keep the separate bit-to-ring round while ``compare_core.FUSE_SIGN_B2A`` is off (4 / 5
-rounds with it on).
+too while ``compare_core.FUSE_SIGN_B2A`` is on (the default: add2 4 rounds, rep3 5 for
+batches <= 512; 5 / 6 with it off).
 
 (exact formulas: :func:`mpcache.mpc.costs.cmp_cost`, checked against the accounting by
 tests/test_compare.py; docs/nonlinear-compare.md.)
@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mpc.compare_core import FUSE_SIGN_B2A, msb_bits, sign_to_ring, zero_bits
+from ..mpc import compare_core as _core
+from ..mpc.compare_core import msb_bits, sign_to_ring, zero_bits
 from ..mpc.pair import U8, Pair, pair_of
 from ..ring import RING
 from ..tensor import SecretTensor, stack
@@ -105,8 +106,9 @@ def msb(x):
        deals).
     2. ``msb_bits`` (mpc/compare_core.py): open c = x + rho, digit-table leaves, carry
        tree: XOR-shared sign bits (1 + 3 rounds for batches <= 512 values).
-    3. ``Pair.b2a`` (mpc/pair.py): the bit to 2-of-2 ring shares (1 round; fused with
-       the last tree level when ``FUSE_SIGN_B2A``).
+    3. ``sign_to_ring`` (mpc/compare_core.py): the last tree level and the bit to 2-of-2
+       ring shares in 1 round (``compare_core.FUSE_SIGN_B2A``, on; off: the tree's last
+       AND, then ``Pair.b2a``, 1 round each).
     4. ``from_pair``: back to the protocol's sharing (rep3: 1 round, ``Rep3.from_pair``;
        add2: free).
 
@@ -115,7 +117,7 @@ def msb(x):
         raise TypeError(f"msb expects a SecretTensor, got {type(x).__name__}")
     with x.party.scope("cmp"):
         pair, u = to_pair(x)
-        if FUSE_SIGN_B2A:
+        if _core.FUSE_SIGN_B2A:
             y = sign_to_ring(pair, msb_bits(pair, u, last=False))
         else:
             y = pair.b2a(msb_bits(pair, u), "cmp.b2a")

@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..mpc.base import phantom
+from ..mpc.compare_core import msb_bits, sign_to_ring
 from ..ring import RING
 from ..tensor import SecretTensor
 from . import compare
 
 __all__ = ["Dot", "run_level", "lincomb", "poly_eval", "poly_eval_many", "fit_poly",
-           "PolyPlan", "sign_bits", "bnot", "bits_times"]
+           "PolyPlan", "sign_bits", "sign_parts", "sign_times", "bnot", "bits_times"]
 
 _TOP = 61           # products must stay below 2^_TOP in the signed ring (window 2^62)
 
@@ -431,6 +432,23 @@ def sign_bits(d):
     """(pair engine, XOR-shared bits [d < 0] flat): ``compare.msb_pair`` (the compare
     engine's sign-bit protocol; the bits stay XOR-shared for a fused bit injection)."""
     return compare.msb_pair(d)
+
+
+def sign_parts(d):
+    """(pair engine, the unfinished sign of ``d`` (s, p, q) with [d < 0] = s ^ (p & q)) for
+    :func:`sign_times` (``compare_core.msb_bits(last=False)``)."""
+    pair, u = compare.to_pair(d)
+    return pair, msb_bits(pair, u, last=False)
+
+
+def sign_times(pair, parts, value, negate: bool = False):
+    """``[d < 0] * value`` (``negate``: ``[d >= 0] * value``) for the unfinished sign of
+    :func:`sign_parts`: the sign's last AND and the bit injection in ONE round
+    (``compare_core.sign_to_ring``), then back to the protocol's sharing (rep3: 1 round).
+    Exact: no truncation."""
+    _, u = compare.to_pair(value)
+    y = sign_to_ring(pair, parts, u, negate=negate, tag="approx.mux")
+    return compare.from_pair(value.party, y, value.shape, value.frac)
 
 
 def bnot(pair, bits):

@@ -30,12 +30,12 @@ _ONE = np.uint64(1)
 
 WORD_BITS = 64
 
-#: Fuse msb/lt's last tree level with its bit-to-ring round (one round fewer, 64 more dealt
-#: bytes per value).  Off: functions/poly.py composes ``msb_pair`` + ``Pair.bitmul`` and
-#: its tests assert that this costs exactly what ``ltz`` costs; switch on together with
-#: poly.py using :func:`sign_to_ring` (the fused form).  relu/abs/clip/maximum/minimum,
-#: eq and the max/argmax trees are always fused.
-FUSE_SIGN_B2A = False
+#: Fuse msb/lt's last tree level with its bit-to-ring round (:func:`sign_to_ring`): one
+#: round fewer (lt 64: 5 -> 4 rounds, rep3 6 -> 5), the same online bytes, 64 dealt
+#: bytes per value instead of 8 for the conversion.  exp's clip (functions/approx.py)
+#: uses the same fused form with its payload, so it still costs what ``ltz`` costs.
+#: relu/abs/clip/maximum/minimum, eq and the max/argmax trees are always fused.
+FUSE_SIGN_B2A = True
 
 
 # -- the comparison core: carry trees on packed bits ------------------------------------------
