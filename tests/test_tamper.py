@@ -8,6 +8,7 @@ import mpcache
 from mpcache.checked import InconsistentShares, checked_reveal
 from mpcache.explain import UNKNOWN, lookup
 from mpcache.testing import add_fixed, tamper
+from mpcache.trace import TraceValuesWarning
 
 X = np.array([1.5, -2.0, 3.25, 0.5])
 Y = np.array([2.0, 4.0, -1.0, -3.0])
@@ -48,7 +49,8 @@ def test_tamper_is_scoped_filtered_and_recorded():
     np.testing.assert_allclose(res.outputs[0], X * Y, atol=1e-4)
     d = add_fixed(1.0, scale=2)(np.zeros(1, np.uint64))[0]
     with tamper(party=1, tag="rep3.mul_trunc.*", fn=add_fixed(1.0, scale=2), limit=1):
-        res = mpcache.Session("rep3", seed=3, trace=True, trace_values=True).run(_job)
+        with pytest.warns(TraceValuesWarning, match="toy data only"):
+            res = mpcache.Session("rep3", seed=3, trace=True, trace_values=True).run(_job)
     # the sender's transcript holds what it really sent: equal to the receiver's record
     sent = [e for e in res.transcripts[1].events if e.direction == "send"
             and e.tag == "rep3.mul_trunc.open"]
