@@ -192,7 +192,7 @@ def test_argmax_1024_cost(protocol):
     masked index to each receiver (rep3: to both other parties)."""
     sc = cost(protocol, lambda p, a: a.argmax(), np.random.default_rng(1).normal(size=1024))
     rounds, nbytes = _tree_cost(1024, 2)
-    assert rounds == 26                 # 5 levels of fan-in 4; the binary tree: 40
+    assert rounds == 25                 # 5 levels of fan-in 4 (5 rounds each); binary: 40
     assert max_tree_cost(1024, payload=2, fanin=2)["rounds"] == 40
     assert sc["rounds"] == rounds + 1
     assert sc["bytes_sent"] == nbytes + (4 if protocol == "rep3" else 2)

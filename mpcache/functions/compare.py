@@ -14,10 +14,10 @@ Both protocols run the same code on the two-party engine of mpc/pair.py: add2 na
 back to replicated form in one extra round (8 bytes per value from P1 and P2).
 
 Cost per value (bytes per party online / dealt bytes, the max over parties; batches of
-at most 512 values use 8-bit digits, bigger ones 4-bit digits):
+at most 2048 values use 8-bit digits, bigger ones 4-bit digits):
 
 ===========  ====================  ====================  ==================
-op           add2 rounds/bytes     rep3 rounds/bytes     dealt, <=512 / more
+op           add2 rounds/bytes     rep3 rounds/bytes     dealt, <=2048 / more
 ===========  ====================  ====================  ==================
 msb, lt, ..  4 / 10.4 (5 / 13.3)   5 / 18.4 (6 / 21.3)   577 / 131
 eq           4 / 9.9  (5 / 11.9)   5 / 17.9 (6 / 19.9)   321 / 98
@@ -27,7 +27,7 @@ relu, abs    4 / 18.4 (5 / 21.3)   5 / 26.4 (6 / 29.3)   641 / 195
 The last tree level is fused with the final conversion (bit-to-ring or bit injection) by a
 dealt 8-entry table of the function s ^ (p & q) (``compare_core.sign_to_ring``); msb/lt
 too while ``compare_core.FUSE_SIGN_B2A`` is on (the default: add2 4 rounds, rep3 5 for
-batches <= 512; 5 / 6 with it off).
+batches <= 2048; 5 / 6 with it off).
 
 (exact formulas: :func:`mpcache.mpc.costs.cmp_cost`, checked against the accounting by
 tests/test_compare.py; docs/nonlinear-compare.md.)
@@ -105,7 +105,7 @@ def msb(x):
        (rep3: free -- P1 holds x1 + x2, P2 holds x0, P0 is the helper; add2: native, P2
        deals).
     2. ``msb_bits`` (mpc/compare_core.py): open c = x + rho, digit-table leaves, carry
-       tree: XOR-shared sign bits (1 + 3 rounds for batches <= 512 values).
+       tree: XOR-shared sign bits (1 + 3 rounds for batches <= 2048 values).
     3. ``sign_to_ring`` (mpc/compare_core.py): the last tree level and the bit to 2-of-2
        ring shares in 1 round (``compare_core.FUSE_SIGN_B2A``, on; off: the tree's last
        AND, then ``Pair.b2a``, 1 round each).

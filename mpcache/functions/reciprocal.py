@@ -74,7 +74,7 @@ def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None 
     ``method="thermometer"``: ONE batched comparison of X with every public threshold,
     ``t_i = [X < 2^i]`` for i = lo_bit .. nbits (``compare_core.msb_bits`` on X - 2^i, its
     last tree level fused with the bit-to-ring round, ``sign_to_ring``); ``h_i = t_(i+1) -
-    t_i`` is linear.  Rounds do not grow with the window (4 + 1 for up to 512
+    t_i`` is linear.  Rounds do not grow with the window (4 + 1 for up to 2048
     comparisons, 5 + 1 beyond); bytes do, ~10-13 per threshold and value.
     ``method="a2b"``: A2B (``convert.a2b``), prefix-OR from the top on packed words
     (``m |= m >> s``: ceil(log2 window) AND rounds, bits >= nbits are promised zero),

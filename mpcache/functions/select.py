@@ -9,7 +9,7 @@ its re-sharing to replicated form once per call, not once per comparison.
 (:data:`MAX_FANIN`): per level, all pairs of every group of 4 values in ONE batched
 comparison and the winner picked by one lookup round (``Pair.bits_to_ring``: the AND of
 the member's three "beats" bits times its value), 5 rounds per 4:1 level for batches
-<= 512 comparisons (6 above), about log4 n levels; a last pair takes a binary level (bit
+<= 2048 comparisons (6 above), about log4 n levels; a last pair takes a binary level (bit
 injection ``w = a + [a < b](b - a)`` fused with the last tree level, 4 or 5 rounds).
 rep3 + 1 round.  Ties keep the lower index.  About 1.5 n comparisons (binary: n - 1).
 Before (binary only): 4-5 rounds per 2:1 level, e.g. max over 64 in 24 rounds, now 15;
@@ -145,7 +145,7 @@ def _take_rows(X, perm):
 #: comparing all pairs of a group in ONE batched comparison (6 per group of 4) and picking
 #: the winner with one lookup-table round (:func:`_group_level`): 1 + ceil(log2 D) + 1
 #: rounds per level for a 4:1 reduction instead of two binary levels (2 x (1 +
-#: ceil(log2 D))), e.g. 5 rounds instead of 8 for batches <= 512 comparisons; 1.5
+#: ceil(log2 D))), e.g. 5 rounds instead of 8 for batches <= 2048 comparisons; 1.5
 #: comparisons per value per level instead of 0.5 (about 1.7 x the tree's online bytes).
 #: 2: the binary tree (:func:`_pair_level`).
 MAX_FANIN = 4
@@ -168,7 +168,7 @@ def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None 
 def _pair_level(pair: Pair, U, want_max, payload):
     """One binary level: a batch of m/2 comparisons whose last tree level is fused with
     the bit injection ``w = a + [a < b](b - a)`` (payload: a second injected column).
-    1 + ceil(log2 D) rounds (4 for <= 512 comparisons, 5 above)."""
+    1 + ceil(log2 D) rounds (4 for <= 2048 comparisons, 5 above)."""
     m = U.shape[1]
     h = m // 2
     a, b = U[:, 0:2 * h:2], U[:, 1:2 * h:2]
@@ -212,7 +212,7 @@ def _group_level(pair: Pair, U, want_max, payload):
        payload as the injected payload): ``AND_j beats(i, j) * (x_i, payload_i)`` for
        every member -- exactly one member wins -- summed over the group locally.  Groups
        of 2 or 3 pad the table input with public 1 bits.
-    Cost: rounds 1 + ceil(log2 D) + 1 (5 for batches <= 512 comparisons, 6 above) for a
+    Cost: rounds 1 + ceil(log2 D) + 1 (5 for batches <= 2048 comparisons, 6 above) for a
     4:1 reduction, against 2 x (1 + ceil(log2 D)) = 8 (10) for two binary levels; per
     group of 4: 6 comparisons and 4 lookups (3 bits + 8 bytes per payload column each)."""
     R, m = U.shape

@@ -65,10 +65,13 @@ def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str, last: bool = True)
 
 #: Digit width of the comparison leaves (dealt lookup tables of 2^w entries); None =
 #: adaptive: 8 for batches of at most SMALL_BATCH values (3 tree levels; 512 dealt bytes
-#: per comparison, so at most 256 KiB per batch), else 4 (4 tree levels; 64 dealt bytes).
-#: See docs/nonlinear-compare.md.
+#: per comparison, so at most 1 MiB per batch), else 4 (4 tree levels; 64 dealt bytes).
+#: SMALL_BATCH was 512; at 2048 the batches of 513..2048 comparisons (the thermometers'
+#: bound, top-k's all-pairs levels, a softmax row max's middle levels, a short softmax's
+#: exp clip) take one round fewer for 448 more dealt bytes per comparison (online bytes
+#: drop: 18 instead of 41 tree bits).  See docs/nonlinear-compare.md.
 DIGIT_BITS: int | None = None
-SMALL_BATCH = 512
+SMALL_BATCH = 2048
 #: Batches of at most this many comparisons fuse their last tree level into the final
 #: bit-to-ring / bit-injection round (one round fewer; 64 dealt bytes per value and 64 per
 #: payload value instead of 8 and 16); bigger batches keep the separate round.
