@@ -172,6 +172,25 @@ class RoPE:
         return F.weighted_sum([(x, self.cos[positions] * scale),
                                (swapped, self.sin[positions] * scale)])
 
+    def pair(self, q, k, positions, q_scale: float = 1.0):
+        """``(self(q, positions, q_scale), self(k, positions))`` with ONE truncation for
+        both under MPC: q [nh, T, hd] and k [nkv, T, hd] are rotated as one [nh + nkv, T,
+        hd] tensor with per-head public scales in the tables.  Rounds: rep3 2 (was 4 for
+        two separate truncations), add2 1 (was 2); bytes unchanged (the same elements)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and positions.max() >= self.cos.shape[0]:
+            raise ValueError(f"position {positions.max()} beyond the RoPE table "
+                             f"({self.cos.shape[0]}); raise max_positions")
+        nq = int(q.shape[0])
+        both = F.concatenate([q, k], axis=0)
+        half = self.head_dim // 2
+        swapped = F.concatenate([both[:, :, half:], both[:, :, :half]], axis=2)
+        sc = np.ones((nq + int(k.shape[0]), 1, 1))
+        sc[:nq] = q_scale
+        out = F.weighted_sum([(both, self.cos[positions] * sc),
+                              (swapped, self.sin[positions] * sc)])
+        return out[:nq], out[nq:]
+
 
 class SwiGLU:
     """LLaMA MLP: ``down(silu(gate(x)) * up(x))``."""
@@ -242,7 +261,7 @@ class Attention:
         v = self.v(x).reshape(t, nkv, hd).transpose((1, 0, 2))
         with F.scope(x, "rope"):
             if self.rope is not None:
-                q, k = self.rope(q, positions, self.scale), self.rope(k, positions)
+                q, k = self.rope.pair(q, k, positions, self.scale)     # one truncation
             else:
                 q = q * self.scale
         cache.append(layer, k, v, positions)
