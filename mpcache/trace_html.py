@@ -6,8 +6,9 @@ receiver learns), the accounting scopes as bands above the lanes, and a totals p
 scope.  Hovering an arrow shows its tag, round, bytes, dtype and shape, and the tag's
 narration and "what the receiver learns" from :func:`mpcache.explain.lookup` (the same
 table ``mpcache explain`` prints); a click pins it and highlights every message with the
-same tag (``page.html#pin=N`` opens with message N pinned).  Everything is inline (data as JSON, the script and the style sheet), so the
-file opens offline and can be mailed or archived.
+same tag (``page.html#pin=N`` opens with message N pinned).  Everything is inline (data
+as JSON, the script and the style sheet), so the file opens offline and can be mailed or
+archived.
 
 Layout (design choice): the x axis is the round stamp every message carries (Lamport
 rounds, as the accounting counts them); offline messages (dealer randomness, PRG keys)
