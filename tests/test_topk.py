@@ -169,7 +169,7 @@ def cost(protocol, fn, *xs, integer=(), seed=None):
 def _tree_cost(n, payload, rows=1):
     """(rounds, bytes) of the comparison tree over n values (mpc/costs.max_tree_cost at
     the tree's fan-in)."""
-    c = max_tree_cost(n, rows, payload, S.MAX_FANIN)
+    c = max_tree_cost(n, rows, payload, S.MAX_FANIN, S.FANIN4_MAX_VALUES)
     return c["rounds"], c["bytes"]
 
 
@@ -318,6 +318,21 @@ def test_max_tree_fanin_4_and_2_agree(protocol, n, monkeypatch):
         assert np.array_equal(mx, x.max(-1))
         assert np.array_equal(am, F.argmax_onehot(x))
         sc = cost(protocol, lambda p, a: a.max(), x)
-        want = max_tree_cost(n, 2, 1, fanin)
+        want = max_tree_cost(n, 2, 1, fanin, S.FANIN4_MAX_VALUES)
         assert sc["rounds"] == want["rounds"] + (protocol == "rep3")
         assert sc["bytes_sent"] == want["bytes"] + 8 * 2 * (protocol == "rep3")
+
+
+def test_max_tree_wide_levels_stay_binary(protocol, monkeypatch):
+    """Levels over more than FANIN4_MAX_VALUES values take binary levels (fewer dealt
+    bytes), then fan-in 4: same results, the cost max_tree_cost says."""
+    monkeypatch.setattr(S, "FANIN4_MAX_VALUES", 40)
+    x = np.round(np.random.default_rng(5).normal(size=(2, 50)) * 2) / 4
+    mx, am = run(protocol, lambda p, a: [a.max(), a.argmax()], x)
+    assert np.array_equal(mx, x.max(-1))
+    assert np.array_equal(am, F.argmax_onehot(x))
+    sc = cost(protocol, lambda p, a: a.max(), x)
+    want = max_tree_cost(50, 2, 1, 4, 40)
+    assert want["rounds"] == 4 + 4 + 5 + 5          # 50 -> 25 -> 13 binary, 4, 1
+    assert sc["rounds"] == want["rounds"] + (protocol == "rep3")
+    assert sc["bytes_sent"] == want["bytes"] + 8 * 2 * (protocol == "rep3")

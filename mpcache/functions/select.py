@@ -149,6 +149,11 @@ def _take_rows(X, perm):
 #: comparisons per value per level instead of 0.5 (about 1.7 x the tree's online bytes).
 #: 2: the binary tree (:func:`_pair_level`).
 MAX_FANIN = 4
+#: Levels over more than this many values (rows x values, a public size) stay binary: a
+#: fan-in-4 level deals ~2.4x the binary level's tables (128 bytes per member for the
+#: lookup, 6 comparisons per group), which for the vocabulary argmax of a decoding step
+#: (49152 logits) would add ~10 MB of dealt bytes for 6 rounds.
+FANIN4_MAX_VALUES = 32768
 
 #: AND of three bits, indexed by b0 + 2 b1 + 4 b2 (``Pair.bits_to_ring`` tables).
 _AND3 = np.array([0, 0, 0, 0, 0, 0, 0, 1])
@@ -158,7 +163,7 @@ def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None 
     """Winner of each row of U [R, m] (pair shares); payload [R, m, c] rides along.
     Ties keep the lower index.  Levels of fan-in :data:`MAX_FANIN` (a last pair: binary)."""
     while U.shape[1] > 1:
-        if MAX_FANIN >= 4 and U.shape[1] > 2:
+        if MAX_FANIN >= 4 and U.shape[1] > 2 and U.size <= FANIN4_MAX_VALUES:
             U, payload = _group_level(pair, U, want_max, payload)
         else:
             U, payload = _pair_level(pair, U, want_max, payload)

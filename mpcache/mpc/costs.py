@@ -123,7 +123,8 @@ def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) 
     return {"bytes": online, "rounds": rounds, "offline": offline}
 
 
-def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4) -> dict:
+def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4,
+                  fanin4_max: int = 32768) -> dict:
     """Online bytes per party and rounds of the max/min/argmax tree over ``n`` values per
     row (``functions.select._tree``; rep3 adds its final re-sharing, argmax its one-hot).
     ``payload``: ring values injected per winner (1 for max, 2 for argmax: value and
@@ -132,10 +133,11 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4) -> di
     finished batch of all pairs of every group, then one AND3 lookup round injecting each
     member's payload (3 bits + 8 bytes per payload value per member); a last pair (and
     every level with ``fanin`` 2): a binary level whose last tree level is fused with the
-    bit injection (3 bits + 8 bytes per payload value per comparison)."""
+    bit injection (3 bits + 8 bytes per payload value per comparison).  Levels over more
+    than ``fanin4_max`` values (``select.FANIN4_MAX_VALUES``, rows x n) stay binary."""
     rounds = nbytes = 0
     while n > 1:
-        if fanin >= 4 and n > 2:
+        if fanin >= 4 and n > 2 and rows * n <= fanin4_max:
             g, r = n // 4, n % 4
             tail = r if r > 1 else 0
             c = rows * (6 * g + tail * (tail - 1) // 2)
