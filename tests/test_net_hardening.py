@@ -333,7 +333,7 @@ def test_grpc_inbox_backpressure_keeps_order(monkeypatch):
 def test_full_inbox_times_out_the_sender(monkeypatch):
     monkeypatch.setattr(GrpcTransport, "INBOX_MESSAGES", 2)
     monkeypatch.setattr(GrpcTransport, "INBOX_BYTES", 1 << 20)
-    cfg = cfg_of(timeout_s=2.0)
+    cfg = cfg_of(timeout_s=2.0, connect_timeout_s=30.0)
     kept = {}
 
     def fn(tr):
