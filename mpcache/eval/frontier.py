@@ -233,12 +233,14 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
     front drawn as a step line through its points (ringed)."""
     plt = _matplotlib()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-    specs = []
+    specs = []                       # the specs with at least one point to draw
     for r in rows:
         s = r["label"].rsplit("@", 1)[0]
-        if s not in specs:
+        if s not in specs and r["accuracy"] is not None and any(p in r["cost"]
+                                                                 for p in protocols):
             specs.append(s)
     style = {s: (_MARKERS[i % len(_MARKERS)], f"C{i % 10}") for i, s in enumerate(specs)}
+    drawn = set()
     fig, axes = plt.subplots(len(protocols), len(MEASURES), squeeze=False,
                              figsize=(6.2 * len(MEASURES), 4.4 * len(protocols) + 1.2))
     for i, p in enumerate(protocols):
@@ -246,16 +248,19 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
             ax = axes[i][j]
             scale = 1e6 if m == "bytes" else 1.0
             for s in specs:
-                pts = sorted(((r["cost"][p][m] / scale, r["accuracy"], r["label"])
+                pts = sorted(((r["cost"][p][m] / scale, r["accuracy"], r["label"],
+                               r["complete_tasks"])
                               for r in rows if r["label"].rsplit("@", 1)[0] == s
                               and r["accuracy"] is not None and p in r["cost"]))
                 if not pts:
                     continue
+                drawn.add(s)
                 mk, col = style[s]
-                ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker=mk, color=col,
-                        lw=0.8, ms=6, ls="-" if len(pts) > 1 else "none",
-                        label=s if i == 0 and j == 0 else None)
-                for x, y, lab in pts:
+                ax.plot([q[0] for q in pts], [q[1] for q in pts], color=col, lw=0.8,
+                        ls="-" if len(pts) > 1 else "none")
+                for x, y, lab, full_n in pts:        # hollow: fewer tasks / samples
+                    ax.plot([x], [y], marker=mk, color=col, ms=6, ls="none",
+                            fillstyle="full" if full_n else "none")
                     b = lab.rsplit("@", 1)[1]
                     ax.annotate("full" if b == "full" else f"{100 * float(b):g}%", (x, y),
                                 textcoords="offset points", xytext=(4, 3), fontsize=6,
@@ -266,8 +271,7 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
                 ax.step([x for x, _ in front], [y for _, y in front], where="post",
                         color="k", lw=1, alpha=0.5, ls="--")
                 ax.scatter([x for x, _ in front], [y for _, y in front], s=110,
-                           facecolors="none", edgecolors="k", lw=1,
-                           label="Pareto front" if i == 0 and j == 0 else None)
+                           facecolors="none", edgecolors="k", lw=1)
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -276,11 +280,18 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
             ax.set_ylabel("accuracy, task average (%)")
             ax.set_title(f"{p}: accuracy vs {mtitle}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
-    fig.legend(loc="lower center", ncol=2, fontsize=6, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    n_leg = (len(specs) + 2) // 2
-    fig.tight_layout(rect=(0, min(0.45, 0.022 * n_leg + 0.02), 1, 1))
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], marker=style[s][0], color=style[s][1], ls="none", label=s)
+               for s in specs if s in drawn]
+    handles.append(Line2D([], [], marker="o", ms=10, mfc="none", mec="k", ls="none",
+                          label="Pareto front"))
+    handles.append(Line2D([], [], marker="o", mfc="none", mec="gray", ls="none",
+                          label="hollow: accuracy on fewer tasks / samples (off the front)"))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=6, frameon=False)
+    n_leg = (len(handles) + 1) // 2
+    fig.tight_layout(rect=(0, min(0.45, 0.017 * n_leg + 0.02), 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
