@@ -122,7 +122,13 @@ def _generate(a) -> int:
           + (f" at budget {a.budget}" if ev.name != "full" else "")
           + (", plaintext prefill at the client" if a.prefill == "client" else ""),
           file=sys.stderr)
-    if a.transport == "grpc":
+    if a.transport == "grpc":                 # the parties load their own copies: free
+        import gc                               # this one (about 1.5 GB) before they start
+
+        from .nn.smollm2 import load_smollm2
+        del lm, req
+        load_smollm2.cache_clear()
+        gc.collect()
         return _generate_grpc(a, prompt, ev)
     ids, summary = run_local(lm, req, a.protocol, eviction=ev, fixed_length=a.fixed_length)
     text = lm.decode(ids)
