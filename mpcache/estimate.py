@@ -411,7 +411,11 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=MAX_T
     layers (D = the policy's dense first layers) give the change of the first selecting
     layers and of every further layer: change(L) = c(D+2) + (L - D - 2) (c(D+3) - c(D+2)).
     Costs are data-independent except where a policy's kept count depends on the data
-    (MPCache's ``static_tau`` threshold): there the twin's random data decide."""
+    (MPCache's ``static_tau`` threshold): there the twin's random data decide.  With KV
+    heads capped, comparison batches are smaller than the model's, and the digit width
+    of a batch (4 or 8 bits, switching at 2048 values) sets the dealer's table sizes and
+    the tree depth: the scaled offline bytes, and to a lesser degree rounds, are then
+    approximate (docs/teaching.md, section 10)."""
     from .cli_model import parse_policy
     from .nn.policies import make_policy
     _, name, kw = parse_policy(policy)
