@@ -219,22 +219,28 @@ def _group_level(pair: Pair, U, want_max, payload):
        of 2 or 3 pad the table input with public 1 bits.
     Cost: rounds 1 + ceil(log2 D) + 1 (5 for batches <= 2048 comparisons, 6 above) for a
     4:1 reduction, against 2 x (1 + ceil(log2 D)) = 8 (10) for two binary levels; per
-    group of 4: 6 comparisons and 4 lookups (3 bits + 8 bytes per payload column each)."""
+    group of 4: 6 comparisons whose masked openings are the 4 values' (8 bytes each,
+    ``masked_digits(pairs=)``: 32 instead of 48 bytes) and 4 lookups (3 bits + 8 bytes
+    per payload column each)."""
     R, m = U.shape
     g, r = m // 4, m % 4
     sizes = [4] * g + ([r] if r > 1 else [])
-    ds, outs = [], []                       # comparison differences; lookup inputs
-    # full groups, vectorised over [R, g]
+    Is, Js = [], []                         # the compared values' flat indices in U
+    pos = np.arange(R * m).reshape(R, m)
     start = 0
     for size, count in ((4, g), (r, 1 if r > 1 else 0)):
         if not count:
             continue
-        X = U[:, start:start + size * count].reshape(R, count, size)
+        X = pos[:, start:start + size * count].reshape(R, count, size)
         pairs, _ = _group_plan(size)
         for i, j in pairs:
-            ds.append((X[..., i] - X[..., j] if want_max else X[..., j] - X[..., i]).reshape(-1))
+            a, b = (X[..., i], X[..., j]) if want_max else (X[..., j], X[..., i])
+            Is.append(a.reshape(-1))
+            Js.append(b.reshape(-1))
         start += size * count
-    bits = msb_bits(pair, np.concatenate(ds), "max.cmp")
+    # each value opened once for all its comparisons (compare_core.masked_digits(pairs=))
+    bits = msb_bits(pair, U.reshape(-1), "max.cmp",
+                    pairs=(np.concatenate(Is), np.concatenate(Js)))
     one = np.full(1, 1 if pair.role == "A" else 0, np.uint8)
     pos, start = 0, 0
     sel_bits, sel_vals = [[], [], []], []

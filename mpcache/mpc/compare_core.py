@@ -107,16 +107,28 @@ def _ring_dtype(nbits: int):
 
 
 def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind: str,
-                  tag: str):
+                  tag: str, pairs=None):
     """Open c = d + rho mod 2^nbits (rho: a dealer mask, uniform, each half from a key) and
     look up, for every w-bit digit j of the ``low`` low bits, XOR shares of the dealt
     table row of rho's digit at the public digit of c: ([c_j < rho_j], [c_j == rho_j])
     (``kind="lt"``) or ([c_j == rho_j],) (``"eq"``).  Digits are little-endian with the
     partial digit at the bottom, padded with zero bits on both sides (equal, so they
     change nothing).  1 round; returns (leaf bits [D, N, nout], public c, this party's
-    XOR share of bit ``low`` of rho (for the sign) or None)."""
+    XOR share of bit ``low`` of rho (for the sign) or None).
+
+    ``pairs=(I, J)`` (64-bit only): ``u`` holds the values and the N differences are
+    ``u[I] - u[J]``.  Each VALUE is opened once, c_v = u_v + r_v (r_v a dealer mask, a half
+    from each key), and the differences' openings are c_I - c_J = d + (r_I - r_J): the
+    dealer deals the tables of rho = r_I - r_J.  One opening per value, not per difference (the fan-in-4
+    tree: 4 values for its 6 comparisons per group); c_v is uniform, and every c_I - c_J
+    is a function of the c_v."""
     u = np.asarray(u, dtype=RING).reshape(-1)
-    N = u.size
+    if pairs is not None:
+        if nbits != 64:
+            raise ValueError("pairwise openings need 64-bit comparisons")
+        I, J = (np.asarray(t, dtype=np.int64).reshape(-1) for t in pairs)
+    nv = u.size                                  # values opened
+    N = u.size if pairs is None else I.size
     w = min(w, low)
     D = -(-low // w)
     pad = D * w - low
@@ -137,7 +149,9 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
 
     if pair.role == "D":
         kA, kB = pair.kA, pair.kB
-        rho = kA.ring((N,)) + kB.ring((N,))
+        rho = kA.ring((nv,)) + kB.ring((nv,))
+        if pairs is not None:
+            rho = rho[I] - rho[J]
         ta = tbytes(kA)
         parts = [(_digit_tables(w, kind)[digits(rho)] ^ ta).reshape(-1)]
         if want_top:
@@ -146,7 +160,7 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
         pair._deal(np.concatenate(parts), tag)
         return np.zeros((D, N, nout), U8), np.zeros(N, RING), np.zeros(N, U8)
     k = pair.k_own
-    r = k.ring((N,))
+    r = k.ring((nv,))
     if pair.role == "A":
         tab = tbytes(k)
         top = rand_bits(k, (N,)) if want_top else None
@@ -158,6 +172,8 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     dt = _ring_dtype(nbits)
     mine = (u + r).astype(dt)
     c = (mine.astype(RING) + pair._exchange(mine, tag).astype(RING))
+    if pairs is not None:
+        c = c[I] - c[J]
     if nbits < 64:
         c &= np.uint64((1 << nbits) - 1)
     cd = digits(c)
@@ -168,7 +184,7 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
 
 
 def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
-             digit: int | None = None, last: bool = True):
+             digit: int | None = None, last: bool = True, pairs=None):
     """XOR shares of bit ``nbits - 1`` (the sign) of d = u_A + u_B mod 2^nbits, for flat
     ring shares ``u``: the core of every comparison (``a < b  <=>  msb(a - b) = 1``).
 
@@ -199,15 +215,18 @@ def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
     64 dealt bytes).  Rounds: 1 + ceil(log2 ceil((nbits-1)/w)).
     ``last=False``: stop before the final AND of step 3 and return (s, p, q) with
     sign = s ^ (p & q), for :func:`sign_to_ring` (which fuses that AND into its own
-    round).  Exact cost: :func:`mpcache.mpc.costs.cmp_cost`."""
+    round).  Exact cost: :func:`mpcache.mpc.costs.cmp_cost`.
+    ``pairs=(I, J)``: the signs of ``u[I] - u[J]``, each value opened once
+    (:func:`masked_digits`)."""
     u = np.asarray(u, dtype=RING).reshape(-1)
-    w = digit if digit is not None else digit_width(u.size)
+    n = u.size if pairs is None else np.size(pairs[0])
+    w = digit if digit is not None else digit_width(n)
     low = nbits - 1
     if low == 0:                          # 1-bit values: the sign is the bit itself
         b = ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
         return b if last else (b, np.zeros_like(b), np.zeros_like(b))
-    leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open")
-    if not last and u.size > FUSE_MAX_BATCH:     # big batch: finish here (fewer dealt bytes)
+    leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open", pairs)
+    if not last and n > FUSE_MAX_BATCH:     # big batch: finish here (fewer dealt bytes)
         return msb_finish(pair, _tree(pair, np.ascontiguousarray(leaves[..., 0]),
                                       np.ascontiguousarray(leaves[..., 1]), tag + ".tree"),
                           c, top, low), None, None

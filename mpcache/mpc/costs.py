@@ -130,7 +130,8 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4,
     ``payload``: ring values injected per winner (1 for max, 2 for argmax: value and
     index).  ``fanin`` 4 (``select.MAX_FANIN``): levels of groups of 4 (last group 2 or 3
     values, a single last value passes through) while more than 2 values remain: one
-    finished batch of all pairs of every group, then one AND3 lookup round injecting each
+    finished batch of all pairs of every group (each value's masked opening once: 8 bytes
+    per value, not per comparison), then one AND3 lookup round injecting each
     member's payload (3 bits + 8 bytes per payload value per member); a last pair (and
     every level with ``fanin`` 2): a binary level whose last tree level is fused with the
     bit injection (3 bits + 8 bytes per payload value per comparison).  Levels over more
@@ -143,6 +144,7 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4,
             c = rows * (6 * g + tail * (tail - 1) // 2)
             outs = rows * (4 * g + tail)
             levels = cmp_levels(c)
+            levels[0] = (8 * rows * n, levels[0][1])     # each value opened once
             rounds += len(levels) + 1
             nbytes += sum(b for b, _ in levels) + (3 * outs + 7) // 8 + 8 * outs * payload
             n = g + (1 if r else 0)
