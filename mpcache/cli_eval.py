@@ -58,6 +58,10 @@ def register(subparsers) -> None:
                    help="frontier: only these specs (any budget) are replaced whole by "
                    "--override files; other labels merge sample by sample")
     p.add_argument("--model", default="smollm2", help="frontier: the cost rows' model")
+    p.add_argument("--alias", nargs="+", default=(), metavar="MEASURED=SAME",
+                   help="frontier: cost rows of spec MEASURED also stand for spec SAME (two "
+                   "spellings of one knob set under the measured code, e.g. a bare name "
+                   "and its defaults written out); marked in the table")
     p.add_argument("--protocol", nargs="+", default=["rep3", "add2"],
                    choices=["rep3", "add2"], help="frontier: protocols to tabulate")
     p.add_argument("--heatmap", nargs="*", help="plot: labels for depth x context heat maps")
@@ -123,7 +127,8 @@ def _frontier(a) -> int:
         print("mpcache eval frontier: one --context", file=sys.stderr)
         return 2
     rows, md = frontier(a.json, a.cost, a.out or "frontier.png", a.md, a.model, a.context[0],
-                        tuple(a.protocol), a.policy, a.budget, a.override, a.replace)
+                        tuple(a.protocol), a.policy, a.budget, a.override, a.replace,
+                        a.alias)
     print(md)
     for p in a.protocol:
         for m in ("bytes", "lan"):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mpcache import cli
-from mpcache.eval.frontier import (accuracy_rows, cost_rows, front_members, frontier,
+from mpcache.eval.frontier import (accuracy_rows, apply_aliases, cost_rows, front_members, frontier,
                                    frontier_markdown, join, pareto, spec_key)
 
 TASKS2 = ("niah_single_number", "vt")
@@ -189,3 +189,18 @@ def test_override_replaces_a_spec_entirely(files, tmp_path):
     # --replace names the re-run specs: others merge sample by sample
     assert accuracy_rows([fa], 2048, [[fo]], replace=["quest"])["topk@0.1"]["n"] == [4]
     assert accuracy_rows([fa], 2048, [[fo]], replace=["topk"])["topk@0.1"]["n"] == [2]
+
+
+def test_alias_lends_a_cost_row_to_another_spelling(files):
+    fa, fc = files
+    acc, cost = accuracy_rows([fa], 2048), cost_rows([fc], "smollm2", 2048)
+    assert ("streaming@0.1", "rep3") not in cost
+    got = apply_aliases(cost, ["quest=streaming"])
+    c = got[("streaming@0.1", "rep3")]
+    assert c["alias_of"] == "quest@0.1" and c["bytes"] == cost[("quest@0.1", "rep3")]["bytes"]
+    assert apply_aliases(cost, ["quest=topk"])[("topk@0.1", "rep3")] is cost[("topk@0.1", "rep3")]
+    rows = {r["label"]: r for r in join(acc, got, ("rep3",))}
+    # 0% at 15 MB: the cheapest complete row, so on the front
+    assert rows["streaming@0.1"]["front"][("rep3", "bytes")] is True
+    md = frontier_markdown(list(rows.values()), ("rep3",))
+    assert "both (cost measured as quest@0.1)" in md

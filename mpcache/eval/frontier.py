@@ -38,7 +38,7 @@ from .harness import parse_policy
 from .plot import _matplotlib, load_results, task_averages
 from .report import _order
 
-__all__ = ["merged_results", "accuracy_rows", "cost_rows", "join", "pareto", "frontier_markdown",
+__all__ = ["merged_results", "accuracy_rows", "apply_aliases", "cost_rows", "join", "pareto", "frontier_markdown",
            "plot_frontier", "frontier", "front_members"]
 
 #: Cost measures the front is drawn over: row key -> column title.
@@ -129,6 +129,24 @@ def cost_rows(paths, model: str, context: int) -> dict:
     return out
 
 
+def apply_aliases(cost: dict, aliases) -> dict:
+    """``aliases``: ``"MEASURED=SAME"`` pairs of specs (no budget).  Every cost row of
+    MEASURED also stands for SAME at the same budget and protocol, unless SAME has its own
+    row; for two spellings of one knob set under the code the cost was measured with
+    (bytes and rounds follow the knobs, not the spelling).  The copy records
+    ``alias_of``, and the table says so."""
+    out = dict(cost)
+    for pair in aliases or ():
+        measured, _, same = pair.partition("=")
+        m = spec_key(*_split(measured), None).rsplit("@", 1)[0]
+        a = spec_key(*_split(same), None).rsplit("@", 1)[0]
+        for (k, proto), c in cost.items():
+            spec, _, b = k.rpartition("@")
+            if spec == m and (f"{a}@{b}", proto) not in cost:
+                out[(f"{a}@{b}", proto)] = dict(c, plain_key=f"{a}@{b}", alias_of=k)
+    return out
+
+
 def pareto(points) -> list:
     """For ``(accuracy, cost)`` pairs (None where a side is missing): True where no other
     complete pair is at least as accurate and at most as costly and better in one."""
@@ -179,6 +197,8 @@ def _missing(r, p) -> str:
         return "no MPC cost"
     if not r["complete_tasks"]:
         return f"accuracy on {r['tasks']} tasks, n = {'/'.join(map(str, r['n']))}: not on front"
+    if r["cost"][p].get("alias_of"):
+        return f"both (cost measured as {r['cost'][p]['alias_of']})"
     return "both"
 
 
@@ -299,10 +319,10 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
 
 def frontier(acc_paths, cost_paths, out_png=None, out_md=None, model="smollm2",
              context=2048, protocols=("rep3", "add2"), specs=None, budgets=None,
-             overrides=(), replace=None) -> tuple:
+             overrides=(), replace=None, aliases=()) -> tuple:
     """Join, tabulate and plot; returns ``(rows, markdown)``."""
     acc = accuracy_rows(acc_paths, context, overrides, replace)
-    cost = cost_rows(cost_paths, model, context)
+    cost = apply_aliases(cost_rows(cost_paths, model, context), aliases)
     if not acc and not cost:
         raise SystemExit(f"no accuracy at context {context} and no {model} cost rows at "
                          f"{context} in the files given")
