@@ -20,7 +20,9 @@ on the command line of either tool is the same policy.  Knobs only the MPC glue 
 (:data:`mpcache.bench.decode.MPC_KNOBS`) change the cost, not the plaintext choice: a cost
 row with them takes the accuracy of the spec without them.  A spec means what the code
 meant when it ran: a bare ``mpcache`` joins whatever the two files measured as the
-defaults, so both files should come from the same code.
+defaults, so both files should come from the same code (``--alias`` lends a cost row to
+another spelling of the same knobs; ``--override``/``--replace`` keep a re-run spec's
+records apart from the old code's).
 
 Pareto front (per protocol, per cost measure): a row with both sides is on it when no
 other such row is at least as accurate and at most as costly, and strictly better in
@@ -38,8 +40,8 @@ from .harness import parse_policy
 from .plot import _matplotlib, load_results, task_averages
 from .report import _order
 
-__all__ = ["merged_results", "accuracy_rows", "apply_aliases", "cost_rows", "join", "pareto", "frontier_markdown",
-           "plot_frontier", "frontier", "front_members"]
+__all__ = ["merged_results", "accuracy_rows", "apply_aliases", "cost_rows", "join", "pareto",
+           "frontier_markdown", "plot_frontier", "frontier", "front_members"]
 
 #: Cost measures the front is drawn over: row key -> column title.
 MEASURES = {"bytes": "bytes / party", "lan": "modelled LAN s"}
