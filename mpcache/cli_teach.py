@@ -83,11 +83,9 @@ def _explain(a) -> int:
 
 
 def _trace_show(a) -> int:
-    from .trace import format_trace, read
-    try:
-        traces = read(a.file)
-    except (OSError, ValueError) as e:
-        print(f"mpcache trace show: cannot read {a.file}: {e}", file=sys.stderr)
+    from .trace import format_trace, read_for_command
+    traces = read_for_command(a.file, "trace show")
+    if traces is None:
         return 2
     if not traces:
         print(f"mpcache trace show: {a.file} holds no session", file=sys.stderr)

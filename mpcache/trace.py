@@ -335,6 +335,17 @@ def write(traces: list, path: str, append: bool | None = None) -> None:
                     fh.write(json.dumps(r, separators=(",", ":")) + "\n")
 
 
+def read_for_command(path: str, command: str):
+    """:func:`read` for a CLI command: the traces, or None after printing why the file
+    cannot be read (the command then exits with status 2)."""
+    import sys
+    try:
+        return read(path)
+    except (OSError, ValueError) as e:
+        print(f"mpcache {command}: cannot read {path}: {e}", file=sys.stderr)
+        return None
+
+
 def read(path: str) -> list:
     """All sessions in a trace file (JSON lines or JSON document) as :class:`Trace`; a
     folder of per-party files is merged (:func:`mpcache.trace_parties.read_folder`)."""

@@ -428,11 +428,9 @@ def _cli_html(a) -> int:
     import os
     import sys
 
-    from .trace import read
-    try:
-        traces = read(a.file)
-    except (OSError, ValueError) as e:
-        print(f"mpcache trace html: cannot read {a.file}: {e}", file=sys.stderr)
+    from .trace import read_for_command
+    traces = read_for_command(a.file, "trace html")
+    if traces is None:
         return 2
     if a.session is not None:
         traces = traces[a.session:a.session + 1]
