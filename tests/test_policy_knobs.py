@@ -63,6 +63,35 @@ def test_coarse_keep_fraction_versus_coarse_factor():
         MPCache(0.1, coarse_keep=0.0)
 
 
+def test_two_level_choice_is_the_fine_top_k_inside_the_chosen_coarse_clusters():
+    """The coarse stage masks the fine scores (-BIG outside the kept coarse clusters) and
+    ONE top-k over all fine clusters picks: the same set as scoring only the fine clusters
+    inside the kept coarse ones (and those after the last full coarse cluster)."""
+    rng = np.random.default_rng(5)
+    for edges in ("cover", "grid"):
+        for trial in range(6):
+            n = int(rng.integers(300, 700))
+            c = make_cache(n, keys=rng.normal(size=(1, n, HD)))
+            p = MPCache(0.1, cluster=4, coarse=16, coarse_keep=0.5, dense_layers=0,
+                        edges=edges)
+            p.attach(c, stats_for(p, n, None), n)
+            q = rng.normal(size=(2, 1, HD))
+            p.view(c, 0, q)
+            _n, pl, sel_c, sel_f = p._dyn[0]
+            assert pl["two"] and sel_c is None
+            st = p._bnd[0]
+            qg = p.group_query(q, 1)
+            coarse = p._score(qg, {"lin": st["c"]["lin"][:, :pl["nc"]]})
+            fine = p._score(qg, {"lin": st["f"]["lin"][:, :pl["nf"]]})
+            m, nc, rest = pl["m"], pl["nc"], pl["rest"]
+            for h in range(2):
+                kept = np.argsort(-coarse[h], kind="stable")[:pl["k1"]]
+                cand = np.concatenate([(kept[:, None] * m + np.arange(m)).ravel(),
+                                       np.arange(nc * m, nc * m + rest)]).astype(int)
+                want = cand[np.argsort(-fine[h][cand], kind="stable")[:pl["k"]]]
+                assert sorted(sel_f.index[h]) == sorted(want)
+
+
 # ---------------------------------------------------------------------- static eviction
 def test_static_tau_keeps_tokens_any_window_query_attends_to():
     n, w = 64, 4

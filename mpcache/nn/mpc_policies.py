@@ -67,10 +67,9 @@ def install_gather_scope() -> None:
 
 def instrument(policy, compose: bool = True, lazy: bool = True):
     """Put a policy's decode-time work into cost scopes (see the module docstring) and route
-    MPCache's cluster gather through :func:`_cluster_gather` (two-level one-hots composed
-    into one; ``compose=False`` keeps the policy's two-step gather; ``lazy=False`` always
-    gathers rows instead of letting attention select score columns).  Returns the same
-    object."""
+    MPCache's cluster gather through :func:`_cluster_gather` (``lazy=False`` always gathers
+    rows instead of letting attention select score columns; ``compose=False`` keeps the
+    policy's own row gather).  Returns the same object."""
     install_gather_scope()
     if getattr(policy, "_mpc_instrumented", False):
         return policy
@@ -85,54 +84,26 @@ def instrument(policy, compose: bool = True, lazy: bool = True):
             return after(cache, layer, probs)
 
     policy.select, policy.after_step = select, after_step
-    if hasattr(policy, "_gather") and (compose or getattr(policy, "levels", 1) == 1):
+    if hasattr(policy, "_gather") and compose:
         policy._gather = _cluster_gather(policy, policy._gather, lazy)
     policy._mpc_instrumented = True
     return policy
 
 
 def _cluster_gather(policy, orig, lazy: bool):
-    """MPCache's gather of the chosen clusters as a :class:`SelectedRows` over ONE one-hot.
-
-    Two levels: the policy's own ``_gather`` applies the coarse one-hot (``k1`` coarse
-    clusters, i.e. ``coarse_factor`` times the needed tokens) to K/V and then the fine
-    one-hot to that: under MPC a gather costs its output, so the coarse step moves
-    ``coarse_factor`` times the kept rows of K and V through the network, per layer.  Here
-    the two one-hots are composed first -- ``G = S_f @ (S_c kron I_m)``, ``[k, nc m]``, a
-    tiny integer matmul done once per layer group in ``selection`` -- so ``G @ blocks``
-    gathers only the ``k`` kept clusters.  One-hots are exact ring integers, so the rows are
-    IDENTICAL to the policy's (a test checks tokens and clusters against plaintext).
-
-    Then attention either gathers those rows or selects score columns instead, whichever
-    moves fewer words (:mod:`mpcache.nn.selected_rows`; ``lazy=False``: always gather)."""
-    memo = {}
+    """MPCache's gather of the chosen clusters as a :class:`SelectedRows`: the fine one-hot
+    ``G`` ``[h, k, nf]`` (a two-level choice is already one: the coarse stage masks the
+    fine scores, :meth:`MPCache._coarse_mask`) applied lazily -- attention either gathers
+    those rows or selects score columns instead, whichever moves fewer words
+    (:mod:`mpcache.nn.selected_rows`; ``lazy=False``: always gather).  Plaintext and
+    index selections take the policy's own gather."""
 
     def gather(x, p, sel_c, sel_f):
         if sel_f is None or sel_f.onehot is None or F.is_plain(sel_f.onehot):
             return orig(x, p, sel_c, sel_f)
-        c, o = policy.cluster, getattr(policy, "origin", p["s"])
-        if sel_c is None:
-            G, nf = sel_f.onehot, p["nf"]
-        else:
-            nc, k1, m, rest = p["nc"], p["k1"], p["m"], p.get("rest", 0)
-            key = (id(sel_c), id(sel_f))
-            G = memo.get("G") if memo.get("key") == key else None
-            if G is None:
-                with F.scope(sel_f.onehot, "compose"):
-                    C = sel_c.onehot                                   # [h|1, k1, nc]
-                    h = int(C.shape[0])
-                    eye = np.eye(m, dtype=np.int64).reshape(1, 1, m, 1, m)
-                    E = (C.reshape(h, k1, 1, nc, 1) * eye).reshape(h, k1 * m, nc * m)
-                    if rest:       # fine clusters after the last coarse one: identity
-                        low = np.concatenate([np.zeros((rest, nc * m)), np.eye(rest)], 1)
-                        E = F.concatenate([
-                            F.concatenate([E, np.zeros((h, k1 * m, rest))], axis=2),
-                            np.broadcast_to(low, (h, rest, nc * m + rest))], axis=1)
-                    G = sel_f.onehot @ E                                # [h, k, nf]
-                memo.update(key=key, G=G)
-            nf = nc * m + rest
-        return SelectedRows(x, G, o, nf, c, p["w"], lazy=None if lazy else False,
-                            head=p["s"])
+        o = getattr(policy, "origin", p["s"])
+        return SelectedRows(x, sel_f.onehot, o, p["nf"], policy.cluster, p["w"],
+                            lazy=None if lazy else False, head=p["s"])
 
     return gather
 
@@ -224,8 +195,8 @@ def persist_bounds(policy) -> None:
 
 def selected_clusters(policy, to: int = 0) -> dict:
     """Audit only (reveals the choice to party ``to``): ``layer -> [n_kv, k]`` indices of the
-    fine clusters MPCache chose at the last step (within the coarse pick when two-level,
-    mapped back to global fine-cluster indices).  Plaintext selections work too."""
+    fine clusters MPCache chose at the last step (global fine-cluster indices, also when
+    two-level).  Plaintext selections work too."""
     out = {}
     for layer, dyn in enumerate(getattr(policy, "_dyn", []) or []):
         if dyn is None:
@@ -233,23 +204,7 @@ def selected_clusters(policy, to: int = 0) -> dict:
         _n, p, sel_c, sel_f = dyn
         if sel_f is None:
             continue
-        fine = _indices(sel_f, to)                  # every party reveals, same order
-        coarse = None if sel_c is None else _indices(sel_c, to)
-        if fine is None:
-            out[layer] = None
-            continue
-        if sel_c is not None:
-            m, rest = p["m"], p.get("rest", 0)
-            glob = coarse[:, :, None] * m + np.arange(m)[None, None, :]
-            glob = glob.reshape(glob.shape[0], -1)
-            if rest:                 # then the fine clusters after the last coarse one
-                tail = np.arange(p["nc"] * m, p["nc"] * m + rest)
-                glob = np.concatenate(
-                    [glob, np.broadcast_to(tail, (glob.shape[0], rest))], axis=1)
-            if glob.shape[0] == 1 and fine.shape[0] != 1:
-                glob = np.broadcast_to(glob, (fine.shape[0], glob.shape[1]))
-            fine = np.take_along_axis(glob, fine, axis=1)
-        out[layer] = fine
+        out[layer] = _indices(sel_f, to)    # every party reveals, same order
     return out
 
 

@@ -325,41 +325,43 @@ class MPCache(Policy):
         nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
         sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast,
                        ordered=False)
-        nkv, d = int(qg.shape[0]), int(qg.shape[2])
-        fine = {}
-        for k in names:                      # fine extrema inside the chosen coarse clusters
-            x = st["f"][k][:, :nc * m].reshape(nkv, nc, m * d)
-            g = sel_c.gather(x)
-            h = int(g.shape[0])
-            g = g.reshape(h, k1 * m, d)                          # [1,k1,n] one-hot broadcasts
-            if rest:                         # + the fine clusters after the last coarse one
-                t = st["f"][k][:, nc * m:nc * m + rest]
-                if h != nkv:
-                    t = expand_heads(t, h)
-                g = F.concatenate([g, t], axis=1)
-            fine[k] = g
-        return sel_c, select(score(fine), p["k"], self.fast, ordered=False)
+        fine = score({k: st["f"][k][:, :p["nf"]] for k in names})              # [h, nf]
+        return None, select(fine + self._coarse_mask(sel_c, p), p["k"], self.fast,
+                            ordered=False)
+
+    @staticmethod
+    def _coarse_mask(sel_c, p):
+        """Additive mask ``[h, nf]`` that leaves only the fine clusters inside the chosen
+        coarse clusters (and the ``rest`` after the last full coarse one) in the running:
+        0 there, ``-BIG`` elsewhere.  Built from the coarse choice's 0/1 indicator, so
+        under MPC it is local (a sum of one-hot rows, a public repeat, a public scale):
+        the fine stage scores every fine cluster (one output word per cluster) instead of
+        gathering the chosen clusters' ``d``-dimensional bounds, and its top-k returns the
+        one-hot over all fine clusters directly.  Same candidates as the gathered form
+        (``k <= k1 m + rest``: the plan guarantees it), so the same choice."""
+        nc, m, rest, nf = p["nc"], p["m"], p["rest"], p["nf"]
+        ind = sel_c.indicator(nc)                                          # [h|1, nc]
+        inside = ind[:, np.repeat(np.arange(nc), m)]                      # [h|1, nc m]
+        parts = [(inside - 1) * int(BIG)]
+        h = int(inside.shape[0])
+        if rest:
+            parts.append(np.zeros((h, rest), dtype=np.int64))
+        if nf > nc * m + rest:                # grid edges: rows no coarse cluster covers
+            parts.append(np.full((h, nf - nc * m - rest), -int(BIG), dtype=np.int64))
+        return parts[0] if len(parts) == 1 else F.concatenate(parts, axis=1)
 
     def _gather(self, x, p, sel_c, sel_f):
-        """head rows + chosen clusters (one or two one-hot matmuls) + newest ``w`` rows.
-        A per-query-head selection reads its KV head's rows (sink and newest rows are
-        copied to every query head of the group)."""
+        """head rows + chosen clusters (one one-hot matmul over all ``nf`` fine clusters:
+        a two-level choice is already a fine one-hot, see :meth:`_coarse_mask`) + newest
+        ``w`` rows.  A per-query-head selection reads its KV head's rows (sink and newest
+        rows are copied to every query head of the group).  ``sel_c`` is always None (kept
+        in the signature for the MPC gather hook)."""
         nkv, n, d = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
         s, c, o = p["s"], self.cluster, self.origin
         heads = nkv if sel_f is None else max(nkv, sel_f.heads)
         parts = [expand_heads(x[:, :s], heads)]
         if sel_f is not None:
-            if sel_c is not None:
-                nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
-                blocks = x[:, o:o + nc * self.coarse].reshape(nkv, nc, self.coarse * d)
-                blocks = sel_c.gather(blocks)
-                blocks = blocks.reshape(int(blocks.shape[0]), k1 * m, c * d)
-                if rest:
-                    t = x[:, o + nc * self.coarse:o + (nc * m + rest) * c]
-                    t = expand_heads(t.reshape(nkv, rest, c * d), int(blocks.shape[0]))
-                    blocks = F.concatenate([blocks, t], axis=1)
-            else:
-                blocks = x[:, o:o + p["nf"] * c].reshape(nkv, p["nf"], c * d)
+            blocks = x[:, o:o + p["nf"] * c].reshape(nkv, p["nf"], c * d)
             mid = sel_f.gather(blocks)
             parts.append(mid.reshape(int(mid.shape[0]), p["k"] * c, d))
         parts.append(expand_heads(x[:, n - p["w"]:], heads))
