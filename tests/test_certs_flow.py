@@ -7,7 +7,6 @@ import stat
 import subprocess
 import sys
 import threading
-import tomllib
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from mpcache.net.tls import (CertError, TlsFiles, cert_names, make_ca, make_cert
                              make_request, named_parties, private_temp_dir, read_key_file,
                              sign_request, write_new_file)
 from mpcache.net.transport import TransportError
+from mpcache.net.config import tomllib  # tomllib, or tomli before 3.11
 
 
 def _mode(p) -> int:

@@ -9,7 +9,6 @@ import pickle
 import queue
 import socket
 import threading
-import tomllib
 import tracemalloc
 from multiprocessing.connection import Connection
 
@@ -27,6 +26,7 @@ from mpcache.net.proto import mpcache_pb2 as pb
 from mpcache.net.transport import (Message, PeerAborted, PeerTimeout, ProtocolMismatch,
                                    TransportError)
 from mpcache.net.wire import Reassembler
+from mpcache.net.config import tomllib  # tomllib, or tomli before 3.11
 from test_net_unit import cfg_of, run3
 
 

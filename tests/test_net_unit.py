@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import tomllib
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from mpcache.net.local import LocalNetwork
 from mpcache.net.proto import mpcache_pb2 as pb
 from mpcache.net.tls import cert_names, is_loopback, make_certs, named_parties
 from mpcache.net.transport import PeerAborted, PeerTimeout, ProtocolMismatch, TransportError
+from mpcache.net.config import tomllib  # tomllib, or tomli before 3.11
 
 
 def cfg_of(**kw):

@@ -21,7 +21,6 @@ import socket
 import statistics
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ def _plan(size_mib: int, reps: int) -> tuple:
 
 
 def _grpc_cfg(ports, certs_dir):
-    from .config import parse_config, render_config
+    from .config import parse_config, render_config, tomllib
     text = render_config(ports, insecure=certs_dir is None, certs_dir=certs_dir,
                          timeout_s=120.0, session="bench")
     return parse_config(tomllib.loads(text))

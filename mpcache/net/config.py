@@ -54,9 +54,13 @@ import hashlib
 import math
 import socket
 import sys
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+try:  # the standard library's TOML reader (3.11+), else its twin tomli (3.10)
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from .shaping import Preset, resolve
 from .tls import check_insecure_allowed, is_loopback, split_address
