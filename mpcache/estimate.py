@@ -416,7 +416,7 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=MAX_T
     of a batch (4 or 8 bits, switching at 2048 values) sets the dealer's table sizes and
     the tree depth: the scaled offline bytes, and to a lesser degree rounds, are then
     approximate (docs/teaching.md, section 10)."""
-    from .cli_model import parse_policy
+    from .cli.model import parse_policy
     from .nn.policies import make_policy
     _, name, kw = parse_policy(policy)
     dense = int(getattr(make_policy(name, budget, **kw), "dense_layers", 0) or 0)
@@ -454,8 +454,8 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=MAX_T
 
 def _policy_twin(protocol, twin, context, policy, budget) -> dict:
     """policy step minus full step of the twin (bytes/offline per party max, rounds)."""
-    from .bench.decode import make_case, policy_cases_job
-    from .cli_model import parse_policy
+    from .apps.bench.decode import make_case, policy_cases_job
+    from .cli.model import parse_policy
     from .nn.private import calibrate_prescales
     from .nn.transformer import Decoder, DecoderConfig, random_weights
     from .runtime import Session

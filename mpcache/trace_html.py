@@ -4,7 +4,7 @@ The page draws three party lanes (P0, P1, P2) left to right in round order, one 
 message (sender lane to receiver lane; online solid, offline dashed; coloured by what the
 receiver learns), the accounting scopes as bands above the lanes, and a totals panel per
 scope.  Hovering an arrow shows its tag, round, bytes, dtype and shape, and the tag's
-narration and "what the receiver learns" from :func:`mpcache.explain.lookup` (the same
+narration and "what the receiver learns" from :func:`mpcache.apps.explain.lookup` (the same
 table ``mpcache explain`` prints); a click pins it and highlights every message with the
 same tag (``page.html#pin=N`` opens with message N pinned).  Everything is inline (data
 as JSON, the script and the style sheet), so the file opens offline and can be mailed or
@@ -87,7 +87,7 @@ def _scope_runs(msgs: list, path: str) -> list:
 
 def view_data(trace: Trace, title: str = "", scope: str | None = None) -> dict:
     """Everything the page draws, as plain JSON-able data (no share values)."""
-    from .explain import LEARNS, lookup
+    from .apps.explain import LEARNS, lookup
     from .net.accounting import scope_rounds
     msgs = messages(trace, scope)
     if len(msgs) > MAX_MESSAGES:
@@ -408,7 +408,7 @@ document.title=document.title.replace(/\[not drawn\]$/,'['+drawn+' arrows]');
 """
 
 
-# -- command line (registered by mpcache/cli_teach.py) -------------------------------------------
+# -- command line (registered by mpcache/cli/teach.py) -------------------------------------------
 def register_html(tsub) -> None:
     p = tsub.add_parser("html", help="write a transcript as one self-contained HTML page",
                         description="Draw a transcript (a file written with MPCACHE_TRACE / "

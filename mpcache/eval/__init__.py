@@ -2,7 +2,7 @@
 
 :mod:`.tasks` generates RULER-style samples, :mod:`.harness` runs policies on them (one
 prefill per sample, forked per policy), :mod:`.plot` draws the results; the CLI is
-``mpcache eval`` (:mod:`mpcache.cli_eval`).
+``mpcache eval`` (:mod:`mpcache.cli.eval`).
 """
 from .tasks import DEPTHS, TASKS, Sample, TaskConfig, TaskGenerator, score
 

@@ -6,7 +6,7 @@
   mean over tasks of each task's mean score, as ``mpcache eval table`` prints it), and
 * cost: the rows of ``mpcache bench decode --json`` (one private decoding step with N
   cached tokens: bytes per party, critical-path rounds, measured seconds -- the fastest
-  of the row's steps, :func:`mpcache.bench.report.best_of_steps` -- and the LAN/WAN
+  of the row's steps, :func:`mpcache.apps.bench.report.best_of_steps` -- and the LAN/WAN
   latency modelled from them),
 
 joins them per policy spec and budget, and writes a markdown table per protocol and a
@@ -17,7 +17,7 @@ Matching: a policy is its spec string ``NAME[:knob=value,...]`` plus its budget,
 sides normalised by :func:`mpcache.eval.harness.parse_policy` (knobs sorted, ``false`` /
 ``off`` -> ``False``, numbers parsed), so ``mpcache:static_keep=1.0,share_layers=false``
 on the command line of either tool is the same policy.  Knobs only the MPC glue reads
-(:data:`mpcache.bench.decode.MPC_KNOBS`) change the cost, not the plaintext choice: a cost
+(:data:`mpcache.apps.bench.decode.MPC_KNOBS`) change the cost, not the plaintext choice: a cost
 row with them takes the accuracy of the spec without them.  A spec means what the code
 meant when it ran: a bare ``mpcache`` joins whatever the two files measured as the
 defaults, so both files should come from the same code (``--alias`` lends a cost row to
@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..bench.report import best_of_steps
+from ..apps.bench.report import best_of_steps
 from .harness import parse_policy
 from .plot import _matplotlib, load_results, task_averages
 from .report import _order
@@ -48,7 +48,7 @@ MEASURES = {"bytes": "bytes / party", "lan": "modelled LAN s"}
 
 
 def _mpc_knobs():
-    from ..bench.decode import MPC_KNOBS
+    from ..apps.bench.decode import MPC_KNOBS
     return MPC_KNOBS
 
 

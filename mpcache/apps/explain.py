@@ -321,7 +321,7 @@ TAGS: dict[str, TagInfo] = {
 }
 
 UNKNOWN = TagInfo("(not in the tag table)", "see the protocol module's docstring",
-                  "not documented in mpcache/explain.py's TAGS table: check the protocol's "
+                  "not documented in mpcache/apps/explain.py's TAGS table: check the protocol's "
                   "docs and run the view audit (mpcache.testing)", "?")
 
 
@@ -357,14 +357,14 @@ def _n(shape):
 
 def _c(op, **kw):
     def f(protocol, shape):
-        from .protocols.costs import cost
+        from ..protocols.costs import cost
         return cost(protocol, op, **{k: v(shape) for k, v in kw.items()})
     return f
 
 
 def _cmp(op):
     def f(protocol, shape):
-        from .protocols.conversions import cmp_cost
+        from ..protocols.conversions import cmp_cost
         return cmp_cost(op, _n(shape), protocol)
     return f
 
@@ -482,7 +482,7 @@ OPS = _ops()
 
 
 def available(name: str) -> bool:
-    from .tensor import SecretTensor
+    from ..tensor import SecretTensor
     spec = OPS[name]
     return all(hasattr(SecretTensor, a) and (a != "__lt__" or SecretTensor.__lt__
                                              is not object.__lt__) for a in spec.needs)
@@ -689,7 +689,7 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
         L.append("!! share values shown: toy data only (trace_values=True) !!")
     L.append("")
     stats = res.stats
-    from .net.accounting import scope_rounds
+    from ..net.accounting import scope_rounds
     sections = [("input", "inputs: sharing"), ("op", f"the op: {op}"),
                 ("output", "output: reveal")]
     for sc, title in sections:

@@ -14,7 +14,7 @@ import sys
 
 
 def register(sub) -> None:
-    from .explain import OPS
+    from ..apps.explain import OPS
     ex = sub.add_parser("explain", help="run one op on random data and narrate the protocol",
                         description="Run OP on random toy data with tracing and print, step "
                         "by step, what each party computes and sends, with rounds, bytes and "
@@ -47,13 +47,13 @@ def register(sub) -> None:
     show.add_argument("--totals", action="store_true", help="totals only, no timeline")
     show.add_argument("--tags", action="store_true", help="also totals per protocol step")
     show.set_defaults(func=_trace_show)
-    from .trace_html import register_html
+    from ..trace_html import register_html
     register_html(tsub)
 
 
 def _explain(a) -> int:
-    from .explain import available, explain, parse_shape
-    from .trace import VALUES_WARNING, traces_of
+    from ..apps.explain import available, explain, parse_shape
+    from ..trace import VALUES_WARNING, traces_of
     if not available(a.op):
         print(f"mpcache explain: {a.op!r} is not available in this build yet",
               file=sys.stderr)
@@ -74,7 +74,7 @@ def _explain(a) -> int:
         traces_of(ex.result, a.protocol, 18).write(a.trace)
         print(f"transcript written to {a.trace} (read it with: mpcache trace show {a.trace})")
     if a.html:
-        from .trace_html import write_html
+        from ..trace_html import write_html
         n = write_html(traces_of(ex.result, a.protocol, 18), a.html,
                        f"mpcache explain {a.op} --protocol {a.protocol} --shape "
                        f"{'x'.join(map(str, ex.shape))}")
@@ -83,7 +83,7 @@ def _explain(a) -> int:
 
 
 def _trace_show(a) -> int:
-    from .trace import format_trace, read_for_command
+    from ..trace import format_trace, read_for_command
     traces = read_for_command(a.file, "trace show")
     if traces is None:
         return 2
@@ -100,7 +100,7 @@ def _trace_show(a) -> int:
         print(format_trace(t, timeline=not a.totals, tags=a.tags, parties=a.party,
                            scope=a.scope, limit=a.limit))
         if t.meta.get("merged"):
-            from .trace_parties import format_merge
+            from ..trace_parties import format_merge
             print(format_merge(t) + "\n")
         bad |= bool(t.stats) and bool(t.check()) or bool(t.meta.get("link_check"))
     return 1 if bad else 0

@@ -13,5 +13,5 @@ def write_rows(rows, json_path, default=None) -> None:
 
 def modelled_seconds(seconds: float, rounds: int, nbytes: int) -> dict:
     """LAN and WAN latency of a measured step (``mpcache.net.shaping.model_latency``)."""
-    from ..net.shaping import model_latency
+    from ...net.shaping import model_latency
     return {net: model_latency(seconds, rounds, nbytes, net) for net in ("lan", "wan")}

@@ -49,8 +49,8 @@ import time
 
 import numpy as np
 
-from ..accounting import scope_totals
-from ..runtime import Session
+from ...accounting import scope_totals
+from ...runtime import Session
 from . import modelled_seconds, write_rows
 
 #: Policy keywords that only the MPC glue reads (nn/mpc_policies.instrument), not policies.
@@ -60,11 +60,11 @@ MPC_KNOBS = ("mpc_compose", "mpc_lazy")
 def _model(name: str, max_context: int):
     if name == "smollm2":
         from ..generate import prescales_for
-        from ..nn.smollm2 import load_smollm2
+        from ...nn.smollm2 import load_smollm2
         lm = load_smollm2("float64")
         return lm.model, prescales_for(lm), lambda n: _essay_tokens(lm, n)
-    from ..nn.transformer import random_gpt2_small
-    from ..nn.private import calibrate_prescales
+    from ...nn.transformer import random_gpt2_small
+    from ...nn.private import calibrate_prescales
     dec = random_gpt2_small(vocab_size=50257, seed=0, max_positions=max_context + 16,
                             dtype="float64")
     rng = np.random.default_rng(0)
@@ -73,7 +73,7 @@ def _model(name: str, max_context: int):
 
 
 def _essay_tokens(lm, n: int) -> np.ndarray:
-    from ..nn.reference import DEFAULT_ESSAY, paul_graham_essays
+    from ...nn.reference import DEFAULT_ESSAY, paul_graham_essays
     ids = []
     files = sorted(paul_graham_essays(), key=lambda p: p.name != DEFAULT_ESSAY)
     for f in files:
@@ -85,7 +85,7 @@ def _essay_tokens(lm, n: int) -> np.ndarray:
 
 def decode_step_job(party, config, weights, prescales, cache_kv, positions, next_token,
                     policy=None, client=0, owner=1):
-    from ..nn.private import share_decoder
+    from ...nn.private import share_decoder
     dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales)
     cache = dec.new_cache(policy)
     with party.scope("share_cache"):
@@ -140,10 +140,10 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     secrets, and run ``case["steps"]`` private greedy decoding steps.  Case i's step j is
     measured in scope ``c{i}/decode`` (j = 0) or ``c{i}/decode{j}``.  Returns, at the client,
     per case the token ids and (``reveal_selection``) MPCache's chosen clusters per step."""
-    from ..nn.mpc_policies import (instrument, persist_bounds, precompute_bounds,
+    from ...nn.mpc_policies import (instrument, persist_bounds, precompute_bounds,
                                    selected_clusters, share_state, share_stats)
-    from ..nn.policies import make_policy
-    from ..nn.private import share_decoder
+    from ...nn.policies import make_policy
+    from ...nn.private import share_decoder
     dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales)
     outs = []
     for i, case in enumerate(cases):
@@ -280,7 +280,7 @@ def _release(cache, pol) -> None:
 def _state_only(plain):
     """Only the state :func:`share_state` needs (not the policy's cache: memory)."""
     import types
-    from ..nn.mpc_policies import SECRET_STATE
+    from ...nn.mpc_policies import SECRET_STATE
     if plain is None:
         return None
     return types.SimpleNamespace(**{a: getattr(plain, a) for a in SECRET_STATE.get(plain.name, ())})
@@ -294,8 +294,8 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
     ``recorder``: ``(PrefillRecorder, cache)`` of a prefill of ``ids[:n]`` to fork from.
     ``replay``: the reference dict also gets ``replay(queries, tokens)`` (keeps the
     prefill alive: one case only)."""
-    from ..nn.policies import PrefillRecorder, make_policy
-    from ..nn.policies.base import clone_cache
+    from ...nn.policies import PrefillRecorder, make_policy
+    from ...nn.policies.base import clone_cache
     kw = dict(kw or {})
     pkw = {k: v for k, v in kw.items() if k not in MPC_KNOBS}
     plain = None if policy == "full" else make_policy(policy, budget, **pkw)
@@ -313,7 +313,7 @@ def make_case(dec, ids, n, policy, budget, static="plaintext", steps=1, kw=None,
     lens = [src.length(i) for i in range(src.n_layers)]
     stats = None
     if static == "secret" and plain is not None:
-        from ..nn.policies.base import stat_key
+        from ...nn.policies.base import stat_key
         need = {stat_key(w, n) for w in plain.stat_windows(n)}
         stats = [{w: np.array(rec.stats[layer][w]) for w in need}
                  for layer in range(src.n_layers)]
@@ -336,9 +336,9 @@ def _reference_run(dec, rec, base_cache, policy, budget, pkw, tok, steps,
     and each selecting layer's query per step.  ``queries_in`` (per step ``{layer:
     query}``) replaces the query the SELECTION sees at those layers, and ``tokens_in``
     forces the fed tokens: the plaintext choice given another run's queries."""
-    from ..nn.mpc_policies import selected_clusters
-    from ..nn.policies import make_policy
-    from ..nn.policies.base import clone_cache
+    from ...nn.mpc_policies import selected_clusters
+    from ...nn.policies import make_policy
+    from ...nn.policies.base import clone_cache
     ref_pol = None if policy == "full" else make_policy(policy, budget, **pkw)
     ref_cache = clone_cache(base_cache) if ref_pol is None else rec.fork(base_cache, ref_pol)
     dec.cache = ref_cache
@@ -478,7 +478,7 @@ def _row(res, i, case, ref, out, model, protocol, wall, given=None):
 
 def _breakdown(res, path):
     """(breakdown, selection detail) of one measured step, as the JSON rows carry them."""
-    from ..nn.mpc_policies import split_breakdown
+    from ...nn.mpc_policies import split_breakdown
     bd = split_breakdown(res, path)
     detail = bd.pop("_selection_detail", {})
     return ({k: {"seconds": v["seconds"], "bytes_per_party": v["bytes_sent"],
@@ -517,7 +517,7 @@ def bench_decode(model: str, contexts, protocols=("rep3",), policy: str = "full"
     cases, refs = [], []
     for n in contexts:
         ids = tokens(n + 1)
-        from ..nn.policies import PrefillRecorder, make_policy
+        from ...nn.policies import PrefillRecorder, make_policy
         pols = [make_policy(nm, budget, **{k: v for k, v in kw.items() if k not in MPC_KNOBS})
                 for _, nm, kw in specs if nm != "full"]
         rec = PrefillRecorder(pols)

@@ -23,8 +23,8 @@ def _context(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    from .eval.tasks import TASKS, TaskConfig
-    from .nn.policies import POLICIES
+    from ..eval.tasks import TASKS, TaskConfig
+    from ..nn.policies import POLICIES
 
     d = TaskConfig()
     p = subparsers.add_parser("eval", help="accuracy of KV-cache policies (plaintext SmolLM2)",
@@ -80,16 +80,16 @@ def _run(a) -> int:
             print(f"mpcache eval {a.action}: give --json FILE...", file=sys.stderr)
             return 2
         if a.action == "table":
-            from .eval.report import markdown_tables
+            from ..eval.report import markdown_tables
 
             print(markdown_tables(a.json))
             return 0
-        from .eval.plot import plot
+        from ..eval.plot import plot
 
         print(plot(a.json, a.out or "eval.png", a.heatmap))
         return 0
-    from .eval.harness import parse_policy, run_eval
-    from .eval.tasks import TaskConfig
+    from ..eval.harness import parse_policy, run_eval
+    from ..eval.tasks import TaskConfig
 
     if a.json and len(a.json) > 1:
         print("mpcache eval: one --json file per run", file=sys.stderr)
@@ -121,7 +121,7 @@ def _frontier(a) -> int:
         print("mpcache eval frontier: give --json ACCURACY.json... and --cost DECODE.json...",
               file=sys.stderr)
         return 2
-    from .eval.frontier import frontier, front_members
+    from ..eval.frontier import frontier, front_members
 
     if len(a.context) != 1:
         print("mpcache eval frontier: one --context", file=sys.stderr)

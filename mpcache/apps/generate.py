@@ -103,12 +103,12 @@ class Eviction:
         return self.spec.partition(":")[0]
 
     def knobs(self) -> dict:
-        from .cli_model import parse_policy
+        from ..cli.model import parse_policy
         return parse_policy(self.spec)[2]
 
     def plain_policy(self):
         """The plaintext policy (None for ``full``)."""
-        from .nn.policies import make_policy
+        from ..nn.policies import make_policy
         if self.name == "full":
             return None
         kw = {k: v for k, v in self.knobs().items() if k not in MPC_KNOBS}
@@ -116,7 +116,7 @@ class Eviction:
 
     def mpc_policy(self):
         """The same policy instrumented for secret caches (None for ``full``)."""
-        from .nn.mpc_policies import instrument
+        from ..nn.mpc_policies import instrument
         if self.name == "full":
             return None
         kw = self.knobs()
@@ -139,7 +139,7 @@ class Eviction:
 
 
 def prescales_for(lm) -> dict:
-    from .nn.private import calibrate_prescales
+    from ..nn.private import calibrate_prescales
     return calibrate_prescales(lm.model, lm.encode(CALIBRATION_TEXT))
 
 
@@ -153,7 +153,7 @@ def generation_job(party, config, weights, prescales, request: GenerationRequest
     ``plain`` (the plaintext decoder, for ``eviction.prefill == "client"``) only at the
     client.  Returns at every party ``{"ids": generated ids at the client (None elsewhere),
     "steps": this party's per-step counters (see :func:`step_costs`)}``."""
-    from .nn.private import announce, private_decode, private_generate, share_decoder, share_prompt
+    from ..nn.private import announce, private_decode, private_generate, share_decoder, share_prompt
     ev = eviction or Eviction()
     local = None
     if ev.prefill == "client" and party.id == client:     # before the shares exist: its
@@ -190,8 +190,8 @@ def _plain_prefill(request, ev, plain) -> dict:
     import gc
 
     from .bench.decode import _state_only
-    from .nn.policies import PrefillRecorder
-    from .nn.policies.base import clone_cache
+    from ..nn.policies import PrefillRecorder
+    from ..nn.policies.base import clone_cache
     plain_pol = ev.plain_policy()
     rec = PrefillRecorder([plain_pol] if plain_pol is not None else [])
     logits = plain.prefill(np.asarray(request.prompt_ids, dtype=np.int64), policy=rec)
@@ -212,8 +212,8 @@ def _client_prefill(party, dec, config, request, ev, local, n_new, meter, client
     """``prefill == "client"``: the client's plaintext prefill (``local``, from
     :func:`_plain_prefill`; None at the other parties) shared as a secret cache; returns
     ``(first token one-hot, its id)``."""
-    from .nn.mpc_policies import persist_bounds, precompute_bounds, share_state
-    from .nn.private import announce
+    from ..nn.mpc_policies import persist_bounds, precompute_bounds, share_state
+    from ..nn.private import announce
     pol = ev.mpc_policy()
     kv, full, state, tid = (None,) * 4 if local is None else (
         local["kv"], local["full"], local["state"], local["tid"])
@@ -430,7 +430,7 @@ def run_local(lm, request: GenerationRequest, protocol: str, echo_stream=sys.std
               eviction: Eviction | None = None, fixed_length: bool = False):
     """Generate with three in-process parties; prints tokens as they come.  Returns
     ``(ids, summary)``; the summary holds the per-step costs under ``"steps"``."""
-    from .runtime import Session
+    from ..runtime import Session
     prescales = prescales_for(lm)
     shown = []
 
@@ -465,7 +465,7 @@ def write_needle_files(folder=".", context: int = 2048, index: int = 0) -> dict:
     with the chat template) and ``question.txt``; returns the paths and the answer."""
     from pathlib import Path
 
-    from .eval.tasks import TaskGenerator
+    from ..eval.tasks import TaskGenerator
     lm = load_model("smollm2")
     s = TaskGenerator(lm, seed=0).sample("niah_single_number", context, index)
     user = s.prompt.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
@@ -482,7 +482,7 @@ def write_needle_files(folder=".", context: int = 2048, index: int = 0) -> dict:
 def load_model(name: str = "smollm2"):
     """The packaged SmolLM2, or ``tiny-random``: SmolLM2's tokenizer in front of a 2-layer
     random decoder (plumbing checks in seconds; its text is noise)."""
-    from .nn.smollm2 import load_smollm2
+    from ..nn.smollm2 import load_smollm2
     lm = load_smollm2("float64")
     if name == "smollm2":
         return lm
@@ -490,7 +490,7 @@ def load_model(name: str = "smollm2"):
         raise PromptError(f"unknown model {name!r} (smollm2, tiny-random)")
     import copy
 
-    from .nn.transformer import Decoder, DecoderConfig, random_weights
+    from ..nn.transformer import Decoder, DecoderConfig, random_weights
     cfg = DecoderConfig(vocab_size=lm.config.vocab_size, hidden_size=32, n_layers=2,
                         n_heads=4, n_kv_heads=2, mlp_hidden=48, arch="llama",
                         max_positions=4096)
@@ -528,7 +528,7 @@ def generate_job(party, prompt_file: str = "", max_new_tokens: int = 8,
         import copy                                # free it (a party process runs one
         import gc                                  # job; other holders keep theirs)
 
-        from .nn.smollm2 import load_smollm2
+        from ..nn.smollm2 import load_smollm2
         load_smollm2.cache_clear()
         lm = copy.copy(lm)
         lm.model = None
@@ -575,9 +575,9 @@ def run_grpc(argv_job: list, protocol: str, prompt: str | None = None,
     certificates, prompt; ``tls.private_temp_dir``) is removed when the run ends."""
     import socket
 
-    from .net.config import render_config
-    from .net.launcher import launch
-    from .net.tls import make_certs, private_temp_dir
+    from ..net.config import render_config
+    from .launcher import launch
+    from ..net.tls import make_certs, private_temp_dir
     with private_temp_dir("mpcache-gen-") as d:              # mode 0700, removed on exit
         make_certs(d)
         ports = []

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..kernels import ring_matmul
-from ..runtime import Session
+from ...kernels import ring_matmul
+from ...runtime import Session
 from . import write_rows
 
 
@@ -163,7 +163,7 @@ def _decode_matvec_rows(repeat: int, seed: int) -> list:
 def _load_extra_cases() -> None:
     """Import modules that register more cases (the non-linear suite), if present."""
     import importlib
-    for mod in ("mpcache.bench.ops_nonlinear",):
+    for mod in ("mpcache.apps.bench.ops_nonlinear",):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

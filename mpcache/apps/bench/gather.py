@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime import Session
+from ...runtime import Session
 from . import write_rows
 
 

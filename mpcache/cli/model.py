@@ -102,9 +102,9 @@ def register(sub) -> None:
 
 
 def _generate(a) -> int:
-    from .generate import (Eviction, PromptError, build_request, load_model, print_summary,
+    from ..apps.generate import (Eviction, PromptError, build_request, load_model, print_summary,
                            read_context_file, run_local, step_lines)
-    from .nn.smollm2 import ModelNotInstalled
+    from ..nn.smollm2 import ModelNotInstalled
     ev = Eviction(a.policy, a.budget, a.prefill, a.compare_full)
     try:
         ev.check()
@@ -125,7 +125,7 @@ def _generate(a) -> int:
     if a.transport == "grpc":                 # the parties load their own copies: free
         import gc                               # this one (about 1.5 GB) before they start
 
-        from .nn.smollm2 import load_smollm2
+        from ..nn.smollm2 import load_smollm2
         del lm, req
         load_smollm2.cache_clear()
         gc.collect()
@@ -146,7 +146,7 @@ def _generate(a) -> int:
 
 
 def _generate_grpc(a, prompt: str, ev) -> int:
-    from .generate import run_grpc
+    from ..apps.generate import run_grpc
     job = ["generate", "--max-new-tokens", str(a.max_new_tokens), "--policy", a.policy,
            "--budget", str(a.budget or 0.0), "--prefill", a.prefill,
            "--compare-full", str(int(a.compare_full)),
@@ -190,7 +190,7 @@ def parse_policy(spec: str):
 
 
 def _bench_decode(a) -> int:
-    from .bench.decode import bench_decode
+    from ..apps.bench.decode import bench_decode
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     specs = [parse_policy(p) for p in a.policy]
     bench_decode(a.model, a.context, protos, specs[0][1], a.budget, a.json_path,
@@ -200,7 +200,7 @@ def _bench_decode(a) -> int:
 
 
 def _bench_gather(a) -> int:
-    from .bench.gather import bench_gather
+    from ..apps.bench.gather import bench_gather
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     bench_gather(a.tokens, a.clusters, a.head_dim, a.budget, protos, a.json_path,
                  repeat=a.repeat)
@@ -208,7 +208,7 @@ def _bench_gather(a) -> int:
 
 
 def _bench_agree_policy(a) -> int:
-    from .bench.agree_policy import bench_agree_task
+    from ..apps.bench.agree_policy import bench_agree_task
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     _, name, kw = parse_policy(a.policy)
     rows = bench_agree_task(a.task, a.context, a.index, a.steps, protos, name, a.budget,
@@ -218,7 +218,7 @@ def _bench_agree_policy(a) -> int:
 
 
 def _bench_report(a) -> int:
-    from .bench.report import bench_report
+    from ..apps.bench.report import bench_report
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     bench_report(a.out, a.from_json, a.model, a.context, protos,
                  [parse_policy(p) for p in a.policy], a.budget)

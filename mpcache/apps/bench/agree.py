@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 
-from ..runtime import Session
+from ...runtime import Session
 from . import write_rows
 
 
 def agree_job(party, config, weights, prescales, prompt_ids, n_new, client=0, owner=1):
-    from ..nn.private import share_decoder, share_prompt
+    from ...nn.private import share_decoder, share_prompt
     dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales)
     oh = share_prompt(party, prompt_ids if party.id == client else None, config.vocab_size,
                       client)
@@ -38,9 +38,9 @@ def agree_job(party, config, weights, prescales, prompt_ids, n_new, client=0, ow
 
 def bench_agree(prompt_tokens=128, new_tokens=16, protocols=("rep3", "add2"),
                 json_path=None, echo=print) -> list:
-    from ..bench.decode import _essay_tokens
+    from .decode import _essay_tokens
     from ..generate import prescales_for
-    from ..nn.smollm2 import load_smollm2
+    from ...nn.smollm2 import load_smollm2
     lm = load_smollm2("float64")
     prompt = _essay_tokens(lm, prompt_tokens)
     ref_dec = lm.model

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Modules exposing ``register(subparsers)``.
-PLUGINS = ("mpcache.cli_net", "mpcache.cli_model", "mpcache.cli_eval", "mpcache.cli_teach",
+PLUGINS = ("mpcache.cli.net", "mpcache.cli.model", "mpcache.cli.eval", "mpcache.cli.teach",
            "mpcache.estimate")
 
 
@@ -41,14 +41,14 @@ def _bench(sub) -> None:
 
 
 def _run_bench_ops(a) -> int:
-    from .bench.ops import bench_ops
+    from ..apps.bench.ops import bench_ops
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     bench_ops(protos, a.only, a.repeat, a.seed, a.json_path)
     return 0
 
 
 def _run_bench_agree(a) -> int:
-    from .bench.agree import bench_agree
+    from ..apps.bench.agree import bench_agree
     protos = ("rep3", "add2") if a.protocol == "both" else (a.protocol,)
     bench_agree(a.prompt_tokens, a.new_tokens, protos, a.json_path)
     return 0
@@ -56,7 +56,7 @@ def _run_bench_agree(a) -> int:
 
 def _run_bench_net(a) -> int:
     try:
-        from .net.bench_net import bench_net
+        from ..net.bench_net import bench_net
     except ModuleNotFoundError:
         print("mpcache bench net: the gRPC transport is not installed in this build",
               file=sys.stderr)
@@ -67,7 +67,7 @@ def _run_bench_net(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpcache", description=__doc__.splitlines()[0])
-    from . import __version__
+    from .. import __version__
     parser.add_argument("--version", action="version", version=f"mpcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _bench(sub)
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":          # never time a numba compilation
-        from .kernels import warm_up
+        from ..kernels import warm_up
         warm_up()
     return int(args.func(args) or 0)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import NetConfig
-from .shaping import LAN, WAN, describe_model
-from .transport import TransportError
+from ..net.config import NetConfig
+from ..net.shaping import LAN, WAN, describe_model
+from ..net.transport import TransportError
 
 log = logging.getLogger("mpcache.party")
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def split_seed(args) -> tuple:
 def private_job_argv(job_argv, folder: Path) -> list:
     """Move the job's private inputs (``JobSpec.file_inputs``, e.g. ``--prompt TEXT``) out
     of its argument list into 0600 files in ``folder``: ``--prompt-file PATH`` instead."""
-    from ..jobs import get_job
+    from .jobs import get_job
     if not job_argv:
         return []
     try:
@@ -123,10 +123,10 @@ def run_party(cfg: NetConfig, party_id: int, job_name: str | None = None, job_ar
               output: str | None = None, trace: str | None = None) -> int:
     """Run one party to completion; returns the process exit code (0 = success).
     ``trace``: write this party's transcript there (mpcache/trace_parties.py)."""
-    from ..jobs import get_job
+    from .jobs import get_job
     from ..ring import FixedPoint
     from ..runtime import Party
-    from .grpc_transport import GrpcTransport
+    from ..net.grpc_transport import GrpcTransport
 
     seed_file = os.environ.get(SEED_FILE_ENV)
     if seed_file:
@@ -250,7 +250,7 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
     ``party_args`` go to every ``mpcache party`` command line, ``per_party_args[i]`` only
     to party ``i`` (tests use it to inject a mismatched fixed point, another CA, ...).
     """
-    from .config import load_config
+    from ..net.config import load_config
     cfg = cfg or load_config(config_path)
     session = session or f"run-{uuid.uuid4().hex[:12]}"
     out_dir = tempfile.mkdtemp(prefix="mpcache-launch-")        # mode 0700
@@ -277,7 +277,7 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
         child_env = dict(env or {})
         if seed is not None:
             child_env[SEED_FILE_ENV] = str(_write_private(Path(out_dir) / f"seed{i}", seed))
-        cmd = [sys.executable, "-m", "mpcache.cli_net", "party", "--id", str(i), "--config",
+        cmd = [sys.executable, "-m", "mpcache.cli.net", "party", "--id", str(i), "--config",
                str(config_path), "--session", session, "--output",
                os.path.join(out_dir, f"p{i}.json"), *args]
         if job_argv:
@@ -341,7 +341,7 @@ def _stop(procs, stream, why: str) -> None:
 
 def summarize(res: LaunchResult, cfg: NetConfig) -> list:
     """Lines describing the run: status, accuracy, measured vs modelled latency."""
-    from ..jobs import get_job, reference
+    from .jobs import get_job, reference
     lines = []
     for i, rc in enumerate(res.returncodes):
         if rc != 0:

@@ -8,7 +8,7 @@ same clusters, same tokens.
 
 Where a cluster choice differs, the row says why, in three figures per difference:
 
-* ``lost_rel`` / ``kth_gap_rel`` (:func:`mpcache.bench.decode.tie_margin`): how close the
+* ``lost_rel`` / ``kth_gap_rel`` (:func:`mpcache.apps.bench.decode.tie_margin`): how close the
   plaintext k-th and (k+1)-th clusters are (a near-tie), relative to the head's range;
 * ``coarse_kth_gap_rel``: the same for the coarse level of a two-level choice;
 * **query replay**: the plaintext policy re-run with the MPC queries at the selection
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from ..runtime import Session
+from ...runtime import Session
 from . import write_rows
 from .decode import _jsonable, _row, _same_sel, make_case, policy_cases_job, tie_margin
 
@@ -34,9 +34,9 @@ def bench_agree_task(task="niah_single_number", context=1024, index=0, steps=16,
                      static="secret", policy_kw=None, json_path=None, echo=print) -> list:
     """One needle-task prompt, ``steps`` private greedy steps per protocol, compared with
     plaintext MPCache: tokens, clusters per step, and the audit above per difference."""
-    from ..eval.tasks import TaskGenerator, score
+    from ...eval.tasks import TaskGenerator, score
     from ..generate import prescales_for
-    from ..nn.smollm2 import load_smollm2
+    from ...nn.smollm2 import load_smollm2
     lm = load_smollm2("float64")
     sample = TaskGenerator(lm).sample(task, context, index)
     ids = np.asarray(lm.encode(sample.prompt), dtype=np.int64)

@@ -1,6 +1,6 @@
 """``mpcache bench report``: the decode sweep as one markdown table and one PNG plot.
 
-Runs :func:`mpcache.bench.decode.bench_decode` per (model, protocol) -- every context and
+Runs :func:`mpcache.apps.bench.decode.bench_decode` per (model, protocol) -- every context and
 policy in ONE session, weights shared once -- writing ``decode_<model>.json`` into
 ``--out`` as it goes (or tabulates existing JSON with ``--from-json``), then writes
 ``decode.md`` (per model/protocol/context: per-step seconds, MB/party, rounds, modelled

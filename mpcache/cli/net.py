@@ -1,7 +1,7 @@
 """CLI subcommands for real party processes: ``party``, ``launch`` and ``certs``.
 
 ``register(subparsers)`` adds them to the main ``mpcache`` parser; each subcommand sets
-``func`` (``args.func(args) -> int`` exit code).  ``python -m mpcache.cli_net ...`` runs
+``func`` (``args.func(args) -> int`` exit code).  ``python -m mpcache.cli.net ...`` runs
 them stand-alone (the launcher starts parties this way)::
 
     mpcache certs --out certs                         # loopback demo: every key, one folder
@@ -64,8 +64,8 @@ def _load(a, party_id: int | None = None):
     """The config file with the command line's overrides applied (and re-validated)."""
     from dataclasses import replace
 
-    from .net.config import load_config
-    from .net.shaping import resolve
+    from ..net.config import load_config
+    from ..net.shaping import resolve
     cfg = load_config(a.config).override(
         protocol=a.protocol, frac_bits=a.frac_bits, timeout_s=a.timeout,
         connect_timeout_s=a.connect_timeout, insecure=a.insecure, seed=a.seed,
@@ -86,8 +86,8 @@ def _job_argv(rest) -> list:
 
 
 def cmd_party(a) -> int:
-    from .net.config import ConfigError
-    from .net.launcher import configure_logging, on_sigterm, run_party
+    from ..net.config import ConfigError
+    from ..apps.launcher import configure_logging, on_sigterm, run_party
     configure_logging(a.log_level)
     signal.signal(signal.SIGTERM, on_sigterm)     # abort cleanly: tell the peers why
     try:
@@ -100,14 +100,14 @@ def cmd_party(a) -> int:
 
 
 def cmd_launch(a) -> int:
-    from .net.config import ConfigError
-    from .net.launcher import launch
+    from ..net.config import ConfigError
+    from ..apps.launcher import launch
     try:
         cfg = _load(a)
     except (ConfigError, ValueError) as e:
         print(f"mpcache launch: config error: {e}", file=sys.stderr)
         return 2
-    from .trace_parties import party_file
+    from ..trace_parties import party_file
     res = launch(a.config, _job_argv(a.job), party_args=_override_argv(a),
                  per_party_args={i: ["--trace", party_file(a.trace, i)] for i in range(3)}
                  if a.trace else None, kill_grace_s=a.kill_grace, deadline_s=a.deadline,
@@ -124,7 +124,7 @@ def cmd_launch(a) -> int:
 
 def cmd_certs(a) -> int:
     """``mpcache certs {ca,request,sign}`` (deployment) or ``--out DIR`` (loopback demo)."""
-    from .net.tls import CertError
+    from ..net.tls import CertError
     try:
         return _CERTS[a.certs_cmd or "demo"](a)
     except CertError as e:
@@ -135,8 +135,8 @@ def cmd_certs(a) -> int:
 def _certs_demo(a) -> int:
     from pathlib import Path
 
-    from .net.config import render_config
-    from .net.tls import is_loopback, make_certs
+    from ..net.config import render_config
+    from ..net.tls import is_loopback, make_certs
     if not a.out:
         print("mpcache certs: give --out DIR (loopback demo), or use the deployment flow: "
               "`certs ca`, `certs request`, `certs sign` (see --help)", file=sys.stderr)
@@ -158,7 +158,7 @@ def _certs_demo(a) -> int:
 
 
 def _certs_ca(a) -> int:
-    from .net.tls import make_ca
+    from ..net.tls import make_ca
     p = make_ca(a.out, days=a.days)
     print(f"wrote {p['ca']} (give it to every party) and {p['ca_key']} (mode 0600: keep it "
           f"on this host, it signs every party's certificate)")
@@ -166,7 +166,7 @@ def _certs_ca(a) -> int:
 
 
 def _certs_request(a) -> int:
-    from .net.tls import make_request
+    from ..net.tls import make_request
     p = make_request(a.out, a.id, hosts=a.host or [])
     print(f"wrote {p['key']} (mode 0600: it never leaves this host) and {p['csr']} (send it "
           f"to the CA: `mpcache certs sign --id {a.id} --csr {p['csr'].name} ...`)")
@@ -176,7 +176,7 @@ def _certs_request(a) -> int:
 def _certs_sign(a) -> int:
     from pathlib import Path
 
-    from .net.tls import sign_request
+    from ..net.tls import sign_request
     ca = a.ca or str(Path(a.ca_dir) / "ca.pem")
     ca_key = a.ca_key or str(Path(a.ca_dir) / "ca.key")
     out = a.out or str(Path(a.csr).with_name(f"party{a.id}.pem"))
