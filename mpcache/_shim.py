@@ -1,9 +1,10 @@
 """Deprecated import paths as thin re-exports of the modules' new homes.
 
-A shim module (mpcache/protocols/*, mpcache/persistent.py, mpcache/net/accounting.py)
-calls :func:`reexport` once: it copies the new modules' names (private ones included, so
-old ``from mpcache.protocols.select import _reveal_lt`` keeps working) and the old names
-of renamed functions.  Setting an attribute on the shim -- ``monkeypatch.setattr(shim,
+A shim module (mpcache/protocols/*, mpcache/persistent.py, mpcache/net/accounting.py,
+mpcache/jobs.py, mpcache/generate.py, mpcache/explain.py, mpcache/net/launcher.py,
+mpcache/bench/*, mpcache/cli_*.py) calls :func:`reexport` once: it copies the new
+modules' names (private ones included, so old ``from mpcache.protocols.select import
+_reveal_lt`` keeps working) and the old names of renamed functions.  Setting an attribute on the shim -- ``monkeypatch.setattr(shim,
 "shuffle", ...)`` in a test -- sets it in the module that owns the name too, where the
 code that calls it looks it up, so a patch through an old path still takes effect.
 """
@@ -19,7 +20,9 @@ class _Reexport(types.ModuleType):
         return name, [m for m in self.__dict__["_targets"] if name in vars(m)]
 
     def __setattr__(self, name, value):
-        real, owners = self._owners(name)
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}":
+            return super().__setattr__(name, value)   # the import system binding a shim's
+        real, owners = self._owners(name)             # own submodule (mpcache.bench.ops)
         for m in owners:
             setattr(m, real, value)
         super().__setattr__(name, value)

@@ -1,0 +1,11 @@
+"""Deprecated import path: moved to ``mpcache.apps.bench.agree``.
+
+A thin re-export (mpcache/_shim.py) kept so that code written against
+``mpcache.bench.agree`` keeps working; new code imports ``mpcache.apps.bench.agree``.
+"""
+from __future__ import annotations
+
+from mpcache._shim import reexport
+from mpcache.apps.bench import agree as _new
+
+reexport(__name__, _new)
