@@ -10,9 +10,9 @@ the private decoder (:meth:`mpcache.nn.transformer.Decoder.decode_step` plus the
 sample, as ``mpcache bench decode`` measures it in scope ``decode``) is the sequence
 
     embed          one-hot [1, V] @ E [V, d]            (E persisted)
-    per layer      norm(d); q, k, v, o linears; attention over S+1 cached rows
+    per layer      norm(d); q|k|v (one fused product), o; attention over S+1 cached rows
                    (RoPE or q-scale, cache append, scores, softmax, context);
-                   norm(d); MLP linears and activation
+                   norm(d); MLP linears (gate|up fused) and activation
     final          norm(d); LM head [d, V]; argmax one-hot over V; reveal the id
 
 Every piece is run on random secret data by the same code the model runs (the
@@ -197,7 +197,7 @@ class OpCosts:
 
 def _run_piece(protocol: str, name: str, **kw) -> dict:
     """Run piece ``name`` in a session; {"m": cost of scope m, sub-scope name: cost}."""
-    from .net.accounting import scope_rounds, scope_totals
+    from .accounting import scope_rounds, scope_totals
     from .runtime import Session
     job = _PIECES[name]
     res = Session(protocol, seed=0, processes=()).run(_piece_job, job, kw)
@@ -357,10 +357,11 @@ def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) 
     parts = {
         "embed": _affine2(ops, protocol, "embed", V, d),
         "norms": norm1 * npre + norm0 * (2 * L + 1 - npre),
-        "qkv": (lin(d, nh * hd) + lin(d, nkv * hd) * 2) * L,
+        # q, k, v as one product (layers.FusedLinear), gate and up as one
+        "qkv": lin(d, nh * hd + 2 * nkv * hd) * L,
         "attention": _attention(ops, protocol, cfg, context) * L,
         "o_proj": lin(nh * hd, d) * L,
-        "mlp_linear": ((lin(d, ff) * 2 if cfg["arch"] == "llama" else lin(d, ff))
+        "mlp_linear": ((lin(d, 2 * ff) if cfg["arch"] == "llama" else lin(d, ff))
                        + lin(ff, d)) * L,
         "mlp_act": ops.get(protocol, "mlp_act", arch=cfg["arch"], n=ff)["m"] * L,
         "lm_head": lin(d, V, False),

@@ -100,6 +100,13 @@ class Decoder:
                 mlp = SwiGLU(lin("mlp.gate"), lin("mlp.up"), lin("mlp.down"))
             else:
                 mlp = GeluMLP(lin("mlp.fc"), lin("mlp.proj"))
+            # fused q/k/v and gate/up (secret weights): keep only the fused copy alive
+            for n, part in (("attn.q", attn.q), ("attn.k", attn.k), ("attn.v", attn.v),
+                            ("mlp.gate", getattr(mlp, "gate", None)),
+                            ("mlp.up", getattr(mlp, "up", None))):
+                if part is not None and (attn.qkv is not None if n.startswith("attn")
+                                         else getattr(mlp, "gate_up", None) is not None):
+                    w[p + n + ".weight"] = part.weight
             self.blocks.append(Block(self._norm(p + "attn_norm"), attn,
                                      self._norm(p + "mlp_norm"), mlp))
         self.final_norm = self._norm("final_norm")
