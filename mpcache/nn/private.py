@@ -25,6 +25,7 @@ scales); they reveal only the order of magnitude of activations on public text.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -97,37 +98,95 @@ def apply_prescales(dec: Decoder, prescales: dict) -> None:
                                else prescales[n])
 
 
+def send_public(party, public: dict | None, owner: int = 1, client: int = 0) -> dict:
+    """The model owner tells the others the model's public part (set-up, scope "public").
+
+    ``public`` (at the owner only): ``{"config": DecoderConfig fields, "prescales": {norm:
+    float}, "tokenizer": JSON, "chat_template": str, "special": {name: id}}``.  The helper
+    (neither owner nor client) receives the architecture and prescales only; the client
+    also the tokenizer, chat template and special ids (what it needs to encode its prompt
+    and decode its answer).  No weight value is in it.  Returns what this party knows."""
+    tag = "setup.public"
+    with party.scope("public"):
+        if party.id == owner:
+            for other in range(3):
+                if other == owner:
+                    continue
+                doc = public if other == client else {k: public[k] for k in
+                                                      ("config", "prescales")}
+                raw = np.frombuffer(json.dumps(doc).encode("utf-8"), dtype=np.uint8)
+                party.send(other, np.array([raw.size], dtype=np.int64), tag + ".size")
+                party.send(other, raw, tag)
+            return public
+        n = int(party.recv(owner, tag + ".size", (1,))[0])
+        return json.loads(bytes(np.asarray(party.recv(owner, tag, (n,)), dtype=np.uint8)))
+
+
+def unback_zero_slots(t) -> None:
+    """Re-store a share whose component slots include an all-zero one (rep3: a non-owner
+    holds a public zero for the owner's input, ``x_{o+2} = 0``) in a fresh ``np.zeros``
+    array: its untouched zero pages take no resident memory (Linux maps reads of them to
+    the shared zero page), halving those parties' weight memory.  Values are unchanged."""
+    d = t.data
+    if d.ndim < 2 or d.shape[0] < 2 or 0 in d.strides or d.size < (1 << 15):
+        return
+    zero = [j for j in range(d.shape[0]) if not d[j].any()]
+    if not zero:
+        return
+    new = np.zeros(d.shape, dtype=d.dtype)
+    for j in range(d.shape[0]):
+        if j not in zero:
+            new[j] = d[j]
+    t.data = new
+
+
 def share_decoder(party, config: DecoderConfig, weights: dict | None = None, owner: int = 1,
-                  prescales: dict | None = None) -> Decoder:
+                  prescales: dict | None = None, consume: bool = False) -> Decoder:
     """Secret-share the owner's weights into a Decoder running on secret tensors.
 
     Every party calls this with the public ``config``; only ``owner`` passes ``weights``.
-    A tied LM head is stored once more as a contiguous ``[H, V]`` share so the per-token
-    head matmul reads memory in order (costs memory, not communication)."""
+    The other parties build the same skeleton from ``weight_shapes(config)`` alone.
+    ``consume``: the owner pops each plaintext tensor from ``weights`` once shared (the
+    caller holds no other reference: the plaintext leaves memory tensor by tensor).
+    A tied LM head is the embedding's transposed view (the ring kernel reads it as dot
+    products over the embedding's rows, in memory order: no second copy).  Shares with a
+    public zero component keep it in untouched pages (:func:`unback_zero_slots`)."""
     shapes = weight_shapes(config)
     sw = {}
     with party.scope("share_weights"):
         for name, shape in shapes.items():
             w = None
             if party.id == owner:
-                w = np.asarray(weights[name], dtype=np.float64)
+                w = weights.pop(name) if consume else weights[name]
+                w = np.asarray(w, dtype=np.float64)
                 if tuple(w.shape) != tuple(shape):
                     raise ValueError(f"weight {name} has shape {w.shape}, architecture says "
                                      f"{shape}")
             sw[name] = party.share(w, owner=owner)
-    cfg = config
-    if config.tie_embeddings:
-        sw["lm_head"] = sw["embed"].T.copy()
-        cfg = dataclasses.replace(config, tie_embeddings=False)
+            del w
+            unback_zero_slots(sw[name])
     with party.scope("persist_weights"):
         for name, t in sw.items():
             if t.ndim == 2 and name != "pos_embed":    # right operands of matmuls
                 t.persist()
-    cfg = dataclasses.replace(cfg, dtype="float64")
+    cfg = dataclasses.replace(config, dtype="float64")
     dec = Decoder(cfg, sw)
     if prescales:
         apply_prescales(dec, prescales)
     return dec
+
+
+def share_bytes(dec: Decoder) -> int:
+    """Resident bytes of this party's weight shares (zero-page slots not counted)."""
+    total = 0
+    for t in dec.weights.values():
+        d = t.data
+        if 0 in d.strides:
+            continue
+        per = d[0].nbytes if d.ndim else d.nbytes
+        total += sum(per for j in range(d.shape[0])
+                     if not (d.size >= (1 << 15) and not d[j].any()))
+    return total
 
 
 def share_prompt(party, token_ids, vocab_size: int, client: int = 0):

