@@ -24,8 +24,11 @@ scales); they reveal only the order of magnitude of activations on public text.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import mmap
+import sys
 
 import numpy as np
 
@@ -122,22 +125,62 @@ def send_public(party, public: dict | None, owner: int = 1, client: int = 0) -> 
         return json.loads(bytes(np.asarray(party.recv(owner, tag, (n,)), dtype=np.uint8)))
 
 
-def unback_zero_slots(t) -> None:
-    """Re-store a share whose component slots include an all-zero one (rep3: a non-owner
-    holds a public zero for the owner's input, ``x_{o+2} = 0``) in a fresh ``np.zeros``
-    array: its untouched zero pages take no resident memory (Linux maps reads of them to
-    the shared zero page), halving those parties' weight memory.  Values are unchanged."""
-    d = t.data
-    if d.ndim < 2 or d.shape[0] < 2 or 0 in d.strides or d.size < (1 << 15):
-        return
-    zero = [j for j in range(d.shape[0]) if not d[j].any()]
-    if not zero:
-        return
-    new = np.zeros(d.shape, dtype=d.dtype)
-    for j in range(d.shape[0]):
-        if j not in zero:
-            new[j] = d[j]
-    t.data = new
+def _base(arr: np.ndarray) -> np.ndarray:
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    return arr
+
+
+def release_zero_pages(tensors) -> int:
+    """Give back the memory of all-zero share components (rep3: a non-owner holds a public
+    zero for the owner's input, ``x_{o+2} = 0``) without changing any value or view.
+
+    For each distinct C-contiguous base array of ``tensors`` (secret tensors; views such
+    as a fused weight's parts lead to their base), every component slot that is all zero
+    has its whole interior pages dropped with ``madvise(MADV_DONTNEED)``: Linux then
+    reads them as zeros from the shared zero page, taking no resident memory.  This
+    halves those parties' weight memory.  Returns the bytes released (0 where ``madvise``
+    is unavailable)."""
+    if _LIBC is None:
+        return 0
+    seen, released = set(), 0
+    for t in tensors:
+        d = _base(t.data)
+        if id(d) in seen or d.ndim < 2 or d.shape[0] < 2 or not d.flags.c_contiguous \
+                or not d.flags.writeable or d[0].nbytes < 4 * _PAGE:
+            continue
+        seen.add(id(d))
+        for j in range(d.shape[0]):
+            if not d[j].any():
+                released += _dont_need(d[j])
+    return released
+
+
+def _dont_need(a: np.ndarray) -> int:
+    addr = a.ctypes.data
+    start = -(-addr // _PAGE) * _PAGE
+    end = (addr + a.nbytes) // _PAGE * _PAGE
+    if end <= start:
+        return 0
+    if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED):
+        return 0
+    return end - start
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4          # Linux: private anonymous pages read back as zeros
 
 
 def share_decoder(party, config: DecoderConfig, weights: dict | None = None, owner: int = 1,
@@ -150,7 +193,7 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
     caller holds no other reference: the plaintext leaves memory tensor by tensor).
     A tied LM head is the embedding's transposed view (the ring kernel reads it as dot
     products over the embedding's rows, in memory order: no second copy).  Shares with a
-    public zero component keep it in untouched pages (:func:`unback_zero_slots`)."""
+    public zero component give its pages back (:func:`release_zero_pages`)."""
     shapes = weight_shapes(config)
     sw = {}
     with party.scope("share_weights"):
@@ -164,28 +207,32 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
                                      f"{shape}")
             sw[name] = party.share(w, owner=owner)
             del w
-            unback_zero_slots(sw[name])
+            release_zero_pages([sw[name]])
     with party.scope("persist_weights"):
         for name, t in sw.items():
             if t.ndim == 2 and name != "pos_embed":    # right operands of matmuls
                 t.persist()
     cfg = dataclasses.replace(config, dtype="float64")
     dec = Decoder(cfg, sw)
+    release_zero_pages(list(dec.weights.values()))  # fused weights: fresh concatenations
     if prescales:
         apply_prescales(dec, prescales)
     return dec
 
 
 def share_bytes(dec: Decoder) -> int:
-    """Resident bytes of this party's weight shares (zero-page slots not counted)."""
-    total = 0
+    """Bytes of this party's weight shares, all-zero components not counted (their pages
+    are given back: :func:`release_zero_pages`)."""
+    seen, total = set(), 0
     for t in dec.weights.values():
-        d = t.data
-        if 0 in d.strides:
+        d = _base(t.data)
+        if id(d) in seen or 0 in d.strides:
             continue
-        per = d[0].nbytes if d.ndim else d.nbytes
-        total += sum(per for j in range(d.shape[0])
-                     if not (d.size >= (1 << 15) and not d[j].any()))
+        seen.add(id(d))
+        if d.ndim < 2 or d.shape[0] < 2:
+            total += d.nbytes
+            continue
+        total += sum(d[j].nbytes for j in range(d.shape[0]) if d[j].any())
     return total
 
 
