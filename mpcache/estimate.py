@@ -70,9 +70,12 @@ ARCHS = {
 }
 ARCHS["gpt2-small-random"] = ARCHS["gpt2-small"]
 KEYS = ("bytes_sent", "messages_sent", "offline_bytes_sent")
-#: The attention twin keeps at most this many KV heads (bytes are then scaled up by
-#: n_kv_heads / twin heads; rounds are not scaled).
-MAX_TWIN_KV_HEADS = 4
+#: A policy's attention twin keeps the model's KV heads unless its secret cache (all
+#: parties) would pass this many bytes; then fewer (bytes are scaled up by n_kv_heads /
+#: twin heads; rounds are not scaled).
+TWIN_CACHE_BYTES = 2.0e9
+#: selecting layers beyond the first two whose MEAN change is the per-layer change
+TWIN_EXTRA_LAYERS = 4
 #: cache lengths at which the attention's products are measured (then affine in S)
 S_POINTS = (16, 48)
 #: shapes at which a product's affine law is measured: (k, q), (2k, q), (k, 2q)
@@ -252,6 +255,11 @@ def _piece_norm(p, rng, arch, d, prescale):
         mod = LayerNorm(g, _secret(p, rng, (d,), owner=1, scale=0.01), 1e-5, prescale)
     else:
         mod = RMSNorm(g, 1e-5, prescale)
+    # a private Decoder folds every norm's gain (and bias) into the next linear at setup
+    # (layers.fold_norm_gain): the per-token norm has none
+    mod.weight = None
+    if arch == "gpt2":
+        mod.bias = None
     x = _secret(p, rng, (1, d))
     with p.scope("m"):
         mod(x)
@@ -378,7 +386,7 @@ def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) 
 
 
 def estimate(cfg, context: int, protocol: str, policy: str = "full", budget=None,
-             ops: OpCosts | None = None, max_kv_heads: int = MAX_TWIN_KV_HEADS) -> dict:
+             ops: OpCosts | None = None, max_kv_heads: int | None = None) -> dict:
     """Predicted cost of one decoding step under ``policy`` (``NAME[:key=val,...]``, as
     ``bench decode --policy``): the full-cache step (:func:`estimate_step`) plus the
     policy's change per layer, measured on an attention twin (:func:`policy_delta`)."""
@@ -404,70 +412,121 @@ def estimate(cfg, context: int, protocol: str, policy: str = "full", budget=None
     return out
 
 
-def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=MAX_TWIN_KV_HEADS):
-    """A policy's change to one decoding step, from the same ``bench decode`` code run on
-    an *attention twin*: a random decoder with the target's head layout (KV heads capped
-    at ``max_kv_heads``, the group size kept) and tiny hidden, MLP and vocabulary sizes,
-    whose full-cache and policy steps differ only in attention.  Twins with D+2 and D+3
-    layers (D = the policy's dense first layers) give the change of the first selecting
-    layers and of every further layer: change(L) = c(D+2) + (L - D - 2) (c(D+3) - c(D+2)).
-    Costs are data-independent except where a policy's kept count depends on the data
-    (MPCache's ``static_tau`` threshold): there the twin's random data decide.  With KV
-    heads capped, comparison batches are smaller than the model's, and the digit width
-    of a batch (4 or 8 bits, switching at 2048 values) sets the dealer's table sizes and
-    the tree depth: the scaled offline bytes, and to a lesser degree rounds, are then
-    approximate (docs/teaching.md, section 10)."""
+def twin_kv_heads(cfg, context: int, cap: int | None = None) -> int:
+    """KV heads of a policy's attention twin: the model's, or fewer where the twin's
+    secret cache (K and V of ``2 + TWIN_EXTRA_LAYERS`` layers, three parties' two shares
+    each) would pass :data:`TWIN_CACHE_BYTES`; ``cap`` (``--twin-kv-heads``) bounds it."""
+    layers = 2 + TWIN_EXTRA_LAYERS
+    per_head = layers * 2 * (context + 1) * cfg["head_dim"] * 8 * 6
+    n = min(cfg["n_kv_heads"], max(1, int(TWIN_CACHE_BYTES // per_head)))
+    return max(1, min(n, cap)) if cap else n
+
+
+def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=None):
+    """A policy's change to one decoding step, from the same ``policy_cases_job`` code
+    ``bench decode`` runs, on an *attention twin*: a random decoder with the target's head
+    layout (KV heads: :func:`twin_kv_heads`, the group size kept), head dimension and
+    context, and tiny hidden, MLP and vocabulary sizes, so that its full-cache and policy
+    steps differ only in attention.  The twin's cache is random secret data of the
+    policy's shapes, shared directly (no plaintext prefill: that alone took ~6 GB at 8K
+    tokens); the policy's prefill-time state comes from :meth:`Policy.attach` on random
+    attention statistics (:func:`_twin_case`).
+
+    The policy's first ``D`` (``dense_layers``) layers read the full cache and change
+    nothing; the twin runs without them (``dense_layers=0``), with 2 and ``2 + m``
+    selecting layers (``m = TWIN_EXTRA_LAYERS``): the first two selecting layers'
+    change ``c(2)`` and the MEAN change of ``m`` further layers, ``(c(2+m) - c(2)) / m``
+    (top-k's number of levels is random, a few rounds per level: one layer's sample
+    scaled by ~30 layers was up to 7% off), so ``change(L) = c(2) + (L - D - 2) (c(2+m)
+    - c(2)) / m``.  Bytes are scaled by ``n_kv_heads / twin heads`` when the twin has
+    fewer; rounds are not.  Costs are data-independent except where a kept count depends
+    on data (MPCache's ``static_tau``: decided by the twin's random statistics, so not
+    predicted) and top-k's level count (random, averaged as above)."""
     from .cli.model import parse_policy
     from .nn.policies import make_policy
     _, name, kw = parse_policy(policy)
-    dense = int(getattr(make_policy(name, budget, **kw), "dense_layers", 0) or 0)
-    nkv = min(cfg["n_kv_heads"], max_kv_heads)
+    pol = make_policy(name, budget, **kw)
+    dense = int(getattr(pol, "dense_layers", 0) or 0)
+    nkv = twin_kv_heads(cfg, context, max_kv_heads)
     g = cfg["n_heads"] // cfg["n_kv_heads"]
     scale = cfg["n_kv_heads"] / nkv
     twin = dict(arch=cfg["arch"], vocab_size=32, hidden_size=8, n_heads=nkv * g,
                 n_kv_heads=nkv, head_dim=cfg["head_dim"], mlp_hidden=8)
+    m = TWIN_EXTRA_LAYERS
     c = {}
-    for layers in (dense + 2, dense + 3):
-        key = dict(twin=twin, layers=layers, context=context, policy=policy, budget=budget)
-        got = ops.table.get(json.dumps([protocol, "policy_twin", key], sort_keys=True))
+    for layers in (2, 2 + m):
+        key = dict(twin=twin, layers=layers, context=context, policy=policy, budget=budget,
+                   dense=0 if dense else None)
+        tkey = json.dumps([protocol, "policy_twin", key], sort_keys=True)
+        got = ops.table.get(tkey)
         if got is None:
             if ops.echo:
                 ops.echo(f"  measuring {protocol} policy twin {key}")
             got = _policy_twin(protocol, {**twin, "n_layers": layers}, context, policy,
-                               budget)
-            ops.table[json.dumps([protocol, "policy_twin", key], sort_keys=True)] = got
+                               budget, dense_off=bool(dense))
+            ops.table[tkey] = got
             ops.measured += 1
         c[layers] = got
     ops.save()
-    L = cfg["n_layers"]
-    out = {"twin": {**twin, "kv_head_scale": scale, "layers": [dense + 2, dense + 3]}}
+    sel = max(0, cfg["n_layers"] - dense)
+    out = {"twin": {**twin, "kv_head_scale": scale, "layers": [2, 2 + m],
+                    "dense_layers_skipped": dense}}
     for k in ("bytes_per_party", "offline_bytes_per_party", "rounds"):
-        a, b = c[dense + 2][k], c[dense + 3][k]
-        if L <= dense:
-            v = 0.0
-        elif L < dense + 2:
-            v = a / 2 * (L - dense)
-        else:
-            v = a + (L - dense - 2) * (b - a)
+        a, per = c[2][k], (c[2 + m][k] - c[2][k]) / m
+        v = a / 2 * sel if sel < 2 else a + (sel - 2) * per
         out[k] = v * (scale if k != "rounds" else 1.0)
     return out
 
 
-def _policy_twin(protocol, twin, context, policy, budget) -> dict:
-    """policy step minus full step of the twin (bytes/offline per party max, rounds)."""
-    from .apps.bench.decode import make_case, policy_cases_job
+def _twin_case(cfg, context, name, budget, kw, rng) -> dict:
+    """A ``policy_cases_job`` case for the twin ``cfg`` (a DecoderConfig): random K and V
+    ``[n_kv, context, hd]`` per layer as the cache to share, and the plaintext policy's
+    state after :meth:`Policy.attach` with random attention statistics of the shapes it
+    asks for (:func:`mpcache.nn.policies.base.stat_key`), as a prefill would leave them."""
+    from .apps.bench.decode import _state_only
+    from .nn.kv_cache import KVCache
+    from .nn.policies import make_policy
+    from .nn.policies.base import stat_key
+    L, nkv, hd = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
+    cache = KVCache(L)
+    for layer in range(L):
+        k = rng.standard_normal((nkv, context, hd))
+        v = rng.standard_normal((nkv, context, hd))
+        cache.replace(layer, k, v, np.arange(context, dtype=np.int64))
+    cache.n_seen = context
+    plain = None
+    if name != "full":
+        plain = make_policy(name, budget, **kw)
+        keys = {stat_key(w, context) for w in plain.stat_windows(context)}
+        stats = [{key: (rng.random((1 if isinstance(key, tuple) and key[0] == "hmeanmax"
+                                    else nkv, context)) / context) for key in keys}
+                 for _ in range(L)]
+        plain.attach(cache, stats, context)
+    kv = [(np.array(cache.keys(i)), np.array(cache.values(i))) for i in range(L)]
+    return {"n": context, "policy": name, "budget": budget, "kw": kw, "static": "plaintext",
+            "steps": 1, "kv": kv, "lens": [cache.length(i) for i in range(L)],
+            "next_token": int(rng.integers(0, cfg.vocab_size)),
+            "plain_policy": _state_only(plain), "stats": None, "stats_shape": None}
+
+
+def _policy_twin(protocol, twin, context, policy, budget, dense_off=False) -> dict:
+    """policy step minus full step of the twin (bytes/offline per party max, rounds); the
+    two cases run one after the other in one session (one case's shares at a time)."""
+    from .apps.bench.decode import policy_cases_job
     from .cli.model import parse_policy
     from .nn.private import calibrate_prescales
     from .nn.transformer import Decoder, DecoderConfig, random_weights
     from .runtime import Session
-    label, name, kw = parse_policy(policy)
+    _, name, kw = parse_policy(policy)
+    if dense_off:
+        kw = {**kw, "dense_layers": 0}
     cfg = DecoderConfig(**twin, max_positions=context + 16)
     dec = Decoder(cfg, random_weights(cfg, 0))
     rng = np.random.default_rng(0)
     pres = calibrate_prescales(dec, rng.integers(0, cfg.vocab_size, 32))
-    ids = rng.integers(0, cfg.vocab_size, context + 1)
-    full, _ = make_case(dec, ids, context, "full", None)
-    pol, _ = make_case(dec, ids, context, name, budget, kw=kw)
+    full = _twin_case(cfg, context, "full", None, {}, np.random.default_rng(1))
+    pol = _twin_case(cfg, context, name, budget, kw, np.random.default_rng(1))
+    full["next_token"] = pol["next_token"]
     res = Session(protocol, timeout=3600).run(policy_cases_job, dec.config, dec.weights,
                                               pres, [full, pol])
     a, b = res.scope("c0/decode"), res.scope("c1/decode")
@@ -501,9 +560,10 @@ def register(sub) -> None:
     p.add_argument("--budget", type=float, help="policy budget (kept / prompt tokens)")
     p.add_argument("--prescaled", help="norms with a prescale (an int, 'all' or 'none'; "
                    "default: the preset's)")
-    p.add_argument("--twin-kv-heads", type=int, default=MAX_TWIN_KV_HEADS,
-                   help="KV heads of a policy's attention twin (bytes scaled up to the "
-                   f"model's; default {MAX_TWIN_KV_HEADS}; fewer: less memory and time)")
+    p.add_argument("--twin-kv-heads", type=int, default=None,
+                   help="at most this many KV heads in a policy's attention twin (bytes "
+                   "scaled up to the model's; default: the model's, fewer where the twin's "
+                   "secret cache would pass 2 GB; fewer: less memory and time)")
     p.add_argument("--breakdown", action="store_true", help="also print the pieces")
     p.add_argument("--no-cache", action="store_true",
                    help="measure every piece again (no cache file)")

@@ -42,6 +42,9 @@ def job(p):
                        NH, NKV, HD, rope=rope)
     blk = Block(L.RMSNorm(g["n1"], prescale=0.5), attn, L.RMSNorm(g["n2"], prescale=0.5),
                 L.SwiGLU(L.Linear(w["gate"]), L.Linear(w["up"]), L.Linear(w["down"])))
+    if attn.qkv is not None:            # as Decoder._fold_norm_gains (setup, not measured)
+        L.fold_norm_gain(blk.attn_norm, attn.qkv)
+        L.fold_norm_gain(blk.mlp_norm, blk.mlp.gate_up)
     cache = KVCache(1)
     cache.append(0, kv[0], kv[1], np.arange(S))
     cache.persist()                     # as bench decode: the prefix persisted (add2)

@@ -31,3 +31,32 @@ def test_fused_qkv_equals_separate_linears_in_two_rounds(protocol):
     for got, n in zip(res.output, ("q", "k", "v")):
         np.testing.assert_allclose(got, x0 @ W[n], atol=1e-3)
     assert res.scope("fused")["rounds"] == 2          # one truncating product (was 6)
+
+
+def test_rmsnorm_gain_folded_into_the_next_linear(protocol):
+    """fold_norm_gain: norm(x) @ W == folded_norm(x) @ (diag(g) W); the norm's rounds."""
+    rng = np.random.default_rng(1)
+    d, q = 64, 24
+    g0, W0 = 1 + 0.3 * rng.normal(size=d), rng.normal(size=(d, q)) / 8
+    x0 = 3.0 * rng.normal(size=(1, d))
+    x0[0, 3] = 40.0                                      # one large coordinate
+
+    def job(p):
+        g = p.share(g0 if p.id == 1 else None, 1)
+        w = p.share(W0 if p.id == 1 else None, 1).persist()
+        x = p.share(x0 if p.id == 0 else None, 0)
+        norm, lin = L.RMSNorm(g, prescale=0.5), L.Linear(w)
+        L.fold_norm_gain(norm, lin)
+        assert norm.weight is None
+        with p.scope("norm"):
+            z = norm(x)
+        y = lin(z)
+        return z.reveal(to=0), y.reveal(to=0)
+
+    res = mpcache.Session(protocol).run(job)
+    z, y = res.output
+    ref_z = x0 / np.sqrt(np.mean(x0 ** 2) + 1e-5)
+    np.testing.assert_allclose(z, ref_z, rtol=1e-3, atol=2e-4)
+    np.testing.assert_allclose(y, (ref_z * g0) @ W0, rtol=2e-3, atol=2e-3)
+    # [x a] + the square + top bit (thermometer) + normalise + 2 poly levels + u * p(a)
+    assert res.scope("norm")["rounds"] == {"rep3": 17, "add2": 15}[protocol]   # was 19, 17

@@ -309,7 +309,7 @@ def _times_plan(fx: int, ft: int, bound: float, window, fo: int):
 
 
 def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
-          x_range=None, scale: float = 1.0):
+          x_range=None, scale: float = 1.0, times=None):
     """``1/sqrt(x)`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
     Top-bit normalisation to ``a in [1, 2)`` with the un-normalisation weights
@@ -320,6 +320,12 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     :func:`reciprocal`.  ``scale`` (public, > 0): returns ``scale / sqrt(x)`` at no cost
     (folded into the public un-normalisation weights; the norms fold their 1/n and
     prescale into it: one truncating level fewer each).
+    ``times``: a secret ``t`` (broadcast against x) whose squares are summed in x, the
+    promise ``t^2 <= x`` elementwise (a norm's ``t = a x`` over ``x = sum (a x)^2 + eps``)
+    -- returns ``t * scale / sqrt(x)`` with the product *folded into the
+    un-normalisation* (:func:`_rsqrt_times_plan`): ``u = t 2^(c - k/2)`` in the
+    normalisation's level (the promise bounds it whatever k is), then ``u * p(a)``: one
+    level instead of the un-normalisation plus a product (rep3 4 -> 2 rounds).
     Cost: as :func:`reciprocal` with the same number of levels.
     What a party learns: nothing (see module doc).
     """
@@ -330,6 +336,18 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     scale = float(scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"rsqrt: scale must be a positive finite number, got {scale}")
+    plan = None if times is None or it else _rsqrt_times_plan(fx, times.frac, scale, win, fo)
+    if plan is not None:
+        shift, c, s2 = plan
+        a, _, (u,) = _normalised(
+            x, [_pow2_weights(c + math.log2(scale), win[1] + 1, half=True)], win, shift,
+            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])])
+        y, _ = _initial_guess(a, "rsqrt", degree)
+        return run_level([Dot([(u.with_frac(0), y.with_frac(s2))])], s2)[0].with_frac(fo)
+    if times is not None:
+        r = rsqrt(x, degree=degree, iterations=iterations, out_frac=out_frac,
+                  x_range=x_range, scale=scale)
+        return run_level([Dot([(r, times)])], times.frac)[0]
     # weights scale * 2^(c3 - k/2): lower c3 by ceil(log2 scale) so they stay <= 2^c3
     c3 = 61 - _F - it + win[0] // 2 - max(0, math.ceil(math.log2(scale)))
     if (c3 - fx / 2) != int(c3 - fx / 2):
@@ -343,3 +361,27 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     if shift < 0 or shift != int(shift):
         raise ValueError(f"rsqrt: out_frac {fo} too large for input frac {fx}")
     return run_level([Dot([(y, E)])], int(shift))[0].with_frac(fo)
+
+
+def _rsqrt_times_plan(fx: int, ft: int, scale: float, window, fo: int):
+    """(shift, c, s2) of ``t scale / sqrt(x)`` folded into the un-normalisation, or None.
+
+    With X = x 2^fx = a 2^k, T = t 2^ft and ``t^2 <= x``: level 1 computes ``a =
+    trunc(X 2^(shift+_F-k), shift)`` and ``u = trunc(T E, shift)`` with the public weights
+    ``E = scale 2^(c - k/2)``, so ``u = t scale 2^(fx/2 - k/2) 2^fu`` (``|u| <= scale
+    sqrt 2`` at fu bits, whatever k); level 2 ``trunc(u y, s2)`` with ``y = 2^_F /
+    sqrt(a)`` gives the result at fo bits, ``s2 = fu + _F - fo``.  Constraints: ``|T E|
+    < scale 2^(fu + shift + 1/2) <= 2^61``, khi - _F <= shift <= 60 - _F (as
+    :func:`_times_plan`), ``fo <= fu`` and ``u y < 2^61``; fu at most fo + 12."""
+    klo, khi = window
+    shift = max(khi - _F, 0)
+    if shift > 60 - _F:
+        return None
+    ls = math.log2(scale)
+    fu = min(fo + 12, math.floor(60.5 - ls - shift), math.floor(60 - ls - 0.5 - _F))
+    if fu < fo:
+        return None
+    c = fx / 2 + fu + shift - ft
+    if ls + c - klo / 2 >= 62:          # the widest weight must fit the ring
+        return None
+    return shift, c, fu + _F - fo

@@ -94,11 +94,16 @@ def reciprocal(x):
     return x.reciprocal()
 
 
-def rsqrt(x, scale: float = 1.0):
+def rsqrt(x, scale: float = 1.0, times=None):
     """``scale / sqrt(x)`` for a public ``scale``: the norms need it as one op (under MPC
-    the scale is folded into public weights: free)."""
+    the scale is folded into public weights: free).  ``times``: ``times * scale /
+    sqrt(x)`` where ``times^2 <= x`` elementwise (a norm's prescaled input over its sum of
+    squares): under MPC the product rides in rsqrt's un-normalisation (one level)."""
     if is_plain(x):
-        return scale / np.sqrt(_work(x))
+        r = scale / np.sqrt(_work(x))
+        return r if times is None else _work(times) * r
+    if times is not None:
+        return x.rsqrt(scale=scale, times=times)
     return x.rsqrt() if scale == 1.0 else x.rsqrt(scale=scale)
 
 

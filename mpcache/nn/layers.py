@@ -18,8 +18,8 @@ from . import functional as F
 from .selected_rows import attention_context, attention_scores
 
 __all__ = [
-    "MASK_VALUE", "Embedding", "Linear", "FusedLinear", "RMSNorm", "LayerNorm", "RoPE",
-    "SwiGLU", "GeluMLP", "Attention", "causal_mask",
+    "MASK_VALUE", "Embedding", "Linear", "FusedLinear", "fold_norm_gain", "RMSNorm",
+    "LayerNorm", "RoPE", "SwiGLU", "GeluMLP", "Attention", "causal_mask",
 ]
 
 #: Additive mask for disallowed (future) keys.  Finite on purpose: fixed point cannot hold
@@ -102,9 +102,12 @@ class FusedLinear:
             self.bias = F.concatenate([b if b is not None else np.zeros(n)
                                        for b, n in zip(bs, self.sizes)], axis=0)
         self.bounds = np.cumsum([0] + self.sizes)
-        self.parts = [Linear(self.weight[:, a:b],
-                             None if self.bias is None else self.bias[a:b])
-                      for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        self.parts = self.make_parts()
+
+    def make_parts(self):
+        """Linears over views of the fused weight (and bias), one per fused linear."""
+        return [Linear(self.weight[:, a:b], None if self.bias is None else self.bias[a:b])
+                for a, b in zip(self.bounds[:-1], self.bounds[1:])]
 
     @staticmethod
     def applies(linears) -> bool:
@@ -146,7 +149,15 @@ class RMSNorm:
     mean and the prescale correction are public and ride in rsqrt's ``scale`` (free), and
     ``x g`` does not wait for the rsqrt -- it shares a product level with the square.
     Under MPC: [x a] + 1 level + rsqrt + 1 level (rep3: 19 rounds with a prescale, 17
-    without; was 34 with separate mean, r a, x r and * g levels and the A2B top bit)."""
+    without; was 34 with separate mean, r a, x r and * g levels and the A2B top bit).
+
+    *Gain folded* (``weight is None``; :func:`fold_norm_gain` moves g into the next
+    linear's weights once at setup, ``(x r g) @ W = (x r) @ (diag(g) W)``): the result is
+    ``rsqrt(sum (a x)^2 + n eps a^2, scale=sqrt(n), times=a x)``, the normalised x
+    folded into rsqrt's un-normalisation (``(a x)^2 <= sum`` bounds it without any
+    bound on g): [x a] + 1 level (the square) + top bit + 4 levels (normalise with u =
+    a x 2^(c - k/2), 2 polynomial levels, ``u * p(a)``); rep3 19 -> 17 rounds with a
+    prescale (17 -> 15 without), add2 17 -> 15."""
 
     def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)
@@ -155,15 +166,44 @@ class RMSNorm:
         with F.scope(x, "norm"):
             a, n = self.prescale, int(x.shape[-1])
             xs = x if a == 1.0 else x * a
+            if self.weight is None:                   # gain folded into the next linear
+                return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
+                               scale=float(np.sqrt(n)), times=xs)
             sq, xg = _square_and_gain(xs, x, self.weight)
             r = F.rsqrt(sq.sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                         scale=a * float(np.sqrt(n)))
             return xg * r
 
 
+def fold_norm_gain(norm, linear) -> None:
+    """Move a norm's gain g (and a LayerNorm's bias b) into the linear that reads the
+    norm's output, ONCE at setup: ``W' = diag(g) W`` and ``c' = b W + c`` (under MPC one
+    product over W's elements and one [1, d] x W product, not per token; ``W'`` is
+    persisted again).  Then ``norm.weight`` (and ``bias``) is None and the norm saves its
+    un-normalisation level (:class:`RMSNorm`; the gain rode free in the square's level,
+    but without a public bound on g it cannot ride in the normalisation's).  ``linear``: a
+    :class:`Linear` or :class:`FusedLinear` (its parts are re-made as views of W')."""
+    g, b = norm.weight, getattr(norm, "bias", None)
+    W = linear.weight
+    Wn = F.broadcast_to(g.reshape(-1, 1), W.shape) * W
+    if not F.is_plain(Wn):
+        Wn.persist()
+    c = linear.bias
+    if b is not None:
+        bw = (b.reshape(1, -1) @ W).reshape(-1)
+        c = bw if c is None else c + bw
+    linear.weight, linear.bias = Wn, c
+    if isinstance(linear, FusedLinear):
+        linear.parts = linear.make_parts()
+    norm.weight = None
+    if b is not None:
+        norm.bias = None
+
+
 class LayerNorm:
     """``(x - mean) * rsqrt(var + eps) * g + b`` (variance of the centred x, as PyTorch).
-    ``prescale`` and the folded 1/n as in :class:`RMSNorm`."""
+    ``prescale``, the folded 1/n and the folded gain (and bias: ``b @ W`` joins the next
+    linear's bias) as in :class:`RMSNorm`."""
 
     def __init__(self, weight, bias, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.bias, self.eps, self.prescale = weight, bias, float(eps), float(prescale)
@@ -173,6 +213,9 @@ class LayerNorm:
             a, n = self.prescale, int(x.shape[-1])
             xc = x - F.mean(x, axis=-1, keepdims=True)
             xs = xc if a == 1.0 else xc * a
+            if self.weight is None:        # gain and bias folded (RMSNorm, fold_norm_gain)
+                return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
+                               scale=float(np.sqrt(n)), times=xs)
             sq, xg = _square_and_gain(xs, xc, self.weight)
             r = F.rsqrt(sq.sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                         scale=a * float(np.sqrt(n)))

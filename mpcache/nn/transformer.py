@@ -19,7 +19,7 @@ import numpy as np
 from . import functional as F
 from .kv_cache import KVCache
 from .layers import (Attention, Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RoPE,
-                     SwiGLU)
+                     SwiGLU, fold_norm_gain)
 
 __all__ = ["DecoderConfig", "Decoder", "random_weights", "weight_shapes", "gpt2_small_config",
            "random_gpt2_small"]
@@ -111,11 +111,44 @@ class Decoder:
                                      self._norm(p + "mlp_norm"), mlp))
         self.final_norm = self._norm("final_norm")
         self.lm_head_weight = w["embed"].T if c.tie_embeddings else w["lm_head"]  # [H, V]
+        self.lm_head_bias = None
+        if all(b.attn.qkv is not None for b in self.blocks) and \
+                not F.is_plain(self.final_norm.weight) and not F.is_plain(self.lm_head_weight):
+            self._fold_norm_gains()
         # onehot @ arange(V): integer so MPC multiplies exactly (no truncation)
         self.token_values = np.arange(c.vocab_size, dtype=np.int64)
         self.cache: KVCache | None = None
         #: Optional progress callback ``on_layer(i, n_layers)`` after each block.
         self.on_layer = None
+
+    def _fold_norm_gains(self) -> None:
+        """Under MPC, every norm's gain (and LayerNorm bias) moves into the linear that
+        reads it, once (:func:`~mpcache.nn.layers.fold_norm_gain`): q|k|v, gate|up (or fc)
+        and the LM head.  A norm then costs rep3 15 instead of 19 rounds.  The ``weights``
+        dict then holds the folded linears under their names (views of the fused
+        weights), so the unfolded copies are freed: build a second Decoder from the
+        owner's weights, not from this dict."""
+        w = self.weights
+        for i, blk in enumerate(self.blocks):
+            p = f"layers.{i}."
+            att, mlp = blk.attn, blk.mlp
+            fold_norm_gain(blk.attn_norm, att.qkv)
+            att.q, att.k, att.v = att.qkv.parts
+            names = [("attn.q", att.q), ("attn.k", att.k), ("attn.v", att.v)]
+            if getattr(mlp, "gate_up", None) is not None:
+                fold_norm_gain(blk.mlp_norm, mlp.gate_up)
+                mlp.gate, mlp.up = mlp.gate_up.parts
+                names += [("mlp.gate", mlp.gate), ("mlp.up", mlp.up)]
+            else:
+                fold_norm_gain(blk.mlp_norm, mlp.fc)
+                names += [("mlp.fc", mlp.fc)]
+            for n, lin in names:
+                w[p + n + ".weight"] = lin.weight
+        head = Linear(self.lm_head_weight)
+        fold_norm_gain(self.final_norm, head)
+        self.lm_head_weight, self.lm_head_bias = head.weight, head.bias
+        if not self.config.tie_embeddings:
+            w["lm_head"] = head.weight
 
     def _norm(self, name):
         c, w = self.config, self.weights
@@ -152,7 +185,8 @@ class Decoder:
         """Final norm + LM head on hidden rows ``h`` [T, H] -> [T, V]."""
         hn = self.final_norm(h)
         with F.scope(hn, "lm_head"):
-            return hn @ self.lm_head_weight
+            y = hn @ self.lm_head_weight
+            return y if self.lm_head_bias is None else y + self.lm_head_bias
 
     def forward(self, tokens, cache: KVCache, all_logits: bool = False):
         """Logits of the last position [V] (or of every position [T, V])."""
