@@ -462,7 +462,7 @@ def _cut(s: str, n: int) -> str:
 
 def format_totals(trace: Trace) -> str:
     """Per-scope totals recomputed from the events, and the cross-check with accounting."""
-    from .net.accounting import scope_rounds
+    from .accounting import scope_rounds
     ts = trace.transcripts
     paths = sorted({p for t in ts for p in t.scope_paths()})
     stats = trace.stats

@@ -88,7 +88,7 @@ def _scope_runs(msgs: list, path: str) -> list:
 def view_data(trace: Trace, title: str = "", scope: str | None = None) -> dict:
     """Everything the page draws, as plain JSON-able data (no share values)."""
     from .apps.explain import LEARNS, lookup
-    from .net.accounting import scope_rounds
+    from .accounting import scope_rounds
     msgs = messages(trace, scope)
     if len(msgs) > MAX_MESSAGES:
         raise ValueError(f"{len(msgs):,} messages is more than one page can draw "

@@ -24,7 +24,7 @@ import json
 
 import numpy as np
 
-from mpcache.cli_eval import _context
+from mpcache.cli.eval import _context
 from mpcache.nn.policies.base import Policy
 
 SINK = 16

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from mpcache.bench.report import (ablation_table, best_of_steps, plot, ratio_table,
+from mpcache.apps.bench.report import (ablation_table, best_of_steps, plot, ratio_table,
                                   split_table, table)
 
 D = sys.argv[1] if len(sys.argv) > 1 else "out/s13c/final"

@@ -258,7 +258,7 @@ def test_matmul_shape_follows_numpy(data):
 def test_bench_ops_uncached_matvec_rows(monkeypatch):
     """``mpcache bench ops``' out-of-cache 1-row products: exact, one row per shape, with
     the matrix bytes read per second (small shapes here; the bench uses a gpt2 step's)."""
-    from mpcache.bench import ops
+    from mpcache.apps.bench import ops
     monkeypatch.setattr(ops, "MATVEC_SHAPES", ((3, 5), (17, 2050)))
     monkeypatch.setattr(ops, "MATVEC_BYTES", 1 << 12)
     rows = ops._decode_matvec_rows(repeat=2, seed=1)

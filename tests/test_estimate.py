@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mpcache import estimate as E
-from mpcache.bench.decode import make_case, policy_cases_job
+from mpcache.apps.bench.decode import make_case, policy_cases_job
 from mpcache.nn.private import calibrate_prescales
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 from mpcache.runtime import Session

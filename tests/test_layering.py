@@ -262,6 +262,14 @@ def test_the_shims_stand_for_their_targets():
             "mpcache.bench"} <= SHIMS
 
 
+def test_the_package_uses_the_new_paths():
+    """The deprecated paths are for users: no module of the package imports a shim."""
+    old = sorted((m, t, ln) for m, imps in IMPORTS.items() if m not in SHIMS
+                 for t, _, ln in imps if t in SHIMS)
+    assert not old, "imports of deprecated paths (importer, shim, line):\n" + "\n".join(
+        f"  {m} -> {t} (line {ln})" for m, t, ln in old)
+
+
 def test_the_launcher_lives_above_net():
     """net/ holds transports only: the launcher (runtime + jobs) is an app."""
     assert layer("mpcache.apps.launcher") == "apps"

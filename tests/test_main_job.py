@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import mpcache
-from mpcache.generate import Eviction, GenerationRequest, generation_job, step_costs
-from mpcache.jobs import JOBS, JobSpec, Param
-from mpcache.net.launcher import private_job_argv, split_seed
+from mpcache.apps.generate import Eviction, GenerationRequest, generation_job, step_costs
+from mpcache.apps.jobs import JOBS, JobSpec, Param
+from mpcache.apps.launcher import private_job_argv, split_seed
 from mpcache.nn.policies import make_policy
 from mpcache.nn.private import calibrate_prescales
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
-pytest.importorskip("mpcache.protocols.compare", reason="comparison protocols not built yet")
+pytest.importorskip("mpcache.functions.compare", reason="comparison protocols not built yet")
 
 N_PROMPT, N_NEW, BUDGET = 40, 4, 0.25
 ENV = {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
@@ -84,7 +84,7 @@ def test_mpcache_knobs_in_the_main_job():
 
 
 def test_bad_options_are_refused_before_any_party_starts():
-    from mpcache.generate import PromptError
+    from mpcache.apps.generate import PromptError
     with pytest.raises(PromptError, match="needs --budget"):
         Eviction("mpcache", None).check()
     with pytest.raises(PromptError, match="bad --policy"):
@@ -165,7 +165,7 @@ def test_launch_keeps_prompt_and_seed_off_child_command_lines_logs_and_json(tmp_
     """`mpcache launch -- JOB --prompt TEXT --seed S`: no child command line, no log line
     and no output JSON holds TEXT or S; P0 still reads TEXT and the seed still applies."""
     from mpcache.net.config import render_config
-    from mpcache.net.launcher import launch
+    from mpcache.apps.launcher import launch
     secret, seed = "zebra quartz marmalade 1234567", "918273"
     cfg = tmp_path / "p.toml"
     cfg.write_text(render_config(insecure=True, timeout_s=30.0))

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 import mpcache
-from mpcache.bench.decode import make_case, policy_cases_job, tie_margin
+from mpcache.apps.bench.decode import make_case, policy_cases_job, tie_margin
 from mpcache.nn.mpc_policies import split_breakdown
 from mpcache.nn.policies import PRESETS, MPCache
 from mpcache.nn.private import calibrate_prescales
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
-pytest.importorskip("mpcache.protocols.compare", reason="comparison protocols not built yet")
+pytest.importorskip("mpcache.functions.compare", reason="comparison protocols not built yet")
 
 N = 384            # prompt tokens; static eviction keeps half
 STEPS = 3
@@ -126,7 +126,7 @@ def test_query_replay_audit(model):
     step; the plaintext reference replayed with given queries at the selection reproduces
     itself with its own queries, follows the queries it is given (negated ones change the
     choice), and with MPC's queries chooses what MPC chose."""
-    from mpcache.bench.agree_policy import _mismatches, _query_err
+    from mpcache.apps.bench.agree_policy import _mismatches, _query_err
     case, ref, res = _run(model, "rep3", {}, replay=True)
     out = res.output[0]
     assert [sorted(q) for q in out["queries"]] == [[0, 1, 2]] * STEPS       # the leaders
@@ -143,7 +143,7 @@ def test_query_replay_audit(model):
     for a, b in zip(given["selections"], out["selections"]):
         assert all(np.array_equal(np.sort(a[L], -1), np.sort(b[L], -1)) for L in b)
     # bench decode --reveal-selection rows carry the same audit
-    from mpcache.bench.decode import _row
+    from mpcache.apps.bench.decode import _row
     case["label"] = "mpcache"
     row = _row(res, 0, case, ref, out, "tiny", "rep3", 0.0)
     assert row["clusters_match_given_mpc_query"] == [True] * STEPS
@@ -235,7 +235,7 @@ def test_baselines_run_on_secrets(model):
 
 
 def test_report_table_and_plot(tmp_path):
-    from mpcache.bench.report import plot, table
+    from mpcache.apps.bench.report import plot, table
     rows = []
     for n, (fs, ms) in {512: (2.0, 1.0), 1024: (4.0, 1.5)}.items():
         for pol, s in (("full", fs), ("mpcache", ms)):
@@ -247,7 +247,7 @@ def test_report_table_and_plot(tmp_path):
                          "token_matches_plaintext": True})
     md = table(rows)
     assert "| m | rep3 | 1024 | mpcache |" in md and "2.67x" in md
-    from mpcache.bench.report import ratio_table
+    from mpcache.apps.bench.report import ratio_table
     for r in rows:                                  # core-seconds of the step, all parties
         r["work_cpu_seconds"] = 3 * r["seconds"]
     rows[-1]["work_cpu_seconds"] = 2.0              # 1024 mpcache: 12.0 / 2.0
@@ -261,7 +261,7 @@ def test_report_table_and_plot(tmp_path):
 def test_report_split_table():
     """The attention / rest split adds up to the step, and the rest needed for a target
     ratio solves (C + F) / (C + M) = target."""
-    from mpcache.bench.report import attention_split, rest_for_ratio, split_table
+    from mpcache.apps.bench.report import attention_split, rest_for_ratio, split_table
     bd = lambda att: {"softmax": {"seconds": att * 0.75}, "attn_scores": {"seconds": att / 4},  # noqa: E731
                       "norm": {"seconds": 0.3}}
     rows = [{"model": "m", "protocol": "add2", "context": 2048, "policy": p, "label": p,
@@ -286,7 +286,7 @@ def test_tie_margin():
 
 
 def test_report_best_of_steps():
-    from mpcache.bench.report import best_of_steps
+    from mpcache.apps.bench.report import best_of_steps
     r = {"seconds": 3.0, "rounds": 100, "bytes_per_party": 10**6,
          "later_steps": [{"seconds": 2.0}, {"seconds": 2.5}]}
     b = best_of_steps(r)
@@ -312,7 +312,7 @@ def test_measured_steps_pause_the_cyclic_collector_and_restore_it():
     three party threads, and leaves the collector as it found it."""
     import gc
 
-    from mpcache.bench.decode import _gc_paused
+    from mpcache.apps.bench.decode import _gc_paused
     was = gc.isenabled()
     try:
         gc.enable()
@@ -336,7 +336,7 @@ def test_case_clean_up_waits_for_parties_still_in_their_last_step():
     import threading
     import time
 
-    from mpcache.bench.decode import _gc_paused, _steps_done
+    from mpcache.apps.bench.decode import _gc_paused, _steps_done
     inside, leave = threading.Event(), threading.Event()
     left = []
 

@@ -60,7 +60,7 @@ def job_ring(party, rounds=4):
 
 # -- the tests -------------------------------------------------------------------------------
 from mpcache.net.config import render_config  # noqa: E402
-from mpcache.net.launcher import launch  # noqa: E402
+from mpcache.apps.launcher import launch  # noqa: E402
 from mpcache.net.tls import make_certs  # noqa: E402
 
 ENV = {"PYTHONPATH": HERE}        # the parties import this module for the jobs above

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import mpcache
-from mpcache.jobs import JOBS, make_job, reference
+from mpcache.apps.jobs import JOBS, make_job, reference
 from mpcache.net.config import render_config
-from mpcache.net.launcher import launch
+from mpcache.apps.launcher import launch
 from mpcache.net.tls import make_certs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,7 +65,7 @@ def test_cli_launch_matmul_tls(tmp_path, certs):
     cfg.write_text(render_config(certs_dir=certs, timeout_s=20.0, seed=SEED,
                                  job_name="matmul", job_args=("--m", "3")))
     out = tmp_path / "out.json"
-    p = subprocess.run([sys.executable, "-m", "mpcache.cli_net", "launch", "--config", str(cfg),
+    p = subprocess.run([sys.executable, "-m", "mpcache.cli.net", "launch", "--config", str(cfg),
                         "--json", str(out), "--", "matmul", "--m", "8", "--k", "16", "--n", "4"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": ROOT})

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 import mpcache
-from mpcache.bench.decode import make_case, policy_cases_job
+from mpcache.apps.bench.decode import make_case, policy_cases_job
 from mpcache.nn.mpc_policies import split_breakdown
 from mpcache.nn.policies import PRESETS, MPCache
 from mpcache.nn.private import (calibrate_prescales, private_generate, share_decoder,
                                 share_prompt)
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
-pytest.importorskip("mpcache.protocols.compare", reason="comparison protocols not built yet")
+pytest.importorskip("mpcache.functions.compare", reason="comparison protocols not built yet")
 
 E = 8
 N = 384

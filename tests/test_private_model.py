@@ -8,7 +8,7 @@ from mpcache.nn.private import (calibrate_prescales, private_generate, share_dec
                                 share_prompt)
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
-pytest.importorskip("mpcache.protocols.compare", reason="comparison protocols not built yet")
+pytest.importorskip("mpcache.functions.compare", reason="comparison protocols not built yet")
 
 
 def tiny(arch):
@@ -61,7 +61,7 @@ def test_weight_shape_mismatch_is_refused():
 
 
 def test_prompt_checks(tmp_path):
-    from mpcache.generate import PromptError, build_request, read_context_file
+    from mpcache.apps.generate import PromptError, build_request, read_context_file
 
     class LM:                                  # tokenizer/config stand-in: no model needed
         config = DecoderConfig(vocab_size=10, hidden_size=4, n_layers=1, n_heads=1,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import mpcache
-from mpcache.protocols import add2 as add2_mod
-from mpcache.protocols import select as sel
-from mpcache.protocols.boolean import Pair, pair_of
+from mpcache.mpc import add2 as add2_mod
+from mpcache.functions import select as sel
+from mpcache.mpc.pair import Pair, pair_of
 from mpcache.testing import ViewLeak, assert_view_indistinguishable
 
 RING = np.uint64

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import mpcache
 from mpcache.nn.selected_rows import SelectedRows, attention_context, attention_scores
-from mpcache.protocols.costs import cost
+from mpcache.mpc.costs import cost
 
 H, C, NC, S, GAP, W, K = 2, 4, 6, 4, 3, 5, 2
 N = S + NC * C + GAP + W

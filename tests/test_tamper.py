@@ -6,7 +6,7 @@ import pytest
 
 import mpcache
 from mpcache.checked import InconsistentShares, checked_reveal
-from mpcache.explain import UNKNOWN, lookup
+from mpcache.apps.explain import UNKNOWN, lookup
 from mpcache.testing import add_fixed, tamper
 from mpcache.trace import TraceValuesWarning
 

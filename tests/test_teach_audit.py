@@ -10,7 +10,7 @@ import mpcache
 from mpcache import prg
 from mpcache.tensor import SecretTensor
 from mpcache.testing import ViewLeak, assert_view_indistinguishable, protocol_property
-from mpcache.protocols.costs import cost
+from mpcache.mpc.costs import cost
 
 N = 2048
 rng = np.random.default_rng(7)
@@ -122,7 +122,7 @@ def test_view_audit_fails_when_one_opening_is_unmasked(monkeypatch):
     """A subtler bug: only P0's half of the truncation mask is dropped.  Every message
     alone still looks uniform (P0's opening is x_0 + 2^62, and x_0 is uniform to P1), but
     with P1's own component x_1 it gives x + 2^62: the pairwise sums catch it."""
-    from mpcache.protocols import truncation as tr
+    from mpcache.mpc import truncation as tr
     real = tr.p0_mask
 
     def leaky(prg_p2, shape):
@@ -141,7 +141,7 @@ def test_view_audit_sees_a_small_opening(monkeypatch):
     """No block is too small: an 8-value truncation whose P0 mask is dropped is caught
     by the exact check (P1's view, with its own randomness fixed, is then pinned down by
     the secret)."""
-    from mpcache.protocols import truncation as tr
+    from mpcache.mpc import truncation as tr
     real = tr.p0_mask
 
     def leaky(prg_p2, shape):
@@ -214,8 +214,8 @@ def _topk_rows(ordered):
 
 
 def _reveal_signs(p, x):
-    from mpcache.protocols.boolean import pair_of
-    from mpcache.protocols.select import _reveal_lt
+    from mpcache.mpc.pair import pair_of
+    from mpcache.functions.select import _reveal_lt
     _reveal_lt(pair_of(p), p.protocol.to_pair(x.data).reshape(-1))
 
 
@@ -252,8 +252,8 @@ def test_view_audit_sees_the_old_leaks(monkeypatch, leak, unmasked):
     """Each of these openings passes the audit as it is, and fails it with its mask
     removed (the engine before the fix): the audit, run for every owner and observer,
     would have found them."""
-    from mpcache.protocols import add2 as add2_mod
-    from mpcache.protocols.boolean import Pair
+    from mpcache.mpc import add2 as add2_mod
+    from mpcache.mpc.pair import Pair
     kind, args, kw, where = OLD_LEAKS[leak]
     if unmasked:
         if kind == "reveal":

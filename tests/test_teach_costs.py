@@ -1,11 +1,11 @@
-"""Every cost formula in mpcache/protocols/costs.py equals the measured bytes, rounds and
+"""Every cost formula in mpcache/mpc/costs.py equals the measured bytes, rounds and
 offline bytes at three shapes, on both protocols (registry-driven: an op added to
 costs.py without a runner here fails the coverage test with a clear message)."""
 import numpy as np
 import pytest
 
 import mpcache
-from mpcache.protocols import costs
+from mpcache.mpc import costs
 from mpcache.tensor import SecretTensor
 from mpcache.testing import assert_budget, run_op
 
@@ -99,7 +99,7 @@ NONLINEAR_SHAPES = [(3,), (4, 5), (300,)]        # 300 > 256: the adaptive digit
 
 def _cmp_cost(op):
     def formula(protocol, n):
-        from mpcache.protocols.conversions import cmp_cost
+        from mpcache.mpc.costs import cmp_cost
         return cmp_cost(op, n, protocol)
     return formula
 

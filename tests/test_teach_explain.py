@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mpcache import explain as E
+from mpcache.apps import explain as E
 
 CORE = ["share", "reveal", "mul", "mul_ring", "matmul", "matmul_ring", "trunc"]
 

@@ -15,7 +15,7 @@ import pytest
 import mpcache
 from mpcache import trace as T
 from mpcache import trace_html as H
-from mpcache.explain import LEARNS, lookup, run_traced
+from mpcache.apps.explain import LEARNS, lookup, run_traced
 
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -163,7 +163,7 @@ def test_browser_draws_one_arrow_per_message(browser, tmp_path):
 # -- traces recorded by real party processes -----------------------------------------------
 def test_launch_trace_merges_and_matches_every_partys_accounting(tmp_path):
     from mpcache.net.config import render_config
-    from mpcache.net.launcher import launch
+    from mpcache.apps.launcher import launch
     from mpcache.trace_parties import link_check, party_file, read_folder
     cfg = tmp_path / "parties.toml"
     cfg.write_text(render_config(insecure=True, timeout_s=30.0, seed=5))
@@ -181,7 +181,7 @@ def test_launch_trace_merges_and_matches_every_partys_accounting(tmp_path):
         for path, c in st["scopes"].items():
             assert t.scope_counters(path) == {k: c[k] for k in T.COUNTER_KEYS}, path
     # same messages, tags and sizes as the in-process traced session with the same seed
-    from mpcache.jobs import make_job
+    from mpcache.apps.jobs import make_job
     job, _ = make_job("softmax", rows=1, cols=8)
     ref = mpcache.Session("rep3", seed=5, trace=True).run(job)
     assert [sorted((e.peer, e.seq, e.tag, e.nbytes, e.stamp) for e in t.sends())

@@ -357,14 +357,14 @@ def _n(shape):
 
 def _c(op, **kw):
     def f(protocol, shape):
-        from ..protocols.costs import cost
+        from ..mpc.costs import cost
         return cost(protocol, op, **{k: v(shape) for k, v in kw.items()})
     return f
 
 
 def _cmp(op):
     def f(protocol, shape):
-        from ..protocols.conversions import cmp_cost
+        from ..mpc.costs import cmp_cost
         return cmp_cost(op, _n(shape), protocol)
     return f
 
@@ -689,7 +689,7 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
         L.append("!! share values shown: toy data only (trace_values=True) !!")
     L.append("")
     stats = res.stats
-    from ..net.accounting import scope_rounds
+    from ..accounting import scope_rounds
     sections = [("input", "inputs: sharing"), ("op", f"the op: {op}"),
                 ("output", "output: reveal")]
     for sc, title in sections:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accounting import Accounting
+from ..accounting import Accounting
 
 N_PARTIES = 3
 #: Largest single message accepted (payload bytes); bigger tensors are a protocol bug.
