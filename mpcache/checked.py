@@ -133,3 +133,31 @@ def _verdict(complainers: list) -> str:
                        f"P{(r + 1) % 3} and P{(r + 2) % 3}" for r in complainers)
     return (f"checked reveal failed: {detail} -- one of the two holders named in each "
             "complaint is inconsistent (tampered or faulty); every party aborts")
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of the checked reveal, per tag (or ``*`` pattern): ``title``;
+#: ``local``, what the parties compute for it; ``learns``, why the receiver learns only
+#: ``kind`` ("random": masked, the default; "dealer", "shape", "output", "key", "pattern").
+#: ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "rep3.checked_reveal": dict(
+        title="checked reveal: the missing component",
+        local="as reveal: P_{r+1} sends x_{r+2} (its slot 1) to P_r (mpcache/checked.py)",
+        learns="the component it was missing, so it reconstructs x",
+        kind="output"),
+    "rep3.checked_reveal.check": dict(
+        title="checked reveal: the second holder's copy",
+        local="the other holder of x_{r+2}, P_{r+2}, sends it too (or its SHA-256); P_r "
+              "compares the two copies and complains if they differ",
+        learns="a second copy (or hash) of the component it receives anyway",
+        kind="output"),
+    "rep3.checked_reveal.agree": dict(
+        title="checked reveal: complaints",
+        local="every party tells both others whether its comparison failed (1 byte), so "
+              "all abort with the same verdict",
+        learns="whether the sender's two copies agreed: part of the checked output (all "
+               "abort on it)",
+        kind="output"),
+}

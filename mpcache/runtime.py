@@ -487,3 +487,19 @@ def _one_blas_thread():
         import contextlib
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of the session set-up, per tag (or ``*`` pattern): ``title``;
+#: ``local``, what the parties compute for it; ``learns``, why the receiver learns only
+#: ``kind`` ("random": masked, the default; "dealer", "shape", "output", "key", "pattern").
+#: ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "setup.key": dict(
+        title="pairwise PRG keys",
+        local="P_i draws a 128-bit key k_i from the OS and sends it to P_{i+1}; both then "
+              "draw identical AES-CTR streams from it (zero-sharings, masks, dealt values)",
+        learns="key k_{i-1}, shared with its left neighbour only",
+        kind="key"),
+}

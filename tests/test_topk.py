@@ -169,17 +169,19 @@ def cost(protocol, fn, *xs, integer=(), seed=None):
 def _tree_cost(n, payload, rows=1):
     """(rounds, bytes) of the comparison tree over n values (mpc/costs.max_tree_cost at
     the tree's fan-in)."""
-    c = max_tree_cost(n, rows, payload, S.MAX_FANIN, S.FANIN4_MAX_VALUES)
+    c = max_tree_cost(n, rows, payload, S.MAX_FANIN, S.FANIN4_MAX_VALUES, S.FANIN8_MAX_VALUES)
     return c["rounds"], c["bytes"]
 
 
 def test_max_over_64_cost(protocol):
-    """Fan-in 4: 3 levels (64 -> 16 -> 4 -> 1) x (1 masked opening + 3 tree rounds + 1
-    AND3 lookup round) = 15 rounds (the binary tree: 6 levels x 4 = 24), + 1 re-sharing
-    round in rep3; about 2 kB per party (binary 1.2 kB; SPU ABY3: 78 actions, 4 kB)."""
+    """Fan-in 8: 2 levels (64 -> 8 -> 1) x (1 masked opening + 3 tree rounds + 1 AND7
+    lookup round) = 10 rounds (fan-in 4: 3 levels, 15; the binary tree: 6 levels x 4 =
+    24), + 1 re-sharing round in rep3; about 1.8 kB per party (binary 1.2 kB; SPU ABY3:
+    78 actions, 4 kB)."""
     sc = cost(protocol, lambda p, a: a.max(), np.random.default_rng(0).normal(size=64))
     rounds, nbytes = _tree_cost(64, 1)
-    assert rounds == 15
+    assert rounds == 10
+    assert max_tree_cost(64, fanin=4)["rounds"] == 15
     assert max_tree_cost(64, fanin=2)["rounds"] == 24
     extra = protocol == "rep3"
     assert sc["rounds"] == rounds + extra
@@ -192,7 +194,8 @@ def test_argmax_1024_cost(protocol):
     masked index to each receiver (rep3: to both other parties)."""
     sc = cost(protocol, lambda p, a: a.argmax(), np.random.default_rng(1).normal(size=1024))
     rounds, nbytes = _tree_cost(1024, 2)
-    assert rounds == 25                 # 5 levels of fan-in 4 (5 rounds each); binary: 40
+    assert rounds == 20        # 1024 -> 128 -> 16 -> 2 (fan-in 8) -> 1; fan-in 4: 25; binary: 40
+    assert max_tree_cost(1024, payload=2, fanin=4)["rounds"] == 25
     assert max_tree_cost(1024, payload=2, fanin=2)["rounds"] == 40
     assert sc["rounds"] == rounds + 1
     assert sc["bytes_sent"] == nbytes + (4 if protocol == "rep3" else 2)
@@ -306,13 +309,13 @@ def test_top_k_key_range_is_checked():
     assert np.array_equal(np.nonzero(out)[0], [297, 298, 299])
 
 
-@pytest.mark.parametrize("n", [2, 3, 5, 6, 7, 9, 17])
-def test_max_tree_fanin_4_and_2_agree(protocol, n, monkeypatch):
-    """Every group shape of a fan-in-4 level (groups of 4 with a last group of 2 or 3, or a
-    single value passing through; many ties) gives the plaintext max/argmax, as the binary
-    tree does, at the cost max_tree_cost says."""
+@pytest.mark.parametrize("n", [2, 3, 5, 6, 7, 9, 10, 17, 26])
+def test_max_tree_fanin_8_4_and_2_agree(protocol, n, monkeypatch):
+    """Every group shape of a fan-in-8 or fan-in-4 level (full groups with a last group of
+    2..fan-1, or a single value passing through; one group of up to 9; many ties) gives
+    the plaintext max/argmax, as the binary tree does, at the cost max_tree_cost says."""
     x = np.round(np.random.default_rng(n).normal(size=(2, n)) * 2) / 4
-    for fanin in (4, 2):
+    for fanin in (8, 4, 2):
         monkeypatch.setattr(S, "MAX_FANIN", fanin)
         mx, am = run(protocol, lambda p, a: [a.max(), a.argmax()], x)
         assert np.array_equal(mx, x.max(-1))
@@ -325,14 +328,14 @@ def test_max_tree_fanin_4_and_2_agree(protocol, n, monkeypatch):
 
 def test_max_tree_wide_levels_stay_binary(protocol, monkeypatch):
     """Levels over more than FANIN4_MAX_VALUES values take binary levels (fewer dealt
-    bytes), then fan-in 4: same results, the cost max_tree_cost says."""
+    bytes), then fan-in 8: same results, the cost max_tree_cost says."""
     monkeypatch.setattr(S, "FANIN4_MAX_VALUES", 40)
     x = np.round(np.random.default_rng(5).normal(size=(2, 50)) * 2) / 4
     mx, am = run(protocol, lambda p, a: [a.max(), a.argmax()], x)
     assert np.array_equal(mx, x.max(-1))
     assert np.array_equal(am, F.argmax_onehot(x))
     sc = cost(protocol, lambda p, a: a.max(), x)
-    want = max_tree_cost(50, 2, 1, 4, 40)
-    assert want["rounds"] == 4 + 4 + 5 + 5          # 50 -> 25 -> 13 binary, 4, 1
+    want = max_tree_cost(50, 2, 1, S.MAX_FANIN, 40)
+    assert want["rounds"] == 4 + 4 + 5 + 4          # 50 -> 25 -> 13 binary, 8: 2, binary 1
     assert sc["rounds"] == want["rounds"] + (protocol == "rep3")
     assert sc["bytes_sent"] == want["bytes"] + 8 * 2 * (protocol == "rep3")

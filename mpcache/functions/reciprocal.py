@@ -385,3 +385,21 @@ def _rsqrt_times_plan(fx: int, ft: int, scale: float, window, fo: int):
     if ls + c - klo / 2 >= 62:          # the widest weight must fit the ring
         return None
     return shift, c, fu + _F - fo
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of the top-bit normalisation, per tag (or ``*`` pattern):
+#: ``title``; ``local``, what the parties compute for it; ``learns``, why the receiver
+#: learns only ``kind`` ("random": masked, the default; "dealer", "shape", "output", "key",
+#: "pattern").  ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "approx.topbit": dict(
+        title="top-bit normalisation: thermometer bits [x < 2^i] to ring, last carry "
+              "level fused",
+        local="x was compared with every power of two of the window in one batch; the "
+              "last carry level and the bit-to-ring conversion share one dealt 8-entry "
+              "table, opened as three masked bits; the one-hot of the leading one is "
+              "t_(i+1) - t_i (local)",
+        learns="three uniform bits per comparison (the dealer's table masks them)"),
+}

@@ -83,6 +83,7 @@ import numpy as np
 from ..kernels import rotate_rows
 from ..mpc.base import phantom
 from ..mpc.compare_core import msb_bits, sign_to_ring
+from ..mpc.costs import tree_fanin
 from ..mpc.pair import Pair, pair_of
 from ..ring import RING, iota
 from ..tensor import SecretTensor
@@ -148,23 +149,38 @@ def _take_rows(X, perm):
 #: ceil(log2 D))), e.g. 5 rounds instead of 8 for batches <= 2048 comparisons; 1.5
 #: comparisons per value per level instead of 0.5 (about 1.7 x the tree's online bytes).
 #: 2: the binary tree (:func:`_pair_level`).
-MAX_FANIN = 4
+#: 8: additionally, levels over at most :data:`FANIN8_MAX_VALUES` values take groups of 8
+#: (28 comparisons, one AND7 lookup: the same rounds as a 4:1 level for an 8:1
+#: reduction), and a level of at most 9 values per row is ONE group (the tree's last
+#: level): a softmax row max over 2049 values 6 -> 5 levels (rep3 33 -> 28 rounds), max
+#: 64 3 -> 2 levels, argmax 1024 5 -> 4.
+MAX_FANIN = 8
+#: Levels over more than this many values (rows x values, a public size) take fan-in 4,
+#: not 8: a member's lookup table has 2^(size-1) entries (128 for a group of 8: with the
+#: value as payload 2 kB dealt per member against 128 bytes at fan-in 4).
+FANIN8_MAX_VALUES = 1024
 #: Levels over more than this many values (rows x values, a public size) stay binary: a
 #: fan-in-4 level deals ~2.4x the binary level's tables (128 bytes per member for the
 #: lookup, 6 comparisons per group), which for the vocabulary argmax of a decoding step
 #: (49152 logits) would add ~10 MB of dealt bytes for 6 rounds.
 FANIN4_MAX_VALUES = 32768
 
-#: AND of three bits, indexed by b0 + 2 b1 + 4 b2 (``Pair.bits_to_ring`` tables).
-_AND3 = np.array([0, 0, 0, 0, 0, 0, 0, 1])
+def _and_table(k: int) -> np.ndarray:
+    """AND of k bits, indexed by sum b_i 2^i (``Pair.bits_to_ring`` tables)."""
+    t = np.zeros(1 << k, dtype=np.int64)
+    t[-1] = 1
+    return t
 
 
 def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None = None):
     """Winner of each row of U [R, m] (pair shares); payload [R, m, c] rides along.
-    Ties keep the lower index.  Levels of fan-in :data:`MAX_FANIN` (a last pair: binary)."""
+    Ties keep the lower index.  Each level's fan-in by the public rule
+    ``costs.tree_fanin`` (:data:`MAX_FANIN`; a last pair: binary)."""
     while U.shape[1] > 1:
-        if MAX_FANIN >= 4 and U.shape[1] > 2 and U.size <= FANIN4_MAX_VALUES:
-            U, payload = _group_level(pair, U, want_max, payload)
+        fan = tree_fanin(U.shape[1], U.shape[0], MAX_FANIN, FANIN4_MAX_VALUES,
+                         FANIN8_MAX_VALUES)
+        if fan > 2:
+            U, payload = _group_level(pair, U, want_max, payload, fan)
         else:
             U, payload = _pair_level(pair, U, want_max, payload)
     return U[:, 0], (None if payload is None else payload[:, 0])
@@ -206,7 +222,7 @@ def _group_plan(size: int):
     return pairs, beats
 
 
-def _group_level(pair: Pair, U, want_max, payload):
+def _group_level(pair: Pair, U, want_max, payload, fan: int = 4):
     """One level of fan-in 4 ("all pairs, then select"): the m values of each row form
     groups of 4 (the last group 2 or 3 values; a single last value passes through).
 
@@ -221,14 +237,18 @@ def _group_level(pair: Pair, U, want_max, payload):
     4:1 reduction, against 2 x (1 + ceil(log2 D)) = 8 (10) for two binary levels; per
     group of 4: 6 comparisons whose masked openings are the 4 values' (8 bytes each,
     ``masked_digits(pairs=)``: 32 instead of 48 bytes) and 4 lookups (3 bits + 8 bytes
-    per payload column each)."""
+    per payload column each).
+    ``fan``: the group size (8 on small levels, or every value of a row of at most 9:
+    ``costs.tree_fanin``): fan (fan - 1) / 2 comparisons per group and an AND of fan - 1
+    bits per member (a 2^(fan-1)-entry table), the same rounds."""
     R, m = U.shape
-    g, r = m // 4, m % 4
-    sizes = [4] * g + ([r] if r > 1 else [])
+    g, r = m // fan, m % fan
+    k = (fan if g else r) - 1               # bits per member's lookup (padded with 1s)
+    table = _and_table(k)
     Is, Js = [], []                         # the compared values' flat indices in U
     pos = np.arange(R * m).reshape(R, m)
     start = 0
-    for size, count in ((4, g), (r, 1 if r > 1 else 0)):
+    for size, count in ((fan, g), (r, 1 if r > 1 else 0)):
         if not count:
             continue
         X = pos[:, start:start + size * count].reshape(R, count, size)
@@ -243,8 +263,8 @@ def _group_level(pair: Pair, U, want_max, payload):
                     pairs=(np.concatenate(Is), np.concatenate(Js)))
     one = np.full(1, 1 if pair.role == "A" else 0, np.uint8)
     pos, start = 0, 0
-    sel_bits, sel_vals = [[], [], []], []
-    for size, count in ((4, g), (r, 1 if r > 1 else 0)):
+    sel_bits, sel_vals = [[] for _ in range(k)], []
+    for size, count in ((fan, g), (r, 1 if r > 1 else 0)):
         if not count:
             continue
         pairs, beats = _group_plan(size)
@@ -257,15 +277,15 @@ def _group_level(pair: Pair, U, want_max, payload):
             X = np.concatenate([X, Pl], axis=-1)
         for i in range(size):
             got = [B[k] ^ one if lower else B[k] for k, lower in beats[i]]
-            got += [np.broadcast_to(one, (R, count))] * (3 - len(got))
-            for t in range(3):
+            got += [np.broadcast_to(one, (R, count))] * (k - len(got))
+            for t in range(k):
                 sel_bits[t].append(np.ascontiguousarray(got[t]).reshape(-1))
         sel_vals.append(X.transpose(2, 0, 1, 3).reshape(size * n, -1))     # member-major
         start += size * count
-    y = pair.bits_to_ring([np.concatenate(b) for b in sel_bits], _AND3,
+    y = pair.bits_to_ring([np.concatenate(b) for b in sel_bits], table,
                           np.concatenate(sel_vals), tag="max.mux")
     W, pos = [], 0
-    for size, count in ((4, g), (r, 1 if r > 1 else 0)):
+    for size, count in ((fan, g), (r, 1 if r > 1 else 0)):
         if not count:
             continue
         n = R * count
@@ -669,3 +689,50 @@ def _public_native(party, values):
     v = np.asarray(values).astype(np.int64).view(RING)
     return SecretTensor(party, proto.add_public(proto.zeros_like_share(v.shape), v), 0)
 
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of one-hot, shuffle and top-k, per tag (or ``*`` pattern):
+#: ``title``; ``local``, what the parties compute for it; ``learns``, why the receiver
+#: learns only ``kind`` ("random": masked, the default; "dealer", "shape", "output", "key",
+#: "pattern").  ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "onehot.open": dict(
+        title="one-hot of a secret index: open e = idx - r mod N",
+        local="the data parties open e = idx - r (r: the random one-hot's index, unknown "
+              "to everyone) and rotate their shares of onehot(r) by e: onehot(idx), no "
+              "comparison; rep3's helper P0 also needs e: A sends its half + z, B its "
+              "half - z (z from the A-B key), so P0 cannot unmask B's half with the "
+              "r-share it dealt",
+        learns="e = idx - r mod N, uniform because r is uniform and unknown to each party"),
+    "topk.shuffle*.ad": dict(
+        title="secret shuffle: dealer's permuted masks (to B)",
+        local="the dealer knows two of the three permutation parts and sends B the masks "
+              "permuted by its part",
+        learns="masks permuted by a permutation B does not know",
+        kind="dealer"),
+    "topk.shuffle*.bd": dict(
+        title="secret shuffle: dealer's permuted masks (to A)",
+        local="as .ad, towards A",
+        learns="masks permuted by a permutation A does not know",
+        kind="dealer"),
+    "topk.shuffle*.b2a": dict(
+        title="secret shuffle: B hands its masked, permuted share to A",
+        local="B sends X - m_B (m_B a mask from its key with the dealer)",
+        learns="X - m_B, masked by m_B which A does not hold"),
+    "topk.shuffle*.a2b": dict(
+        title="secret shuffle: A hands its masked, permuted share to B",
+        local="A sends X - m_A",
+        learns="X - m_A, masked by m_A which B does not hold"),
+    "topk.*.reveal": dict(
+        title="revealed comparisons of SHUFFLED keys (multi-pivot selection / final sort)",
+        local="after a secret uniform shuffle, the candidates are compared with the "
+              "pivots and the outcome bits are opened to all parties so they can follow "
+              "the same control flow; A and B send their bit shares XOR the same bits "
+              "from the A-B key, so the dealer gets the outcome and not a raw share "
+              "(whose dealt randomness it knows)",
+        learns="the outcomes only relate positions of a secret random permutation (keys "
+               "are made distinct), so they are simulatable without the data",
+        kind="pattern"),
+}

@@ -371,3 +371,90 @@ class Add2(Protocol):
             return p.prg_prev.ring((m, N))[None], p.prg_prev.ring((m,))
         buf = p.recv(DEALER, "add2.onehot", (m * N + m,))
         return buf[:m * N].reshape(m, N)[None], buf[m * N:]
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of add2, per tag (or ``*`` pattern): ``title``; ``local``,
+#: what the parties compute for it; ``learns``, why the receiver learns only ``kind``
+#: ("random": masked, the default; "dealer", "shape", "output", "key", "pattern").
+#: ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "add2.share.shape": dict(
+        title="input sharing (only the shape moves)",
+        local="owner o keeps x - r, the other data party derives r from the P0-P1 key; "
+              "the dealer P2 only learns the shape",
+        learns="the shape of the input",
+        kind="shape"),
+    "add2.reveal": dict(
+        title="reveal",
+        local="P0 and P1 send their additive shares to every party that must learn x; "
+              "when the dealer P2 is one of them, P0 sends x0 + s and P1 x1 - s (s from "
+              "the P0-P1 key): P2 knows the triples inside raw shares and would learn "
+              "more than x",
+        learns="the other half, so it reconstructs x = x0 + x1 (and nothing else)",
+        kind="output"),
+    "add2.triple": dict(
+        title="Beaver triple (dealt by P2)",
+        local="P2 draws a0, b0, c0 from the P0-P2 key and a1, b1 from the P1-P2 key, and "
+              "sends c1 = op(a0 + a1, b0 + b1) - c0 to P1 (P0 derives its parts itself)",
+        learns="c1, masked by c0 from the P0-P2 key P1 does not hold",
+        kind="dealer"),
+    "add2.mul": dict(
+        title="Beaver product: open e = x - a, f = y - b",
+        local="P_i sends e_i = x_i - a_i and f_i = y_i - b_i; then z_i = c_i + e*b_i + "
+              "a_i*f (+ e*f at P0), no more communication",
+        learns="e_j, f_j, masked by the dealer's a_j, b_j (from a key the receiver lacks)"),
+    "add2.matmul": dict(
+        title="matrix triple: open E = X - A, F = Y - B",
+        local="P_i sends E_i = X_i - A_i and F_i = Y_i - B_i; then Z_i = C_i + E@B_i + "
+              "A_i@F (+ E@F at P0): the cost is the INPUT sizes",
+        learns="E_j, F_j, masked by dealer matrices A_j, B_j (from a key the receiver "
+               "lacks)"),
+    "add2.*.deal": dict(
+        title="truncation mask (dealt by P2)",
+        local="P2 derives r = F(k_2) + F(k_1) and deals [r >> f], [msb(r)]: P0's parts "
+              "from the P0-P2 key, P1's parts sent",
+        learns="s - s0 and m - m0, masked by s0, m0 from the P0-P2 key P1 does not hold",
+        kind="dealer"),
+    "add2.*.open": dict(
+        title="masked opening c = x + 2^62 + r",
+        local="P0 sends x_0 + 2^62 + r_a, P1 sends x_1 + r_b; both add c and compute "
+              "their additive share of x >> f locally (1 round in add2)",
+        learns="a value masked by the sender's half of r, which the receiver does not hold"),
+    "add2.persist.open": dict(
+        title="persistent operand (weight, KV-cache prefix): open W - B once",
+        local="each data party sends W_i - B_i for a dealer mask B used with this weight "
+              "only",
+        learns="W_j - B_j, masked by B_j (from a key the receiver lacks)"),
+    "add2.ptriple": dict(
+        title="per-product triple for a persistent weight (dealt by P2)",
+        local="P2 sends C1 = A@B - C0 to P1 for a fresh left mask A",
+        learns="C1, masked by C0 from the P0-P2 key",
+        kind="dealer"),
+    "add2.pmatmul": dict(
+        title="persistent-operand matmul: open E = X - A only",
+        local="P_i sends E_i = X_i - A_i (plus W_i - b_i for elements not persisted, e.g. "
+              "KV rows appended after prefill); Z_i = C_i + E@B_i + A_i@F (+ E@F at P0)",
+        learns="E_j, masked by the fresh dealer mask A_j (and W_j - b_j by a fresh b_j)"),
+    "add2.bshare.shape": dict(
+        title="boolean input sharing (only the shape moves)",
+        local="owner keeps b ^ r, the other data party derives r from the P0-P1 key",
+        learns="the shape of the input",
+        kind="shape"),
+    "add2.btriple": dict(
+        title="boolean Beaver triple (dealt by P2)",
+        local="P2 sends c1 = (a0 ^ a1) & (b0 ^ b1) ^ c0 to P1 (everything else from the "
+              "keys)",
+        learns="c1, masked by c0 from the P0-P2 key",
+        kind="dealer"),
+    "add2.and": dict(
+        title="AND with a boolean Beaver triple: open e = x ^ a, f = y ^ b",
+        local="P_i sends x_i ^ a_i and y_i ^ b_i; z = c ^ e&b ^ a&f (^ e&f at P0), locally",
+        learns="x_j ^ a_j, y_j ^ b_j, masked by dealer bits the receiver lacks"),
+    "add2.onehot": dict(
+        title="random one-hot preprocessing (dealt by P2)",
+        local="P2 sends P1 its shares of onehot(r) and of r (P0's from the P0-P2 key)",
+        learns="shares masked by values from the P0-P2 key",
+        kind="dealer"),
+}

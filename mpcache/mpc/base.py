@@ -136,3 +136,19 @@ class Protocol:
     @staticmethod
     def recv_shape(party, frm: int, tag: str) -> tuple:
         return tuple(int(s) for s in party.recv(frm, tag))
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of the XOR group's reveal (both protocols), per tag (or ``*``
+#: pattern): ``title``; ``local``, what the parties compute for it; ``learns``, why the
+#: receiver learns only ``kind`` ("random": masked, the default; "dealer", "shape",
+#: "output", "key", "pattern").  ``mpcache explain`` and the trace viewer collect these
+#: tables (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above
+#: sends.
+TAGS = {
+    "*.breveal": dict(
+        title="reveal of XOR-shared words",
+        local="each party sends the XOR component the receiver is missing",
+        learns="the missing component, so it reconstructs the word",
+        kind="output"),
+}

@@ -309,3 +309,35 @@ def zero_bits(pair: Pair, u: np.ndarray, nbits: int = WORD_BITS, tag: str = "eq"
     if z.shape[0] == 1:                  # one digit: result = s (p & q = 0)
         return z[0], zero, zero
     return zero, z[0], z[1]
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of the comparison core, per tag (or ``*`` pattern): ``title``;
+#: ``local``, what the parties compute for it; ``learns``, why the receiver learns only
+#: ``kind`` ("random": masked, the default; "dealer", "shape", "output", "key", "pattern").
+#: ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "*.gen": dict(
+        title="carry chain, generate bits g = u_A & u_B (private AND)",
+        local="the comparison works on the bits of a 2-of-2 sharing d = u_A + u_B (the "
+              "difference a - b): the carry of u_A + u_B starts with g_j = u_A[j] & "
+              "u_B[j]; each data party opens its OWN bits masked by dealer bits (bits "
+              "travel packed, 8 per byte)",
+        learns="u_j ^ a_j: the other party's bits masked by dealer bits it does not know"),
+    "*.open": dict(
+        title="masked opening (comparison digits: c = d + rho)",
+        local="the data parties open the difference d masked by a dealer mask rho (c = d "
+              "+ rho mod 2^nbits, each half of rho from a key with the dealer), then read "
+              "their XOR shares of the dealt table row of rho's digits at the public "
+              "digits of c: ([c_j < rho_j], [c_j == rho_j]) per w-bit digit; a carry tree "
+              "combines them",
+        learns="c = d + rho: uniform, because rho is uniform and each party knows only "
+               "one half"),
+    "*.tree": dict(
+        title="carry chain, one level of the parallel-prefix (Kogge-Stone) tree",
+        local="(G, P) of neighbouring blocks are combined: G = G_hi ^ P_hi & G_lo, P = "
+              "P_hi & P_lo, AND gates with dealer bit triples, the shared left operand "
+              "opened once (x ^ a, y ^ b); one level per round, ceil(log2(leaves)) levels",
+        learns="x ^ a and y ^ b for dealer bits a, b the receiver does not know"),
+}

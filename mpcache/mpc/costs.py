@@ -123,8 +123,22 @@ def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) 
     return {"bytes": online, "rounds": rounds, "offline": offline}
 
 
-def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4,
-                  fanin4_max: int = 32768) -> dict:
+def tree_fanin(m: int, rows: int, fanin: int = 8, fanin4_max: int = 32768,
+               fanin8_max: int = 1024) -> int:
+    """Fan-in of the next max/argmax tree level over ``m`` values per row (a public rule
+    on public sizes, ``functions.select._tree``): 2 (binary) for m <= 2, with ``fanin``
+    2, or over more than ``fanin4_max`` values (rows x m); with ``fanin`` 8 and at most
+    ``fanin8_max`` values: m itself when m <= 9 (one group: the last level), else 8;
+    otherwise 4."""
+    if m <= 2 or fanin < 4 or rows * m > fanin4_max:
+        return 2
+    if fanin >= 8 and rows * m <= fanin8_max:
+        return m if m <= 9 else 8
+    return 4
+
+
+def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
+                  fanin4_max: int = 32768, fanin8_max: int = 1024) -> dict:
     """Online bytes per party and rounds of the max/min/argmax tree over ``n`` values per
     row (``functions.select._tree``; rep3 adds its final re-sharing, argmax its one-hot).
     ``payload``: ring values injected per winner (1 for max, 2 for argmax: value and
@@ -135,18 +149,22 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 4,
     member's payload (3 bits + 8 bytes per payload value per member); a last pair (and
     every level with ``fanin`` 2): a binary level whose last tree level is fused with the
     bit injection (3 bits + 8 bytes per payload value per comparison).  Levels over more
-    than ``fanin4_max`` values (``select.FANIN4_MAX_VALUES``, rows x n) stay binary."""
+    than ``fanin4_max`` values (``select.FANIN4_MAX_VALUES``, rows x n) stay binary.
+    ``fanin`` 8: levels of at most ``fanin8_max`` values take groups of 8 (or one group
+    of all n <= 9 values), each member's lookup on ``size - 1`` bits (:func:`tree_fanin`)."""
     rounds = nbytes = 0
     while n > 1:
-        if fanin >= 4 and n > 2 and rows * n <= fanin4_max:
-            g, r = n // 4, n % 4
+        fan = tree_fanin(n, rows, fanin, fanin4_max, fanin8_max)
+        if fan > 2:
+            g, r = n // fan, n % fan
             tail = r if r > 1 else 0
-            c = rows * (6 * g + tail * (tail - 1) // 2)
-            outs = rows * (4 * g + tail)
+            k = (fan if g else r) - 1               # lookup bits per member
+            c = rows * (g * fan * (fan - 1) // 2 + tail * (tail - 1) // 2)
+            outs = rows * (fan * g + tail)
             levels = cmp_levels(c)
             levels[0] = (8 * rows * n, levels[0][1])     # each value opened once
             rounds += len(levels) + 1
-            nbytes += sum(b for b, _ in levels) + (3 * outs + 7) // 8 + 8 * outs * payload
+            nbytes += sum(b for b, _ in levels) + (k * outs + 7) // 8 + 8 * outs * payload
             n = g + (1 if r else 0)
         else:
             c = (n // 2) * rows

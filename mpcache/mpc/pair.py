@@ -378,3 +378,42 @@ def pair_of(party) -> Pair:
     helper P0)."""
     a, b, d = party.protocol.pair_roles()
     return Pair(party, a, b, d)
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of the bit engine's gates, per tag (or ``*`` pattern):
+#: ``title``; ``local``, what the parties compute for it; ``learns``, why the receiver
+#: learns only ``kind`` ("random": masked, the default; "dealer", "shape", "output", "key",
+#: "pattern").  ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "pair.open": dict(
+        title="masked opening in the bit engine (x ^ a, x - alpha)",
+        local="the two data parties open their bits / ring values masked by dealer "
+              "randomness",
+        learns="masked values: the masks are the dealer's and unknown to the receiver"),
+    "*.lut": dict(
+        title="carry chain leaves: one-time truth tables on w-bit digits",
+        local="per w-bit digit, (generate, propagate) of u_A + u_B is read from a truth "
+              "table the dealer permuted by random (r, s) and XOR-shared; A opens x ^ r, "
+              "B opens y ^ s (w bits each), then each reads its share of the table entry",
+        learns="x ^ r (or y ^ s): the other party's digit masked by dealer bits it does "
+               "not know"),
+    "*.b2a": dict(
+        title="bit to ring (B2A): open e = c ^ r",
+        local="the dealer deals a random bit r as XOR bits and as ring shares; the data "
+              "parties open e = c ^ r (1 bit each) and set c = e + (1 - 2e) [r] locally",
+        learns="e = c ^ r, a uniform bit (r is the dealer's)"),
+    "*.mux": dict(
+        title="bit injection: c * x for a secret bit c and a ring value x, in one round",
+        local="open e = c ^ r and f = x - alpha together (r, alpha, [r alpha] dealt); "
+              "then c x = e x + (1 - 2e)(f [r] + [r alpha]) locally",
+        learns="e = c ^ r (uniform bit) and f = x - alpha (uniform ring element)"),
+    "*.deal": dict(
+        title="correlated randomness for the gates (dealt)",
+        local="the dealer D (add2: P2; rep3's bit engine: P0) derives everything A needs "
+              "from the A-D key and everything B needs from the B-D key, except the one "
+              "correlated value per gate, which it sends to B (offline: data-independent)",
+        learns="the correlated part, masked by values from the A-D key B does not hold",
+        kind="dealer"),
+}

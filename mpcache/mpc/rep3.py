@@ -308,3 +308,116 @@ def _cross_matmul(a, b):
     if a[0].size <= b[0].size:
         return ring_matmul(a[0] + a[1], b[0]) + ring_matmul(a[0], b[1])
     return ring_matmul(a[0], b[0] + b[1]) + ring_matmul(a[1], b[0])
+
+
+# -- message tags ---------------------------------------------------------------------------
+#: Narration of the messages of rep3, per tag (or ``*`` pattern): ``title``; ``local``,
+#: what the parties compute for it; ``learns``, why the receiver learns only ``kind``
+#: ("random": masked, the default; "dealer", "shape", "output", "key", "pattern").
+#: ``mpcache explain`` and the trace viewer collect these tables
+#: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
+TAGS = {
+    "rep3.share": dict(
+        title="input sharing",
+        local="owner o sets x_{o+2} = 0, draws x_o from its key with P_{o-1} (which "
+              "derives the same x_o) and sends x_{o+1} = x - x_o to P_{o+1}",
+        learns="x - x_o, where x_o comes from a key the receiver does not hold"),
+    "rep3.share.shape": dict(
+        title="input shape",
+        local="owner o tells P_{o+2} the shape; P_{o+2} holds (x_{o+2}, x_o) = (0, F(k))",
+        learns="the shape of the input",
+        kind="shape"),
+    "rep3.reveal": dict(
+        title="reveal",
+        local="P_i sends its second component x_{i+1} to P_{i-1}; each party adds the "
+              "three components x_0 + x_1 + x_2",
+        learns="the component it was missing, so it reconstructs x",
+        kind="output"),
+    "rep3.mul": dict(
+        title="ring product: re-sharing",
+        local="each P_i computes z_i = x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i + alpha_i, "
+              "where alpha_i = F(k_i) - F(k_{i-1}) is a zero-sharing (no communication), "
+              "and sends z_i to P_{i-1}",
+        learns="z_{i+1}, masked by alpha_{i+1}, which needs key k_{i+1} the receiver does "
+               "not hold"),
+    "rep3.matmul": dict(
+        title="ring matmul: re-sharing",
+        local="each P_i computes z_i = X_i@(Y_i + Y_{i+1}) + X_{i+1}@Y_i + alpha_i (local "
+              "matmuls, zero-sharing alpha from the keys) and sends z_i to P_{i-1}: the "
+              "cost is the OUTPUT size",
+        learns="z_{i+1}, masked by alpha_{i+1} (key k_{i+1}, not held by the receiver)"),
+    "rep3.*.deal": dict(
+        title="truncation mask (dealt by P2)",
+        local="P2 derives the mask r = F(k_2) + F(k_1) (a half from each key it holds), "
+              "and deals [r >> f] and [msb(r)]: P0's parts come from the P0-P2 key, P1's "
+              "parts (s - s0, m - m0) are sent",
+        learns="s - s0 and m - m0, masked by s0, m0 from the P0-P2 key P1 does not hold",
+        kind="dealer"),
+    "rep3.mul_trunc.open": dict(
+        title="fused product + masked opening c = x*y + 2^62 + r",
+        local="every P_i computes its 3-additive product part z_i (cross terms + "
+              "zero-sharing); P2 sends z_2 to P0 and P1; P0 sends z_0 + 2^62 + r_a, P1 "
+              "sends z_1 + r_b (r_a from the P0-P2 key, r_b from the P1-P2 key); P0, P1 "
+              "add everything: c = x*y + 2^62 + r",
+        learns="from P2: z_2, masked by its zero-share alpha_2 (needs the key the "
+               "receiver lacks); from the other opener: a value masked by its half of r; "
+               "so c is uniform"),
+    "rep3.matmul_trunc.open": dict(
+        title="fused matmul + masked opening c = X@Y + 2^62 + r",
+        local="as for mul_trunc, with local matmuls: P2 sends Z_2 to P0 and P1, P0 and P1 "
+              "exchange their masked parts and add up c",
+        learns="masked values only: c = X@Y + 2^62 + r with r unknown to each opener"),
+    "rep3.trunc.open": dict(
+        title="masked opening c = x + 2^62 + r",
+        local="P0 sends x_0 + 2^62 + r_a to P1, P1 sends x_2 + r_b to P0 (both know x_1); "
+              "each adds c = x + 2^62 + r",
+        learns="a value masked by the sender's half of r, which the receiver does not hold"),
+    "rep3.*.reshare": dict(
+        title="back to replicated form",
+        local="from c, P0 and P1 compute additive shares yA + yB = x >> f (the wrap bit "
+              "is (1 - msb(c)) * [msb(r)]); y0 = F(k_2); P0 sends y1 = yA - y0 - rho to "
+              "P1 and P1 sends y2 = yB + rho to P2, rho = F(k_0)",
+        learns="P1 gets y1, masked by y0 (key k_2, not P1's); P2 gets y2, masked by rho "
+               "(key k_0, not P2's)"),
+    "rep3.bshare": dict(
+        title="boolean (XOR) input sharing",
+        local="owner o draws b_o from its key with P_{o-1} and sends b_{o+1} = b ^ b_o to "
+              "P_{o+1}",
+        learns="b ^ b_o, where b_o comes from a key the receiver does not hold"),
+    "rep3.bshare.shape": dict(
+        title="boolean input shape",
+        local="owner o tells P_{o+2} the shape",
+        learns="the shape of the input",
+        kind="shape"),
+    "rep3.and": dict(
+        title="AND of XOR-shared words (ABY3)",
+        local="each P_i computes z_i = x_i&y_i ^ x_i&y_{i+1} ^ x_{i+1}&y_i ^ alpha_i "
+              "(alpha: an XOR zero-sharing from the keys) and sends z_i to P_{i-1}",
+        learns="z_{i+1}, masked by alpha_{i+1} (key k_{i+1}, not held by the receiver)"),
+    "rep3.from_pair": dict(
+        title="back to replicated form (from the bit engine's 2-of-2 between P1 and P2)",
+        local="x2 = F(k_1) and rho = F(k_1) (P1-P2 key); P1 sends x1 = yA - x2 + rho, P2 "
+              "sends x0 = yB - rho, both to P0",
+        learns="x0 and x1, whose sum x - x2 is masked by x2 from the P1-P2 key P0 does "
+               "not hold"),
+    "rep3.bfrom_pair": dict(
+        title="back to replicated XOR form (from the bit engine's 2-of-2)",
+        local="as from_pair with XOR: P1 sends y_A ^ x2 ^ rho, P2 sends y_B ^ rho to P0",
+        learns="words masked by x2, rho from the P1-P2 key P0 does not hold"),
+    "rep3.onehot.in": dict(
+        title="random one-hot preprocessing: P0 shares onehot(r_a)",
+        local="P0 (random r_a) sends onehot(r_a) - x0 to P1, x0 from the P0-P2 key",
+        learns="a one-hot masked by x0 from a key P1 does not hold",
+        kind="dealer"),
+    "rep3.onehot.r": dict(
+        title="random one-hot preprocessing: P0's rotation r_a, masked",
+        local="P0 sends r_a - t to P2, t from the P0-P1 key",
+        learns="r_a - t, masked by t from a key P2 does not hold",
+        kind="dealer"),
+    "rep3.onehot.back": dict(
+        title="random one-hot preprocessing: P1, P2 rotate by r_b and re-share to P0",
+        local="P1 and P2 rotate their 2-of-2 one-hot by their common r_b and send the "
+              "re-sharing to P0 (as from_pair): nobody knows r = r_a + r_b",
+        learns="values masked by the P1-P2 key P0 does not hold",
+        kind="dealer"),
+}
