@@ -4,9 +4,11 @@ For every communication step (grouped by round and protocol tag) it prints what 
 parties compute locally, who sends what to whom (bytes, dtype, shape), and one line on
 what the receiver learns: a uniformly random masked value, the shape (public), dealer
 randomness, or the revealed output.  The narration comes from :data:`TAGS`, a table from
-message tags to explanations; a tag missing from the table is printed as such (never
-guessed).  The numbers come from a real traced run (:mod:`mpcache.trace`), and the totals
-are checked against the cost formulas (:mod:`mpcache.protocols.costs`) when one exists.
+message tags to explanations collected from the modules that send them (each protocol
+module's own ``TAGS``: :data:`TAG_MODULES`); a tag missing from the table is printed as
+such (never guessed).  The numbers come from a real traced run (:mod:`mpcache.trace`), and
+the totals are checked against the cost formulas (:mod:`mpcache.mpc.costs`) when one
+exists.
 
     mpcache explain mul --protocol rep3
     mpcache explain matmul --protocol add2 --shape 2x3x4
@@ -21,6 +23,10 @@ import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .. import checked, runtime
+from ..functions import reciprocal, select
+from ..mpc import add2, base, compare_core, pair, rep3
 
 # -- the tag table --------------------------------------------------------------------------
 # kind: what the receiver learns, in one word: "random" (uniform, masked), "shape"
@@ -45,284 +51,30 @@ class TagInfo:
     kind: str = "random"
 
 
-TAGS: dict[str, TagInfo] = {
-    # -- session set-up ----------------------------------------------------------------
-    "setup.key": TagInfo(
-        "pairwise PRG keys",
-        "P_i draws a 128-bit key k_i from the OS and sends it to P_{i+1}; both then draw "
-        "identical AES-CTR streams from it (zero-sharings, masks, dealt values)",
-        "key k_{i-1}, shared with its left neighbour only", "key"),
-    # -- rep3 ------------------------------------------------------------------------------
-    "rep3.share": TagInfo(
-        "input sharing",
-        "owner o sets x_{o+2} = 0, draws x_o from its key with P_{o-1} (which derives the "
-        "same x_o) and sends x_{o+1} = x - x_o to P_{o+1}",
-        "x - x_o, where x_o comes from a key the receiver does not hold"),
-    "rep3.share.shape": TagInfo(
-        "input shape",
-        "owner o tells P_{o+2} the shape; P_{o+2} holds (x_{o+2}, x_o) = (0, F(k))",
-        "the shape of the input", "shape"),
-    "rep3.reveal": TagInfo(
-        "reveal",
-        "P_i sends its second component x_{i+1} to P_{i-1}; each party adds the three "
-        "components x_0 + x_1 + x_2",
-        "the component it was missing, so it reconstructs x", "output"),
-    "rep3.checked_reveal": TagInfo(
-        "checked reveal: the missing component",
-        "as reveal: P_{r+1} sends x_{r+2} (its slot 1) to P_r (mpcache/checked.py)",
-        "the component it was missing, so it reconstructs x", "output"),
-    "rep3.checked_reveal.check": TagInfo(
-        "checked reveal: the second holder's copy",
-        "the other holder of x_{r+2}, P_{r+2}, sends it too (or its SHA-256); P_r compares "
-        "the two copies and complains if they differ",
-        "a second copy (or hash) of the component it receives anyway", "output"),
-    "rep3.checked_reveal.agree": TagInfo(
-        "checked reveal: complaints",
-        "every party tells both others whether its comparison failed (1 byte), so all "
-        "abort with the same verdict",
-        "whether the sender's two copies agreed: part of the checked output (all abort "
-        "on it)", "output"),
-    "rep3.mul": TagInfo(
-        "ring product: re-sharing",
-        "each P_i computes z_i = x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i + alpha_i, where "
-        "alpha_i = F(k_i) - F(k_{i-1}) is a zero-sharing (no communication), and sends z_i "
-        "to P_{i-1}",
-        "z_{i+1}, masked by alpha_{i+1}, which needs key k_{i+1} the receiver does not hold"),
-    "rep3.matmul": TagInfo(
-        "ring matmul: re-sharing",
-        "each P_i computes z_i = X_i@(Y_i + Y_{i+1}) + X_{i+1}@Y_i + alpha_i (local "
-        "matmuls, zero-sharing alpha from the keys) and sends z_i to P_{i-1}: the cost is "
-        "the OUTPUT size",
-        "z_{i+1}, masked by alpha_{i+1} (key k_{i+1}, not held by the receiver)"),
-    "rep3.*.deal": TagInfo(
-        "truncation mask (dealt by P2)",
-        "P2 derives the mask r = F(k_2) + F(k_1) (a half from each key it holds), and "
-        "deals [r >> f] and [msb(r)]: P0's parts come from the P0-P2 key, P1's parts "
-        "(s - s0, m - m0) are sent",
-        "s - s0 and m - m0, masked by s0, m0 from the P0-P2 key P1 does not hold",
-        "dealer"),
-    "rep3.mul_trunc.open": TagInfo(
-        "fused product + masked opening c = x*y + 2^62 + r",
-        "every P_i computes its 3-additive product part z_i (cross terms + zero-sharing); "
-        "P2 sends z_2 to P0 and P1; P0 sends z_0 + 2^62 + r_a, P1 sends z_1 + r_b "
-        "(r_a from the P0-P2 key, r_b from the P1-P2 key); P0, P1 add everything: "
-        "c = x*y + 2^62 + r",
-        "from P2: z_2, masked by its zero-share alpha_2 (needs the key the receiver lacks); "
-        "from the other opener: a value masked by its half of r; so c is uniform"),
-    "rep3.matmul_trunc.open": TagInfo(
-        "fused matmul + masked opening c = X@Y + 2^62 + r",
-        "as for mul_trunc, with local matmuls: P2 sends Z_2 to P0 and P1, P0 and P1 "
-        "exchange their masked parts and add up c",
-        "masked values only: c = X@Y + 2^62 + r with r unknown to each opener"),
-    "rep3.trunc.open": TagInfo(
-        "masked opening c = x + 2^62 + r",
-        "P0 sends x_0 + 2^62 + r_a to P1, P1 sends x_2 + r_b to P0 (both know x_1); each "
-        "adds c = x + 2^62 + r",
-        "a value masked by the sender's half of r, which the receiver does not hold"),
-    "rep3.*.reshare": TagInfo(
-        "back to replicated form",
-        "from c, P0 and P1 compute additive shares yA + yB = x >> f (the wrap bit is "
-        "(1 - msb(c)) * [msb(r)]); y0 = F(k_2); P0 sends y1 = yA - y0 - rho to P1 and P1 "
-        "sends y2 = yB + rho to P2, rho = F(k_0)",
-        "P1 gets y1, masked by y0 (key k_2, not P1's); P2 gets y2, masked by rho (key "
-        "k_0, not P2's)"),
-    # -- add2 ---------------------------------------------------------------------------------
-    "add2.share.shape": TagInfo(
-        "input sharing (only the shape moves)",
-        "owner o keeps x - r, the other data party derives r from the P0-P1 key; the "
-        "dealer P2 only learns the shape",
-        "the shape of the input", "shape"),
-    "add2.reveal": TagInfo(
-        "reveal",
-        "P0 and P1 send their additive shares to every party that must learn x; when the "
-        "dealer P2 is one of them, P0 sends x0 + s and P1 x1 - s (s from the P0-P1 key): "
-        "P2 knows the triples inside raw shares and would learn more than x",
-        "the other half, so it reconstructs x = x0 + x1 (and nothing else)", "output"),
-    "add2.triple": TagInfo(
-        "Beaver triple (dealt by P2)",
-        "P2 draws a0, b0, c0 from the P0-P2 key and a1, b1 from the P1-P2 key, and sends "
-        "c1 = op(a0 + a1, b0 + b1) - c0 to P1 (P0 derives its parts itself)",
-        "c1, masked by c0 from the P0-P2 key P1 does not hold", "dealer"),
-    "add2.mul": TagInfo(
-        "Beaver product: open e = x - a, f = y - b",
-        "P_i sends e_i = x_i - a_i and f_i = y_i - b_i; then z_i = c_i + e*b_i + a_i*f "
-        "(+ e*f at P0), no more communication",
-        "e_j, f_j, masked by the dealer's a_j, b_j (from a key the receiver lacks)"),
-    "add2.matmul": TagInfo(
-        "matrix triple: open E = X - A, F = Y - B",
-        "P_i sends E_i = X_i - A_i and F_i = Y_i - B_i; then Z_i = C_i + E@B_i + A_i@F "
-        "(+ E@F at P0): the cost is the INPUT sizes",
-        "E_j, F_j, masked by dealer matrices A_j, B_j (from a key the receiver lacks)"),
-    "add2.*.deal": TagInfo(
-        "truncation mask (dealt by P2)",
-        "P2 derives r = F(k_2) + F(k_1) and deals [r >> f], [msb(r)]: P0's parts from the "
-        "P0-P2 key, P1's parts sent",
-        "s - s0 and m - m0, masked by s0, m0 from the P0-P2 key P1 does not hold",
-        "dealer"),
-    "add2.*.open": TagInfo(
-        "masked opening c = x + 2^62 + r",
-        "P0 sends x_0 + 2^62 + r_a, P1 sends x_1 + r_b; both add c and compute their "
-        "additive share of x >> f locally (1 round in add2)",
-        "a value masked by the sender's half of r, which the receiver does not hold"),
-    "add2.persist.open": TagInfo(
-        "persistent operand (weight, KV-cache prefix): open W - B once",
-        "each data party sends W_i - B_i for a dealer mask B used with this weight only",
-        "W_j - B_j, masked by B_j (from a key the receiver lacks)"),
-    "add2.ptriple": TagInfo(
-        "per-product triple for a persistent weight (dealt by P2)",
-        "P2 sends C1 = A@B - C0 to P1 for a fresh left mask A",
-        "C1, masked by C0 from the P0-P2 key", "dealer"),
-    "add2.pmatmul": TagInfo(
-        "persistent-operand matmul: open E = X - A only",
-        "P_i sends E_i = X_i - A_i (plus W_i - b_i for elements not persisted, e.g. KV rows "
-        "appended after prefill); Z_i = C_i + E@B_i + A_i@F (+ E@F at P0)",
-        "E_j, masked by the fresh dealer mask A_j (and W_j - b_j by a fresh b_j)"),
-    # -- boolean sharing (protocols/boolean.py) ---------------------------------------------
-    "rep3.bshare": TagInfo(
-        "boolean (XOR) input sharing",
-        "owner o draws b_o from its key with P_{o-1} and sends b_{o+1} = b ^ b_o to P_{o+1}",
-        "b ^ b_o, where b_o comes from a key the receiver does not hold"),
-    "rep3.bshare.shape": TagInfo("boolean input shape", "owner o tells P_{o+2} the shape",
-                                 "the shape of the input", "shape"),
-    "add2.bshare.shape": TagInfo("boolean input sharing (only the shape moves)",
-                                 "owner keeps b ^ r, the other data party derives r from the "
-                                 "P0-P1 key", "the shape of the input", "shape"),
-    "rep3.and": TagInfo(
-        "AND of XOR-shared words (ABY3)",
-        "each P_i computes z_i = x_i&y_i ^ x_i&y_{i+1} ^ x_{i+1}&y_i ^ alpha_i (alpha: an "
-        "XOR zero-sharing from the keys) and sends z_i to P_{i-1}",
-        "z_{i+1}, masked by alpha_{i+1} (key k_{i+1}, not held by the receiver)"),
-    "add2.btriple": TagInfo(
-        "boolean Beaver triple (dealt by P2)",
-        "P2 sends c1 = (a0 ^ a1) & (b0 ^ b1) ^ c0 to P1 (everything else from the keys)",
-        "c1, masked by c0 from the P0-P2 key", "dealer"),
-    "add2.and": TagInfo(
-        "AND with a boolean Beaver triple: open e = x ^ a, f = y ^ b",
-        "P_i sends x_i ^ a_i and y_i ^ b_i; z = c ^ e&b ^ a&f (^ e&f at P0), locally",
-        "x_j ^ a_j, y_j ^ b_j, masked by dealer bits the receiver lacks"),
-    "*.breveal": TagInfo("reveal of XOR-shared words",
-                         "each party sends the XOR component the receiver is missing",
-                         "the missing component, so it reconstructs the word", "output"),
-    # -- the helper-party bit engine (boolean.Pair; add2: P0, P1 + dealer P2; rep3: P1, P2
-    #    + helper P0) and the comparison protocols (compare.py, conversions.py) ----------
-    "rep3.from_pair": TagInfo(
-        "back to replicated form (from the bit engine's 2-of-2 between P1 and P2)",
-        "x2 = F(k_1) and rho = F(k_1) (P1-P2 key); P1 sends x1 = yA - x2 + rho, P2 sends "
-        "x0 = yB - rho, both to P0",
-        "x0 and x1, whose sum x - x2 is masked by x2 from the P1-P2 key P0 does not hold"),
-    "rep3.bfrom_pair": TagInfo(
-        "back to replicated XOR form (from the bit engine's 2-of-2)",
-        "as from_pair with XOR: P1 sends y_A ^ x2 ^ rho, P2 sends y_B ^ rho to P0",
-        "words masked by x2, rho from the P1-P2 key P0 does not hold"),
-    "*.gen": TagInfo(
-        "carry chain, generate bits g = u_A & u_B (private AND)",
-        "the comparison works on the bits of a 2-of-2 sharing d = u_A + u_B (the difference "
-        "a - b): the carry of u_A + u_B starts with g_j = u_A[j] & u_B[j]; each data party "
-        "opens its OWN bits masked by dealer bits (bits travel packed, 8 per byte)",
-        "u_j ^ a_j: the other party's bits masked by dealer bits it does not know"),
-    "pair.open": TagInfo(
-        "masked opening in the bit engine (x ^ a, x - alpha)",
-        "the two data parties open their bits / ring values masked by dealer randomness",
-        "masked values: the masks are the dealer's and unknown to the receiver"),
-    "*.open": TagInfo(
-        "masked opening (comparison digits: c = d + rho)",
-        "the data parties open the difference d masked by a dealer mask rho (c = d + rho "
-        "mod 2^nbits, each half of rho from a key with the dealer), then read their XOR "
-        "shares of the dealt table row of rho's digits at the public digits of c: "
-        "([c_j < rho_j], [c_j == rho_j]) per w-bit digit; a carry tree combines them",
-        "c = d + rho: uniform, because rho is uniform and each party knows only one half"),
-    "*.lut": TagInfo(
-        "carry chain leaves: one-time truth tables on w-bit digits",
-        "per w-bit digit, (generate, propagate) of u_A + u_B is read from a truth table the "
-        "dealer permuted by random (r, s) and XOR-shared; A opens x ^ r, B opens y ^ s "
-        "(w bits each), then each reads its share of the table entry",
-        "x ^ r (or y ^ s): the other party's digit masked by dealer bits it does not know"),
-    "*.tree": TagInfo(
-        "carry chain, one level of the parallel-prefix (Kogge-Stone) tree",
-        "(G, P) of neighbouring blocks are combined: G = G_hi ^ P_hi & G_lo, P = P_hi & "
-        "P_lo, AND gates with dealer bit triples, the shared left operand opened once "
-        "(x ^ a, y ^ b); one level per round, ceil(log2(leaves)) levels",
-        "x ^ a and y ^ b for dealer bits a, b the receiver does not know"),
-    "*.b2a": TagInfo(
-        "bit to ring (B2A): open e = c ^ r",
-        "the dealer deals a random bit r as XOR bits and as ring shares; the data parties "
-        "open e = c ^ r (1 bit each) and set c = e + (1 - 2e) [r] locally",
-        "e = c ^ r, a uniform bit (r is the dealer's)"),
-    "approx.topbit": TagInfo(
-        "top-bit normalisation: thermometer bits [x < 2^i] to ring, last carry level fused",
-        "x was compared with every power of two of the window in one batch; the last carry "
-        "level and the bit-to-ring conversion share one dealt 8-entry table, opened as "
-        "three masked bits; the one-hot of the leading one is t_(i+1) - t_i (local)",
-        "three uniform bits per comparison (the dealer's table masks them)"),
-    "*.mux": TagInfo(
-        "bit injection: c * x for a secret bit c and a ring value x, in one round",
-        "open e = c ^ r and f = x - alpha together (r, alpha, [r alpha] dealt); then "
-        "c x = e x + (1 - 2e)(f [r] + [r alpha]) locally",
-        "e = c ^ r (uniform bit) and f = x - alpha (uniform ring element)"),
-    "approx.max": TagInfo(
-        "max tree: keep the larger of each pair (bit injection w = a + [a < b](b - a))",
-        "open e = c ^ r and f = (b - a) - alpha for dealt r, alpha; the winner is local",
-        "a uniform bit and a uniform ring element"),
-    # -- one-hot, top-k, gather (protocols/select.py) -----------------------------------
-    "rep3.onehot.in": TagInfo(
-        "random one-hot preprocessing: P0 shares onehot(r_a)",
-        "P0 (random r_a) sends onehot(r_a) - x0 to P1, x0 from the P0-P2 key",
-        "a one-hot masked by x0 from a key P1 does not hold", "dealer"),
-    "rep3.onehot.r": TagInfo(
-        "random one-hot preprocessing: P0's rotation r_a, masked",
-        "P0 sends r_a - t to P2, t from the P0-P1 key",
-        "r_a - t, masked by t from a key P2 does not hold", "dealer"),
-    "rep3.onehot.back": TagInfo(
-        "random one-hot preprocessing: P1, P2 rotate by r_b and re-share to P0",
-        "P1 and P2 rotate their 2-of-2 one-hot by their common r_b and send the "
-        "re-sharing to P0 (as from_pair): nobody knows r = r_a + r_b",
-        "values masked by the P1-P2 key P0 does not hold", "dealer"),
-    "add2.onehot": TagInfo(
-        "random one-hot preprocessing (dealt by P2)",
-        "P2 sends P1 its shares of onehot(r) and of r (P0's from the P0-P2 key)",
-        "shares masked by values from the P0-P2 key", "dealer"),
-    "onehot.open": TagInfo(
-        "one-hot of a secret index: open e = idx - r mod N",
-        "the data parties open e = idx - r (r: the random one-hot's index, unknown to "
-        "everyone) and rotate their shares of onehot(r) by e: onehot(idx), no comparison; "
-        "rep3's helper P0 also needs e: A sends its half + z, B its half - z (z from the "
-        "A-B key), so P0 cannot unmask B's half with the r-share it dealt",
-        "e = idx - r mod N, uniform because r is uniform and unknown to each party"),
-    "topk.shuffle*.ad": TagInfo(
-        "secret shuffle: dealer's permuted masks (to B)",
-        "the dealer knows two of the three permutation parts and sends B the masks "
-        "permuted by its part",
-        "masks permuted by a permutation B does not know", "dealer"),
-    "topk.shuffle*.bd": TagInfo(
-        "secret shuffle: dealer's permuted masks (to A)",
-        "as .ad, towards A", "masks permuted by a permutation A does not know", "dealer"),
-    "topk.shuffle*.b2a": TagInfo(
-        "secret shuffle: B hands its masked, permuted share to A",
-        "B sends X - m_B (m_B a mask from its key with the dealer)",
-        "X - m_B, masked by m_B which A does not hold"),
-    "topk.shuffle*.a2b": TagInfo(
-        "secret shuffle: A hands its masked, permuted share to B",
-        "A sends X - m_A", "X - m_A, masked by m_A which B does not hold"),
-    "topk.*.reveal": TagInfo(
-        "revealed comparisons of SHUFFLED keys (multi-pivot selection / final sort)",
-        "after a secret uniform shuffle, the candidates are compared with the pivots and the "
-        "outcome bits are opened to all parties so they can follow the same control flow; "
-        "A and B send their bit shares XOR the same bits from the A-B key, so the dealer "
-        "gets the outcome and not a raw share (whose dealt randomness it knows)",
-        "the outcomes only relate positions of a secret random permutation (keys are made "
-        "distinct), so they are simulatable without the data", "pattern"),
-    # -- generic: dealer messages of the bit engine (any gate tag + ".deal") ------------------
-    "*.deal": TagInfo(
-        "correlated randomness for the gates (dealt)",
-        "the dealer D (add2: P2; rep3's bit engine: P0) derives everything A needs from the "
-        "A-D key and everything B needs from the B-D key, except the one correlated value "
-        "per gate, which it sends to B (offline: data-independent)",
-        "the correlated part, masked by values from the A-D key B does not hold", "dealer"),
-}
+#: The modules that send message tags, each narrating its own in a module-level ``TAGS``
+#: table (tag or ``*`` pattern -> ``dict(title, local, learns, kind="random")``).
+TAG_MODULES = (runtime, checked, base, rep3, add2, pair, compare_core, reciprocal, select)
+
+
+def collect_tags(modules=TAG_MODULES) -> dict[str, TagInfo]:
+    """One table from the modules' ``TAGS``; a tag narrated by two modules is an error."""
+    out: dict[str, TagInfo] = {}
+    for mod in modules:
+        for tag, entry in mod.TAGS.items():
+            if tag in out:
+                raise ValueError(f"message tag {tag!r} narrated twice ({mod.__name__})")
+            info = TagInfo(**entry)
+            if info.kind not in LEARNS:
+                raise ValueError(f"{mod.__name__}: tag {tag!r} has unknown kind {info.kind!r}")
+            out[tag] = info
+    return out
+
+
+TAGS: dict[str, TagInfo] = collect_tags()
 
 UNKNOWN = TagInfo("(not in the tag table)", "see the protocol module's docstring",
-                  "not documented in mpcache/apps/explain.py's TAGS table: check the protocol's "
-                  "docs and run the view audit (mpcache.testing)", "?")
+                  "not narrated in any module's TAGS table (explain.TAG_MODULES): check the "
+                  "protocol's docs and run the view audit (mpcache.testing)", "?")
 
 
 def lookup(tag: str) -> TagInfo:
