@@ -253,8 +253,8 @@ def test_imports_are_found_at_both_levels():
 
 
 def test_the_shims_stand_for_their_targets():
-    assert _through_shims("mpcache.protocols.select") == {"mpcache.functions.select",
-                                                          "mpcache.kernels"}
+    assert _through_shims("mpcache.protocols.select") == {
+        "mpcache.functions.select", "mpcache.functions.topk", "mpcache.kernels"}
     assert _through_shims("mpcache.protocols.rep3") == {"mpcache.mpc.rep3"}
     assert _through_shims("mpcache.net.launcher") == {"mpcache.apps.launcher"}
     assert _through_shims("mpcache.bench.decode") == {"mpcache.apps.bench.decode"}
@@ -289,17 +289,19 @@ def test_every_method_comes_from_the_one_table():
 
 def test_old_paths_reexport_and_forward_patches():
     import mpcache.functions.select as new
+    import mpcache.functions.topk as new_topk
     import mpcache.mpc.truncation as tr_new
     import mpcache.protocols.compare as old_cmp
     import mpcache.protocols.select as old
     import mpcache.protocols.truncation as tr_old
     from mpcache.functions import compare
-    assert old.top_k is new.top_k and old._reveal_lt is new._reveal_lt
+    assert old.top_k is new_topk.top_k and old._reveal_lt is new_topk._reveal_lt
+    assert old.one_hot is new.one_hot
     assert (old.max, old.min, old_cmp.abs, old_cmp.select) == (
         new.amax, new.amin, compare.absolute, compare.where)
     with pytest.MonkeyPatch.context() as mp:          # a patch through the old path ...
         mp.setattr(old, "ALL_PAIRS_PER_LEVEL", 7)
         mp.setattr(tr_old, "p0_mask", len)
-        assert new.ALL_PAIRS_PER_LEVEL == 7 and tr_new.p0_mask is len   # ... reaches the code
-    assert new.ALL_PAIRS_PER_LEVEL == old.ALL_PAIRS_PER_LEVEL != 7          # and is undone
+        assert new_topk.ALL_PAIRS_PER_LEVEL == 7 and tr_new.p0_mask is len  # reaches the code
+    assert new_topk.ALL_PAIRS_PER_LEVEL == old.ALL_PAIRS_PER_LEVEL != 7     # and is undone
     assert tr_new.p0_mask is tr_old.p0_mask is not len

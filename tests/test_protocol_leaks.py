@@ -18,6 +18,7 @@ import pytest
 import mpcache
 from mpcache.mpc import add2 as add2_mod
 from mpcache.functions import select as sel
+from mpcache.functions import topk
 from mpcache.mpc.pair import Pair, pair_of
 from mpcache.testing import ViewLeak, assert_view_indistinguishable
 
@@ -46,7 +47,7 @@ def _p0_follows_p1(monkeypatch, recovered):
     revealed sort's reordering) runs on P1's share at P0 too.  At the one-hot opening P0
     adds P2's half plus the preprocessing value it dealt P2 ("rep3.onehot.r") to P1's
     share: the selected index."""
-    real_shuffle, real_open = sel.shuffle, sel._open_mod
+    real_shuffle, real_open = topk.shuffle, sel._open_mod
     dealt = {}
 
     def shuffle(pair, X, tag="shuffle"):
@@ -69,7 +70,7 @@ def _p0_follows_p1(monkeypatch, recovered):
         else:
             dealt[f"from P{peer} {msg.tag}"] = np.asarray(msg.payload).astype(RING)
 
-    monkeypatch.setattr(sel, "shuffle", shuffle)
+    monkeypatch.setattr(topk, "shuffle", shuffle)
     monkeypatch.setattr(sel, "_open_mod", open_mod)
     return watch
 
@@ -172,7 +173,7 @@ def test_dealer_cannot_solve_a_revealed_product(monkeypatch, old):
 # -- 3. revealed comparison bits: the dealer tells apart differences of one sign -----------------
 def _reveal_signs(p, x):
     pair = pair_of(p)
-    sel._reveal_lt(pair, p.protocol.to_pair(x.data).reshape(-1))
+    topk._reveal_lt(pair, p.protocol.to_pair(x.data).reshape(-1))
 
 
 @pytest.mark.parametrize("protocol,dealer", [("add2", 2), ("rep3", 0)])

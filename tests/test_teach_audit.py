@@ -215,7 +215,7 @@ def _topk_rows(ordered):
 
 def _reveal_signs(p, x):
     from mpcache.mpc.pair import pair_of
-    from mpcache.functions.select import _reveal_lt
+    from mpcache.functions.topk import _reveal_lt
     _reveal_lt(pair_of(p), p.protocol.to_pair(x.data).reshape(-1))
 
 

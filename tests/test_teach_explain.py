@@ -41,12 +41,12 @@ def test_the_tag_table_is_collected_from_the_sending_modules():
     or with an unknown ``kind`` is refused."""
     from types import SimpleNamespace
 
-    from mpcache.functions import select
+    from mpcache.functions import topk
     from mpcache.mpc import add2, rep3
     assert set(E.TAGS) == {t for m in E.TAG_MODULES for t in m.TAGS}
     assert E.lookup("rep3.mul").title == rep3.TAGS["rep3.mul"]["title"]
     assert E.lookup("add2.mul_trunc.deal").kind == add2.TAGS["add2.*.deal"]["kind"] == "dealer"
-    assert E.lookup("topk.sel.reveal").kind == select.TAGS["topk.*.reveal"]["kind"]
+    assert E.lookup("topk.sel.reveal").kind == topk.TAGS["topk.*.reveal"]["kind"]
     assert all(t.startswith("rep3.") for t in rep3.TAGS)
     assert all(t.startswith("add2.") for t in add2.TAGS)
     entry = dict(title="t", local="l", learns="x")

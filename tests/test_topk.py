@@ -11,6 +11,7 @@ import mpcache
 from mpcache.nn import functional as F
 from mpcache.testing import run_op
 from mpcache.functions import select as S
+from mpcache.functions import topk as T
 from mpcache.mpc import compare_core as V
 from mpcache.mpc.costs import cmp_levels, max_tree_cost
 
@@ -94,18 +95,18 @@ def test_top_k_all_pairs_batch_one_level(protocol, monkeypatch):
     import threading
     x = np.random.default_rng(7).normal(size=(3, 30))
     levels = []
-    real = S._reveal_lt
+    real = T._reveal_lt
 
     def counted(pair, d, *a, **kw):
         if threading.current_thread().name == "mpcache-P0":
             levels.append(d.size)
         return real(pair, d, *a, **kw)
-    monkeypatch.setattr(S, "_reveal_lt", counted)
+    monkeypatch.setattr(T, "_reveal_lt", counted)
     (got,) = run(protocol, lambda p, a: a.top_k(4, ordered=False), x, seed=3)
     assert levels == [3 * 30 * 29 // 2]
     assert np.array_equal(np.sort(got.argmax(-1), -1), F.top_k_indices(x, 4))
     one = cost(protocol, lambda p, a: a.top_k(4, ordered=False), x, seed=3)
-    monkeypatch.setattr(S, "ALL_PAIRS_PER_LEVEL", 0)
+    monkeypatch.setattr(T, "ALL_PAIRS_PER_LEVEL", 0)
     levels.clear()
     piv = cost(protocol, lambda p, a: a.top_k(4, ordered=False), x, seed=3)
     assert len(levels) >= 2

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import checked, runtime
-from ..functions import reciprocal, select
+from ..functions import reciprocal, select, topk
 from ..mpc import add2, base, compare_core, pair, rep3
 
 # -- the tag table --------------------------------------------------------------------------
@@ -53,7 +53,8 @@ class TagInfo:
 
 #: The modules that send message tags, each narrating its own in a module-level ``TAGS``
 #: table (tag or ``*`` pattern -> ``dict(title, local, learns, kind="random")``).
-TAG_MODULES = (runtime, checked, base, rep3, add2, pair, compare_core, reciprocal, select)
+TAG_MODULES = (runtime, checked, base, rep3, add2, pair, compare_core, reciprocal, select,
+               topk)
 
 
 def collect_tags(modules=TAG_MODULES) -> dict[str, TagInfo]:

@@ -5,7 +5,8 @@ They reach the protocol only through ``x.party.protocol`` and the share-level en
 rep3 and add2.
 
 * :mod:`.compare` -- msb, lt/le/gt/ge, eq/ne, where, relu, absolute, clip, maximum/minimum
-* :mod:`.select` -- amax/amin/argmax trees, top-k, one_hot, gather
+* :mod:`.select` -- amax/amin/argmax trees, one_hot, gather
+* :mod:`.topk` -- top-k (secret shuffle + revealed comparisons)
 * :mod:`.convert` -- a2b, b2a (whole 64-bit words <-> bits)
 * :mod:`.poly` -- the low-depth polynomial engine (levels of dots, fits, bit injection)
 * :mod:`.approx` -- exp, softmax; :mod:`.reciprocal` -- reciprocal, rsqrt;
@@ -18,7 +19,7 @@ mpcache/tensor.py itself never imports this layer.
 from __future__ import annotations
 
 from ..tensor import SecretTensor
-from . import activations, approx, compare, reciprocal, select
+from . import activations, approx, compare, reciprocal, select, topk
 from .compare import maximum, minimum, where
 from .select import gather, one_hot
 
@@ -43,7 +44,7 @@ METHODS = {
     "min": select.amin,
     "argmax": select.argmax,
     "argmin": select.argmin,
-    "top_k": select.top_k,
+    "top_k": topk.top_k,
     "one_hot": select.one_hot,
     "gather": select.gather,
     # non-linear approximations (approx.py, reciprocal.py, activations.py)
