@@ -164,7 +164,7 @@ def top_k_indices(x, k: int, axis: int = -1) -> np.ndarray:
     return np.moveaxis(np.sort(order, axis=-1), -1, axis)
 
 
-def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True):
+def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True, budget: float = 1.0):
     """One-hot selection matrix of the ``k`` largest entries along ``axis``.
 
     ``x`` [..., n] (``axis`` moved last) -> ``[..., k, n]``: row j is the one-hot of the j-th
@@ -178,7 +178,10 @@ def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True):
     ``ordered=False``: the same set of rows in any order (under MPC a secret one, and a
     cheaper top-k: no sort); for callers that use the rows as a set -- a gather and a
     scatter through the same one-hot, sums over the rows (a decoding step's attention).
-    Plaintext keeps ascending order, one of the allowed orders."""
+    Plaintext keeps ascending order, one of the allowed orders.
+
+    ``budget`` (MPC only): the secret top-k's comparisons per selection level in units of
+    n -- more comparisons, fewer levels (rounds); the choice is the same."""
     if is_plain(x):
         z = np.moveaxis(np.asarray(x), axis, -1)
         idx = top_k_indices(z, k, axis=-1)
@@ -186,7 +189,7 @@ def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True):
                        dtype=z.dtype if z.dtype.kind == "f" else np.float64)
         np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
         return out
-    return x.top_k(k, axis=axis, ordered=ordered)
+    return x.top_k(k, axis=axis, ordered=ordered, budget=budget)
 
 
 def max(x, axis: int = -1, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name
