@@ -19,7 +19,8 @@ import pytest
 from mpcache import cli_net
 from mpcache.net import config as config_mod
 from mpcache.net.config import ConfigError, parse_config, render_config
-from mpcache.net.grpc_transport import SERVICE, GrpcTransport, _Inbox
+from mpcache.net.grpc_transport import SERVICE, GrpcTransport
+from mpcache.net.inbox import Inbox
 from mpcache.net.local import LocalNetwork
 from mpcache.net.pipe import ProcessLink
 from mpcache.net.proto import mpcache_pb2 as pb
@@ -268,7 +269,7 @@ def test_exchange_checks_the_dtype_it_sent():
 
 # -- bounded inbox -------------------------------------------------------------------------------
 def test_inbox_bounds_messages_and_bytes():
-    box = _Inbox(max_messages=2, max_bytes=100)
+    box = Inbox(max_messages=2, max_bytes=100)
     assert box.put("a", 10) and box.put("b", 10)
     done = threading.Event()
 

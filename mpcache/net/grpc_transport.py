@@ -28,10 +28,11 @@ Failure semantics (never hang): every receive has a deadline (:class:`PeerTimeou
 peer that disconnects without saying BYE, or says ABORT, makes every later send/receive
 raise :class:`PeerAborted` naming it; malformed or wrong-session frames raise
 :class:`ProtocolMismatch`; oversize frames :class:`TransportError`.
+
+The bounded per-peer inbox is :class:`mpcache.net.inbox.Inbox`.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import os
@@ -43,6 +44,7 @@ import grpc
 import numpy as np
 
 from .config import NetConfig
+from .inbox import WAKE, Closed, Inbox
 from .proto import mpcache_pb2 as pb
 from .shaping import LinkShaper
 from .tls import TlsFiles, auth_context_parties, party_name
@@ -69,56 +71,6 @@ def mpcache_version() -> str:
             return version("mpcache")
         except Exception:  # noqa: BLE001
             return "0.1.0"
-
-
-class _Closed:
-    """Inbox sentinel: the sender said BYE (it finished)."""
-
-
-_WAKE = object()   # inbox sentinel: a fatal error was recorded, re-check it
-
-
-class _Inbox:
-    """The messages received from one peer and not yet taken by ``recv``, bounded in
-    count and payload bytes (see the module docstring).  ``put`` blocks while full;
-    control items (BYE, wake-ups) are never held back."""
-
-    def __init__(self, max_messages: int, max_bytes: int):
-        self.max_messages, self.max_bytes = max_messages, max_bytes
-        self._items: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self.nbytes = 0
-
-    def put(self, item, nbytes: int = 0, alive=None) -> bool:
-        """Queue ``item``, waiting for room; False (item dropped) once ``alive()`` says
-        the transport is no longer running."""
-        with self._cv:
-            while self._items and (len(self._items) >= self.max_messages or
-                                   self.nbytes + nbytes > self.max_bytes):
-                if alive is not None and not alive():
-                    return False
-                self._cv.wait(0.05)
-            self._items.append((item, nbytes))
-            self.nbytes += nbytes
-            self._cv.notify_all()
-        return True
-
-    def put_control(self, item) -> None:
-        with self._cv:
-            self._items.append((item, 0))
-            self._cv.notify_all()
-
-    def get(self, timeout: float | None = None):
-        with self._cv:
-            if not self._cv.wait_for(lambda: self._items, timeout):
-                raise queue.Empty
-            item, nbytes = self._items.popleft()
-            self.nbytes -= nbytes
-            self._cv.notify_all()
-            return item
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class GrpcTransport(Transport):
@@ -148,7 +100,7 @@ class GrpcTransport(Transport):
             except ValueError as e:   # peers will refuse it with a clear message
                 log.warning("%s", e)
         self.wait_s = 0.0                         # time blocked in receive
-        self._inbox = {j: _Inbox(self.INBOX_MESSAGES, self.INBOX_BYTES) for j in self.peers}
+        self._inbox = {j: Inbox(self.INBOX_MESSAGES, self.INBOX_BYTES) for j in self.peers}
         self._link_in = {j: False for j in self.peers}   # a Link stream from j is open
         self._outbox = {j: queue.Queue(maxsize=_SEND_QUEUE_FRAMES) for j in self.peers}
         self._shapers = {j: LinkShaper(config.shaping) for j in self.peers} \
@@ -179,7 +131,7 @@ class GrpcTransport(Transport):
             self._fatal, self._cause = exc, cause or str(exc)
         log.debug("fatal: %s", exc)
         for q in self._inbox.values():
-            q.put_control(_WAKE)
+            q.put_control(WAKE)
 
     def _raise_fatal(self, where: str = "") -> None:
         f = self._fatal
@@ -264,7 +216,7 @@ class GrpcTransport(Transport):
                 fr, payload = item
                 if fr.kind == pb.BYE:
                     self._bye_from[j] = ended = True
-                    self._inbox[j].put_control(_Closed())
+                    self._inbox[j].put_control(Closed())
                     continue
                 if fr.kind == pb.ABORT:
                     ended = True
@@ -535,7 +487,7 @@ class GrpcTransport(Transport):
                     continue
                 if isinstance(item, Message):
                     return item
-                if isinstance(item, _Closed):
+                if isinstance(item, Closed):
                     q.put_control(item)
                     raise PeerAborted(f"party {self.party_id}: party {frm} has closed the "
                                       f"session but step {tag!r} expects a message from it "
