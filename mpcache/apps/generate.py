@@ -146,9 +146,11 @@ def prescales_for(lm) -> dict:
 def generation_job(party, config, weights, prescales, request: GenerationRequest | None,
                    client: int = 0, owner: int = 1, echo=None, progress=None,
                    eviction: Eviction | None = None, fixed_length: bool = False,
-                   plain=None) -> dict:
+                   plain=None, dec=None) -> dict:
     """The SPMD job: share weights (owner) and prompt (client), prefill, decode.
 
+    ``dec``: a decoder whose weights are already shared (:mod:`mpcache.apps.serve`: shared
+    once, many prompts); ``weights`` and ``prescales`` are then not used.
     ``weights`` and ``request`` are read only at the owner and the client respectively;
     ``plain`` (the plaintext decoder, for ``eviction.prefill == "client"``) only at the
     client.  Returns at every party ``{"ids": generated ids at the client (None elsewhere),
@@ -158,8 +160,9 @@ def generation_job(party, config, weights, prescales, request: GenerationRequest
     local = None
     if ev.prefill == "client" and party.id == client:     # before the shares exist: its
         local = _plain_prefill(request, ev, plain)         # temporaries and theirs never
-    dec = share_decoder(party, config, weights if party.id == owner else None, owner,  # meet
-                        prescales)
+    if dec is None:                                        # meet
+        dec = share_decoder(party, config, weights if party.id == owner else None, owner,
+                            prescales)
     n_new = announce(party, request.max_new_tokens if party.id == client else 0, client)
     stop = request.stop_ids if party.id == client else ()
     meter = _StepMeter(party, dec, ev.compare_full and ev.name != "full")
@@ -425,39 +428,6 @@ def print_summary(s: dict, out=sys.stdout) -> None:
               f"{v['rounds']:7.1f}", file=out)
 
 
-def run_local(lm, request: GenerationRequest, protocol: str, echo_stream=sys.stdout,
-              progress_stream=sys.stderr, timeout: float = 600.0,
-              eviction: Eviction | None = None, fixed_length: bool = False):
-    """Generate with three in-process parties; prints tokens as they come.  Returns
-    ``(ids, summary)``; the summary holds the per-step costs under ``"steps"``."""
-    from ..runtime import Session
-    prescales = prescales_for(lm)
-    shown = []
-
-    def echo(step, tid):
-        shown.append(tid)
-        text = lm.decode(shown)
-        prev = lm.decode(shown[:-1])
-        echo_stream.write(text[len(prev):])
-        echo_stream.flush()
-
-    t0 = time.perf_counter()
-
-    def progress(i, n):
-        progress_stream.write(f"\r[prefill] layer {i + 1}/{n}  {time.perf_counter() - t0:6.1f} s")
-        if i + 1 == n:
-            progress_stream.write("\n")
-        progress_stream.flush()
-
-    res = Session(protocol, timeout=timeout).run(
-        generation_job, lm.config, lm.model.weights, prescales, request, echo=echo,
-        progress=progress, eviction=eviction, fixed_length=fixed_length, plain=lm.model)
-    ids = res.output["ids"]
-    summary = summarize(res, len(ids))
-    summary["steps"] = step_costs([o["steps"] for o in res.outputs], timed=res.timed)
-    return ids, summary
-
-
 def write_needle_files(folder=".", context: int = 2048, index: int = 0) -> dict:
     """A demo input for eviction in the main job: a needle-in-a-haystack sample
     (``niah_single_number`` of :mod:`mpcache.eval.tasks`: Paul Graham essays, one hidden
@@ -500,60 +470,16 @@ def load_model(name: str = "smollm2"):
     return tiny
 
 
-def generate_job(party, prompt_file: str = "", max_new_tokens: int = 8,
-                 context_file: str = "", raw: int = 0, policy: str = "full",
-                 budget: float = 0.0, prefill: str = "private", compare_full: int = 1,
-                 fixed_length: int = 0, model: str = "smollm2", client: int = 0,
-                 owner: int = 1) -> dict:
-    """`mpcache launch -- generate --prompt-file F ...`: every process loads the packaged
-    model file, but only the owner's weights and only the client's prompt enter the MPC.
-    The prompt and context files are read at the client only (their paths are not secret;
-    their contents never leave it except secret-shared).  Returns the client's token ids
-    and text, this party's stats, per-step counters and its peak RSS."""
-    import resource
-    lm = load_model(model)
-    ev = Eviction(policy, budget or None, prefill, bool(compare_full))
-    req = None
-    if party.id == client:
-        ev.check()
-        if not prompt_file:
-            raise PromptError("the generate job reads the prompt from --prompt-file")
-        prompt = read_context_file(prompt_file)
-        ctx = read_context_file(context_file) if context_file else None
-        req = build_request(lm, prompt, max_new_tokens, ctx, chat=not raw)
-    prescales = prescales_for(lm)
-    weights = lm.model.weights if party.id == owner else None
-    plain = lm.model if party.id == client and ev.prefill == "client" else None
-    if weights is None and plain is None:          # this process needs no plaintext model:
-        import copy                                # free it (a party process runs one
-        import gc                                  # job; other holders keep theirs)
-
-        from ..nn.smollm2 import load_smollm2
-        load_smollm2.cache_clear()
-        lm = copy.copy(lm)
-        lm.model = None
-        gc.collect()
-    got = generation_job(party, lm.config, weights, prescales, req, client, owner,
-                         eviction=ev, fixed_length=bool(fixed_length), plain=plain)
-    ids = got["ids"]
-    out = {"result": None if ids is None else np.asarray(ids, dtype=np.int64),
-           "steps": got["steps"], "stats": party.stats(),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if ids is not None:
-        out["tokens"] = [int(t) for t in ids]
-        out["text"] = lm.decode(ids)
-    return out
+def generate_job(party, **kw) -> dict:
+    """`mpcache launch -- generate`: :func:`mpcache.apps.serve.generate_job`."""
+    from .serve import generate_job as job
+    return job(party, **kw)
 
 
 def report_lines(outputs: list) -> list:
-    """The launcher's summary of a generate job: the answer at the client, then the
-    per-step cost lines (from every party's output)."""
-    o = outputs[0] or {}
-    lines = [f"answer at the client P0: {o.get('text', '')!r} (token ids {o.get('tokens')})"]
-    if all(outputs) and all("steps" in x for x in outputs):
-        costs = step_costs([x["steps"] for x in outputs])
-        lines += step_lines(costs, len(o.get("tokens") or []))
-    return lines
+    """The launcher's summary of a generate job: :func:`mpcache.apps.serve.report_lines`."""
+    from .serve import report_lines as lines
+    return lines(outputs)
 
 
 def write_private_input(folder, name: str, text: str):

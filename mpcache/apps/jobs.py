@@ -168,28 +168,35 @@ JOBS = {
 
 
 def _generate(party, **kw):
-    from .generate import generate_job
+    from .serve import generate_job
     return generate_job(party, **kw)
 
 
 def _generate_report(outputs):
-    from .generate import report_lines
+    from .serve import report_lines
     return report_lines(outputs)
 
 
 JOBS["generate"] = JobSpec(
     "generate", _generate,
-    {"prompt_file": Param(str, "", "UTF-8 file with the prompt (read at the client only)"),
+    {"prompt_file": Param(str, "", "UTF-8 file with one prompt (read at the client only)"),
+     "prompts": Param(str, "", "UTF-8 file, one prompt per line: answered one after the "
+                               "other with the weights shared once (client only)"),
+     "interactive": Param(int, 0, "1: the client reads prompts from its stdin, one a line "
+                                  "(an empty line or end of input ends the session)"),
      "max_new_tokens": Param(int, 8, ""),
-     "context_file": Param(str, "", "UTF-8 text placed before the prompt (client only)"),
+     "context_file": Param(str, "", "UTF-8 text placed before each prompt (client only)"),
      "raw": Param(int, 0, "1: no chat template"),
      "policy": Param(str, "full", "eviction policy NAME[:knob=val,...]"),
      "budget": Param(float, 0.0, "kept / prompt tokens"),
-     "prefill": Param(str, "private", "private | client (docs/network.md)"),
+     "prefill": Param(str, "private", "private | client (the client then needs the model "
+                                      "file: docs/network.md)"),
      "compare_full": Param(int, 1, "1: measure each step on the full cache too"),
      "fixed_length": Param(int, 0, "1: always max-new-tokens steps (hides the length)"),
-     "model": Param(str, "smollm2", "smollm2 | tiny-random (plumbing checks)")},
-    None, "private generation on the packaged SmolLM2 (client P0, model owner P1)",
+     "model": Param(str, "smollm2", "smollm2 | tiny-random (plumbing checks)"),
+     "idle_timeout": Param(float, 3600.0, "seconds P1/P2 wait for the client's next prompt")},
+    None, "private generation on the packaged SmolLM2: the model owner P1 shares the "
+          "weights once, the client P0 gets every answer",
     file_inputs={"prompt": "prompt_file"}, report=_generate_report)
 
 

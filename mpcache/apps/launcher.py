@@ -11,6 +11,7 @@ the measured time, and the modelled ``compute + rounds x RTT + bytes / bandwidth
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -244,11 +245,15 @@ def _child_env(extra=None) -> dict:
 
 def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
            session: str | None = None, kill_grace_s: float = 2.0, deadline_s: float | None = None,
-           echo=True, env=None, cfg: NetConfig | None = None) -> LaunchResult:
+           echo=True, env=None, cfg: NetConfig | None = None, per_party_env=None,
+           client: int = 0) -> LaunchResult:
     """Start P0, P1, P2 as subprocesses and wait for them (see the module docstring).
 
     ``party_args`` go to every ``mpcache party`` command line, ``per_party_args[i]`` only
-    to party ``i`` (tests use it to inject a mismatched fixed point, another CA, ...).
+    to party ``i`` (tests use it to inject a mismatched fixed point, another CA, ...);
+    ``env`` is added to every party's environment, ``per_party_env[i]`` to party ``i``'s
+    (e.g. a model package hidden from all but the owner).  Party ``client`` inherits
+    this process's standard input (interactive prompts); the others get none.
     """
     from ..net.config import load_config
     cfg = cfg or load_config(config_path)
@@ -261,20 +266,53 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
     lock = threading.Lock()
     stream = sys.stdout if echo is True else echo
 
+    console = {"open": None}        # the party whose line is unfinished on the console
+
+    def show(i, text):
+        """Echo ``text`` (any part of a line) as party i's, ``[Pi] `` at each line start:
+        a client streaming its answer token by token appears as it is written."""
+        segs = text.split("\n")
+        for j, seg in enumerate(segs):
+            last = j == len(segs) - 1
+            if last and not seg:
+                break
+            if console["open"] != i:
+                if console["open"] is not None:
+                    stream.write("\n")            # another party's line was unfinished
+                stream.write(f"[P{i}] ")
+                console["open"] = i
+            stream.write(seg)
+            if not last:
+                stream.write("\n")
+                console["open"] = None
+        stream.flush()
+
     def pump(i, pipe):
-        for raw in pipe:
-            line = raw.rstrip("\n")
+        dec, part = codecs.getincrementaldecoder("utf-8")("replace"), ""
+        while True:
+            chunk = pipe.read(65536)       # unbuffered: returns what is there, b"" at EOF
+            text = dec.decode(chunk or b"", final=not chunk)
             with lock:
-                logs[i].append(line)
-                if stream:
-                    print(f"[P{i}] {line}", file=stream, flush=True)
+                part += text
+                *done, part = part.split("\n")
+                logs[i].extend(done)
+                if stream and text:
+                    show(i, text)
+                if not chunk:
+                    if part:
+                        logs[i].append(part)
+                    if stream and console["open"] == i:
+                        stream.write("\n")
+                        stream.flush()
+                        console["open"] = None
+                    return
 
     t0 = time.perf_counter()
     for i in range(3):
         # a seed never goes on a command line (any user of the host can read those):
         # the child reads it from a 0600 file named by SEED_FILE_ENV
         args, seed = split_seed([*party_args, *per_party_args.get(i, [])])
-        child_env = dict(env or {})
+        child_env = {**(env or {}), **(per_party_env or {}).get(i, {})}
         if seed is not None:
             child_env[SEED_FILE_ENV] = str(_write_private(Path(out_dir) / f"seed{i}", seed))
         cmd = [sys.executable, "-m", "mpcache.cli.net", "party", "--id", str(i), "--config",
@@ -282,8 +320,11 @@ def launch(config_path, job_argv=(), *, party_args=(), per_party_args=None,
                os.path.join(out_dir, f"p{i}.json"), *args]
         if job_argv:
             cmd += ["--", *job_argv]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=_child_env(child_env), bufsize=1)
+        # unbuffered bytes: the pump echoes partial lines (an answer streamed token by
+        # token); only the client reads this terminal's input (interactive prompts)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=None if i == client else subprocess.DEVNULL,
+                             env=_child_env(child_env), bufsize=0)
         procs.append(p)
         th = threading.Thread(target=pump, args=(i, p.stdout), daemon=True)
         th.start()

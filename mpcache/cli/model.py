@@ -12,6 +12,10 @@ def register(sub) -> None:
     src.add_argument("--prompt", help="the question (stays in this process: the parties get "
                      "it secret-shared, party processes through a 0600 file)")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file ('-': stdin)")
+    src.add_argument("--prompts", metavar="FILE", help="one prompt per line: the weights "
+                     "are shared once, then each prompt is answered in turn")
+    src.add_argument("--interactive", action="store_true", help="read prompts from stdin, "
+                     "one a line, until an empty line or end of input (weights shared once)")
     g.add_argument("--max-new-tokens", type=int, default=16)
     g.add_argument("--protocol", choices=["rep3", "add2"], default="rep3")
     g.add_argument("--transport", choices=["local", "grpc"], default="local")
@@ -102,51 +106,72 @@ def register(sub) -> None:
 
 
 def _generate(a) -> int:
-    from ..apps.generate import (Eviction, PromptError, build_request, load_model, print_summary,
-                           read_context_file, run_local, step_lines)
-    from ..nn.smollm2 import ModelNotInstalled
+    from ..apps.generate import Eviction, PromptError, build_request, read_context_file
+    from ..apps.serve import prompt_source
+    from ..nn.smollm2 import ModelNotInstalled, load_public
     ev = Eviction(a.policy, a.budget, a.prefill, a.compare_full)
     try:
         ev.check()
-        prompt = a.prompt
-        if a.prompt_file is not None:
-            prompt = sys.stdin.read() if a.prompt_file == "-" else read_context_file(a.prompt_file)
         context = read_context_file(a.context_file) if a.context_file else None
-        lm = load_model(a.model)
-        req = build_request(lm, prompt, a.max_new_tokens, context, chat=not a.raw)
+        if a.prompt is not None or a.prompt_file is not None:
+            prompts = [a.prompt if a.prompt is not None else sys.stdin.read()
+                       if a.prompt_file == "-" else read_context_file(a.prompt_file)]
+        else:
+            prompts = prompt_source(prompts_file=a.prompts or "", interactive=a.interactive)
+        if isinstance(prompts, list):       # check them all before any party starts
+            tok = load_public()             # the tokenizer, no tensor read
+            sizes = [build_request(tok, p, a.max_new_tokens, context,
+                                   chat=not a.raw).prompt_ids.size for p in prompts]
     except (PromptError, ModelNotInstalled) as e:
         print(f"mpcache generate: {e}", file=sys.stderr)
         return 2
-    print(f"[mpcache] {a.protocol}: prompt of {req.prompt_ids.size} tokens (secret, client P0), "
-          f"weights secret (model owner P1), policy {a.policy}"
+    what = (f"{len(prompts)} prompt(s) of {', '.join(map(str, sizes))} tokens"
+            if isinstance(prompts, list) else "prompts typed on stdin")
+    print(f"[mpcache] {a.protocol}: {what} (secret, client P0), weights secret (model owner "
+          f"P1, shared once), policy {a.policy}"
           + (f" at budget {a.budget}" if ev.name != "full" else "")
           + (", plaintext prefill at the client" if a.prefill == "client" else ""),
           file=sys.stderr)
-    if a.transport == "grpc":                 # the parties load their own copies: free
-        import gc                               # this one (about 1.5 GB) before they start
+    if a.transport == "grpc":
+        return _generate_grpc(a, prompts if isinstance(prompts, list) else None)
+    return _generate_local(a, prompts, context, ev)
 
-        from ..nn.smollm2 import load_smollm2
-        del lm, req
-        load_smollm2.cache_clear()
-        gc.collect()
-        return _generate_grpc(a, prompt, ev)
-    ids, summary = run_local(lm, req, a.protocol, eviction=ev, fixed_length=a.fixed_length)
-    text = lm.decode(ids)
-    print(f"\n[mpcache] answer at the client P0: {text!r}")
-    for line in step_lines(summary["steps"], len(ids)):
+
+def _generate_local(a, prompts, context, ev) -> int:
+    from ..apps.generate import print_summary, summarize
+    from ..apps.serve import cost_lines, peak_rss_mb, serve_job, setup_costs, answer_costs
+    from ..runtime import Session
+    res = Session(a.protocol, timeout=600.0).run(
+        serve_job, prompts, a.max_new_tokens, context, a.raw, a.model, ev, a.fixed_length)
+    outs = res.outputs
+    answers = answer_costs(outs, res.timed)
+    print()
+    for line in cost_lines(outs, res.timed):
         print(f"[mpcache] {line}")
-    print_summary(summary)
+    steps = []
+    if answers:
+        from ..apps.generate import step_costs, step_lines
+        steps = step_costs([o["answers"][0]["steps"] for o in outs], timed=res.timed)
+        for line in step_lines(steps, len(answers[0]["tokens"])):
+            print(f"[mpcache] {line}")
+        print_summary(summarize(res, sum(len(r["tokens"]) for r in answers)))
+    rss = peak_rss_mb()
+    print(f"[mpcache] peak RSS of this process (all three parties): {rss:.0f} MB")
     if a.json_path:
-        with open(a.json_path, "w") as fh:       # the answer, never the prompt
+        first = answers[0] if answers else {}
+        with open(a.json_path, "w") as fh:       # the answers, never the prompts
             json.dump({"protocol": a.protocol, "transport": "local", "policy": a.policy,
                        "budget": a.budget, "prefill": a.prefill,
-                       "fixed_length": a.fixed_length, "tokens": ids, "text": text,
-                       **summary}, fh, indent=1)
+                       "fixed_length": a.fixed_length, "tokens": first.get("tokens"),
+                       "text": first.get("text"), "steps": steps,
+                       "setup": setup_costs(outs), "answers": answers,
+                       "peak_rss_mb": rss}, fh, indent=1)
     return 0
 
 
-def _generate_grpc(a, prompt: str, ev) -> int:
+def _generate_grpc(a, prompts) -> int:
     from ..apps.generate import run_grpc
+    from ..apps.serve import answer_costs, setup_costs
     job = ["generate", "--max-new-tokens", str(a.max_new_tokens), "--policy", a.policy,
            "--budget", str(a.budget or 0.0), "--prefill", a.prefill,
            "--compare-full", str(int(a.compare_full)),
@@ -155,19 +180,29 @@ def _generate_grpc(a, prompt: str, ev) -> int:
         job += ["--context-file", os.path.abspath(a.context_file)]
     if a.raw:
         job += ["--raw", "1"]
+    prompt = None
+    if a.prompts:
+        job += ["--prompts", os.path.abspath(a.prompts)]
+    elif a.interactive:
+        job += ["--interactive", "1"]
+    else:
+        prompt = prompts[0]
     res = run_grpc(job, a.protocol, prompt=prompt)
-    out = res.outputs[0] or {}
-    print(f"\n[mpcache] gRPC + mutual TLS, 3 processes: {out.get('text', '')!r}; peak RSS "
-          f"per party: {[round((o or {}).get('peak_rss_mb', 0)) for o in res.outputs]} MB")
     for line in res.summary:
         print(f"[mpcache] {line}")
     if a.json_path:
+        ok = all(res.outputs)
+        answers = answer_costs(res.outputs) if ok else []
+        first = answers[0] if answers else {}
         with open(a.json_path, "w") as fh:
             json.dump({"protocol": a.protocol, "transport": "grpc", "policy": a.policy,
                        "budget": a.budget, "prefill": a.prefill,
-                       "fixed_length": a.fixed_length, "tokens": out.get("tokens"),
-                       "text": out.get("text"), "outputs": res.outputs,
-                       "summary": res.summary}, fh, indent=1, default=str)
+                       "fixed_length": a.fixed_length, "tokens": first.get("tokens"),
+                       "text": first.get("text"), "answers": answers,
+                       "setup": setup_costs(res.outputs) if ok else None,
+                       "peak_rss_mb": [(o or {}).get("peak_rss_mb") for o in res.outputs],
+                       "outputs": res.outputs, "summary": res.summary}, fh, indent=1,
+                      default=str)
     return res.returncode
 
 

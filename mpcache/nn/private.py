@@ -183,38 +183,103 @@ _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4          # Linux: private anonymous pages read back as zeros
 
 
+def folded_shapes(config: DecoderConfig) -> dict:
+    """The tensors the owner shares, in order, when it folds every norm's gain (and a
+    LayerNorm's bias) into the linear that reads the norm, in plaintext before sharing:
+    :func:`weight_shapes` without the norms' tensors, with an untied ``lm_head`` (the
+    final norm's gain folded into the head) first.  Public: it follows from the config."""
+    out = {"lm_head": (config.hidden_size, config.vocab_size)}
+    out.update((k, v) for k, v in weight_shapes(config).items()
+               if "_norm." not in k and k != "lm_head")
+    return out
+
+
+#: linear weight name suffix -> the norm that feeds it (layer-local), for the fold
+_FED_BY = {"attn.q": "attn_norm", "attn.k": "attn_norm", "attn.v": "attn_norm",
+           "mlp.gate": "mlp_norm", "mlp.up": "mlp_norm", "mlp.fc": "mlp_norm"}
+
+
+def _folded_tensor(w: dict, config: DecoderConfig, name: str) -> np.ndarray:
+    """The owner's plaintext tensor ``name`` of :func:`folded_shapes` (float64):
+    ``W' = diag(g) W`` for a linear fed by a norm with gain g, ``c' = b W + c`` for its
+    bias (LayerNorm bias b), the rest as they are."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)        # noqa: E731
+    if name == "lm_head":
+        head = w["embed"].T if config.tie_embeddings else w["lm_head"]
+        return f64(w["final_norm.weight"]).reshape(-1, 1) * f64(head)
+    parts = name.split(".")
+    if parts[0] == "layers" and ".".join(parts[2:4]) in _FED_BY:
+        norm = f"layers.{parts[1]}.{_FED_BY['.'.join(parts[2:4])]}"
+        lin = ".".join(parts[:4])
+        W = f64(w[lin + ".weight"])
+        if parts[4] == "weight":
+            return f64(w[norm + ".weight"]).reshape(-1, 1) * W
+        c = f64(w[lin + ".bias"])
+        return c + f64(w[norm + ".bias"]) @ W if norm + ".bias" in w else c
+    return f64(w[name])
+
+
+def _drop_done(weights: dict, name: str) -> None:
+    """Forget the owner's plaintext ``name`` once shared; a linear's weight goes with its
+    bias (a LayerNorm bias folds through the unfolded weight: ``b W + c``)."""
+    if name.endswith(".weight") and name[:-len("weight")] + "bias" in weights:
+        return
+    weights.pop(name, None)
+    if name.endswith(".bias"):
+        weights.pop(name[:-len("bias")] + "weight", None)
+
+
 def share_decoder(party, config: DecoderConfig, weights: dict | None = None, owner: int = 1,
-                  prescales: dict | None = None, consume: bool = False) -> Decoder:
+                  prescales: dict | None = None, consume: bool = False,
+                  fold_norms: bool = True) -> Decoder:
     """Secret-share the owner's weights into a Decoder running on secret tensors.
 
     Every party calls this with the public ``config``; only ``owner`` passes ``weights``.
-    The other parties build the same skeleton from ``weight_shapes(config)`` alone.
-    ``consume``: the owner pops each plaintext tensor from ``weights`` once shared (the
-    caller holds no other reference: the plaintext leaves memory tensor by tensor).
-    A tied LM head is the embedding's transposed view (the ring kernel reads it as dot
-    products over the embedding's rows, in memory order: no second copy).  Shares with a
-    public zero component give its pages back (:func:`release_zero_pages`)."""
-    shapes = weight_shapes(config)
+    The other parties build the same skeleton from the config alone.
+
+    ``fold_norms`` (default): the owner folds every norm's gain (and LayerNorm bias) into
+    the linear that reads it, in plaintext, and shares the folded tensors
+    (:func:`folded_shapes`): the same layout the Decoder would otherwise build under MPC
+    at set-up (``Decoder._fold_norm_gains``: a secret product over every folded weight),
+    here with no MPC work and no second copy; the norms then hold no gain.  The folded
+    LM head is its own ``[H, V]`` tensor.  ``fold_norms=False``: the raw tensors
+    (:func:`weight_shapes`); a tied LM head is then the embedding's transposed view.
+
+    ``consume``: the owner pops each plaintext tensor from ``weights`` once it is no
+    longer needed (the caller holds no other reference: the plaintext leaves memory as it
+    is shared).  Shares with a public zero component give its pages back
+    (:func:`release_zero_pages`)."""
+    fold = fold_norms and config.arch in ("llama", "gpt2")
+    shapes = folded_shapes(config) if fold else weight_shapes(config)
     sw = {}
     with party.scope("share_weights"):
         for name, shape in shapes.items():
             w = None
             if party.id == owner:
-                w = weights.pop(name) if consume else weights[name]
-                w = np.asarray(w, dtype=np.float64)
+                w = _folded_tensor(weights, config, name) if fold else \
+                    np.asarray(weights[name], dtype=np.float64)
+                if consume:
+                    _drop_done(weights, name)
                 if tuple(w.shape) != tuple(shape):
                     raise ValueError(f"weight {name} has shape {w.shape}, architecture says "
                                      f"{shape}")
             sw[name] = party.share(w, owner=owner)
             del w
             release_zero_pages([sw[name]])
+    if consume and party.id == owner:
+        weights.clear()                         # the norms' gains (folded), anything else
+    cfg = dataclasses.replace(config, dtype="float64")
+    if fold:
+        cfg = dataclasses.replace(cfg, tie_embeddings=False)
+        for name in weight_shapes(config):
+            if "_norm." in name:
+                sw[name] = None                 # gain (and bias) are in the next linear
     with party.scope("persist_weights"):
         for name, t in sw.items():
-            if t.ndim == 2 and name != "pos_embed":    # right operands of matmuls
+            if t is not None and t.ndim == 2 and name != "pos_embed":  # matmul operands
                 t.persist()
-    cfg = dataclasses.replace(config, dtype="float64")
     dec = Decoder(cfg, sw)
-    release_zero_pages(list(dec.weights.values()))  # fused weights: fresh concatenations
+    release_zero_pages([t for t in dec.weights.values() if t is not None])
     if prescales:
         apply_prescales(dec, prescales)
     return dec
@@ -225,6 +290,8 @@ def share_bytes(dec: Decoder) -> int:
     are given back: :func:`release_zero_pages`)."""
     seen, total = set(), 0
     for t in dec.weights.values():
+        if t is None:
+            continue
         d = _base(t.data)
         if id(d) in seen or 0 in d.strides:
             continue

@@ -113,6 +113,7 @@ class Decoder:
         self.lm_head_weight = w["embed"].T if c.tie_embeddings else w["lm_head"]  # [H, V]
         self.lm_head_bias = None
         if all(b.attn.qkv is not None for b in self.blocks) and \
+                self.final_norm.weight is not None and \
                 not F.is_plain(self.final_norm.weight) and not F.is_plain(self.lm_head_weight):
             self._fold_norm_gains()
         # onehot @ arange(V): integer so MPC multiplies exactly (no truncation)
