@@ -65,7 +65,8 @@ __all__ = ["reciprocal", "rsqrt", "top_bit_weights", "topbit_cost", "THERMOMETER
 THERMOMETER_MAX = 2048
 
 
-def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None = None):
+def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None = None,
+                    sub: int = 1):
     """``[sum_i h_i * w[i] for w in weights]`` as arithmetic ring integers (frac 0), where
     ``h`` is the one-hot of the top set bit of ``X`` (x's ring value) among bit positions
     ``lo_bit .. nbits-1`` and each ``w`` is a public integer weight per position (indexed
@@ -83,28 +84,44 @@ def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None 
     rule on public sizes), else A2B.  Either way the weighted sums are local in 2-of-2 form
     and one re-sharing brings them to the protocol's form (rep3: one round; add2: free).
     A top bit outside the window (e.g. x <= 0) gives all-zero sums.
+    ``sub`` > 1 (thermometer only): ``sub`` pieces per octave, thresholds
+    ``round(2^(i + q/sub))`` for q < sub; the one-hot is over the positions ``j = sub i +
+    q`` (X in [tau_j, tau_(j+1))) and each weight array is indexed by j (length sub nbits).
     What a party learns: nothing (masked openings of the sub-protocols only).
     """
     p = x.party
     shape = x.shape
     if method is None:
-        method = "thermometer" if x.size * (nbits - lo_bit + 1) <= THERMOMETER_MAX else "a2b"
+        method = "thermometer" if x.size * (sub * (nbits - lo_bit) + 1) <= THERMOMETER_MAX \
+            else "a2b"
     if method not in ("thermometer", "a2b"):
         raise ValueError(f"top-bit method must be 'thermometer' or 'a2b', got {method!r}")
+    if sub != 1 and method != "thermometer":
+        raise ValueError("sub-octave top-bit positions need the thermometer")
     with p.scope("topbit"):
         pair = pair_of(p)
-        h = (_onehot_thermometer if method == "thermometer" else _onehot_a2b)(
-            x, pair, nbits, lo_bit)                           # [window, N] ring, 2-of-2
-        W = np.stack([np.asarray(wt, dtype=np.uint64)[lo_bit:nbits] for wt in weights])
+        if method == "thermometer":
+            h = _onehot_thermometer(x, pair, nbits, lo_bit, sub)     # [window, N] ring
+        else:
+            h = _onehot_a2b(x, pair, nbits, lo_bit)
+        W = np.stack([np.asarray(wt, dtype=np.uint64)[sub * lo_bit:sub * nbits]
+                      for wt in weights])
         sums = _ring_rowsum(W, h)
         out = p.protocol.from_pair(sums.reshape((len(weights),) + shape),
                                    (len(weights),) + shape)
     return [SecretTensor(p, out[:, i], 0) for i in range(len(weights))]
 
 
-def _onehot_thermometer(x, pair, nbits, lo_bit):
+def _thresholds(lo_bit: int, nbits: int, sub: int = 1) -> list:
+    """The thermometer's thresholds: round(2^(i + q/sub)) for lo_bit <= i < nbits and
+    q < sub (2^i exactly for q = 0), then 2^nbits."""
+    return [(1 << i) if q == 0 else int(round(2.0 ** (i + q / sub)))
+            for i in range(lo_bit, nbits) for q in range(sub)] + [1 << nbits]
+
+
+def _onehot_thermometer(x, pair, nbits, lo_bit, sub=1):
     _, u = to_pair(x)                                         # flat 2-of-2 ring shares
-    thr = np.array([1 << i for i in range(lo_bit, nbits + 1)], dtype=np.uint64)
+    thr = np.array(_thresholds(lo_bit, nbits, sub), dtype=np.uint64)
     d = u[None, :] - thr[:, None] if pair.role == "A" else np.broadcast_to(
         u[None, :], (thr.size, u.size))
     t = sign_to_ring(pair, msb_bits(pair, d.reshape(-1), "topbit.cmp", last=False),
@@ -123,11 +140,12 @@ def _onehot_a2b(x, pair, nbits, lo_bit):
     return pair.b2a(to_bits(w, nbits - lo_bit, lo_bit), "topbit.a2b.b2a")
 
 
-def topbit_cost(n: int, nbits: int, lo_bit: int, n_weights: int, protocol: str) -> dict:
+def topbit_cost(n: int, nbits: int, lo_bit: int, n_weights: int, protocol: str,
+                sub: int = 1) -> dict:
     """Exact cost of :func:`top_bit_weights` by the thermometer on ``n`` values (bytes per
-    party, rounds, dealt bytes): one "sign" batch of ``n (nbits - lo_bit + 1)``
+    party, rounds, dealt bytes): one "sign" batch of ``n (sub (nbits - lo_bit) + 1)``
     comparisons, then rep3 re-shares the ``n_weights n`` sums (8 bytes each, one round)."""
-    c = dict(cmp_cost("sign", n * (nbits - lo_bit + 1), protocol))
+    c = dict(cmp_cost("sign", n * (sub * (nbits - lo_bit) + 1), protocol))
     if protocol == "rep3":
         c["bytes"] += 8 * n * n_weights
         c["rounds"] += 1
@@ -166,6 +184,12 @@ def _fit(kind: str, degree: int, scale: float):
 def _prod(u, v, G: int):
     """Dot ``u * v`` with v at G extra bits: truncating by ``v.frac + G`` leaves u.frac."""
     return Dot([(u, scale_pow2(v, G).with_frac(v.frac + G))])
+
+
+def _newton_G(y) -> int:
+    """Extra bits of the Newton products for a guess y at _F bits (as the degree-4 guess's
+    fixed-point choice: ``_choose_frac`` of its plan)."""
+    return _choose_frac(PolyPlan(_fit("recip", 4, 1.0), 0.5).bound() + 2.0, _F).G
 
 
 def _newton_recip(a, y, G: int, iterations: int):
@@ -224,6 +248,92 @@ def _normalised(x, extra_weights, window, shift: int = 60 - _F_DEFAULT, extra_do
 
 
 
+#: Pieces per octave of the decoding-sized reciprocals and rsqrts (the thermometer path):
+#: a degree-2 fit per piece, its coefficients selected by the top-bit one-hot (public
+#: weights, free) and applied in the normalisation's level, so the guess costs ONE level
+#: after it instead of the degree-4 polynomial's two (relative error 1.6e-4 for 1/a and
+#: 5e-5 for 1/sqrt a, against 3e-4 and 7e-5); 4x the thresholds (bytes, same rounds).
+SUB = 4
+
+
+def _use_pieces(x, window, degree) -> bool:
+    """The piecewise guess: default degree and a thermometer-sized top bit (public sizes)."""
+    klo, khi = window
+    return degree is None and x.size * (SUB * (khi + 1 - klo) + 1) <= THERMOMETER_MAX
+
+
+@functools.lru_cache(maxsize=4096)
+def _piece_fit(kind: str, lo: float, hi: float):
+    """(m, c0, c1, c2): relative degree-2 fit of 1/a (1/sqrt a) on [lo, hi] in t = a - m."""
+    m = 0.5 * (lo + hi)
+    fn = (lambda a: 1.0 / a) if kind == "recip" else (lambda a: 1.0 / np.sqrt(a))
+    c = fit_poly(fn, lo, hi, 2, relative=True, var=lambda a: a - m, n=64, lawson=20)
+    return m, float(c[0]), float(c[1]), float(c[2])
+
+
+def _ring_ints(vals) -> np.ndarray:
+    """Python ints (any sign) as uint64 ring integers (two's complement)."""
+    return np.array([int(v) % (1 << 64) for v in vals], dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=64)
+def _piece_weights(kind: str, klo: int, khi: int, shift: int, gp: int):
+    """Public weights per position j = SUB i + q (i <= khi) of the piecewise guess:
+    D = 2^(shift + _F - i) (a = X D >> shift at _F bits, a in [1, 2)), E2 = c2/4
+    2^(shift + _F + gp - i) (c2 a / 4 at _F + gp bits, same level), L = (c1 - c2 m)
+    2^(_F + gp), C0 = c0 2^(2 _F + gp), M = m 2^_F; the fit on the piece's own interval
+    [tau_j, tau_(j+1)) / 2^i (rounded thresholds at small i).  Positions below klo: 0."""
+    thr = _thresholds(0, khi + 1, SUB)
+    cols = [[0] * (SUB * (khi + 1)) for _ in range(5)]
+    fB = _F + gp
+    for j in range(SUB * klo, SUB * (khi + 1)):
+        i = j // SUB
+        lo, hi = thr[j] / 2.0 ** i, thr[j + 1] / 2.0 ** i
+        if hi <= lo:
+            continue
+        m, c0, c1, c2 = _piece_fit(kind, round(lo, 12), round(hi, 12))
+        cols[0][j] = 1 << (shift + _F - i)
+        cols[1][j] = int(round(c2 / 4 * 2.0 ** (shift + _F + gp - i)))
+        cols[2][j] = int(round((c1 - c2 * m) * 2.0 ** fB))
+        cols[3][j] = int(round(c0 * 2.0 ** (_F + fB)))
+        cols[4][j] = int(round(m * 2.0 ** _F))
+    out = tuple(_ring_ints(c) for c in cols)
+    for o in out:
+        o.flags.writeable = False
+    return out
+
+
+def _per_piece(w) -> np.ndarray:
+    """A per-bit weight array repeated for the SUB pieces of each octave."""
+    return np.repeat(np.asarray(w, dtype=np.uint64), SUB)
+
+
+def _guess(x, kind, extra_weights, window, shift, extra_dots, degree):
+    """(a = X / 2^k at _F bits, y ~ 1/a or 1/sqrt a at _F bits, [extra sums], [extra
+    dots' results]).  Piecewise (:data:`SUB`, :func:`_use_pieces`): one level for a, c2 a
+    and the extra dots, one for ``y = (a - m)(c2 a + c1 - c2 m) + c0``.  Otherwise the
+    normalisation, then the degree-``degree`` polynomial (default 4, two levels)."""
+    if not _use_pieces(x, window, degree):
+        a, sums, outs = _normalised(x, extra_weights, window, shift, extra_dots)
+        y, _ = _initial_guess(a, kind, 4 if degree is None else degree)
+        return a, y, sums, outs
+    klo, khi = window
+    gp = max(0, min(24, 59 - shift - _F))
+    D, E2, L, C0, M = _piece_weights(kind, klo, khi, shift, gp)
+    sums = top_bit_weights(x, [D, E2, L, C0, M] + [_per_piece(w) for w in extra_weights],
+                           khi + 1, klo, "thermometer", SUB)
+    X = x.with_frac(0)
+    dots = [Dot([(X, sums[0])]), Dot([(X, sums[1])])] + \
+        (extra_dots(sums[5:]) if extra_dots else [])
+    out = run_level(dots, shift)
+    fB = _F + gp
+    a = out[0].with_frac(_F)
+    B = (out[1] * np.int64(4)).with_frac(fB) + sums[2].with_frac(fB)     # c2 a + c1 - c2 m
+    t = a - sums[4].with_frac(_F)                                        # a - m
+    y = run_level([Dot([(t, B)], sums[3].with_frac(_F + fB))], fB)[0].with_frac(_F)
+    return a, y, sums[5:], out[2:]
+
+
 def _initial_guess(a, kind: str, degree: int):
     """The degree-``degree`` fit of ``kind`` ("recip" / "rsqrt") on the normalised
     ``a in [1, 2)``, evaluated in ``t = a - 1.5`` at a frac chosen for its coefficients;
@@ -236,13 +346,17 @@ def _initial_guess(a, kind: str, degree: int):
     return y, fxq
 
 
-def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
-               x_range=None, times=None, times_bound: float = 1.0):
+def reciprocal(x, *, degree: int | None = None, iterations: int = 0,
+               out_frac: int | None = None, x_range=None, times=None,
+               times_bound: float = 1.0):
     """``1/x`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
-    Top-bit normalisation to ``a in [1, 2)``, a degree-``degree`` polynomial (default 4,
-    relative error 3e-4; degree 8: 3e-7) and ``iterations`` Newton steps (default 0; each
-    squares the relative error and costs 2 levels).  Result at ``out_frac`` bits
+    Top-bit normalisation to ``a in [1, 2)``, a degree-``degree`` polynomial (default
+    None: where the top bit takes the thermometer, a degree-2 fit per quarter octave
+    whose coefficients ride in the normalisation's level (:data:`SUB`, :func:`_guess`:
+    one level instead of two, relative error 1.6e-4); else degree 4, relative error 3e-4;
+    degree 8: 3e-7) and ``iterations`` Newton steps (default 0; each squares the relative
+    error and costs 2 levels).  Result at ``out_frac`` bits
     (default f; at f = 18 the result's resolution is 2^-18, so 1/x for large x has few
     significant bits: ask ``out_frac=32`` for relative accuracy up to x = 1e4).
     Domain: ``x > 0``; ``x <= 0`` gives unspecified garbage (no error raised).
@@ -264,14 +378,14 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     fo = x.party.fxp.frac_bits if out_frac is None else out_frac
     win = _window(fx, x_range)
     plan = None if times is None else _times_plan(fx, times.frac, times_bound, win, fo)
+    deg = degree if degree is not None or not iterations else 4
     if plan is not None:
         shift, c, s2 = plan
-        a, _, (u,) = _normalised(
-            x, [_pow2_weights(c, win[1] + 1)], win, shift,
-            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])])
-        y, fxq = _initial_guess(a, "recip", degree)
+        a, y, _, (u,) = _guess(
+            x, "recip", [_pow2_weights(c, win[1] + 1)], win, shift,
+            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg)
         if iterations:
-            y = _newton_recip(a, y, fxq.G, int(iterations))
+            y = _newton_recip(a, y, _newton_G(y), int(iterations))
         return run_level([Dot([(u.with_frac(0), y.with_frac(s2))])], s2)[0].with_frac(fo)
     if times is not None:
         r = reciprocal(x, degree=degree, iterations=iterations, x_range=x_range)
@@ -280,10 +394,10 @@ def reciprocal(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None 
     shift0 = c2 - fx - fo
     if shift0 + _F < 0:
         raise ValueError(f"reciprocal: out_frac {fo} too large for input frac {fx}")
-    a, (R,), _ = _normalised(x, [_pow2_weights(c2, win[1] + 1)], win)
-    y, fxq = _initial_guess(a, "recip", degree)
+    a, y, (R,), _ = _guess(x, "recip", [_pow2_weights(c2, win[1] + 1)], win, 60 - _F,
+                           None, deg)
     if iterations:
-        y = _newton_recip(a, y, fxq.G, int(iterations))
+        y = _newton_recip(a, y, _newton_G(y), int(iterations))
     return run_level([Dot([(y, R)])], y.frac + shift0)[0].with_frac(fo)
 
 
@@ -308,13 +422,15 @@ def _times_plan(fx: int, ft: int, bound: float, window, fo: int):
     return shift, c, s2
 
 
-def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = None,
-          x_range=None, scale: float = 1.0, times=None):
+def rsqrt(x, *, degree: int | None = None, iterations: int = 0,
+          out_frac: int | None = None, x_range=None, scale: float = 1.0, times=None):
     """``1/sqrt(x)`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
     Top-bit normalisation to ``a in [1, 2)`` with the un-normalisation weights
     ``2^(c - k/2)`` computed per bit position (the odd-exponent sqrt(2) is exact in the
-    public weights), a degree-``degree`` polynomial (default 4, relative error 7e-5) and
+    public weights), a degree-``degree`` polynomial (default None: the piecewise guess of
+    :func:`reciprocal` where the thermometer applies, relative error 5e-5, one level;
+    else degree 4, relative error 7e-5, two levels) and
     ``iterations`` Newton steps (default 0; 2 levels each).  Result at ``out_frac`` bits
     (default f).  Domain: ``x > 0``; else unspecified garbage.  ``x_range``: as in
     :func:`reciprocal`.  ``scale`` (public, > 0): returns ``scale / sqrt(x)`` at no cost
@@ -336,13 +452,13 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     scale = float(scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"rsqrt: scale must be a positive finite number, got {scale}")
+    deg = degree if degree is not None or not it else 4
     plan = None if times is None or it else _rsqrt_times_plan(fx, times.frac, scale, win, fo)
     if plan is not None:
         shift, c, s2 = plan
-        a, _, (u,) = _normalised(
-            x, [_pow2_weights(c + math.log2(scale), win[1] + 1, half=True)], win, shift,
-            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])])
-        y, _ = _initial_guess(a, "rsqrt", degree)
+        a, y, _, (u,) = _guess(
+            x, "rsqrt", [_pow2_weights(c + math.log2(scale), win[1] + 1, half=True)], win,
+            shift, lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg)
         return run_level([Dot([(u.with_frac(0), y.with_frac(s2))])], s2)[0].with_frac(fo)
     if times is not None:
         r = rsqrt(x, degree=degree, iterations=iterations, out_frac=out_frac,
@@ -352,11 +468,10 @@ def rsqrt(x, *, degree: int = 4, iterations: int = 0, out_frac: int | None = Non
     c3 = 61 - _F - it + win[0] // 2 - max(0, math.ceil(math.log2(scale)))
     if (c3 - fx / 2) != int(c3 - fx / 2):
         c3 -= 0.5
-    a, (E,), _ = _normalised(x, [_pow2_weights(c3 + math.log2(scale), win[1] + 1,
-                                               half=True)], win)
-    y, fxq = _initial_guess(a, "rsqrt", degree)
+    a, y, (E,), _ = _guess(x, "rsqrt", [_pow2_weights(c3 + math.log2(scale), win[1] + 1,
+                                                     half=True)], win, 60 - _F, None, deg)
     if it:
-        y = _newton_rsqrt(a, y, fxq.G, it)
+        y = _newton_rsqrt(a, y, _newton_G(y), it)
     shift = y.frac + c3 - fx / 2 - fo
     if shift < 0 or shift != int(shift):
         raise ValueError(f"rsqrt: out_frac {fo} too large for input frac {fx}")

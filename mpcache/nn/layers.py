@@ -155,9 +155,9 @@ class RMSNorm:
     linear's weights once at setup, ``(x r g) @ W = (x r) @ (diag(g) W)``): the result is
     ``rsqrt(sum (a x)^2 + n eps a^2, scale=sqrt(n), times=a x)``, the normalised x
     folded into rsqrt's un-normalisation (``(a x)^2 <= sum`` bounds it without any
-    bound on g): [x a] + 1 level (the square) + top bit + 4 levels (normalise with u =
-    a x 2^(c - k/2), 2 polynomial levels, ``u * p(a)``); rep3 19 -> 17 rounds with a
-    prescale (17 -> 15 without), add2 17 -> 15."""
+    bound on g): [x a] + 1 level (the square) + top bit + 3 levels (normalise with u =
+    a x 2^(c - k/2), the piecewise quadratic guess of ``rsqrt``, ``u * p(a)``); rep3 19
+    -> 15 rounds with a prescale (17 -> 13 without), add2 17 -> 13."""
 
     def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)
