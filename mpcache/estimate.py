@@ -438,8 +438,10 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=None)
     change ``c(2)`` and the MEAN change of ``m`` further layers, ``(c(2+m) - c(2)) / m``
     (top-k's number of levels is random, a few rounds per level: one layer's sample
     scaled by ~30 layers was up to 7% off), so ``change(L) = c(2) + (L - D - 2) (c(2+m)
-    - c(2)) / m``.  Bytes are scaled by ``n_kv_heads / twin heads`` when the twin has
-    fewer; rounds are not.  Costs are data-independent except where a kept count depends
+    - c(2)) / m``.  When the twin has fewer heads than the model, the policy's attention
+    (its change plus the twin's full attention, a composed piece) is scaled by
+    ``n_kv_heads / twin heads`` in bytes (not in rounds) and the model's own full
+    attention is taken off.  Costs are data-independent except where a kept count depends
     on data (MPCache's ``static_tau``: decided by the twin's random statistics, so not
     predicted) and top-k's level count (random, averaged as above)."""
     from .cli.model import parse_policy
@@ -471,10 +473,18 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=None)
     sel = max(0, cfg["n_layers"] - dense)
     out = {"twin": {**twin, "kv_head_scale": scale, "layers": [2, 2 + m],
                     "dense_layers_skipped": dense}}
+    # the policy's attention per layer in the twin = its change + the twin's full
+    # attention (the composed piece, exact); only that is scaled to the model's heads,
+    # and the model's own full attention (at its real head count) is taken off: so a
+    # twin with fewer heads mis-sizes the policy's part only, never the full softmax's
+    # dealt tables (whose digit width follows the batch size)
+    a_twin = _attention(ops, protocol, twin, context).summary()
+    a_model = _attention(ops, protocol, cfg, context).summary()
     for k in ("bytes_per_party", "offline_bytes_per_party", "rounds"):
-        a, per = c[2][k], (c[2 + m][k] - c[2][k]) / m
-        v = a / 2 * sel if sel < 2 else a + (sel - 2) * per
-        out[k] = v * (scale if k != "rounds" else 1.0)
+        f = scale if k != "rounds" else 1.0
+        first = f * (c[2][k] + 2 * a_twin[k]) - 2 * a_model[k]       # two layers
+        per = f * ((c[2 + m][k] - c[2][k]) / m + a_twin[k]) - a_model[k]
+        out[k] = first / 2 * sel if sel < 2 else first + (sel - 2) * per
     return out
 
 
@@ -527,8 +537,8 @@ def _policy_twin(protocol, twin, context, policy, budget, dense_off=False) -> di
     full = _twin_case(cfg, context, "full", None, {}, np.random.default_rng(1))
     pol = _twin_case(cfg, context, name, budget, kw, np.random.default_rng(1))
     full["next_token"] = pol["next_token"]
-    res = Session(protocol, timeout=3600).run(policy_cases_job, dec.config, dec.weights,
-                                              pres, [full, pol])
+    res = Session(protocol, seed=0, timeout=3600).run(policy_cases_job, dec.config,
+                                                      dec.weights, pres, [full, pol])
     a, b = res.scope("c0/decode"), res.scope("c1/decode")
     return {"bytes_per_party": b["bytes_sent"] - a["bytes_sent"],
             "offline_bytes_per_party": b["offline_bytes_sent"] - a["offline_bytes_sent"],

@@ -53,7 +53,10 @@ def test_estimate_equals_the_measured_step(name, protocol):
                                            ("mpcache:preset=paper", 8)])
 def test_policy_estimate_equals_the_measured_step(policy, heads):
     """The policy's change comes from an attention twin (other hidden/MLP/vocab sizes,
-    2-3 or 4-5 layers; with 8 KV heads, a 4-head twin scaled x2)."""
+    random cache, 2 and 6 selecting layers; with 8 KV heads, a 4-head twin scaled x2).
+    The paper preset's top-k runs over few clusters (one all-pairs level: no randomness),
+    so its bytes are exact; the default's fine top-k over 4 heads x 32 clusters takes
+    pivot levels whose number and size follow the secret shuffle: within 3%."""
     cfgd = dict(arch="llama", vocab_size=96, hidden_size=8 * heads, n_layers=6,
                 n_heads=2 * heads if heads == 2 else heads, n_kv_heads=heads, head_dim=8,
                 mlp_hidden=40)
@@ -61,16 +64,43 @@ def test_policy_estimate_equals_the_measured_step(policy, heads):
     kw = dict(k.split("=") for k in knobs.split(",")) if knobs else {}
     sc, n_pre = _measured_step(cfgd, 128, "rep3", name, 0.25, kw)
     est = E.estimate({**cfgd, "prescaled": n_pre}, 128, "rep3", policy, 0.25,
-                     E.OpCosts(None))
-    exact = heads <= E.MAX_TWIN_KV_HEADS
+                     E.OpCosts(None), max_kv_heads=4)
+    exact = heads <= 4 and "paper" in policy
     for k, m in (("bytes_per_party", "bytes_sent"),
                  ("offline_bytes_per_party", "offline_bytes_sent")):
         if exact:
             assert est[k] == sc[m], k
         else:
-            assert abs(est[k] - sc[m]) <= 0.01 * sc[m], k
+            assert abs(est[k] - sc[m]) <= 0.03 * sc[m], (k, est[k], sc[m])
     assert abs(est["rounds"] - sc["rounds"]) <= 0.05 * sc["rounds"]
     assert est["bytes_per_party"] < est["full_cache"]["bytes_per_party"]
+    assert est["twin"]["n_kv_heads"] == min(heads, 4)
+
+
+def test_twin_case_is_the_prefilled_case_of_random_data():
+    """The twin's case (random cache, random prefill statistics) has the shapes, lengths
+    and policy state of `bench decode`'s case from a real prefill (make_case), and a
+    twin's cache stays under the memory bound for LLaMA-7B at 8K tokens."""
+    cfg = DecoderConfig(arch="llama", vocab_size=32, hidden_size=8, n_layers=3, n_heads=4,
+                        n_kv_heads=2, head_dim=8, mlp_hidden=8, max_positions=200)
+    dec = Decoder(cfg, random_weights(cfg, 0))
+    ids = np.random.default_rng(0).integers(0, 32, 161)
+    for kw in ({"preset": "paper"}, {}, {"preset": "code"}):
+        ref, _ = make_case(dec, ids, 160, "mpcache", 0.25, kw=kw)
+        twin = E._twin_case(cfg, 160, "mpcache", 0.25, kw, np.random.default_rng(1))
+        assert [k.shape for k, _ in twin["kv"]] == [k.shape for k, _ in ref["kv"]] or \
+            "code" in str(kw)                   # static_tau: the kept count follows data
+        assert set(vars(twin["plain_policy"])) == set(vars(ref["plain_policy"]))
+        assert (twin["n"], twin["static"], twin["policy"]) == (ref["n"], ref["static"],
+                                                               ref["policy"])
+    llama = E.arch_config("llama-7b")
+    for n in (4096, 8192):
+        h = E.twin_kv_heads(llama, n)
+        assert 1 <= h < llama["n_kv_heads"]
+        assert h * (2 + E.TWIN_EXTRA_LAYERS) * 2 * (n + 1) * 128 * 8 * 6 <= E.TWIN_CACHE_BYTES
+    assert E.twin_kv_heads(E.arch_config("smollm2"), 2048) == 3       # the model's own
+    assert E.twin_kv_heads(E.arch_config("gpt2-small"), 2048) == 12
+    assert E.twin_kv_heads(E.arch_config("gpt2-small"), 2048, cap=4) == 4
 
 
 def test_affine_laws_hold_where_not_measured(protocol):
