@@ -168,6 +168,36 @@ def test_token_topk_picks_largest_dot_products_per_kv_head():
     assert pos is None and np.array_equal(rows(v), [[3, 17], [8, 25]])
 
 
+def test_scored_policy_keeps_the_best_of_the_head_and_the_tail_as_is():
+    """The shared decode step (policies/base.ScoredPolicy): all rows while n <= B; else
+    the k best of the first c rows by the subclass's scores, then rows [c, n) unchanged,
+    and ``chosen`` sees the choice.  H2O, SnapKV and token top-k are such policies."""
+    from mpcache.nn.policies.base import ScoredPolicy
+
+    class Toy(ScoredPolicy):                 # scores rows [0, c) by a planted value
+        seen = []
+
+        def scores(self, cache, layer, query, n):
+            c = n - 3
+            return np.asarray([[float((i * 7) % 11) for i in range(c)]]), self.B - 3, c
+
+        def chosen(self, layer, sel, c):
+            self.seen.append(None if sel is None else (sel.k, c))
+
+    c = make_cache(20)
+    p = Toy(5 / 20)
+    p.attach(c, stats_for(p, 20, None), 20)
+    _, v, _ = p.view(c, 0, query([1, 0, 0, 0]))
+    best2 = sorted(np.argsort([-((i * 7) % 11) for i in range(17)], kind="stable")[:2])
+    assert np.array_equal(rows(v), [best2 + [17, 18, 19]])
+    assert Toy.seen == [(2, 17)]
+    full = Toy(None)                         # no budget: n <= B, every row, no scores
+    full.attach(c, stats_for(full, 20, None), 20)
+    _, v, _ = full.view(c, 0, query([1, 0, 0, 0]))
+    assert np.array_equal(rows(v), [list(range(20))]) and Toy.seen[-1] is None
+    assert all(issubclass(P, ScoredPolicy) for P in (H2O, SnapKV, TokenTopK))
+
+
 def planted_keys(n, hot, nkv=1):
     keys = np.zeros((nkv, n, HD))
     keys[:, :, 0] = -0.1

@@ -31,8 +31,9 @@ import numpy as np
 from .. import functional as F
 from ..kv_cache import KVCache
 
-__all__ = ["BIG", "Policy", "Selection", "select", "budget_tokens", "attention_stats",
-           "stat_key", "window_counts", "expand_heads", "clone_cache", "PrefillRecorder"]
+__all__ = ["BIG", "Policy", "ScoredPolicy", "Selection", "select", "budget_tokens",
+           "attention_stats", "stat_key", "window_counts", "expand_heads", "clone_cache",
+           "PrefillRecorder"]
 
 #: Public additive constant used to force-keep / exclude rows in a score vector.  Finite
 #: (fixed point holds it) and far above any attention score or key bound of a real model.
@@ -266,6 +267,44 @@ class Policy:
         """Decode query ``[n_heads, 1, hd]`` -> ``[n_kv, group, hd]`` (GQA grouping)."""
         nh, _, hd = query.shape
         return query.reshape(n_kv, nh // n_kv, hd)
+
+
+class ScoredPolicy(Policy):
+    """A decode step that keeps the best-scored rows (as kvpress's ScorerPress): the step
+    H2O, SnapKV and token top-k share, written once.
+
+    While the cache holds at most ``B`` rows attention reads them all.  Otherwise the
+    subclass scores the first ``c`` rows (:meth:`scores`: ``[h, c]``, the number ``k`` to
+    keep, ``c``), :func:`select` picks the ``k`` best (secret top-k -> one-hot,
+    ``ordered=False``), and attention reads those ``k`` gathered rows followed by the tail
+    rows ``[c, n)`` as they are (H2O's recent window, SnapKV's window and answer; none for
+    token top-k).  :meth:`chosen` sees each step's choice (H2O's eviction bookkeeping)."""
+
+    def scores(self, cache, layer: int, query, n: int):
+        """``(scores [h, c], k, c)`` for a cache of ``n > B`` rows, or None: read all rows."""
+        raise NotImplementedError
+
+    def chosen(self, layer: int, sel, c: int) -> None:
+        """This step's :class:`Selection` over rows ``[0, c)``; ``sel`` None: all rows read."""
+
+    def select(self, cache, layer, query):
+        keys, values = cache.keys(layer), cache.values(layer)
+        n = int(keys.shape[1])
+        plan = self.scores(cache, layer, query, n) if n > self.B else None
+        if plan is None:
+            self.chosen(layer, None, n)
+            return keys, values
+        scores, k, c = plan
+        sel = select(scores, k, self.fast, ordered=False)
+        self.chosen(layer, sel, c)
+        return _chosen_then_tail(sel, keys, c), _chosen_then_tail(sel, values, c)
+
+
+def _chosen_then_tail(sel: Selection, x, c: int):
+    """The rows of ``x[:, :c]`` that ``sel`` chose, then ``x[:, c:]``."""
+    if c == int(x.shape[1]):
+        return sel.gather(x)
+    return F.concatenate([sel.gather(x[:, :c]), x[:, c:]], axis=1)
 
 
 class PrefillRecorder(Policy):

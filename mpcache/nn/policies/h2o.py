@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .base import Policy, select
+from .base import ScoredPolicy
 
 __all__ = ["H2O"]
 
 
-class H2O(Policy):
+class H2O(ScoredPolicy):
     name = "h2o"
 
     def __init__(self, budget=None, recent_ratio: float = 0.5, fast: bool = True):
@@ -46,22 +46,20 @@ class H2O(Policy):
             self.evicted[layer] = F.concatenate([self.evicted[layer], z], axis=1)
 
     def select(self, cache, layer, query):
-        keys, values = cache.keys(layer), cache.values(layer)
-        n = int(keys.shape[1])
-        self._grow(layer, n)
-        if n <= self.B:
-            self._sel[layer] = None
-            return keys, values
+        self._grow(layer, cache.length(layer))           # bookkeeping for every cached row
+        return super().select(cache, layer, query)
+
+    def scores(self, cache, layer, query, n):
         r = min(self.B, max(1, int(round(self.recent_ratio * self.B))))
         c = n - r                                        # candidates: rows [0, c)
         acc, ev = self.acc[layer][:, :c], self.evicted[layer][:, :c]
-        score = acc * (1.0 - ev) - ev                    # acc >= 0; evicted -> -1
-        sel = select(score, self.B - r, self.fast, ordered=False)
-        self.evicted[layer] = F.concatenate(
-            [1.0 - sel.indicator(c), self.evicted[layer][:, c:]], axis=1)
-        self._sel[layer] = (sel, c)
-        return (F.concatenate([sel.gather(keys[:, :c]), keys[:, c:]], axis=1),
-                F.concatenate([sel.gather(values[:, :c]), values[:, c:]], axis=1))
+        return acc * (1.0 - ev) - ev, self.B - r, c      # acc >= 0; evicted -> -1
+
+    def chosen(self, layer, sel, c):
+        if sel is not None:
+            self.evicted[layer] = F.concatenate(
+                [1.0 - sel.indicator(c), self.evicted[layer][:, c:]], axis=1)
+        self._sel[layer] = None if sel is None else (sel, c)
 
     def after_step(self, cache, layer, probs):
         p = probs.sum(axis=1)                            # [n_kv, rows]: group summed

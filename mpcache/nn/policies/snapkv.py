@@ -8,7 +8,7 @@ answer grows), so exactly ``B`` rows per step.  The window is capped at ``B // 2
 from __future__ import annotations
 
 from .. import functional as F
-from .base import Policy, budget_tokens, select
+from .base import ScoredPolicy, budget_tokens
 
 __all__ = ["SnapKV"]
 
@@ -29,7 +29,7 @@ def pool1d(x, kernel: int, mode: str = "max"):
     raise ValueError(f"pool mode {mode!r}")
 
 
-class SnapKV(Policy):
+class SnapKV(ScoredPolicy):
     name = "snapkv"
 
     def __init__(self, budget=None, window: int = 32, kernel: int = 7, pool: str = "max",
@@ -51,15 +51,15 @@ class SnapKV(Policy):
         w = self._w(self.n_prompt)
         self.score[layer] = pool1d(stats[w][:, :self.n_prompt - w], self.kernel, self.pool)
 
+    def _prefix(self) -> int:
+        return self.n_prompt - self._w(self.n_prompt)     # prefix rows [0, p) compete
+
     def select(self, cache, layer, query):
-        keys, values = cache.keys(layer), cache.values(layer)
-        n = int(keys.shape[1])
-        if n <= self.B:
-            return keys, values
-        p = self.n_prompt - self._w(self.n_prompt)       # prefix rows [0, p) compete
-        k = self.B - (n - p)
-        if k <= 0:                                       # answer outgrew the budget: newest B
-            return keys[:, n - self.B:], values[:, n - self.B:]
-        sel = select(self.score[layer], k, self.fast, ordered=False)
-        return (F.concatenate([sel.gather(keys[:, :p]), keys[:, p:]], axis=1),
-                F.concatenate([sel.gather(values[:, :p]), values[:, p:]], axis=1))
+        n = cache.length(layer)
+        if n > self.B and self.B - (n - self._prefix()) <= 0:   # the answer outgrew the
+            return cache.keys(layer)[:, n - self.B:], cache.values(layer)[:, n - self.B:]
+        return super().select(cache, layer, query)              # budget: the newest B rows
+
+    def scores(self, cache, layer, query, n):
+        p = self._prefix()
+        return self.score[layer], self.B - (n - p), p

@@ -7,12 +7,12 @@ group's scores summed, ``(sum_g q_g) . k`` -- one matmul; ``'query'`` lets every
 pick its own B rows of its KV head.  ``dense_layers``: the first layers read everything."""
 from __future__ import annotations
 
-from .base import Policy, select
+from .base import ScoredPolicy
 
 __all__ = ["TokenTopK"]
 
 
-class TokenTopK(Policy):
+class TokenTopK(ScoredPolicy):
     name = "topk"
 
     def __init__(self, budget=None, per_head: str = "group", dense_layers: int = 0,
@@ -22,11 +22,10 @@ class TokenTopK(Policy):
             raise ValueError("per_head must be 'group' or 'query'")
         self.per_head, self.dense_layers = per_head, int(dense_layers)
 
-    def select(self, cache, layer, query):
-        keys, values = cache.keys(layer), cache.values(layer)
-        n = int(keys.shape[1])
-        if n <= self.B or layer < self.dense_layers:
-            return keys, values
+    def scores(self, cache, layer, query, n):
+        if layer < self.dense_layers:
+            return None
+        keys = cache.keys(layer)
         nkv, hd = int(keys.shape[0]), int(keys.shape[2])
         qg = self.group_query(query, nkv)
         if self.per_head == "query":
@@ -35,5 +34,4 @@ class TokenTopK(Policy):
         else:
             qs = qg.sum(axis=1).reshape(nkv, 1, hd)
             scores = (qs @ keys.transpose((0, 2, 1))).reshape(nkv, n)
-        sel = select(scores, self.B, self.fast, ordered=False)
-        return sel.gather(keys), sel.gather(values)
+        return scores, self.B, n
