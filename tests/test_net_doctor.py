@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 
 from mpcache.net.config import free_ports, load_config, render_config
@@ -150,3 +152,29 @@ def test_insecure_probe(tmp_path):
     assert got["tls"].level == "warn"
     assert got["peer 2"].level == "ok" and "plaintext" in got["peer 2"].text
     assert got["peer 1"].level == "fail"
+
+
+def _doctor(cfg_path, i, *extra):
+    return subprocess.Popen([sys.executable, "-m", "mpcache.cli", "doctor", "--config",
+                             str(cfg_path), "--id", str(i), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_cli_three_hosts_serve_and_a_bad_certificate(tmp_path):
+    """`mpcache doctor --serve` as on three hosts: each exits 0 with both peers reached
+    both ways; a foreign certificate makes party 1's doctor exit 1 naming it."""
+    d, _ = _deployment(tmp_path)
+    procs = [_doctor(d / "parties.toml", i, "--serve", "60") for i in range(3)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, out
+        assert out.count("ok   peer") == 4 and f"doctor: party {i}: no problems" in out
+    other, _ = _deployment(tmp_path, "other")
+    (d / "party1.pem").unlink()
+    shutil.copy(other / "party1.pem", d / "party1.pem")
+    p = _doctor(d / "parties.toml", 1, "--no-peers")
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 1
+    fails = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
+    assert any("not signed by the CA" in ln for ln in fails), out
+    assert "doctor: party 1:" in out and "problem(s)" in out

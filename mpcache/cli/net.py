@@ -1,4 +1,4 @@
-"""CLI subcommands for real party processes: ``party``, ``launch`` and ``certs``.
+"""CLI subcommands for real party processes: ``party``, ``launch``, ``certs``, ``doctor``.
 
 ``register(subparsers)`` adds them to the main ``mpcache`` parser; each subcommand sets
 ``func`` (``args.func(args) -> int`` exit code).  ``python -m mpcache.cli.net ...`` runs
@@ -10,6 +10,7 @@ them stand-alone (the launcher starts parties this way)::
     mpcache certs sign --ca-dir ca --id 1 --csr party1.csr   # signed at the CA
     mpcache launch --config certs/parties.toml -- matmul --m 64 --k 64 --n 64
     mpcache party --id 1 --config parties.toml        # one party, e.g. on another host
+    mpcache doctor --id 1 --config parties.toml       # check certs, addresses, peers first
 """
 from __future__ import annotations
 
@@ -230,7 +231,7 @@ def _add_certs(subparsers) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``party``, ``launch`` and ``certs`` to an ``add_subparsers()`` object."""
+    """Add ``party``, ``launch``, ``doctor`` and ``certs`` to an ``add_subparsers()`` object."""
     p = subparsers.add_parser("party", help="run one party process",
                               description="Run one party (P0, P1 or P2) of a session.")
     p.add_argument("--id", type=int, required=True, choices=(0, 1, 2))
@@ -258,7 +259,45 @@ def register(subparsers) -> None:
     p.add_argument("job", nargs=argparse.REMAINDER, help=_JOB_HELP)
     p.set_defaults(func=cmd_launch)
 
+    p = subparsers.add_parser(
+        "doctor", help="check one party's certificates, addresses, port and peers",
+        description="Check what `mpcache party --id N` needs: certificates (exist, parse, "
+                    "signed by the CA, valid, name the party), addresses (parse, resolve), "
+                    "the own port (bindable here) and the peers (TCP connect and the "
+                    "party's TLS handshake).  One line per check; exit 1 if any failed.  "
+                    "Docs: docs/network.md")
+    p.add_argument("--id", type=int, required=True, choices=(0, 1, 2))
+    p.add_argument("--config", required=True, help="TOML party config (see docs/network.md)")
+    p.add_argument("--connect-timeout-s", type=float, default=3.0, dest="probe_timeout",
+                   help="seconds per peer connection attempt (default 3)")
+    p.add_argument("--serve", type=float, default=0.0, metavar="SECONDS",
+                   help="listen on this party's bind address while probing, retrying the "
+                        "peers for up to SECONDS: run it on all three hosts at once")
+    p.add_argument("--no-peers", dest="peers", action="store_false",
+                   help="local checks only (certificates, addresses, port)")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_doctor)
+
     _add_certs(subparsers)
+
+
+def cmd_doctor(a) -> int:
+    from ..net.config import ConfigError
+    from ..net.doctor import run_doctor
+    try:
+        cfg = _load(a, a.id)
+    except (ConfigError, ValueError) as e:
+        print(f"FAIL config: {e}", flush=True)
+        print("doctor: 1 problem", flush=True)
+        return 1
+    findings = run_doctor(cfg, a.id, a.probe_timeout, a.serve, a.peers)
+    for f in findings:
+        print(f.line(), flush=True)
+    bad = sum(f.level == "fail" for f in findings)
+    warn = sum(f.level == "warn" for f in findings)
+    print(f"doctor: party {a.id}: " + (f"{bad} problem(s)" if bad else "no problems")
+          + (f", {warn} warning(s)" if warn else ""), flush=True)
+    return 1 if bad else 0
 
 
 def main(argv=None) -> int:
