@@ -12,7 +12,7 @@ Overflow behaviour (documented choice): :func:`encode` *checks* its input: non-f
 values and values with ``|v| >= FixedPoint.max_value`` raise :class:`FixedPointRangeError`
 (never a silent wrap).  ``max_value`` is ``2^(62 - 2f)``: the largest magnitude whose
 square still fits the ``2^62`` window the exact truncation protocol assumes (|x| < 2^62 in
-the ring, see ``protocols/truncation.py``).  Arithmetic on secret values is *not* checked
+the ring, see ``mpc/truncation.py``).  Arithmetic on secret values is *not* checked
 (checking would need a comparison protocol per op); results that leave the range wrap
 mod 2^64, exactly as in SPU and CrypTen.
 """

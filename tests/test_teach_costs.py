@@ -106,9 +106,9 @@ def _cmp_cost(op):
 
 #: name -> (formula(protocol, n) -> {'bytes', 'rounds', 'offline'}, op, arity, needs)
 MODULE_FORMULAS = {
-    "conversions.cmp_cost('msb') via x < y": (_cmp_cost("msb"), lambda p, a, b: a < b, 2,
+    "costs.cmp_cost('msb') via x < y": (_cmp_cost("msb"), lambda p, a, b: a < b, 2,
                                               "__lt__"),
-    "conversions.cmp_cost('relu') via x.relu()": (_cmp_cost("relu"), lambda p, a: a.relu(), 1,
+    "costs.cmp_cost('relu') via x.relu()": (_cmp_cost("relu"), lambda p, a: a.relu(), 1,
                                                   "relu"),
 }
 MCASES = [(proto, name, i) for proto in ("rep3", "add2") for name in MODULE_FORMULAS

@@ -470,9 +470,9 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
         f = spec.cost(protocol, shape)
         ok = (f["bytes"], f["rounds"], f["offline"]) == (
             c["bytes_sent"], c["rounds"], c["offline_bytes_sent"])
-        where = ("costs.py" if getattr(spec.cost, "__qualname__", "").startswith("_c.")
-                 else "conversions.cmp_cost")
-        L.append(f"Cost formula (mpcache/protocols/{where}): {f['bytes']:,} B, {f['rounds']} "
+        where = ("cost" if getattr(spec.cost, "__qualname__", "").startswith("_c.")
+                 else "cmp_cost")
+        L.append(f"Cost formula (mpcache/mpc/costs.py, {where}): {f['bytes']:,} B, {f['rounds']} "
                  f"round(s), {f['offline']:,} B offline -> "
                  + ("matches the measurement" if ok else "DIFFERS from the measurement"))
     err = float(np.max(np.abs(np.asarray(out, float) - np.asarray(expected, float)))) \
