@@ -219,6 +219,18 @@ def _folded_tensor(w: dict, config: DecoderConfig, name: str) -> np.ndarray:
     return f64(w[name])
 
 
+class _Releasing(dict):
+    """The secret weight dict: every tensor put in it gives back its all-zero components'
+    pages at once -- also those the Decoder stores while it is built (a fused q|k|v or
+    gate|up weight is a fresh concatenation: released layer by layer, not all at the end,
+    which keeps the peak memory down)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if value is not None and hasattr(value, "data"):
+            release_zero_pages([value])
+
+
 def _drop_done(weights: dict, name: str) -> None:
     """Forget the owner's plaintext ``name`` once shared; a linear's weight goes with its
     bias (a LayerNorm bias folds through the unfolded weight: ``b W + c``)."""
@@ -251,7 +263,7 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
     (:func:`release_zero_pages`)."""
     fold = fold_norms and config.arch in ("llama", "gpt2")
     shapes = folded_shapes(config) if fold else weight_shapes(config)
-    sw = {}
+    sw = _Releasing()
     with party.scope("share_weights"):
         for name, shape in shapes.items():
             w = None
@@ -263,9 +275,8 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
                 if tuple(w.shape) != tuple(shape):
                     raise ValueError(f"weight {name} has shape {w.shape}, architecture says "
                                      f"{shape}")
-            sw[name] = party.share(w, owner=owner)
+            sw[name] = party.share(w, owner=owner)       # zero pages released there
             del w
-            release_zero_pages([sw[name]])
     if consume and party.id == owner:
         weights.clear()                         # the norms' gains (folded), anything else
     cfg = dataclasses.replace(config, dtype="float64")
