@@ -23,7 +23,7 @@ Every piece is run on random secret data by the same code the model runs (the
   RoPE, the MLP activation over ``mlp_hidden``, softmax over ``[n_kv, group, S+1]``, the
   argmax over V;
 * matrix products are affine in their dimensions (closed forms in
-  :mod:`mpcache.protocols.costs`: an ``m x k @ k x q`` product costs a + b k + c q per
+  :mod:`mpcache.mpc.costs`: an ``m x k @ k x q`` product costs a + b k + c q per
   party for m = 1), so a linear layer, the embedding and the LM head are measured at three
   small shapes and extrapolated; the attention's products are measured at two small cache
   lengths S and extrapolated in S (tests/test_estimate.py checks both laws at a 4th
