@@ -167,15 +167,16 @@ def _announce_idle(party, value: int, client: int, idle_timeout: float) -> int:
 
 
 def _answer(party, dec, req, ev, fixed_length, plain, client, owner, tok, out, k) -> dict:
-    shown = []
+    shown, done = [], [0]             # ids so far; characters already printed
     if party.id == client:
         print(f"[answer {k + 1}] ", end="", file=out, flush=True)
 
     def echo(step, tid):
         shown.append(tid)
-        piece = tok.decode(shown)[len(tok.decode(shown[:-1])):]
-        out.write(piece)
+        text = tok.decode(shown).rstrip("\ufffd")    # a character cut between tokens
+        out.write(text[done[0]:])                    # waits for its next byte
         out.flush()
+        done[0] = max(done[0], len(text))
 
     s0, t0 = party.stats(), time.perf_counter()
     got = generation_job(party, dec.config, None, None, req, client, owner, echo=echo,
@@ -188,7 +189,7 @@ def _answer(party, dec, req, ev, fixed_length, plain, client, owner, tok, out, k
     if party.id == client:
         ids = [int(t) for t in got["ids"]]
         rec.update(tokens=ids, text=tok.decode(ids), prompt_tokens=int(req.prompt_ids.size))
-        print(file=out, flush=True)
+        print(rec["text"][done[0]:], file=out, flush=True)
     return rec
 
 
