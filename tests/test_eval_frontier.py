@@ -56,7 +56,7 @@ def files(tmp_path):
                   seconds=2.0),
             # an MPC-only knob: its own cost row, the plaintext spec's accuracy
             _cost("mpcache", 0.1, {"static_keep": 1.0, "share_layers": "off",
-                                   "mpc_compose": False}, mb=25, seconds=2.5),
+                                   "mpc_lazy": False}, mb=25, seconds=2.5),
             _cost("quest", 0.1, mb=15, seconds=1.5),                              # no acc
             _cost("h2o", 0.1, mb=5, seconds=1.0),
             _cost("snapkv", 0.1, mb=1, seconds=0.5),     # would beat all, were n complete
@@ -95,7 +95,7 @@ def test_join_matches_specs_and_marks_missing_sides(files):
     assert {k for k in cost} == {
         ("full@full", "rep3"), ("topk@0.1", "rep3"), ("quest@0.1", "rep3"),
         ("mpcache:share_layers=False,static_keep=1.0@0.1", "rep3"),
-        ("mpcache:mpc_compose=False,share_layers=False,static_keep=1.0@0.1", "rep3"),
+        ("mpcache:mpc_lazy=False,share_layers=False,static_keep=1.0@0.1", "rep3"),
         ("h2o@0.1", "rep3"), ("snapkv@0.1", "rep3"), ("full@full", "add2")}
     full = cost[("full@full", "rep3")]
     assert full["seconds"] == 3.5 and full["steps_timed"] == 3     # best of the steps
@@ -103,7 +103,7 @@ def test_join_matches_specs_and_marks_missing_sides(files):
     assert full["bytes_range"] == (100_000_000, 101_000_000)
 
     rows = {r["label"]: r for r in join(acc, cost, ("rep3", "add2"))}
-    mpc = rows["mpcache:mpc_compose=False,share_layers=False,static_keep=1.0@0.1"]
+    mpc = rows["mpcache:mpc_lazy=False,share_layers=False,static_keep=1.0@0.1"]
     assert mpc["accuracy"] == pytest.approx(50.0)                  # the plaintext spec's
     assert rows["quest@0.1"]["accuracy"] is None and "rep3" in rows["quest@0.1"]["cost"]
     assert rows["streaming@0.1"]["cost"] == {}
@@ -114,7 +114,7 @@ def test_join_matches_specs_and_marks_missing_sides(files):
     # (one sample per task) are not eligible
     assert f == {"full@full": True, "topk@0.1": False,
                  "mpcache:share_layers=False,static_keep=1.0@0.1": True,
-                 "mpcache:mpc_compose=False,share_layers=False,static_keep=1.0@0.1": False,
+                 "mpcache:mpc_lazy=False,share_layers=False,static_keep=1.0@0.1": False,
                  "quest@0.1": None, "streaming@0.1": None, "h2o@0.1": None,
                  "snapkv@0.1": None}
     assert front_members(list(rows.values()), "rep3") == [

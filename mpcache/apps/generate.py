@@ -43,7 +43,7 @@ CALIBRATION_TEXT = (
     "as 1, 42, 365 and 2048 appeared in the budget, which totalled 3.5 million.")
 
 #: Policy knobs that only the MPC glue reads (nn/mpc_policies.instrument).
-MPC_KNOBS = ("mpc_compose", "mpc_lazy")
+MPC_KNOBS = ("mpc_lazy",)
 PREFILL_MODES = ("private", "client")
 
 
@@ -120,8 +120,7 @@ class Eviction:
         if self.name == "full":
             return None
         kw = self.knobs()
-        return instrument(self.plain_policy(), compose=bool(kw.get("mpc_compose", True)),
-                          lazy=bool(kw.get("mpc_lazy", True)))
+        return instrument(self.plain_policy(), lazy=bool(kw.get("mpc_lazy", True)))
 
     def check(self) -> None:
         """Refuse bad options before any party starts (raises PromptError)."""

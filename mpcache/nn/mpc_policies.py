@@ -65,11 +65,10 @@ def install_gather_scope() -> None:
     _installed = True
 
 
-def instrument(policy, compose: bool = True, lazy: bool = True):
+def instrument(policy, lazy: bool = True):
     """Put a policy's decode-time work into cost scopes (see the module docstring) and route
     MPCache's cluster gather through :func:`_cluster_gather` (``lazy=False`` always gathers
-    rows instead of letting attention select score columns; ``compose=False`` keeps the
-    policy's own row gather).  Returns the same object."""
+    rows instead of letting attention select score columns).  Returns the same object."""
     install_gather_scope()
     if getattr(policy, "_mpc_instrumented", False):
         return policy
@@ -84,7 +83,7 @@ def instrument(policy, compose: bool = True, lazy: bool = True):
             return after(cache, layer, probs)
 
     policy.select, policy.after_step = select, after_step
-    if hasattr(policy, "_gather") and compose:
+    if hasattr(policy, "_gather"):
         policy._gather = _cluster_gather(policy, policy._gather, lazy)
     policy._mpc_instrumented = True
     return policy

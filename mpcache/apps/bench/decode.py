@@ -54,7 +54,7 @@ from ...runtime import Session
 from . import modelled_seconds, write_rows
 
 #: Policy keywords that only the MPC glue reads (nn/mpc_policies.instrument), not policies.
-MPC_KNOBS = ("mpc_compose", "mpc_lazy")
+MPC_KNOBS = ("mpc_lazy",)
 
 
 def _model(name: str, max_context: int):
@@ -149,8 +149,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     for i, case in enumerate(cases):
         name = case["policy"]
         kw = dict(case.get("kw", {}))
-        mpc = {"compose": bool(kw.pop("mpc_compose", True)),   # MPC-only knobs (gather)
-               "lazy": bool(kw.pop("mpc_lazy", True))}
+        mpc = {"lazy": bool(kw.pop("mpc_lazy", True))}       # MPC-only knob (gather)
         pol = None if name == "full" else instrument(make_policy(name, case["budget"], **kw),
                                                      **mpc)
         asked = (_record_queries(pol, keep=lambda q: q)       # audit: the secret queries
