@@ -72,12 +72,11 @@ def _tiny_weights(cfg):
 def client_plain_model(name: str):
     """``--prefill client`` only: the client's own plaintext copy of the model (float64),
     which a client without the model file cannot have (ModelNotInstalled)."""
-    from ..nn.smollm2 import load_smollm2
-    lm = load_smollm2("float64")
+    from ..nn.smollm2 import load_public, load_smollm2
     if name == "smollm2":
-        return lm.model
+        return load_smollm2("float64").model
     from ..nn.transformer import Decoder
-    cfg = tiny_config(lm.config.vocab_size)
+    cfg = tiny_config(load_public().config.vocab_size)
     return Decoder(cfg, _tiny_weights(cfg))
 
 
