@@ -510,9 +510,10 @@ def _rsqrt_times_plan(fx: int, ft: int, scale: float, window, fo: int):
 #: (:data:`mpcache.apps.explain.TAGS`); the tags are the strings the code above sends.
 TAGS = {
     "approx.topbit": dict(
-        title="top-bit normalisation: thermometer bits [x < 2^i] to ring, last carry "
-              "level fused",
-        local="x was compared with every power of two of the window in one batch; the "
+        title="top-bit normalisation: thermometer bits [x < 2^i] (decoding sizes: "
+              "[x < 2^(i + q/4)], quarter octaves) to ring, last carry level fused",
+        local="x was compared with every power of two (quarter octave) of the window in "
+              "one batch; the "
               "last carry level and the bit-to-ring conversion share one dealt 8-entry "
               "table, opened as three masked bits; the one-hot of the leading one is "
               "t_(i+1) - t_i (local)",

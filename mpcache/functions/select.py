@@ -426,4 +426,13 @@ TAGS = {
               "half - z (z from the A-B key), so P0 cannot unmask B's half with the "
               "r-share it dealt",
         learns="e = idx - r mod N, uniform because r is uniform and unknown to each party"),
+    "max.mux": dict(
+        title="max/argmax tree level: each group's winner in one lookup round (fan-in 2, "
+              "4, 8, or one last group of up to 9 values: costs.tree_fanin)",
+        local="all pairs of every group were compared in one batch; a member's bits 'beats "
+              "j' (ties to the lower index) index a dealt AND table of 2^(size-1) entries, "
+              "opened as masked bits together with x - alpha: the member's value (argmax: "
+              "and index) times its winner bit; the group's members are summed locally "
+              "(a binary level fuses its last carry level into this round instead)",
+        learns="the table index masked by dealer bits (uniform) and x - alpha (uniform)"),
 }
