@@ -38,7 +38,8 @@ WEIGHT_SCOPES = ("setup/share_weights", "setup/persist_weights")
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (``getrusage``; Linux reports KiB)."""
+    """This process's peak resident memory so far, in MiB (``getrusage``'s maximum;
+    Linux reports KiB, macOS bytes).  The ``peak_rss_mb`` fields and lines are MiB."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
