@@ -106,10 +106,12 @@ class Selection:
 
 #: A decoding step's secret top-k (``ordered=False``) compares each candidate with this
 #: many pivots' worth per selection level (``top_k(budget=)``): fewer levels, and a level
-#: is 5-6 rounds.  Measured ([9, 512] scores, k = 48, both protocols, 4 seeds): budget 1
-#: 26-37 rounds, 0.11 MB per party; 4: 20-26, 0.19 MB; 8: 20, 0.29 MB; 16: 15, 0.41 MB.
-#: 8 takes about 13 rounds off each selecting layer (SmolLM2: 28 layers) for about
-#: 5 MB per step; static eviction (ordered, once per prompt) keeps budget 1.
+#: is 4-6 rounds.  Measured ([9, 512] scores, k = 48, both protocols, 4 seeds; bytes per
+#: party): budget 1 26-37 rounds, 0.33 MB; 4: 20-26, 0.57 MB; 8: 20, 0.87 MB; 16: 15,
+#: 1.23 MB.  SmolLM2 at 2048 tokens, MPCache at 10% (56 top-ks per step, rep3): the
+#: top-k scope went from 1678 rounds / 11.5 MB to 993 rounds / 29.2 MB.  In the launch
+#: presets (LAN 1 Gbit/s, 0.5 ms RTT; WAN 100 Mbit/s, 40 ms) 685 rounds are 0.34 / 27 s,
+#: 18 MB 0.14 / 1.4 s: fewer rounds win on both.  Static eviction (ordered, once per prompt) keeps budget 1.
 DECODE_TOPK_BUDGET = 8.0
 
 
