@@ -22,7 +22,7 @@ single a party out, because a corrupted party can complain falsely (P0 sending a
 copy to P2 *and* complaining produces the same two complaints as P1 altering both of its
 messages).  Identifying the cheater needs more (signed messages, authenticated shares).
 
-Cost per party, for n ring elements opened to all (measured in tests/test_tamper.py):
+Cost per party, for n ring elements opened to all (measured in tests/teach/test_tamper.py):
 
     plain reveal            8n bytes, 1 message,  1 round
     checked, mode="hash"    8n + 32 bytes, 2 messages, 1 round   (+2 bytes, 2 messages,

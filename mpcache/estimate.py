@@ -26,7 +26,7 @@ Every piece is run on random secret data by the same code the model runs (the
   :mod:`mpcache.mpc.costs`: an ``m x k @ k x q`` product costs a + b k + c q per
   party for m = 1), so a linear layer, the embedding and the LM head are measured at three
   small shapes and extrapolated; the attention's products are measured at two small cache
-  lengths S and extrapolated in S (tests/test_estimate.py checks both laws at a 4th
+  lengths S and extrapolated in S (tests/apps/test_estimate.py checks both laws at a 4th
   point).
 
 Bytes and offline bytes are summed **per party** and reported as the max over parties

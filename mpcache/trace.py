@@ -20,7 +20,7 @@ the values of several parties together reconstruct every secret).
 The totals of a transcript (:meth:`Transcript.scope_totals`) are recomputed from the
 events alone and equal the accounting counters exactly: bytes and messages per scope
 (exclusive), rounds per scope (inclusive: clock after the scope's last event minus clock
-before its first, per maximal run of events).  ``tests/test_teach_trace.py`` checks it.
+before its first, per maximal run of events).  ``tests/teach/test_teach_trace.py`` checks it.
 
 Sessions::
 

@@ -18,7 +18,7 @@ values are never written to the page, even from a transcript recorded with value
 
 The page records what it drew: ``document.title`` ends with ``[N arrows]`` and the
 ``<body>`` gets ``data-arrows``/``data-messages`` attributes, which the browser test
-(tests/test_teach_html.py) compares with the transcript's message count.
+(tests/teach/test_teach_html.py) compares with the transcript's message count.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ too while ``compare_core.FUSE_SIGN_B2A`` is on (the default: add2 4 rounds, rep3
 batches <= 2048; 5 / 6 with it off).
 
 (exact formulas: :func:`mpcache.mpc.costs.cmp_cost`, checked against the accounting by
-tests/test_compare.py; docs/nonlinear-compare.md.)
+tests/functions/test_compare.py; docs/nonlinear-compare.md.)
 
 Public names (stable): :func:`msb`, :func:`ltz`, :func:`lt`, :func:`le`, :func:`gt`,
 :func:`ge`, :func:`eq`, :func:`ne`, :func:`where` (the ``select`` method of SecretTensor),

@@ -11,7 +11,7 @@ XOR-shared bits (or ring shares of a bit) out.  Both protocols run it: add2 nati
   7 rounds, 30 bytes per value), kept for comparison and tests.
 
 Cost formulas: :func:`mpcache.mpc.costs.cmp_cost` (checked against the accounting by
-tests/test_compare.py).  The SecretTensor functions built on this core (lt, eq, relu,
+tests/functions/test_compare.py).  The SecretTensor functions built on this core (lt, eq, relu,
 max, top-k, ...) are in :mod:`mpcache.functions.compare` and
 :mod:`mpcache.functions.select`; A2B and B2A of whole words in
 :mod:`mpcache.functions.convert`.

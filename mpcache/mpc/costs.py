@@ -1,9 +1,9 @@
 """Communication cost of each engine-core protocol as formulas (bytes are per party, the
 max over parties; rounds on the critical path; offline = dealer/helper traffic, max over
-parties).  tests/test_core_costs.py checks every formula against the accounting at three
+parties).  tests/mpc/test_core_costs.py checks every formula against the accounting at three
 shapes, so the docs (docs/protocols.md) and the code cannot drift apart.  The comparison
 core's formulas (:func:`cmp_cost`, :func:`cmp_levels`, :func:`tree_levels`) follow;
-tests/test_compare.py checks them.
+tests/functions/test_compare.py checks them.
 
 ``n``: number of output elements; ``m, k, q``: matmul (m x k) @ (k x q); ``E = 8`` bytes.
 """
@@ -55,7 +55,7 @@ _ADD2 = {
 }
 
 
-# -- the comparison core (compare_core.py; checked by tests/test_compare.py) ----------------
+# -- the comparison core (compare_core.py; checked by tests/functions/test_compare.py) ----------------
 def tree_levels(leaves: int, eq_only: bool = False) -> list:
     """Per tree round: (online bits per value per party, dealt bits per value)."""
     out, m = [], leaves

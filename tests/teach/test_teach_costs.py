@@ -74,7 +74,7 @@ def _table(protocol):
 
 def test_every_formula_has_a_runner():
     missing = sorted({op for proto in ("rep3", "add2") for op in _table(proto)} - set(RUNNERS))
-    assert not missing, (f"cost formulas without a measurement in tests/test_teach_costs.py "
+    assert not missing, (f"cost formulas without a measurement in tests/teach/test_teach_costs.py "
                          f"RUNNERS: {missing}")
 
 

@@ -17,7 +17,7 @@ from mpcache.apps.launcher import launch
 from mpcache.net.tls import make_certs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 ENV = {"PYTHONPATH": HERE}
 SEED = 11
 COUNTERS = ("bytes_sent", "messages_sent", "offline_bytes_sent", "offline_messages_sent",
