@@ -139,7 +139,7 @@ def apply_aliases(cost: dict, aliases) -> dict:
     ``alias_of``, and the table says so."""
     out = dict(cost)
     for pair in aliases or ():
-        measured, _, same = pair.partition("=")
+        measured, same = _alias_sides(pair)
         m = spec_key(*_split(measured), None).rsplit("@", 1)[0]
         a = spec_key(*_split(same), None).rsplit("@", 1)[0]
         for (k, proto), c in cost.items():
@@ -147,6 +147,16 @@ def apply_aliases(cost: dict, aliases) -> dict:
             if spec == m and (f"{a}@{b}", proto) not in cost:
                 out[(f"{a}@{b}", proto)] = dict(c, plain_key=f"{a}@{b}", alias_of=k)
     return out
+
+
+def _alias_sides(pair: str) -> tuple:
+    """Split ``MEASURED=SAME`` at the ``=`` after which a policy name starts (knobs hold
+    ``=`` too: ``mpcache:levels=1=mpcache:cluster=4,...``)."""
+    from ..nn.policies import POLICIES
+    for i, ch in enumerate(pair):
+        if ch == "=" and pair[i + 1:].split(":", 1)[0] in POLICIES:
+            return pair[:i], pair[i + 1:]
+    raise ValueError(f"alias {pair!r}: expected MEASURED=SAME, SAME a policy spec")
 
 
 def pareto(points) -> list:

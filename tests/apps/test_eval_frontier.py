@@ -204,3 +204,12 @@ def test_alias_lends_a_cost_row_to_another_spelling(files):
     assert rows["streaming@0.1"]["front"][("rep3", "bytes")] is True
     md = frontier_markdown(list(rows.values()), ("rep3",))
     assert "both (cost measured as quest@0.1)" in md
+
+
+def test_alias_sides_split_where_the_second_spec_starts():
+    from mpcache.eval.frontier import _alias_sides
+    assert _alias_sides("mpcache=mpcache:cluster=4") == ("mpcache", "mpcache:cluster=4")
+    assert _alias_sides("mpcache:levels=1=mpcache:cluster=4,levels=1") == \
+        ("mpcache:levels=1", "mpcache:cluster=4,levels=1")
+    with pytest.raises(ValueError):
+        _alias_sides("mpcache:levels=1")
