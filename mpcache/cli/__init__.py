@@ -13,7 +13,7 @@ import sys
 
 #: Modules exposing ``register(subparsers)``.
 PLUGINS = ("mpcache.cli.net", "mpcache.cli.model", "mpcache.cli.eval", "mpcache.cli.teach",
-           "mpcache.estimate")
+           "mpcache.cli.estimate")
 
 
 def _bench(sub) -> None:
