@@ -1,0 +1,26 @@
+#!/bin/bash
+# The frontier table and PNG: the 2K accuracy JSONs (docs/eval) joined with the cost rows of
+# scripts/frontier_costs.sh (out/frontier/, gathered into docs/eval/frontier-2k-cost.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 - <<'PY'
+import json, glob
+rows = []
+for f in sorted(glob.glob("out/frontier/cost-*.json")):
+    try:
+        rows += json.load(open(f))
+    except ValueError:
+        pass
+json.dump(rows, open("docs/eval/frontier-2k-cost.json", "w"), indent=1)
+print(len(rows), "cost rows")
+PY
+M4=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=query,share_layers=false,static_keep=1.0
+L1=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,levels=1,per_head=query,share_layers=false,static_keep=1.0
+GR=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=group,share_layers=false,static_keep=1.0
+mpcache eval frontier --json docs/eval/2k-main.json docs/eval/2k-faithful.json \
+    docs/eval/2k-faithful-b.json --override docs/eval/2k-select.json \
+    --cost docs/eval/frontier-2k-cost.json \
+    --alias mpcache=$M4 mpcache:levels=1=$L1 mpcache:per_head=group=$GR \
+    --context 2K --budget 0.05 0.1 --policy full streaming h2o snapkv quest topk \
+    mpcache:preset=paper $M4 $L1 $GR \
+    --out docs/eval/frontier-2k.png --md docs/eval/frontier-2k.md

@@ -1,0 +1,20 @@
+#!/bin/bash
+# The frontier's cost rows: one private SmolLM2 decoding step at 2048 cached tokens per
+# policy x budget x protocol (`mpcache bench decode`, 2 steps each; two policy groups per run
+# to bound memory; add2 at 10% only).  Writes out/frontier/cost-PROTO-BUDGET-GROUP.json; a
+# file already there is kept (re-run to fill the missing ones).  ~40 min on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p out/frontier
+G1="full streaming h2o snapkv quest"
+G2="topk mpcache mpcache:levels=1 mpcache:per_head=group mpcache:preset=paper"
+for run in rep3:0.1 rep3:0.05 add2:0.1; do
+  proto=${run%%:*}; b=${run##*:}
+  for g in 1 2; do
+    [ $g = 1 ] && P=$G1 || P=$G2
+    out=out/frontier/cost-$proto-$b-$g.json
+    [ -s "$out" ] && continue
+    mpcache bench decode --model smollm2 --context 2048 --protocol "$proto" --policy $P \
+        --budget "$b" --steps 2 --json "$out"
+  done
+done
