@@ -97,11 +97,11 @@ def _cluster_gather(policy, orig, lazy: bool):
     (:mod:`mpcache.nn.selected_rows`; ``lazy=False``: always gather).  Plaintext and
     index selections take the policy's own gather."""
 
-    def gather(x, p, sel_c, sel_f):
-        if sel_f is None or sel_f.onehot is None or F.is_plain(sel_f.onehot):
-            return orig(x, p, sel_c, sel_f)
+    def gather(x, p, sel):
+        if sel is None or sel.onehot is None or F.is_plain(sel.onehot):
+            return orig(x, p, sel)
         o = getattr(policy, "origin", p["s"])
-        return SelectedRows(x, sel_f.onehot, o, p["nf"], policy.cluster, p["w"],
+        return SelectedRows(x, sel.onehot, o, p["nf"], policy.cluster, p["w"],
                             lazy=None if lazy else False, head=p["s"])
 
     return gather
@@ -200,10 +200,10 @@ def selected_clusters(policy, to: int = 0) -> dict:
     for layer, dyn in enumerate(getattr(policy, "_dyn", []) or []):
         if dyn is None:
             continue
-        _n, p, sel_c, sel_f = dyn
-        if sel_f is None:
+        sel = dyn[2]
+        if sel is None:
             continue
-        out[layer] = _indices(sel_f, to)    # every party reveals, same order
+        out[layer] = _indices(sel, to)    # every party reveals, same order
     return out
 
 

@@ -77,8 +77,8 @@ def test_two_level_choice_is_the_fine_top_k_inside_the_chosen_coarse_clusters():
             p.attach(c, stats_for(p, n, None), n)
             q = rng.normal(size=(2, 1, HD))
             p.view(c, 0, q)
-            _n, pl, sel_c, sel_f = p._dyn[0]
-            assert pl["two"] and sel_c is None
+            _n, pl, sel_f = p._dyn[0]
+            assert pl["two"]
             st = p._bnd[0]
             qg = p.group_query(q, 1)
             coarse = p._score(qg, {"lin": st["c"]["lin"][:, :pl["nc"]]})

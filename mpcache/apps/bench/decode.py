@@ -389,7 +389,7 @@ def _level_scores(pol, queries, level: str) -> dict:
     the step just taken, with the layer's plan ``p``: ``{layer: (scores, p)}``."""
     out = {}
     for layer, dyn in enumerate(getattr(pol, "_dyn", None) or []):
-        if dyn is None or dyn[3] is None or layer not in queries:
+        if dyn is None or dyn[2] is None or layer not in queries:
             continue
         p, st = dyn[1], pol._bnd[layer]
         if level == "c" and not p.get("two"):

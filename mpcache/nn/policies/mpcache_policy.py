@@ -299,15 +299,15 @@ class MPCache(Policy):
         p = self.plan(n)
         lead = self.leader(layer)
         if lead == layer:
-            self._dyn[layer] = (n, p) + self._choose(layer, keys, query, p)
-        n0, p, sel_c, sel_f = self._dyn[lead]
+            self._dyn[layer] = (n, p, self._choose(layer, keys, query, p))
+        n0, p, sel = self._dyn[lead]
         if n0 != n:
             raise RuntimeError("layers sharing a selection must hold the same rows")
-        return self._gather(keys, p, sel_c, sel_f), self._gather(values, p, sel_c, sel_f)
+        return self._gather(keys, p, sel), self._gather(values, p, sel)
 
     def _choose(self, layer, keys, query, p):
         if p["k"] == 0:
-            return None, None
+            return None
         self._update_bounds(layer, keys)
         st = self._bnd[layer]
         qg = self.group_query(query, int(keys.shape[0]))
@@ -321,13 +321,12 @@ class MPCache(Policy):
                 return self._score(qg, ops)
         if not p["two"]:
             ops = {k: st["f"][k][:, :p["nf"]] for k in names}
-            return None, select(score(ops), p["k"], self.fast, ordered=False)
+            return select(score(ops), p["k"], self.fast, ordered=False)
         nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
         sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast,
                        ordered=False)
         fine = score({k: st["f"][k][:, :p["nf"]] for k in names})              # [h, nf]
-        return None, select(fine + self._coarse_mask(sel_c, p), p["k"], self.fast,
-                            ordered=False)
+        return select(fine + self._coarse_mask(sel_c, p), p["k"], self.fast, ordered=False)
 
     @staticmethod
     def _coarse_mask(sel_c, p):
@@ -350,19 +349,18 @@ class MPCache(Policy):
             parts.append(np.full((h, nf - nc * m - rest), -int(BIG), dtype=np.int64))
         return parts[0] if len(parts) == 1 else F.concatenate(parts, axis=1)
 
-    def _gather(self, x, p, sel_c, sel_f):
+    def _gather(self, x, p, sel):
         """head rows + chosen clusters (one one-hot matmul over all ``nf`` fine clusters:
         a two-level choice is already a fine one-hot, see :meth:`_coarse_mask`) + newest
         ``w`` rows.  A per-query-head selection reads its KV head's rows (sink and newest
-        rows are copied to every query head of the group).  ``sel_c`` is always None (kept
-        in the signature for the MPC gather hook)."""
+        rows are copied to every query head of the group)."""
         nkv, n, d = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
         s, c, o = p["s"], self.cluster, self.origin
-        heads = nkv if sel_f is None else max(nkv, sel_f.heads)
+        heads = nkv if sel is None else max(nkv, sel.heads)
         parts = [expand_heads(x[:, :s], heads)]
-        if sel_f is not None:
+        if sel is not None:
             blocks = x[:, o:o + p["nf"] * c].reshape(nkv, p["nf"], c * d)
-            mid = sel_f.gather(blocks)
+            mid = sel.gather(blocks)
             parts.append(mid.reshape(int(mid.shape[0]), p["k"] * c, d))
         parts.append(expand_heads(x[:, n - p["w"]:], heads))
         return F.concatenate(parts, axis=1)
