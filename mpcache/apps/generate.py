@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..nn.mpc_policies import MPC_KNOBS
+
 #: A fixed public text for norm-scale calibration (never the user's prompt).
 CALIBRATION_TEXT = (
     "The committee met on a cold morning in March to review the plans for the new library. "
@@ -42,8 +44,6 @@ CALIBRATION_TEXT = (
     "corner. What is the capital of France? The capital of France is Paris. Numbers such "
     "as 1, 42, 365 and 2048 appeared in the budget, which totalled 3.5 million.")
 
-#: Policy knobs that only the MPC glue reads (nn/mpc_policies.instrument).
-MPC_KNOBS = ("mpc_lazy",)
 PREFILL_MODES = ("private", "client")
 
 

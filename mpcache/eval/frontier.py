@@ -17,7 +17,7 @@ Matching: a policy is its spec string ``NAME[:knob=value,...]`` plus its budget,
 sides normalised by :func:`mpcache.eval.harness.parse_policy` (knobs sorted, ``false`` /
 ``off`` -> ``False``, numbers parsed), so ``mpcache:static_keep=1.0,share_layers=false``
 on the command line of either tool is the same policy.  Knobs only the MPC glue reads
-(:data:`mpcache.apps.bench.decode.MPC_KNOBS`) change the cost, not the plaintext choice: a cost
+(:data:`mpcache.nn.mpc_policies.MPC_KNOBS`) change the cost, not the plaintext choice: a cost
 row with them takes the accuracy of the spec without them.  A spec means what the code
 meant when it ran: a bare ``mpcache`` joins whatever the two files measured as the
 defaults, so both files should come from the same code (``--alias`` lends a cost row to
@@ -48,7 +48,7 @@ MEASURES = {"bytes": "bytes / party", "lan": "modelled LAN s"}
 
 
 def _mpc_knobs():
-    from ..apps.bench.decode import MPC_KNOBS
+    from ..nn.mpc_policies import MPC_KNOBS
     return MPC_KNOBS
 
 

@@ -36,9 +36,13 @@ from . import functional as F
 from .policies import base as _base
 from .selected_rows import SelectedRows
 
-__all__ = ["instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
+__all__ = ["MPC_KNOBS", "instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
            "share_state", "precompute_bounds", "persist_bounds", "selected_clusters",
            "share_stats"]
+
+#: Policy knobs (``NAME:knob=val``) that only :func:`instrument` reads, not the policies:
+#: they change the MPC cost, never the plaintext choice.
+MPC_KNOBS = ("mpc_lazy",)
 
 #: Policy attributes (lists per layer) that hold secret values after prefill.
 SECRET_STATE = {"h2o": ("acc", "evicted"), "snapkv": ("score",)}

@@ -51,10 +51,8 @@ import numpy as np
 
 from ...accounting import scope_totals
 from ...runtime import Session
+from ...nn.mpc_policies import MPC_KNOBS
 from . import modelled_seconds, write_rows
-
-#: Policy keywords that only the MPC glue reads (nn/mpc_policies.instrument), not policies.
-MPC_KNOBS = ("mpc_lazy",)
 
 
 def _model(name: str, max_context: int):
