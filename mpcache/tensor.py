@@ -363,9 +363,12 @@ class SecretTensor:
             shape[ax - 1] = max(16, 2 * (n + t))
             data = self._proto.zeros_like_share(shape)
             if self._proto.active and n:
-                idx = [slice(None)] * data.ndim
-                idx[ax] = slice(0, n)
-                data[tuple(idx)] = buf.data[tuple(idx)]
+                idx = [slice(None)] * (data.ndim - 1)
+                idx[ax - 1] = slice(0, n)
+                for j in range(data.shape[0]):      # share components
+                    old = buf.data[j][tuple(idx)]
+                    if old.any():    # an all-zero one (an input's public zero) stays
+                        data[j][tuple(idx)] = old   # unwritten: no resident pages
             buf = self._new(data)
         if self._proto.active:
             idx = [slice(None)] * buf.data.ndim

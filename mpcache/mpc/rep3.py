@@ -54,11 +54,17 @@ class Rep3(Protocol):
             p.send(self.next, xo1, tag)
             self.send_shape(p, self.prev, x.shape, tag + ".shape")
             return np.stack([xo, xo1])
+        # The public zero is left as np.zeros made it: a large one is never-touched
+        # memory (no resident pages) until something writes there.
         if self.id == (o + 1) % 3:      # holds (x_{o+1}, x_{o+2} = 0)
             xo1 = p.recv(o, tag)
-            return np.stack([xo1, np.zeros_like(xo1)])
+            out = np.zeros((2,) + xo1.shape, RING)
+            out[0] = xo1
+            return out
         shape = self.recv_shape(p, o, tag + ".shape")   # P_{o+2}: (0, x_o)
-        return np.stack([np.zeros(shape, RING), p.prg_next.ring(shape)])
+        out = np.zeros((2,) + tuple(shape), RING)
+        out[1] = p.prg_next.ring(shape)
+        return out
 
     def reveal(self, data, to, g: Group = ARITH):
         """To all: P_i sends x_{i+1} to P_{i-1} (1 round, 8 bytes/value each).
