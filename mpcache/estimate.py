@@ -54,10 +54,15 @@ import numpy as np
 #: as the calibration sets them: SmolLM2 47 of 61 (``generate.prescales_for``, the
 #: scales ``bench decode`` uses), gpt2-small-random all 25 (``calibrate_prescales`` on 256
 #: random tokens, as ``bench decode`` does); for the others all (an upper bound: a
-#: prescale costs one truncation per norm).
+#: prescale costs one truncation per norm).  ``score_bound_log2``: the attention scores'
+#: public bound exponent the owner announces (``nn.private.score_bound_exponent``), known
+#: for the two models ``bench decode`` runs (tests/apps/test_estimate.py recomputes both
+#: from the weights); unknown (None: 64-bit comparisons, an upper bound) for the others.
+GPT2_RANDOM_BOUND = 6       # bench decode's random_gpt2_small(seed=0)
 ARCHS = {
     "smollm2": dict(arch="llama", vocab_size=49152, hidden_size=576, n_layers=30, n_heads=9,
-                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=47),
+                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=47,
+                    score_bound_log2=11),
     "gpt2-small": dict(arch="gpt2", vocab_size=50257, hidden_size=768, n_layers=12,
                        n_heads=12, n_kv_heads=12, head_dim=64, mlp_hidden=3072,
                        prescaled="all"),
@@ -68,7 +73,7 @@ ARCHS = {
                        n_heads=32, n_kv_heads=8, head_dim=128, mlp_hidden=14336,
                        prescaled="all"),
 }
-ARCHS["gpt2-small-random"] = ARCHS["gpt2-small"]
+ARCHS["gpt2-small-random"] = dict(ARCHS["gpt2-small"], score_bound_log2=GPT2_RANDOM_BOUND)
 KEYS = ("bytes_sent", "messages_sent", "offline_bytes_sent")
 #: A policy's attention twin keeps the model's KV heads unless its secret cache (all
 #: parties) would pass this many bytes; then fewer (bytes are scaled up by n_kv_heads /
@@ -265,9 +270,10 @@ def _piece_norm(p, rng, arch, d, prescale):
         mod(x)
 
 
-def _piece_attention(p, rng, arch, n_heads, n_kv_heads, head_dim, s):
+def _piece_attention(p, rng, arch, n_heads, n_kv_heads, head_dim, s, bound_log2=None):
     """Attention of one decode token over ``s`` cached rows (persisted, as after a
-    prefill), the real :class:`~mpcache.nn.layers.Attention` with the linears left out."""
+    prefill), the real :class:`~mpcache.nn.layers.Attention` with the linears left out;
+    ``bound_log2``: the model's public score bound exponent (``score_bound_log2``)."""
     from .nn.kv_cache import KVCache
     from .nn.layers import Attention, RoPE
     cache = KVCache(1)
@@ -282,16 +288,17 @@ def _piece_attention(p, rng, arch, n_heads, n_kv_heads, head_dim, s):
     rope = RoPE(head_dim, 10000.0, s + 2) if arch == "llama" else None
     att = Attention(lambda x: q, lambda x: kn, lambda x: vn, lambda c: c, n_heads,
                     n_kv_heads, head_dim, rope)
+    att.score_bound = None if bound_log2 is None else 2.0 ** bound_log2
     with p.scope("m"):
         att(q, np.array([s]), cache, 0)
     return ["softmax"]
 
 
-def _piece_softmax(p, rng, rows, group, n):
+def _piece_softmax(p, rng, rows, group, n, bound_log2=None):
     from .nn import functional as F
     x = _secret(p, rng, (rows, group, n), scale=2.0)
     with p.scope("m"):
-        F.softmax(x, axis=-1)
+        F.softmax(x, axis=-1, score_bound=None if bound_log2 is None else 2.0 ** bound_log2)
 
 
 def _piece_mlp_act(p, rng, arch, n):
@@ -333,11 +340,13 @@ def _attention(ops, protocol, cfg, s) -> Cost:
     S_POINTS), softmax measured at the target shape."""
     kw = dict(arch=cfg["arch"], n_heads=cfg["n_heads"], n_kv_heads=cfg["n_kv_heads"],
               head_dim=cfg["head_dim"])
-    a, b = (ops.get(protocol, "attention", s=x, **kw) for x in S_POINTS)
+    bkw = {} if cfg.get("score_bound_log2") is None else {"bound_log2":
+                                                          int(cfg["score_bound_log2"])}
+    a, b = (ops.get(protocol, "attention", s=x, **kw, **bkw) for x in S_POINTS)
     rest_a, rest_b = a["m"] - a["softmax"], b["m"] - b["softmax"]
     rest = rest_a.affine(rest_b, (s - S_POINTS[0]) / (S_POINTS[1] - S_POINTS[0]))
     g = cfg["n_heads"] // cfg["n_kv_heads"]
-    sm = ops.get(protocol, "softmax", rows=cfg["n_kv_heads"], group=g, n=s + 1)["m"]
+    sm = ops.get(protocol, "softmax", rows=cfg["n_kv_heads"], group=g, n=s + 1, **bkw)["m"]
     return rest + sm
 
 
@@ -456,16 +465,17 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=None)
                 n_kv_heads=nkv, head_dim=cfg["head_dim"], mlp_hidden=8)
     m = TWIN_EXTRA_LAYERS
     c = {}
+    bound = cfg.get("score_bound_log2")          # the twin runs at the model's score bound
     for layers in (2, 2 + m):
         key = dict(twin=twin, layers=layers, context=context, policy=policy, budget=budget,
-                   dense=0 if dense else None)
+                   dense=0 if dense else None, bound=bound)
         tkey = json.dumps([protocol, "policy_twin", key], sort_keys=True)
         got = ops.table.get(tkey)
         if got is None:
             if ops.echo:
                 ops.echo(f"  measuring {protocol} policy twin {key}")
             got = _policy_twin(protocol, {**twin, "n_layers": layers}, context, policy,
-                               budget, dense_off=bool(dense))
+                               budget, dense_off=bool(dense), bound_log2=bound)
             ops.table[tkey] = got
             ops.measured += 1
         c[layers] = got
@@ -478,7 +488,7 @@ def policy_delta(cfg, context, protocol, policy, budget, ops, max_kv_heads=None)
     # and the model's own full attention (at its real head count) is taken off: so a
     # twin with fewer heads mis-sizes the policy's part only, never the full softmax's
     # dealt tables (whose digit width follows the batch size)
-    a_twin = _attention(ops, protocol, twin, context).summary()
+    a_twin = _attention(ops, protocol, {**twin, "score_bound_log2": bound}, context).summary()
     a_model = _attention(ops, protocol, cfg, context).summary()
     for k in ("bytes_per_party", "offline_bytes_per_party", "rounds"):
         f = scale if k != "rounds" else 1.0
@@ -519,7 +529,8 @@ def _twin_case(cfg, context, name, budget, kw, rng) -> dict:
             "plain_policy": _state_only(plain), "stats": None, "stats_shape": None}
 
 
-def _policy_twin(protocol, twin, context, policy, budget, dense_off=False) -> dict:
+def _policy_twin(protocol, twin, context, policy, budget, dense_off=False,
+                 bound_log2=None) -> dict:
     """policy step minus full step of the twin (bytes/offline per party max, rounds); the
     two cases run one after the other in one session (one case's shares at a time)."""
     from .apps.bench.decode import policy_cases_job
@@ -538,7 +549,8 @@ def _policy_twin(protocol, twin, context, policy, budget, dense_off=False) -> di
     pol = _twin_case(cfg, context, name, budget, kw, np.random.default_rng(1))
     full["next_token"] = pol["next_token"]
     res = Session(protocol, seed=0, timeout=3600).run(policy_cases_job, dec.config,
-                                                      dec.weights, pres, [full, pol])
+                                                      dec.weights, pres, [full, pol],
+                                                      score_bound=bound_log2)
     a, b = res.scope("c0/decode"), res.scope("c1/decode")
     return {"bytes_per_party": b["bytes_sent"] - a["bytes_sent"],
             "offline_bytes_per_party": b["offline_bytes_sent"] - a["offline_bytes_sent"],

@@ -18,7 +18,7 @@ import numpy as np
 from .poly import (Dot, PolyPlan, _choose_frac, add_const, fit_poly, poly_eval_many,
                    run_level, scale_pow2, sign_parts, sign_times, to_frac)
 from .reciprocal import reciprocal
-from .select import amax
+from .select import amax, bound_bits
 
 __all__ = ["exp", "softmax", "rowmax"]
 
@@ -40,7 +40,8 @@ def _exp_plan(lo: float, hi: float, degree: int, squarings: int):
 
 
 def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: int = 2,
-        clip: bool = True, out_frac: int | None = None, _mask=None):
+        clip: bool = True, clip_bound: float | None = None, out_frac: int | None = None,
+        _mask=None):
     """Secret ``e^x`` for ``x`` in ``[lo, hi]`` (default ``[-14, 0]``: softmax's range).
 
     Method: ``e^x = p(x / 2^s)^(2^s)`` with ``p`` a degree-``degree`` least-squares fit of
@@ -50,7 +51,9 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
 
     ``clip`` (default True): ``x < lo`` gives exactly 0 (the sign of ``x - lo``, its last
     tree level fused with the bit injection into the result: what ``ltz`` costs; e^-14 <
-    2^-20 is below the fixed-point resolution anyway).
+    2^-20 is below the fixed-point resolution anyway).  ``clip_bound``: a public B with
+    |x| <= B the caller guarantees (softmax: twice its score bound); the clip's comparison
+    then runs on ``select.bound_bits(B - lo)`` bits (one tree round fewer at 32 bits).
     With ``clip=False`` the caller guarantees ``x >= lo``; below it the result is garbage.
     Above ``hi`` the result is garbage too (not checked): ``exp`` is for ``x <= hi``.  A
     general range works (e.g. ``lo=-8, hi=8``; values up to e^hi must fit the fixed
@@ -81,7 +84,9 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
     if clip:
         # [x >= lo] * y: the sign's last tree level fused with the bit injection
         # (sign_times: one round fewer than finishing the sign, then injecting it)
-        pair, parts = sign_parts(add_const(x, -lo)) if _mask is None else _mask
+        nbits = bound_bits(None if clip_bound is None else clip_bound - lo, x.frac,
+                           pairwise=False)
+        pair, parts = sign_parts(add_const(x, -lo), nbits) if _mask is None else _mask
         y = sign_times(pair, parts, y, negate=True)
     return y
 
@@ -89,21 +94,27 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
 # ---------------------------------------------------------------------------------------
 # softmax
 # ---------------------------------------------------------------------------------------
-def rowmax(x, axis: int = -1):
+def rowmax(x, axis: int = -1, bound: float | None = None):
     """Max along ``axis`` with keepdims: ``select.amax`` (the comparison tree: all
-    comparisons of a level batched, 8 rounds per level in the 2-of-2 engine form, one
-    re-sharing at the end for rep3).  What a party learns: nothing."""
-    return amax(x, axis=axis, keepdims=True)
+    comparisons of a level batched, one re-sharing at the end for rep3), on
+    ``select.bound_bits(bound)``-bit comparisons when the caller knows |x| <= bound.
+    What a party learns: nothing."""
+    return amax(x, axis=axis, keepdims=True, bound=bound)
 
 
 def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = None,
-            exp_kw: dict | None = None, recip_kw: dict | None = None,
-            frac_hi: int | None = None):
+            score_bound: float | None = None, exp_kw: dict | None = None,
+            recip_kw: dict | None = None, frac_hi: int | None = None):
     """Softmax along ``axis``: ``e^(x - m) / sum e^(x - m)``, one reciprocal per row.
 
     ``method="max"`` (default): ``m`` = the row max (:func:`rowmax`), so ``x - m <= 0``
     and exp runs on ``[-14, 0]`` with clipping.  Valid for any scores in the fixed-point
-    range (masked entries such as -1e4 become exactly 0).
+    range (masked entries such as -1e4 become exactly 0).  ``score_bound``: a public S
+    with |x| <= S that the CALLER guarantees (attention scores: from the weights, see
+    ``nn.private.score_bounds``); the row max then compares on ``select.bound_bits(S)``
+    bits: SmolLM2's S = 2^11 gives 32-bit comparisons, one tree round fewer per level of
+    the max (4 rounds for 2049 values) and half the opened bytes.  Exact as before for
+    scores inside the bound; a score outside it can make the max any of the row's values.
 
     ``method="bounded"``: no max (saves the comparison tree); ``m = bound`` is a public
     upper bound on the scores (``bound`` required).  Valid when every score is
@@ -124,15 +135,18 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     frac_hi = 2 * f if frac_hi is None else frac_hi
     ax = axis % x.ndim
     if method == "max":
-        z = x - rowmax(x, ax)
+        z = x - rowmax(x, ax, score_bound)
     elif method == "bounded":
         if bound is None:
             raise ValueError("method='bounded' needs the public score bound")
         z = add_const(x, -float(bound))
     else:
         raise ValueError(f"unknown softmax method {method!r}")
+    ekw = dict(exp_kw or {})
+    if method == "max" and score_bound is not None:   # x - max lies in [-2S, 0]
+        ekw.setdefault("clip_bound", 2.0 * float(score_bound))
     with x.party.scope("exp"):
-        e = exp(z, out_frac=frac_hi, **(exp_kw or {}))
+        e = exp(z, out_frac=frac_hi, **ekw)
     s = e.sum(axis=ax, keepdims=True)
     kw = dict(recip_kw or {})
     if method == "max":           # the max contributes e^0: row sums lie in [1, n]

@@ -137,21 +137,23 @@ def _and_table(k: int) -> np.ndarray:
     return t
 
 
-def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None = None):
+def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None = None,
+          nbits: int = 64):
     """Winner of each row of U [R, m] (pair shares); payload [R, m, c] rides along.
     Ties keep the lower index.  Each level's fan-in by the public rule
-    ``costs.tree_fanin`` (:data:`MAX_FANIN`; a last pair: binary)."""
+    ``costs.tree_fanin`` (:data:`MAX_FANIN`; a last pair: binary).  ``nbits``: the
+    comparisons' width (:func:`bound_bits`; 64 = any values)."""
     while U.shape[1] > 1:
         fan = tree_fanin(U.shape[1], U.shape[0], MAX_FANIN, FANIN4_MAX_VALUES,
                          FANIN8_MAX_VALUES)
         if fan > 2:
-            U, payload = _group_level(pair, U, want_max, payload, fan)
+            U, payload = _group_level(pair, U, want_max, payload, fan, nbits)
         else:
-            U, payload = _pair_level(pair, U, want_max, payload)
+            U, payload = _pair_level(pair, U, want_max, payload, nbits)
     return U[:, 0], (None if payload is None else payload[:, 0])
 
 
-def _pair_level(pair: Pair, U, want_max, payload):
+def _pair_level(pair: Pair, U, want_max, payload, nbits: int = 64):
     """One binary level: a batch of m/2 comparisons whose last tree level is fused with
     the bit injection ``w = a + [a < b](b - a)`` (payload: a second injected column).
     1 + ceil(log2 D) rounds (4 for <= 2048 comparisons, 5 above)."""
@@ -160,7 +162,7 @@ def _pair_level(pair: Pair, U, want_max, payload):
     a, b = U[:, 0:2 * h:2], U[:, 1:2 * h:2]
     d = a - b if want_max else b - a          # msb(d) = 1  <=>  take b
     parts = [None if t is None else t.reshape(a.shape)
-             for t in msb_bits(pair, d, "max.cmp", last=False)]
+             for t in msb_bits(pair, d, "max.cmp", nbits=nbits, last=False)]
     if payload is not None:
         pa, pb = payload[:, 0:2 * h:2], payload[:, 1:2 * h:2]
         x = np.concatenate([(b - a)[..., None], pb - pa], axis=-1)
@@ -187,7 +189,7 @@ def _group_plan(size: int):
     return pairs, beats
 
 
-def _group_level(pair: Pair, U, want_max, payload, fan: int = 4):
+def _group_level(pair: Pair, U, want_max, payload, fan: int = 4, nbits: int = 64):
     """One level of fan-in 4 ("all pairs, then select"): the m values of each row form
     groups of 4 (the last group 2 or 3 values; a single last value passes through).
 
@@ -224,7 +226,7 @@ def _group_level(pair: Pair, U, want_max, payload, fan: int = 4):
             Js.append(b.reshape(-1))
         start += size * count
     # each value opened once for all its comparisons (compare_core.masked_digits(pairs=))
-    bits = msb_bits(pair, U.reshape(-1), "max.cmp",
+    bits = msb_bits(pair, U.reshape(-1), "max.cmp", nbits=nbits,
                     pairs=(np.concatenate(Is), np.concatenate(Js)))
     one = np.full(1, 1 if pair.role == "A" else 0, np.uint8)
     pos, start = 0, 0
@@ -266,31 +268,54 @@ def _group_level(pair: Pair, U, want_max, payload, fan: int = 4):
                                              np.ascontiguousarray(W[..., 1:]))
 
 
-def _reduce(x, axis, keepdims, want_max):
+def bound_bits(bound, frac: int, pairwise: bool = True) -> int:
+    """Comparison width for values known to satisfy ``|x| <= bound`` (public, real units)
+    at ``frac`` fractional bits: the differences of two such values, at most
+    ``2 bound 2^frac`` ring units, keep their sign in the low ``nbits`` bits when
+    ``2 bound 2^frac < 2^(nbits - 1)``; 64 when ``bound`` is None or too big.
+    ``pairwise=False``: the sign of one such value (``bound 2^frac < 2^(nbits - 1)``).
+
+    Why it helps: a comparison opens ``d + rho mod 2^nbits`` and combines ``nbits - 1``
+    bits in its digit tree, so 32 bits instead of 64 take one tree round fewer (4 instead
+    of 8 digits of 8 bits; 8 instead of 16 of 4 bits) and half the opened bytes
+    (docs/rounds.md, "bounded comparisons")."""
+    if bound is None:
+        return 64
+    units = (2.0 if pairwise else 1.0) * float(bound) * 2.0 ** frac
+    if not np.isfinite(units) or units < 0:
+        raise ValueError(f"a comparison bound must be finite and >= 0, got {bound!r}")
+    return min(64, max(2, int(np.floor(np.log2(max(units, 1.0)))) + 2))
+
+
+def _reduce(x, axis, keepdims, want_max, bound=None):
     _require_secret(x, "max" if want_max else "min")
     if axis is None:
-        out = _reduce(x.reshape(x.size), 0, False, want_max)
+        out = _reduce(x.reshape(x.size), 0, False, want_max, bound)
         return out.reshape((1,) * x.ndim) if keepdims else out.reshape(())
     axis = _axis(x, axis)
     if x.shape[axis] == 0:
         raise ValueError("max/min of an empty axis")
     with x.party.scope("max" if want_max else "min"):
         pair, U, batch, n = _rows(x, axis)
-        w, _ = _tree(pair, U, want_max)
+        w, _ = _tree(pair, U, want_max, nbits=bound_bits(bound, x.frac))
         out = from_pair(x.party, w, batch, x.frac)
     if keepdims:
         out = out.expand_dims(axis)
     return out
 
 
-def amax(x, axis=-1, keepdims=False):
-    """Maximum along ``axis`` (None: all).  The fan-in-4 tree (module doc; cost:
-    ``mpc.costs.max_tree_cost``), rep3 + 1 round."""
-    return _reduce(x, axis, keepdims, True)
+def amax(x, axis=-1, keepdims=False, bound=None):
+    """Maximum along ``axis`` (None: all).  The fan-in-8 tree (module doc; cost:
+    ``mpc.costs.max_tree_cost``), rep3 + 1 round.  ``bound``: a public B with |x| <= B
+    for every entry, which the CALLER guarantees (e.g. attention scores, from the
+    weights: ``nn.private.score_bounds``); the comparisons then run on
+    :func:`bound_bits` bits (fewer rounds and bytes).  An entry outside the bound can
+    make the result any of the row's values."""
+    return _reduce(x, axis, keepdims, True, bound)
 
 
-def amin(x, axis=-1, keepdims=False):
-    return _reduce(x, axis, keepdims, False)
+def amin(x, axis=-1, keepdims=False, bound=None):
+    return _reduce(x, axis, keepdims, False, bound)
 
 
 def _arg(x, axis, want_max, method="tree"):

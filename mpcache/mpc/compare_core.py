@@ -116,16 +116,14 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     change nothing).  1 round; returns (leaf bits [D, N, nout], public c, this party's
     XOR share of bit ``low`` of rho (for the sign) or None).
 
-    ``pairs=(I, J)`` (64-bit only): ``u`` holds the values and the N differences are
-    ``u[I] - u[J]``.  Each VALUE is opened once, c_v = u_v + r_v (r_v a dealer mask, a half
+    ``pairs=(I, J)``: ``u`` holds the values and the N differences are ``u[I] - u[J]``.
+    Each VALUE is opened once, c_v = u_v + r_v mod 2^nbits (r_v a dealer mask, a half
     from each key), and the differences' openings are c_I - c_J = d + (r_I - r_J): the
     dealer deals the tables of rho = r_I - r_J.  One opening per value, not per difference (the fan-in-4
     tree: 4 values for its 6 comparisons per group); c_v is uniform, and every c_I - c_J
     is a function of the c_v."""
     u = np.asarray(u, dtype=RING).reshape(-1)
     if pairs is not None:
-        if nbits != 64:
-            raise ValueError("pairwise openings need 64-bit comparisons")
         I, J = (np.asarray(t, dtype=np.int64).reshape(-1) for t in pairs)
     nv = u.size                                  # values opened
     N = u.size if pairs is None else I.size

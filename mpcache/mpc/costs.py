@@ -138,7 +138,7 @@ def tree_fanin(m: int, rows: int, fanin: int = 8, fanin4_max: int = 32768,
 
 
 def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
-                  fanin4_max: int = 32768, fanin8_max: int = 1024) -> dict:
+                  fanin4_max: int = 32768, fanin8_max: int = 1024, nbits: int = 64) -> dict:
     """Online bytes per party and rounds of the max/min/argmax tree over ``n`` values per
     row (``functions.select._tree``; rep3 adds its final re-sharing, argmax its one-hot).
     ``payload``: ring values injected per winner (1 for max, 2 for argmax: value and
@@ -151,7 +151,9 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
     bit injection (3 bits + 8 bytes per payload value per comparison).  Levels over more
     than ``fanin4_max`` values (``select.FANIN4_MAX_VALUES``, rows x n) stay binary.
     ``fanin`` 8: levels of at most ``fanin8_max`` values take groups of 8 (or one group
-    of all n <= 9 values), each member's lookup on ``size - 1`` bits (:func:`tree_fanin`)."""
+    of all n <= 9 values), each member's lookup on ``size - 1`` bits (:func:`tree_fanin`).
+    ``nbits``: the comparisons' width (``select.bound_bits`` for bounded values)."""
+    dt = np.dtype(_core._ring_dtype(nbits)).itemsize
     rounds = nbytes = 0
     while n > 1:
         fan = tree_fanin(n, rows, fanin, fanin4_max, fanin8_max)
@@ -161,15 +163,15 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
             k = (fan if g else r) - 1               # lookup bits per member
             c = rows * (g * fan * (fan - 1) // 2 + tail * (tail - 1) // 2)
             outs = rows * (fan * g + tail)
-            levels = cmp_levels(c)
-            levels[0] = (8 * rows * n, levels[0][1])     # each value opened once
+            levels = cmp_levels(c, nbits)
+            levels[0] = (dt * rows * n, levels[0][1])    # each value opened once
             rounds += len(levels) + 1
             nbytes += sum(b for b, _ in levels) + (k * outs + 7) // 8 + 8 * outs * payload
             n = g + (1 if r else 0)
         else:
             c = (n // 2) * rows
             fused = c <= _core.FUSE_MAX_BATCH
-            levels = cmp_levels(c, fused=fused)
+            levels = cmp_levels(c, nbits, fused=fused)
             rounds += len(levels) + 1
             nbytes += sum(b for b, _ in levels) + ((3 if fused else 1) * c + 7) // 8 + \
                 8 * c * payload

@@ -71,15 +71,17 @@ def _work(x) -> np.ndarray:
     return a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
 
 
-def softmax(x, axis: int = -1):
-    """Numerically stable softmax (max subtracted first, as the MPC protocol also does)."""
+def softmax(x, axis: int = -1, score_bound: float | None = None):
+    """Numerically stable softmax (max subtracted first, as the MPC protocol also does).
+    ``score_bound``: a public bound on |x| the caller guarantees; a secret x's row max
+    then takes narrower comparisons (``functions.approx.softmax``); same values."""
     if is_plain(x):
         z = _work(x)
         z = z - z.max(axis=axis, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=axis, keepdims=True)
         return z
-    return x.softmax(axis=axis)
+    return x.softmax(axis=axis, score_bound=score_bound)
 
 
 def exp(x):

@@ -349,6 +349,10 @@ class Attention:
         self.rope = rope
         self.scale = 1.0 / float(np.sqrt(head_dim))
         self.dtype = dtype
+        #: public bound on |score| of an unmasked step (set by the private model from the
+        #: owner's weights, ``nn.private.score_bound_exponent``): softmax's max then
+        #: compares on fewer bits.  None: no bound known (plaintext ignores it anyway).
+        self.score_bound = None
 
     def __call__(self, x, positions, cache, layer: int):
         """``x`` [T, hidden] at public absolute ``positions`` [T]; returns [T, hidden]."""
@@ -372,15 +376,17 @@ class Attention:
         gk = nh // hk
         with F.scope(x, "attn_scores"):
             scores = attention_scores(q.reshape(hk, gk * t, hd), keys)      # [hk, gk*T, S]
+        bound = self.score_bound
         if k_pos is not None:
             mask = causal_mask(positions, k_pos, self.dtype)
             if mask is not None:                          # public decision on public data
+                bound = None                              # masked scores leave the bound
                 s = int(k_pos.shape[0])                   # rows are ordered (group, T)
                 scores = (scores.reshape(hk, gk, t, s) + mask).reshape(hk, gk * t, s)
         elif t > 1:
             raise ValueError("policy returned no positions for a multi-token query")
         with F.scope(x, "softmax"):
-            probs = F.softmax(scores, axis=-1)
+            probs = F.softmax(scores, axis=-1, score_bound=bound)
         cache.observe(layer, probs)
         with F.scope(x, "attn_context"):
             ctx = attention_context(probs, values)                    # [hk, gk*T, hd]

@@ -243,7 +243,7 @@ def _drop_done(weights: dict, name: str) -> None:
 
 def share_decoder(party, config: DecoderConfig, weights: dict | None = None, owner: int = 1,
                   prescales: dict | None = None, consume: bool = False,
-                  fold_norms: bool = True) -> Decoder:
+                  fold_norms: bool = True, score_bound="weights") -> Decoder:
     """Secret-share the owner's weights into a Decoder running on secret tensors.
 
     Every party calls this with the public ``config``; only ``owner`` passes ``weights``.
@@ -260,9 +260,20 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
     ``consume``: the owner pops each plaintext tensor from ``weights`` once it is no
     longer needed (the caller holds no other reference: the plaintext leaves memory as it
     is shared).  Shares with a public zero component give its pages back
-    (:func:`release_zero_pages`)."""
+    (:func:`release_zero_pages`).
+
+    ``score_bound``: ``"weights"`` (default) -- the owner computes the attention scores'
+    public bound exponent from its weights (:func:`score_bound_exponent`) and announces
+    it (set-up scope "public", one round, 8 bytes to each); an int -- that exponent,
+    public and passed by every party (the cost estimate's twins); None -- no bound."""
     fold = fold_norms and config.arch in ("llama", "gpt2")
     shapes = folded_shapes(config) if fold else weight_shapes(config)
+    if score_bound == "weights":
+        with party.scope("public"):
+            e = score_bound_exponent(config, weights) if party.id == owner else None
+            e = announce(party, -1 if e is None else e, owner)
+    else:
+        e = -1 if score_bound is None else int(score_bound)
     sw = _Releasing()
     with party.scope("share_weights"):
         for name, shape in shapes.items():
@@ -290,10 +301,56 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
             if t is not None and t.ndim == 2 and name != "pos_embed":  # matmul operands
                 t.persist()
     dec = Decoder(cfg, sw)
+    if e >= 0:
+        for block in dec.blocks:
+            block.attn.score_bound = float(2.0 ** e)
     release_zero_pages([t for t in dec.weights.values() if t is not None])
     if prescales:
         apply_prescales(dec, prescales)
     return dec
+
+
+#: Relative slack of the score bound over the plaintext weights' bound: the private
+#: forward pass computes the normalised x and q, k with relative errors below ~1e-3
+#: (rsqrt 2e-4; fixed point), far inside it.
+SCORE_BOUND_SLACK = 1.01
+
+
+def score_bound_exponent(config: DecoderConfig, weights: dict) -> int | None:
+    """The owner's public score bound, as one exponent e for the whole model: every
+    attention score of every layer (no mask) satisfies |q . k| / sqrt(d) < 2^e, whatever
+    the input.  Why it holds: a norm's output before its gain has ||x_hat|| <= sqrt(H)
+    (RMSNorm: x / rms(x); LayerNorm: (x - mean) / std; a prescale changes nothing), so
+    with the gain folded into W (``W' = diag(g) W``, bias ``c' = b W + c``) each head's
+    ``||q_h|| <= sigma_max(W'_q,h) sqrt(H) + ||c'_q,h||`` (RoPE is a rotation), the same
+    for k, and |score| <= ||q_h|| ||k_h|| / sqrt(d); e = ceil(log2(max * slack)).
+
+    What it reveals: one integer, the order of magnitude of the largest attention logit
+    the weights allow (like the norms' prescales, a coarse public property of the model).
+    What it buys: softmax's row max and exp's clip compare on ``select.bound_bits``
+    bits (SmolLM2: e = 11, 32-bit comparisons, 6 rounds fewer per layer).  None for an
+    architecture without the norm-then-linear layout."""
+    if config.arch not in ("llama", "gpt2") or weights is None:
+        return None
+    H, d = config.hidden_size, config.head_dim
+    group = config.n_heads // config.n_kv_heads
+    worst = 0.0
+    f64 = lambda a: np.asarray(a, dtype=np.float64)        # noqa: E731
+    for i in range(config.n_layers):
+        norms, norm = {}, f"layers.{i}.attn_norm"
+        for part, heads in (("q", config.n_heads), ("k", config.n_kv_heads)):
+            lin = f"layers.{i}.attn.{part}"
+            W = f64(weights[lin + ".weight"])
+            c = f64(weights[lin + ".bias"]) if lin + ".bias" in weights else 0.0
+            if norm + ".bias" in weights:
+                c = c + f64(weights[norm + ".bias"]) @ W
+            W = f64(weights[norm + ".weight"]).reshape(-1, 1) * W
+            c = np.broadcast_to(c, (W.shape[1],))
+            norms[part] = [np.linalg.norm(W[:, h * d:(h + 1) * d], 2) * np.sqrt(H)
+                           + np.linalg.norm(c[h * d:(h + 1) * d]) for h in range(heads)]
+        for h in range(config.n_heads):
+            worst = max(worst, norms["q"][h] * norms["k"][h // group] / np.sqrt(d))
+    return int(np.ceil(np.log2(max(worst, 1.0) * SCORE_BOUND_SLACK)))
 
 
 def share_bytes(dec: Decoder) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from mpcache import estimate as E
 from mpcache.apps.bench.decode import make_case, policy_cases_job
-from mpcache.nn.private import calibrate_prescales
+from mpcache.nn.private import calibrate_prescales, score_bound_exponent
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 from mpcache.runtime import Session
 
@@ -23,7 +23,8 @@ TINY = {
 
 
 def _measured_step(cfgd, context, protocol, policy="full", budget=None, kw=None):
-    """One decoding step of a random model, measured as `mpcache bench decode` does."""
+    """One decoding step of a random model, measured as `mpcache bench decode` does; with
+    the score bound exponent its owner announces (the estimate's ``score_bound_log2``)."""
     cfg = DecoderConfig(**cfgd, max_positions=context + 16)
     dec = Decoder(cfg, random_weights(cfg, 0))
     rng = np.random.default_rng(0)
@@ -33,14 +34,15 @@ def _measured_step(cfgd, context, protocol, policy="full", budget=None, kw=None)
     case, _ = make_case(dec, ids, context, policy, budget, kw=kw)
     res = Session(protocol, timeout=600).run(policy_cases_job, dec.config, dec.weights, pres,
                                              [case])
-    return res.scope("c0/decode"), n_pre
+    return res.scope("c0/decode"), {"prescaled": n_pre,
+                                    "score_bound_log2": score_bound_exponent(cfg, dec.weights)}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_estimate_equals_the_measured_step(name, protocol):
     context = 37
-    sc, n_pre = _measured_step(TINY[name], context, protocol)
-    est = E.estimate_step({**TINY[name], "prescaled": n_pre}, context, protocol,
+    sc, pub = _measured_step(TINY[name], context, protocol)
+    est = E.estimate_step({**TINY[name], **pub}, context, protocol,
                           E.OpCosts(None))
     assert est["bytes_per_party"] == sc["bytes_sent"]
     assert est["offline_bytes_per_party"] == sc["offline_bytes_sent"]
@@ -62,8 +64,8 @@ def test_policy_estimate_equals_the_measured_step(policy, heads):
                 mlp_hidden=40)
     name, _, knobs = policy.partition(":")
     kw = dict(k.split("=") for k in knobs.split(",")) if knobs else {}
-    sc, n_pre = _measured_step(cfgd, 128, "rep3", name, 0.25, kw)
-    est = E.estimate({**cfgd, "prescaled": n_pre}, 128, "rep3", policy, 0.25,
+    sc, pub = _measured_step(cfgd, 128, "rep3", name, 0.25, kw)
+    est = E.estimate({**cfgd, **pub}, 128, "rep3", policy, 0.25,
                      E.OpCosts(None), max_kv_heads=4)
     exact = heads <= 4 and "paper" in policy
     for k, m in (("bytes_per_party", "bytes_sent"),

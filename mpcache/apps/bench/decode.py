@@ -133,16 +133,19 @@ def _scope_row(res, path):
 
 
 def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1,
-                     reveal_selection=False):
+                     reveal_selection=False, score_bound="weights"):
     """Share the weights once, then for each case share a cache, (optionally) evict on
     secrets, and run ``case["steps"]`` private greedy decoding steps.  Case i's step j is
     measured in scope ``c{i}/decode`` (j = 0) or ``c{i}/decode{j}``.  Returns, at the client,
-    per case the token ids and (``reveal_selection``) MPCache's chosen clusters per step."""
+    per case the token ids and (``reveal_selection``) MPCache's chosen clusters per step.
+    ``score_bound``: as :func:`~mpcache.nn.private.share_decoder` (the estimate's twins
+    pass the modelled architecture's exponent)."""
     from ...nn.mpc_policies import (instrument, persist_bounds, precompute_bounds,
                                    selected_clusters, share_state, share_stats)
     from ...nn.policies import make_policy
     from ...nn.private import share_decoder
-    dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales)
+    dec = share_decoder(party, config, weights if party.id == owner else None, owner, prescales,
+                        score_bound=score_bound)
     outs = []
     for i, case in enumerate(cases):
         name = case["policy"]

@@ -38,6 +38,9 @@ register(Case("lt", "64", lambda r: (r.uniform(-100, 100, 64), r.uniform(-100, 1
               lambda p, a, b: a < b, lambda a, b: (a < b).astype(float)))
 register(Case("max", "64", lambda r: (r.uniform(-100, 100, 64),),
               lambda p, a: a.max(axis=-1), lambda a: a.max(axis=-1)))
+# with a public bound |x| <= 2^11 (SmolLM2's attention scores): 32-bit comparisons
+register(Case("max", "64_bound2^11", lambda r: (r.uniform(-100, 100, 64),),
+              lambda p, a: a.max(axis=-1, bound=2.0 ** 11), lambda a: a.max(axis=-1)))
 register(Case("argmax", "1024", lambda r: (r.uniform(-100, 100, 1024),),
               lambda p, a: a.argmax(axis=-1), lambda a: _onehot(1024, np.array([a.argmax()]))[0]))
 for n in (1024, 4096):
@@ -62,6 +65,13 @@ register(Case("rsqrt", "1024", lambda r: (r.uniform(0.001, 1e4, 1024),),
 for rows, n in ((1, 1024), (12, 1024), (12, 102), (12, 2049)):
     register(Case("softmax", f"{rows}x{n}", lambda r, rows=rows, n=n: (r.uniform(-20, 20, (rows, n)),),
                   lambda p, a: a.softmax(axis=-1), _softmax))
+# SmolLM2's decoding step at 2048 cached tokens (9 query heads), unbounded and with the
+# scores' public bound 2^11 (nn.private.score_bound_exponent): the row max and exp's clip
+# on 32-bit comparisons
+for bound in (None, 2.0 ** 11):
+    register(Case("softmax", "9x2049" + ("" if bound is None else "_bound2^11"),
+                  lambda r: (r.uniform(-20, 20, (9, 2049)),),
+                  lambda p, a, bound=bound: a.softmax(axis=-1, score_bound=bound), _softmax))
 register(Case("gelu", "3072", lambda r: (r.uniform(-8, 8, 3072),), lambda p, a: a.gelu(), _gelu))
 register(Case("silu", "1536", lambda r: (r.uniform(-8, 8, 1536),), lambda p, a: a.silu(),
               lambda a: a / (1 + np.exp(-a))))
