@@ -436,10 +436,64 @@ def roll_rows(X: np.ndarray, s: np.ndarray) -> np.ndarray:
     return rotate_rows(X[None], s)[0]
 
 
+# -- the comparison leaves' table lookups (mpc/compare_core.masked_digits) -------------------
+@numba.njit(cache=True, nogil=True)
+def _leaves(c, tab, w, pad, lowmask, nout, out):
+    D, N = out.shape[0], out.shape[1]
+    dmask = np.uint64((1 << w) - 1)
+    for i in range(N):
+        v = (c[i] & lowmask) << np.uint64(pad)
+        for j in range(D):
+            q = np.int64((v >> np.uint64(j * w)) & dmask) * nout
+            for o in range(nout):
+                b = q + o
+                out[j, i, o] = (tab[j, i, b >> 3] >> (b & 7)) & 1
+
+
+def table_leaves(c: np.ndarray, tab: np.ndarray, w: int, low: int, nout: int) -> np.ndarray:
+    """Leaves [D, N, nout] of the digit comparisons: for digit j (``w`` bits, little-endian,
+    of the ``low`` low bits of public ``c``, padded at the bottom to D w bits) the bits
+    ``nout * digit + o`` of the packed table row ``tab[j, i]`` (numba: one pass, no index
+    arrays; the numpy form took 37 ms for 36864 comparisons of 16 digits, this 2 ms)."""
+    D = tab.shape[0]
+    out = np.empty((D, c.size, nout), np.uint8)
+    lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2 ** 64 - 1)
+    _leaves(np.ascontiguousarray(c, dtype=np.uint64), np.ascontiguousarray(tab),
+            int(w), int(D * w - low), lowmask, int(nout), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _deal_rows(rho, table, w, pad, lowmask, mask_bytes, out):
+    D, N, tb = out.shape
+    dmask = np.uint64((1 << w) - 1)
+    for i in range(N):
+        v = (rho[i] & lowmask) << np.uint64(pad)
+        for j in range(D):
+            r = np.int64((v >> np.uint64(j * w)) & dmask)
+            for b in range(tb):
+                out[j, i, b] = table[r, b] ^ mask_bytes[j, i, b]
+
+
+def dealt_rows(rho: np.ndarray, table: np.ndarray, w: int, low: int,
+               mask_bytes: np.ndarray) -> np.ndarray:
+    """``table[digit_j(rho_i)] ^ mask_bytes[j, i]`` [D, N, tb]: the dealer's masked table
+    rows of every digit (the same digit split as :func:`table_leaves`)."""
+    D, N, tb = mask_bytes.shape
+    out = np.empty((D, N, tb), np.uint8)
+    lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2 ** 64 - 1)
+    _deal_rows(np.ascontiguousarray(rho, dtype=np.uint64), np.ascontiguousarray(table),
+               int(w), int(D * w - low), lowmask, np.ascontiguousarray(mask_bytes), out)
+    return out
+
+
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) every kernel signature used, so a
     benchmark never times a compilation."""
     rotate_rows(np.zeros((1, 2, 3), np.uint64), np.zeros(2, np.int64))
+    table_leaves(np.zeros(2, np.uint64), np.zeros((2, 2, 1), np.uint8), 4, 7, 2)
+    dealt_rows(np.zeros(2, np.uint64), np.zeros((16, 4), np.uint8), 4, 7,
+               np.zeros((2, 2, 4), np.uint8))
     one = np.ones((2, 3), dtype=np.uint64)
     for mode in MODES:
         ring_matmul(one, one.T.copy(), mode)

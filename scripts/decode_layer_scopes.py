@@ -6,7 +6,11 @@ both norms prescaled by 1/2, the cache prefix persisted as `bench decode` does. 
 and bytes do not depend on the values, so x 30 layers (+ final norm, LM head, embed) is a
 SmolLM2 step; memory stays small (one layer), unlike a full-model run at S = 2048.
 
-    python scripts/decode_layer_scopes.py 2048 out.json
+    python scripts/decode_layer_scopes.py 2048 out.json [BOUND_LOG2]
+
+BOUND_LOG2 (optional): the attention scores' public bound exponent the private model
+announces (SmolLM2: 11, ``nn.private.score_bound_exponent``); without it the softmax
+compares on 64 bits.
 """
 import json
 import sys
@@ -19,6 +23,7 @@ from mpcache.nn.kv_cache import KVCache
 from mpcache.nn.transformer import Block
 
 S = int(sys.argv[1])
+BOUND = None if len(sys.argv) < 4 else 2.0 ** int(sys.argv[3])
 H, NH, NKV, HD, M, V = 576, 9, 3, 64, 1536, 49152
 rng = np.random.default_rng(0)
 W = {n: rng.normal(size=s) / np.sqrt(s[0]) for n, s in
@@ -40,6 +45,7 @@ def job(p):
     rope = L.RoPE(HD, max_positions=S + 8)
     attn = L.Attention(L.Linear(w["q"]), L.Linear(w["k"]), L.Linear(w["v"]), L.Linear(w["o"]),
                        NH, NKV, HD, rope=rope)
+    attn.score_bound = BOUND
     blk = Block(L.RMSNorm(g["n1"], prescale=0.5), attn, L.RMSNorm(g["n2"], prescale=0.5),
                 L.SwiGLU(L.Linear(w["gate"]), L.Linear(w["up"]), L.Linear(w["down"])))
     if attn.qkv is not None:            # as Decoder._fold_norm_gains (setup, not measured)

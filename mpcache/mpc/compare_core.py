@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ring import RING, iota
+from ..kernels import dealt_rows, table_leaves
+from ..ring import RING
 from .pair import U8, Pair, pack_bits, rand_bits, to_bits, unpack_bits
 
 _ONE = np.uint64(1)
@@ -129,17 +130,10 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     N = u.size if pairs is None else I.size
     w = min(w, low)
     D = -(-low // w)
-    pad = D * w - low
     M = 1 << w
     nout = 2 if kind == "lt" else 1
     tb = (M * nout + 7) // 8
-    lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2**64 - 1)
-    sh = (iota(D, np.uint64) * np.uint64(w))[:, None]
-    dmask = np.uint64(M - 1)
     want_top = low < nbits
-
-    def digits(v):
-        return ((((v & lowmask) << np.uint64(pad))[None, :] >> sh) & dmask).astype(np.int64)
 
     def tbytes(prg):
         n = N * D * tb
@@ -151,7 +145,7 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
         if pairs is not None:
             rho = rho[I] - rho[J]
         ta = tbytes(kA)
-        parts = [(_digit_tables(w, kind)[digits(rho)] ^ ta).reshape(-1)]
+        parts = [dealt_rows(rho, _digit_tables(w, kind), w, low, ta).reshape(-1)]
         if want_top:
             topa = rand_bits(kA, (N,))
             parts.append(pack_bits(((rho >> np.uint64(low)) & _ONE).astype(U8) ^ topa))
@@ -174,11 +168,7 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
         c = c[I] - c[J]
     if nbits < 64:
         c &= np.uint64((1 << nbits) - 1)
-    cd = digits(c)
-    q = cd[..., None] * nout + iota(nout)                       # bit positions
-    leaves = (np.take_along_axis(tab, (q >> 3).reshape(D, N, nout), axis=2)
-              >> (q & 7).astype(U8)) & U8(1)
-    return leaves, c, top
+    return table_leaves(c, tab, w, low, nout), c, top
 
 
 def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,

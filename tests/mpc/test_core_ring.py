@@ -267,3 +267,27 @@ def test_bench_ops_uncached_matvec_rows(monkeypatch):
         assert r["op"] == "ring_matvec_uncached" and r["max_abs_err"] == 0.0
         assert r["seconds"] > 0 and r["matrix_gb_per_s"] > 0
         assert "GB/s" in ops._fmt(r)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 300), w=st.integers(1, 8), low=st.integers(1, 64), eq=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_comparison_table_kernels_equal_numpy(n, w, low, eq, seed):
+    """kernels.table_leaves / dealt_rows (compare_core.masked_digits' lookups) against the
+    numpy expressions they replace, for every digit width, bit count and table kind."""
+    from mpcache.mpc.compare_core import _digit_tables
+    rng = np.random.default_rng(seed)
+    w = min(w, low)
+    D, nout = -(-low // w), 1 if eq else 2
+    tb = ((1 << w) * nout + 7) // 8
+    c = rng.integers(0, 2 ** 64, n, dtype=np.uint64, endpoint=False)
+    tab = rng.integers(0, 256, (D, n, tb), dtype=np.uint8)
+    lowmask = np.uint64(2 ** 64 - 1) if low == 64 else np.uint64((1 << low) - 1)
+    sh = (np.arange(D, dtype=np.uint64) * np.uint64(w))[:, None]
+    digit = ((((c & lowmask) << np.uint64(D * w - low))[None, :] >> sh)
+             & np.uint64((1 << w) - 1)).astype(np.int64)
+    q = digit[..., None] * nout + np.arange(nout)
+    want = (np.take_along_axis(tab, q >> 3, axis=2) >> (q & 7).astype(np.uint8)) & 1
+    assert np.array_equal(kernels.table_leaves(c, tab, w, low, nout), want)
+    table = _digit_tables(w, "eq" if eq else "lt")
+    assert np.array_equal(kernels.dealt_rows(c, table, w, low, tab), table[digit] ^ tab)
