@@ -194,7 +194,10 @@ JOBS["generate"] = JobSpec(
      "compare_full": Param(int, 1, "1: measure each step on the full cache too"),
      "fixed_length": Param(int, 0, "1: always max-new-tokens steps (hides the length)"),
      "model": Param(str, "smollm2", "smollm2 | tiny-random (plumbing checks)"),
-     "idle_timeout": Param(float, 3600.0, "seconds P1/P2 wait for the client's next prompt")},
+     "idle_timeout": Param(float, 3600.0, "seconds P1/P2 wait for the client's next prompt"),
+     "share_store": Param(str, "", "DIR: each party keeps its weight shares in DIR/p{id} "
+                                   "and a later run loads them instead of re-sharing "
+                                   "(rep3; docs/network.md, 'Share store')")},
     None, "private generation on the packaged SmolLM2: the model owner P1 shares the "
           "weights once, the client P0 gets every answer",
     file_inputs={"prompt": "prompt_file"}, report=_generate_report)

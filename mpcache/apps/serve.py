@@ -81,45 +81,70 @@ def client_plain_model(name: str):
     return Decoder(cfg, _tiny_weights(cfg))
 
 
-def setup(party, model: str = "smollm2", client: int = 0, owner: int = 1):
+def setup(party, model: str = "smollm2", client: int = 0, owner: int = 1,
+          share_store: str = ""):
     """Set-up, once: the owner's public part to the others, then the weights shared.
+    ``share_store``: a folder; each party loads its shares from ``DIR/p{id}`` when all
+    three stores hold the same intact sharing, and otherwise shares and writes them there
+    (rep3: :mod:`mpcache.apps.share_store`).
     Returns ``(decoder over shares, the public part this party knows, counters)``."""
-    from ..nn.private import send_public, share_bytes, share_decoder
-    from ..nn.transformer import DecoderConfig
-    t0, m0 = time.perf_counter(), _mark(party)
+    from ..nn.private import share_bytes
+    from .share_store import ShareStore
+    t0, m0, s0 = time.perf_counter(), _mark(party), party.stats()
     with party.scope("setup"):
-        public, weights = None, None
-        if party.id == owner:
-            lm = owner_model(model)
-            pres = prescales_for(lm)
-            public = {**lm.public(), "prescales": {k: v["prescale"] for k, v in pres.items()}}
-            weights, lm.model = lm.model.weights, None       # the dict is all that is left
-            del lm
-        public = send_public(party, public, owner, client)
-        config = DecoderConfig(**public["config"], dtype="float64")
-        dec = share_decoder(party, config, weights, owner, public["prescales"], consume=True)
-        del weights
+        store = ShareStore(party, share_store, model, owner, client) if share_store else None
+        dec, public = store.restore() if store is not None else (None, None)
+        if dec is None:
+            dec, public = _share(party, model, client, owner)
+            if store is not None:
+                store.save(dec, public)
+    s1 = party.stats()
     rec = _delta(m0, _mark(party))
     rec.update(seconds=time.perf_counter() - t0, share_bytes=share_bytes(dec),
-               peak_rss_mb=peak_rss_mb())
+               peak_rss_mb=peak_rss_mb(),
+               weight_bytes=sum(d["bytes"] + d["offline_bytes"] for d in
+                                (_scope_delta(s0, s1, n) for n in WEIGHT_SCOPES)),
+               shares=store.info["shares"] if store is not None else "shared",
+               store=store.info if store is not None else None)
     return dec, public, rec
+
+
+def _share(party, model, client, owner):
+    """The set-up without a usable store (inside scope "setup"): the owner loads its
+    model, sends the public part and shares every weight (its plaintext dropped as it
+    goes)."""
+    from ..nn.private import send_public, share_decoder
+    from ..nn.transformer import DecoderConfig
+    public, weights = None, None
+    if party.id == owner:
+        lm = owner_model(model)
+        pres = prescales_for(lm)
+        public = {**lm.public(), "prescales": {k: v["prescale"] for k, v in pres.items()}}
+        weights, lm.model = lm.model.weights, None       # the dict is all that is left
+        del lm
+    public = send_public(party, public, owner, client)
+    config = DecoderConfig(**public["config"], dtype="float64")
+    dec = share_decoder(party, config, weights, owner, public["prescales"], consume=True)
+    del weights
+    return dec, public
 
 
 def serve_job(party, prompts=None, max_new_tokens: int = 8, context: str | None = None,
               raw: bool = False, model: str = "smollm2", eviction: Eviction | None = None,
               fixed_length: bool = False, client: int = 0, owner: int = 1, out=None,
-              idle_timeout: float = 3600.0) -> dict:
+              idle_timeout: float = 3600.0, share_store: str = "") -> dict:
     """The SPMD job: :func:`setup`, then one answer per prompt of ``prompts`` (an iterable
     of texts, read at the client only) until it is exhausted.  ``out``: the client's
     stream for the answers, token by token (None: stdout).  ``idle_timeout``: how long
     P1 and P2 wait for the client's next prompt (interactive sessions pause there).
+    ``share_store``: each party's weight shares on its own disk (:func:`setup`).
 
     Returns at every party ``{"setup": counters, "answers": [per answer: counters, and
     at the client "tokens" and "text"], "peak_rss_mb": ...}``."""
     ev = eviction or Eviction()
     if party.id == client:
         ev.check()
-    dec, public, set_up = setup(party, model, client, owner)
+    dec, public, set_up = setup(party, model, client, owner, share_store)
     tok, plain, source = None, None, None
     if party.id == client:
         from ..nn.smollm2 import SmolLM2
@@ -228,9 +253,16 @@ def _rounds(parts: list) -> int:
 def setup_costs(outputs: list) -> dict:
     """The set-up, joined over the parties' outputs: bytes (max over parties, online and
     offline), rounds (critical path), seconds (slowest party), per-party share bytes and
-    peak RSS at the end of set-up."""
+    peak RSS at the end of set-up; the weight-sharing bytes (max over parties), whether
+    the shares were ``"loaded"`` from the share store or ``"shared"``, and the store's
+    seconds (load, or write) and bytes on disk per party (None without a store)."""
     s = [o["setup"] for o in outputs]
-    return {"bytes": max(x["bytes"] + x["offline_bytes"] for x in s),
+    store = [x.get("store") for x in s]
+    return {"shares": s[0].get("shares", "shared"),
+            "weight_bytes": max(x.get("weight_bytes", 0) for x in s),
+            "store_seconds": max(st["seconds"] for st in store) if all(store) else None,
+            "store_disk_bytes": [st["disk_bytes"] for st in store] if all(store) else None,
+            "bytes": max(x["bytes"] + x["offline_bytes"] for x in s),
             "bytes_per_party": [x["bytes"] + x["offline_bytes"] for x in s],
             "rounds": max(x["c1"] for x in s) - max(x["c0"] for x in s),
             "seconds": max(x["seconds"] for x in s),
@@ -279,7 +311,11 @@ def cost_lines(outputs: list, timed=(0,)) -> list:
     lines = [f"set-up (once): {s['seconds']:.1f} s, {s['bytes'] / 1e6:.1f} MB sent by the "
              f"busiest party (per party {[round(b / 1e6, 1) for b in s['bytes_per_party']]} "
              f"MB), {s['rounds']} rounds; weight shares held {gb} GB, peak RSS "
-             f"{[round(m) for m in s['peak_rss_mb']]} MB per party"]
+             f"{[round(m) for m in s['peak_rss_mb']]} MB per party; weights "
+             + (f"loaded from the share store in {s['store_seconds']:.1f} s"
+                if s["shares"] == "loaded" else f"shared ({s['weight_bytes'] / 1e6:.1f} MB)"
+                + (f", share store written in {s['store_seconds']:.1f} s"
+                   if s["store_seconds"] is not None else ""))]
     for k, r in enumerate(answer_costs(outputs, timed)):
         pt, pre = r["per_token"], r["prefill"]
         lines.append(
@@ -327,7 +363,8 @@ def generate_job(party, prompt_file: str = "", prompts: str = "", interactive: i
                  max_new_tokens: int = 8, context_file: str = "", raw: int = 0,
                  policy: str = "full", budget: float = 0.0, prefill: str = "private",
                  compare_full: int = 1, fixed_length: int = 0, model: str = "smollm2",
-                 idle_timeout: float = 3600.0, client: int = 0, owner: int = 1) -> dict:
+                 idle_timeout: float = 3600.0, client: int = 0, owner: int = 1,
+                 share_store: str = "") -> dict:
     """`mpcache launch -- generate ...` at one party: only the owner reads the model;
     the prompt files (and stdin) are read at the client only (their paths are not
     secret; their contents never leave it except secret-shared)."""
@@ -337,7 +374,8 @@ def generate_job(party, prompt_file: str = "", prompts: str = "", interactive: i
         source = prompt_source(prompt_file, prompts, bool(interactive))
         ctx = read_context_file(context_file) if context_file else None
     got = serve_job(party, source, max_new_tokens, ctx, bool(raw), model, ev,
-                    bool(fixed_length), client, owner, idle_timeout=idle_timeout)
+                    bool(fixed_length), client, owner, idle_timeout=idle_timeout,
+                    share_store=share_store)
     first = next((a for a in got["answers"] if "tokens" in a), None)
     got["result"] = None if first is None else np.asarray(first["tokens"], dtype=np.int64)
     if party.id == client:

@@ -38,6 +38,10 @@ def register(sub) -> None:
     g.add_argument("--model", choices=["smollm2", "tiny-random"], default="smollm2",
                    help="tiny-random: SmolLM2's tokenizer, a 2-layer random decoder "
                         "(plumbing checks; its text is noise)")
+    g.add_argument("--share-store", metavar="DIR", default="",
+                   help="each party keeps its weight shares in DIR/p{id} (0600 files); a "
+                        "later run loads them instead of re-sharing when all three are "
+                        "intact and from one sharing (rep3 only; docs/network.md)")
     g.add_argument("--json", dest="json_path", help="write the cost summary here")
     g.set_defaults(func=_generate)
 
@@ -108,10 +112,13 @@ def register(sub) -> None:
 def _generate(a) -> int:
     from ..apps.generate import Eviction, PromptError, build_request, read_context_file
     from ..apps.serve import prompt_source
+    from ..apps.share_store import StoreRefused, refuse_unless_rep3
     from ..nn.smollm2 import ModelNotInstalled, load_public
     ev = Eviction(a.policy, a.budget, a.prefill, a.compare_full)
     try:
         ev.check()
+        if a.share_store:
+            refuse_unless_rep3(a.protocol)
         context = read_context_file(a.context_file) if a.context_file else None
         if a.prompt is not None or a.prompt_file is not None:
             prompts = [a.prompt if a.prompt is not None else sys.stdin.read()
@@ -122,7 +129,7 @@ def _generate(a) -> int:
             tok = load_public()             # the tokenizer, no tensor read
             sizes = [build_request(tok, p, a.max_new_tokens, context,
                                    chat=not a.raw).prompt_ids.size for p in prompts]
-    except (PromptError, ModelNotInstalled) as e:
+    except (PromptError, ModelNotInstalled, StoreRefused) as e:
         print(f"mpcache generate: {e}", file=sys.stderr)
         return 2
     what = (f"{len(prompts)} prompt(s) of {', '.join(map(str, sizes))} tokens"
@@ -142,7 +149,8 @@ def _generate_local(a, prompts, context, ev) -> int:
     from ..apps.serve import cost_lines, peak_rss_mb, serve_job, setup_costs, answer_costs
     from ..runtime import Session
     res = Session(a.protocol, timeout=600.0).run(
-        serve_job, prompts, a.max_new_tokens, context, a.raw, a.model, ev, a.fixed_length)
+        serve_job, prompts, a.max_new_tokens, context, a.raw, a.model, ev, a.fixed_length,
+        share_store=a.share_store)
     outs = res.outputs
     answers = answer_costs(outs, res.timed)
     print()
@@ -180,6 +188,8 @@ def _generate_grpc(a, prompts) -> int:
         job += ["--context-file", os.path.abspath(a.context_file)]
     if a.raw:
         job += ["--raw", "1"]
+    if a.share_store:
+        job += ["--share-store", os.path.abspath(a.share_store)]
     prompt = None
     if a.prompts:
         job += ["--prompts", os.path.abspath(a.prompts)]
