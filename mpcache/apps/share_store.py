@@ -58,6 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
+#: The store's layout and meaning; a change to how shares are laid out or folded
+#: (``share_decoder``) must change it, so older stores are shared again, not misread.
 FORMAT = 1
 MANIFEST = "manifest.json"
 PUBLIC = "public.json"
@@ -227,7 +229,10 @@ class ShareStore:
         p = self.party
         path = self.folder / MANIFEST
         if p.id == self.owner:
-            self.fingerprint = model_fingerprint(self.model)
+            try:
+                self.fingerprint = model_fingerprint(self.model)
+            except Exception as e:     # noqa: BLE001 - the set-up's own load reports it
+                return None, f"cannot fingerprint the model: {e}"
         if not path.exists():
             return None, f"no share store in {self.folder}"
         try:
