@@ -195,3 +195,21 @@ def test_the_generate_job_takes_share_store():
     from mpcache.apps.jobs import get_job
     kw = get_job("generate").parse(["--prompt-file", "q.txt", "--share-store", "/d"])
     assert kw["share_store"] == "/d"
+
+
+def test_cli_generate_writes_then_loads(tmp_path, capsys):
+    """``mpcache generate --share-store DIR`` (in process): the first run shares, the
+    second loads; the JSON's set-up says which, with the weight bytes."""
+    from mpcache.cli import main
+    docs = []
+    for k in range(2):
+        out = tmp_path / f"g{k}.json"
+        rc = main(["generate", "--model", "tiny-random", "--prompt", "Hi there.",
+                   "--max-new-tokens", "2", "--share-store", str(tmp_path / "s"),
+                   "--json", str(out)])
+        assert rc == 0
+        docs.append(json.loads(out.read_text()))
+    assert [d["setup"]["shares"] for d in docs] == ["shared", "loaded"]
+    assert docs[0]["setup"]["weight_bytes"] > 0 and docs[1]["setup"]["weight_bytes"] == 0
+    assert docs[0]["tokens"] == docs[1]["tokens"]
+    assert "loaded from the share store" in capsys.readouterr().out
