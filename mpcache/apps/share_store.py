@@ -17,9 +17,11 @@ parties on one host do not collide; on three hosts each writes its own disk):
   public zero of the owner's input: it is not written, and on load it is rebuilt with
   ``np.zeros`` (its pages stay untouched: no resident memory, as after sharing).
 
-Directory 0700, files 0600: one party's files are two of the three additive components
-of every weight, uniformly random on their own, but any two parties' files reconstruct
-every weight.  Never plaintext, never another party's data.
+Directory 0700, files 0600.  Never plaintext, never another party's data; but a
+non-owner's files (one uniformly random component per weight) reveal nothing alone,
+while any two parties' files reconstruct every weight -- and so do the owner's own two
+components, whose sum is the weight (the third is the public zero of its input): its
+folder is as secret as the model file beside it (docs/network.md, "Share store").
 
 Agreement (scope ``setup/store``, before anything else of the set-up): each party checks
 its manifest (format, protocol, ids, frac bits, model; the owner its model fingerprint;
@@ -251,8 +253,13 @@ class ShareStore:
                 return None, f"stored {key} {m.get(key)!r}, this session {value!r}"
         if p.id == self.owner and m.get("fingerprint") != self.fingerprint:
             return None, "the model file differs from the one the store was shared from"
+        if not (isinstance(m["sharing_id"], str) and isinstance(m["public_digest"], str)
+                and isinstance(m["score_bound"], int) and isinstance(m["disk_bytes"], int)):
+            return None, "malformed manifest"
         for f in [m["public_file"]] + [c for t in m["tensors"].values()
                                        for c in t["components"].values()]:
+            if Path(f["file"]).name != f["file"]:       # a file of this folder only
+                return None, f"malformed manifest: file name {f['file']!r}"
             fp = self.folder / f["file"]
             size = fp.stat().st_size if fp.exists() else None
             if size != f["bytes"]:

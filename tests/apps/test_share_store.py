@@ -1,8 +1,8 @@
 """The share store (mpcache.apps.share_store): each party writes its own rep3 weight
 shares to DIR/p{id}; a later run loads them (no weight byte sent, the owner reads no
 weight) and answers as the run that shared; a corrupted file, a missing party store, a
-store of another sharing or another model each lead to a re-share with the reason; add2
-is refused; a non-owner writes no all-zero component."""
+store of another sharing or another model, a malformed manifest each lead to a re-share
+with the reason; add2 is refused; a non-owner writes no all-zero component."""
 from __future__ import annotations
 
 import io
@@ -149,6 +149,7 @@ def _other_sharing(store, tmp_path):
     ("missing", "P0: no share store in .*p0"),
     ("other-sharing", "the stores hold different sharings"),
     ("other-model", "P1: the model file differs"),
+    ("bad-manifest", "P2: unreadable manifest"),
 ])
 def test_an_unusable_store_is_shared_again_with_the_reason(first, tmp_path, monkeypatch,
                                                            capsys, case, why):
@@ -161,6 +162,8 @@ def test_an_unusable_store_is_shared_again_with_the_reason(first, tmp_path, monk
         _drop_p0(again)
     elif case == "other-sharing":
         _other_sharing(again, tmp_path)
+    elif case == "bad-manifest":
+        (again / "p2" / MANIFEST).write_text('{"format": 1, "protocol"')
     else:
         real = store_mod.model_fingerprint
         monkeypatch.setattr(store_mod, "model_fingerprint", lambda m: real(m) + "-v2")
