@@ -81,6 +81,8 @@ def softmax(x, axis: int = -1, score_bound: float | None = None):
         np.exp(z, out=z)
         z /= z.sum(axis=axis, keepdims=True)
         return z
+    if score_bound is None:           # tensor types without the keyword stay served
+        return x.softmax(axis=axis)
     return x.softmax(axis=axis, score_bound=score_bound)
 
 
