@@ -98,6 +98,7 @@ def setup(party, model: str = "smollm2", client: int = 0, owner: int = 1,
             dec, public = _share(party, model, client, owner)
             if store is not None:
                 store.save(dec, public)
+    release_free_heap()
     s1 = party.stats()
     rec = _delta(m0, _mark(party))
     rec.update(seconds=time.perf_counter() - t0, share_bytes=share_bytes(dec),
@@ -107,6 +108,20 @@ def setup(party, model: str = "smollm2", client: int = 0, owner: int = 1,
                shares=store.info["shares"] if store is not None else "shared",
                store=store.info if store is not None else None)
     return dec, public, rec
+
+
+def release_free_heap() -> bool:
+    """Give the heap's free memory back to the OS (glibc ``malloc_trim(0)``), once after
+    set-up: the owner's plaintext model and the sharing's temporaries were freed, but
+    glibc keeps freed heap chunks mapped, so they would count in every later peak RSS.
+    One call, no effect on the speed of later work (unlike lowering glibc's mmap
+    threshold, measured 45% slower: docs/network.md, "Memory").  False where there is
+    no glibc."""
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _share(party, model, client, owner):
