@@ -454,7 +454,8 @@ def table_leaves(c: np.ndarray, tab: np.ndarray, w: int, low: int, nout: int) ->
     """Leaves [D, N, nout] of the digit comparisons: for digit j (``w`` bits, little-endian,
     of the ``low`` low bits of public ``c``, padded at the bottom to D w bits) the bits
     ``nout * digit + o`` of the packed table row ``tab[j, i]`` (numba: one pass, no index
-    arrays; the numpy form took 37 ms for 36864 comparisons of 16 digits, this 2 ms)."""
+    arrays; for 36864 comparisons of 16 digits the numpy form took 37 ms, this and
+    :func:`dealt_rows` together 4.4 ms)."""
     D = tab.shape[0]
     out = np.empty((D, c.size, nout), np.uint8)
     lowmask = np.uint64((1 << low) - 1) if low < 64 else np.uint64(2 ** 64 - 1)

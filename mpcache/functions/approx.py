@@ -111,9 +111,10 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     and exp runs on ``[-14, 0]`` with clipping.  Valid for any scores in the fixed-point
     range (masked entries such as -1e4 become exactly 0).  ``score_bound``: a public S
     with |x| <= S that the CALLER guarantees (attention scores: from the weights, see
-    ``nn.private.score_bounds``); the row max then compares on ``select.bound_bits(S)``
-    bits: SmolLM2's S = 2^11 gives 32-bit comparisons, one tree round fewer per level of
-    the max (4 rounds for 2049 values) and half the opened bytes.  Exact as before for
+    ``nn.private.score_bound_exponent``); the row max then compares on
+    ``select.bound_bits(S)`` bits: SmolLM2's S = 2^11 gives 32-bit comparisons, one tree
+    round fewer per level of the max (5 rounds for 2049 values), one for exp's clip, and
+    half the opened bytes.  Exact as before for
     scores inside the bound; a score outside it can make the max any of the row's values.
 
     ``method="bounded"``: no max (saves the comparison tree); ``m = bound`` is a public

@@ -278,7 +278,7 @@ def bound_bits(bound, frac: int, pairwise: bool = True) -> int:
     Why it helps: a comparison opens ``d + rho mod 2^nbits`` and combines ``nbits - 1``
     bits in its digit tree, so 32 bits instead of 64 take one tree round fewer (4 instead
     of 8 digits of 8 bits; 8 instead of 16 of 4 bits) and half the opened bytes
-    (docs/rounds.md, "bounded comparisons")."""
+    (docs/rounds.md, "Third pass")."""
     if bound is None:
         return 64
     units = (2.0 if pairwise else 1.0) * float(bound) * 2.0 ** frac
@@ -308,7 +308,7 @@ def amax(x, axis=-1, keepdims=False, bound=None):
     """Maximum along ``axis`` (None: all).  The fan-in-8 tree (module doc; cost:
     ``mpc.costs.max_tree_cost``), rep3 + 1 round.  ``bound``: a public B with |x| <= B
     for every entry, which the CALLER guarantees (e.g. attention scores, from the
-    weights: ``nn.private.score_bounds``); the comparisons then run on
+    weights: ``nn.private.score_bound_exponent``); the comparisons then run on
     :func:`bound_bits` bits (fewer rounds and bytes).  An entry outside the bound can
     make the result any of the row's values."""
     return _reduce(x, axis, keepdims, True, bound)
