@@ -27,6 +27,7 @@ import numpy as np
 from .kernels import matmul_shape, ring_matmul
 from .mpc.base import align, phantom
 from .mpc.persistent import Persisted, concatenated, grown
+from .pages import small_pages
 from .ring import RING, FixedPointRangeError, encode_int
 
 
@@ -361,8 +362,8 @@ class SecretTensor:
         if buf.data.shape[ax] < n + t:
             shape = list(self.shape)
             shape[ax - 1] = max(16, 2 * (n + t))
-            data = self._proto.zeros_like_share(shape)
-            if self._proto.active and n:
+            data = small_pages(self._proto.zeros_like_share(shape))   # spare capacity and
+            if self._proto.active and n:                               # zero parts: unbacked
                 idx = [slice(None)] * (data.ndim - 1)
                 idx[ax - 1] = slice(0, n)
                 for j in range(data.shape[0]):      # share components

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import ring_matmul, roll_rows
+from ..pages import small_pages
 from ..ring import RING
 from . import truncation as tr
 from .base import ARITH, XOR, Group, Protocol
@@ -55,14 +56,15 @@ class Rep3(Protocol):
             self.send_shape(p, self.prev, x.shape, tag + ".shape")
             return np.stack([xo, xo1])
         # The public zero is left as np.zeros made it: a large one is never-touched
-        # memory (no resident pages) until something writes there.
+        # memory (no resident pages; small pages so that writing the other component
+        # faults no huge page across it: mpcache/pages.py).
         if self.id == (o + 1) % 3:      # holds (x_{o+1}, x_{o+2} = 0)
             xo1 = p.recv(o, tag)
-            out = np.zeros((2,) + xo1.shape, RING)
+            out = small_pages(np.zeros((2,) + xo1.shape, RING))
             out[0] = xo1
             return out
         shape = self.recv_shape(p, o, tag + ".shape")   # P_{o+2}: (0, x_o)
-        out = np.zeros((2,) + tuple(shape), RING)
+        out = small_pages(np.zeros((2,) + tuple(shape), RING))
         out[1] = p.prg_next.ring(shape)
         return out
 
