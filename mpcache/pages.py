@@ -17,12 +17,14 @@ import sys
 
 import numpy as np
 
-__all__ = ["small_pages", "MIN_BYTES"]
+__all__ = ["small_pages", "advise", "available", "MIN_BYTES", "MADV_DONTNEED",
+           "MADV_NOHUGEPAGE"]
 
 #: buffers below this size keep the kernel's default (no system call)
 MIN_BYTES = 4 << 20
 _PAGE = mmap.PAGESIZE
-_MADV_NOHUGEPAGE = 15          # Linux
+MADV_DONTNEED = 4              # Linux: private anonymous pages read back as zeros
+MADV_NOHUGEPAGE = 15           # Linux: 4 KiB pages only
 
 
 def _libc():
@@ -39,14 +41,34 @@ def _libc():
 _LIBC = _libc()
 
 
+def available() -> bool:
+    """Whether ``madvise`` can be called here (Linux with a C library)."""
+    return _LIBC is not None
+
+
+def advise(a: np.ndarray, advice: int, inward: bool) -> int:
+    """``madvise(advice)`` over the pages of ``a``'s buffer: ``inward`` -- only the pages
+    wholly inside it (advice that changes contents, e.g. MADV_DONTNEED, must not reach a
+    neighbour's bytes), else every page it touches.  Returns the bytes advised (0 where
+    the call is unavailable or failed)."""
+    if _LIBC is None:
+        return 0
+    lo, hi = a.ctypes.data, a.ctypes.data + a.nbytes
+    if inward:
+        start, end = -(-lo // _PAGE) * _PAGE, hi // _PAGE * _PAGE
+    else:
+        start, end = lo // _PAGE * _PAGE, -(-hi // _PAGE) * _PAGE
+    if end <= start or _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                                     advice):
+        return 0
+    return end - start
+
+
 def small_pages(a: np.ndarray) -> np.ndarray:
     """Advise 4 KiB pages (``madvise(MADV_NOHUGEPAGE)``) over the whole buffer of a fresh,
     not yet written array ``a`` of at least :data:`MIN_BYTES`; returns ``a``.  The range
     is widened to whole pages (the allocator's header before a large array is in the same
     mapping).  Values are unchanged; where the call is unavailable nothing happens."""
-    if _LIBC is None or not isinstance(a, np.ndarray) or a.nbytes < MIN_BYTES:
-        return a
-    start = a.ctypes.data // _PAGE * _PAGE
-    end = -(-(a.ctypes.data + a.nbytes) // _PAGE) * _PAGE
-    _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_NOHUGEPAGE)
+    if isinstance(a, np.ndarray) and a.nbytes >= MIN_BYTES:
+        advise(a, MADV_NOHUGEPAGE, inward=False)
     return a

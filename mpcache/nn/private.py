@@ -24,14 +24,13 @@ scales); they reveal only the order of magnitude of activations on public text.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import mmap
-import sys
 
 import numpy as np
 
+from ..pages import MADV_DONTNEED, advise, available
 from . import functional as F
 from .transformer import Decoder, DecoderConfig, weight_shapes
 
@@ -141,7 +140,7 @@ def release_zero_pages(tensors) -> int:
     reads them as zeros from the shared zero page, taking no resident memory.  This
     halves those parties' weight memory.  Returns the bytes released (0 where ``madvise``
     is unavailable)."""
-    if _LIBC is None:
+    if not available():
         return 0
     seen, released = set(), 0
     for t in tensors:
@@ -157,30 +156,10 @@ def release_zero_pages(tensors) -> int:
 
 
 def _dont_need(a: np.ndarray) -> int:
-    addr = a.ctypes.data
-    start = -(-addr // _PAGE) * _PAGE
-    end = (addr + a.nbytes) // _PAGE * _PAGE
-    if end <= start:
-        return 0
-    if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED):
-        return 0
-    return end - start
+    return advise(a, MADV_DONTNEED, inward=True)
 
 
-def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc()
 _PAGE = mmap.PAGESIZE
-_MADV_DONTNEED = 4          # Linux: private anonymous pages read back as zeros
 
 
 def folded_shapes(config: DecoderConfig) -> dict:
