@@ -66,6 +66,10 @@ OPS = {
     "reciprocal": (lambda p, x: x.reciprocal(), A0 + 1, np.full(N, 37.5), (), "reciprocal"),
     "softmax": (lambda p, x: x.reshape(32, 64).softmax(axis=-1), A0, B1 / 10, (), "softmax"),
     "max": (lambda p, x: x.reshape(256, 32).max(axis=-1), C0, C1, (), "max"),
+    "max_bounded": (lambda p, x: x.reshape(256, 32).max(axis=-1, bound=128.0), C0, C1, (),
+                    "max"),          # 32-bit openings mod 2^nbits (select.bound_bits)
+    "softmax_bounded": (lambda p, x: x.reshape(32, 64).softmax(axis=-1, score_bound=16.0),
+                        A0, B1 / 10, (), "softmax"),
     "argmax": (lambda p, x: x.reshape(256, 32).argmax(axis=-1), C0, C1, (), "argmax"),
     "gather": (_gather, (A0, B0), (A1, B1), (), "argmax"),
     # top-k's number of selection levels depends on the random shuffle (simulatable):
