@@ -58,11 +58,14 @@ import numpy as np
 #: public bound exponent the owner announces (``nn.private.score_bound_exponent``), known
 #: for the two models ``bench decode`` runs (tests/apps/test_estimate.py recomputes both
 #: from the weights); unknown (None: 64-bit comparisons, an upper bound) for the others.
+#: ``act_bound_log2`` / ``logit_bound_log2``: the same for the MLP activation's input and
+#: the logits (``nn.private.act_bound_exponent``).
 GPT2_RANDOM_BOUND = 6       # bench decode's random_gpt2_small(seed=0)
+GPT2_RANDOM_ACT_BOUNDS = (5, 5)
 ARCHS = {
     "smollm2": dict(arch="llama", vocab_size=49152, hidden_size=576, n_layers=30, n_heads=9,
                     n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=47,
-                    score_bound_log2=11),
+                    score_bound_log2=11, act_bound_log2=8, logit_bound_log2=9),
     "gpt2-small": dict(arch="gpt2", vocab_size=50257, hidden_size=768, n_layers=12,
                        n_heads=12, n_kv_heads=12, head_dim=64, mlp_hidden=3072,
                        prescaled="all"),
@@ -73,7 +76,9 @@ ARCHS = {
                        n_heads=32, n_kv_heads=8, head_dim=128, mlp_hidden=14336,
                        prescaled="all"),
 }
-ARCHS["gpt2-small-random"] = dict(ARCHS["gpt2-small"], score_bound_log2=GPT2_RANDOM_BOUND)
+ARCHS["gpt2-small-random"] = dict(ARCHS["gpt2-small"], score_bound_log2=GPT2_RANDOM_BOUND,
+                                  act_bound_log2=GPT2_RANDOM_ACT_BOUNDS[0],
+                                  logit_bound_log2=GPT2_RANDOM_ACT_BOUNDS[1])
 KEYS = ("bytes_sent", "messages_sent", "offline_bytes_sent")
 #: A policy's attention twin keeps the model's KV heads unless its secret cache (all
 #: parties) would pass this many bytes; then fewer (bytes are scaled up by n_kv_heads /
@@ -301,19 +306,21 @@ def _piece_softmax(p, rng, rows, group, n, bound_log2=None):
         F.softmax(x, axis=-1, score_bound=None if bound_log2 is None else 2.0 ** bound_log2)
 
 
-def _piece_mlp_act(p, rng, arch, n):
+def _piece_mlp_act(p, rng, arch, n, bound_log2=None):
     from .nn import functional as F
     g = _secret(p, rng, (1, n))
     u = _secret(p, rng, (1, n), owner=1) if arch == "llama" else None
+    b = None if bound_log2 is None else 2.0 ** bound_log2
     with p.scope("m"):
-        F.silu(g) * u if arch == "llama" else F.gelu(g)
+        F.silu(g, b) * u if arch == "llama" else F.gelu(g, b)
 
 
-def _piece_sample(p, rng, v):
+def _piece_sample(p, rng, v, bound_log2=None):
     from .nn import functional as F
     logits = _secret(p, rng, (v,), scale=3.0)
     with p.scope("m"):
-        oh = F.argmax_onehot(logits, axis=-1)
+        oh = F.argmax_onehot(logits, axis=-1,
+                             bound=None if bound_log2 is None else 2.0 ** bound_log2)
         (oh @ np.arange(v, dtype=np.int64)).reveal(to=0)
 
 
@@ -350,6 +357,11 @@ def _attention(ops, protocol, cfg, s) -> Cost:
     return rest + sm
 
 
+def _bound_kw(cfg, key) -> dict:
+    """A piece's ``bound_log2`` keyword from the architecture's ``key`` (none if unknown)."""
+    return {} if cfg.get(key) is None else {"bound_log2": int(cfg[key])}
+
+
 def n_prescaled(cfg) -> int:
     total = 2 * cfg["n_layers"] + 1
     p = cfg.get("prescaled", "all")
@@ -380,9 +392,10 @@ def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) 
         "o_proj": lin(nh * hd, d) * L,
         "mlp_linear": ((lin(d, 2 * ff) if cfg["arch"] == "llama" else lin(d, ff))
                        + lin(ff, d)) * L,
-        "mlp_act": ops.get(protocol, "mlp_act", arch=cfg["arch"], n=ff)["m"] * L,
+        "mlp_act": ops.get(protocol, "mlp_act", arch=cfg["arch"], n=ff,
+                           **_bound_kw(cfg, "act_bound_log2"))["m"] * L,
         "lm_head": lin(d, V, False),
-        "sample": ops.get(protocol, "sample", v=V)["m"],
+        "sample": ops.get(protocol, "sample", v=V, **_bound_kw(cfg, "logit_bound_log2"))["m"],
     }
     total = Cost()
     for c in parts.values():

@@ -62,7 +62,7 @@ import numpy as np
 
 #: The store's layout and meaning; a change to how shares are laid out or folded
 #: (``share_decoder``) must change it, so older stores are shared again, not misread.
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "manifest.json"
 PUBLIC = "public.json"
 #: How long a party waits for the others during the store's exchanges (seconds).
@@ -105,10 +105,12 @@ def _canon(doc) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def public_digest(public: dict, score_bound: int) -> str:
+def public_digest(public: dict, bounds) -> str:
     """What every party must agree on besides the sharing id: the config, the prescales
-    and the score-bound exponent (the tokenizer, held by the client only, is not in it)."""
-    doc = {"config": public["config"], "prescales": public["prescales"], "e": score_bound}
+    and the public bound exponents ``[score, act, logit]`` (``nn.private.set_bounds``;
+    the tokenizer, held by the client only, is not in it)."""
+    doc = {"config": public["config"], "prescales": public["prescales"],
+           "bounds": [int(e) for e in bounds]}
     return hashlib.sha256(_canon(doc)).hexdigest()
 
 
@@ -254,7 +256,9 @@ class ShareStore:
         if p.id == self.owner and m.get("fingerprint") != self.fingerprint:
             return None, "the model file differs from the one the store was shared from"
         if not (isinstance(m["sharing_id"], str) and isinstance(m["public_digest"], str)
-                and isinstance(m["score_bound"], int) and isinstance(m["disk_bytes"], int)):
+                and isinstance(m["bounds"], list) and len(m["bounds"]) == 3
+                and all(isinstance(e, int) for e in m["bounds"])
+                and isinstance(m["disk_bytes"], int)):
             return None, "malformed manifest"
         for f in [m["public_file"]] + [c for t in m["tensors"].values()
                                        for c in t["components"].values()]:
@@ -268,7 +272,7 @@ class ShareStore:
         return m, ""
 
     def _load(self, m: dict):
-        """``(config, sw, public, e)`` from the files, every SHA-256 checked."""
+        """``(config, sw, public, bounds)`` from the files, every SHA-256 checked."""
         from ..nn.private import _Releasing, folded_shapes
         from ..nn.transformer import DecoderConfig
         from ..tensor import SecretTensor
@@ -285,7 +289,7 @@ class ShareStore:
             for j, f in t["components"].items():
                 _read(self.folder / f["file"], data[int(j)], f["sha256"])
             sw[name] = SecretTensor(self.party, data, m["frac_bits"])
-        return config, sw, public, m["score_bound"]
+        return config, sw, public, m["bounds"]
 
     # -- save ----------------------------------------------------------------------------
     def save(self, dec, public: dict) -> None:
@@ -317,9 +321,8 @@ class ShareStore:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
         (folder / MANIFEST).unlink(missing_ok=True)     # no valid store until complete
-        bounds = {b.attn.score_bound for b in dec.blocks}
-        bound = bounds.pop() if len(bounds) == 1 else None
-        e = -1 if bound is None else int(round(np.log2(bound)))
+        from ..nn.private import get_bounds
+        bounds = get_bounds(dec)
         tensors, files, disk = {}, set(), 0
         for name, t in dec.weights.items():
             if t is None:
@@ -347,7 +350,7 @@ class ShareStore:
                     "owner": self.owner, "client": self.client,
                     "frac_bits": p.fxp.frac_bits, "model": self.model,
                     "byteorder": sys.byteorder, "sharing_id": self.sharing_id,
-                    "score_bound": e, "public_digest": public_digest(public, e),
+                    "bounds": bounds, "public_digest": public_digest(public, bounds),
                     "public_file": pub, "tensors": tensors, "disk_bytes": disk}
         if p.id == self.owner:
             manifest["fingerprint"] = self.fingerprint or model_fingerprint(self.model)
@@ -364,9 +367,9 @@ class ShareStore:
         sys.stderr.flush()
 
 
-def _decoder(party, config, sw, public, e):
+def _decoder(party, config, sw, public, bounds):
     """The Decoder over loaded shares, laid out as ``share_decoder`` builds it."""
-    from ..nn.private import apply_prescales, release_zero_pages
+    from ..nn.private import apply_prescales, release_zero_pages, set_bounds
     from ..nn.transformer import Decoder, weight_shapes
     for name, t in sw.items():
         if t.ndim == 2 and name != "pos_embed":         # the same marks (no work in rep3)
@@ -376,9 +379,7 @@ def _decoder(party, config, sw, public, e):
             sw[name] = None                             # gains are in the next linear
     cfg = dataclasses.replace(config, dtype="float64", tie_embeddings=False)
     dec = Decoder(cfg, sw)
-    if e >= 0:
-        for block in dec.blocks:
-            block.attn.score_bound = float(2.0 ** e)
+    set_bounds(dec, bounds)
     release_zero_pages([t for t in dec.weights.values() if t is not None])
     if public.get("prescales"):
         apply_prescales(dec, public["prescales"])

@@ -28,6 +28,14 @@ Knobs: ``T`` and ``degree`` (= m) keyword arguments.  Above ``T`` the result is 
 ``x`` (GELU/SiLU minus ReLU is below the error bound there); below ``-T`` exactly 0.
 Inputs are any fixed-point values (the comparisons handle the full range).
 
+``bound``: a public B with |x| <= B that the caller guarantees (a decoder's MLP input,
+from the weights: ``nn.private.act_bound_exponent``).  The comparisons then run on
+``select.bound_bits(B + T)`` bits, and coarse (``select.sign_drop`` with
+:data:`ACT_TOL`): the thresholds move in to ``T - t`` (t <= ACT_TOL, 2^-7 for SmolLM2's
+2^8) and a value in ``(T - t, T]`` may take either piece -- both are accurate there, the
+error bound grows from the tail at T to the tail at T - t (SiLU: 6.38e-3 -> 6.42e-3).
+SmolLM2's MLP: 64 -> 17-bit trees, 5 -> 2 comparison rounds.
+
 What a party learns: nothing beyond the comparison/multiplication sub-protocols.
 """
 from __future__ import annotations
@@ -37,9 +45,12 @@ import math
 
 import numpy as np
 
+from ..mpc.compare_core import msb_bits
 from ..tensor import concatenate
+from . import compare
 from .poly import (Dot, PolyPlan, _choose_frac, add_const, bits_times, bnot, fit_poly,
-                   lincomb, poly_eval_many, run_level, sign_bits)
+                   lincomb, poly_eval_many, run_level)
+from .select import bound_bits, sign_drop
 
 __all__ = ["gelu", "silu", "tanh", "sigmoid", "even_piecewise", "odd_piecewise", "ACTIVATIONS",
            "SATURATING"]
@@ -71,21 +82,34 @@ def _even_fit(name: str, T: float, m: int):
     return tuple(fit_poly(fn, 0.0, T, m, var=lambda x: (x / T) ** 2))
 
 
-def _cmp_bits(x, T: float):
+#: The most a bounded activation's thresholds move in for coarse comparisons (module doc).
+ACT_TOL = 2.0 ** -6
+
+
+def _cmp_bits(x, T: float, bound: float | None = None):
     """(pair, c_hi = [x > T], c_lo = [x < -T]) as XOR-shared bits: one batched sign-bit
-    computation on the 2n values ``T - x`` and ``x + T``."""
+    computation on the 2n values ``T - x`` and ``x + T``.  ``bound`` (|x| <= bound):
+    ``bound_bits(bound + T)``-bit coarse signs of ``T' - x`` and ``x + T'``, T' = T - t,
+    t = 2^drop ring units: exact outside (T - t, T] and [-T, -T + t) (module doc)."""
     n = x.size
-    both = concatenate([add_const(-x, T).reshape(n), add_const(x, T).reshape(n)], axis=0)
-    pair, bits = sign_bits(both)
+    nbits, drop, Tc = 64, 0, T
+    if bound is not None:
+        nbits = bound_bits(float(bound) + T, x.frac, pairwise=False)
+        drop = sign_drop(nbits, x.frac, ACT_TOL)
+        Tc = T - 2.0 ** (drop - x.frac) if drop else T
+    both = concatenate([add_const(-x, Tc).reshape(n), add_const(x, Tc).reshape(n)], axis=0)
+    pair, u = compare.to_pair(both)
+    bits = msb_bits(pair, u, nbits=nbits, drop=drop)
     return pair, bits[:n], bits[n:]
 
 
 def even_piecewise(x, name: str, *, T: float | None = None, degree: int | None = None,
-                   bits=None):
+                   bits=None, bound: float | None = None):
     """``c_hi * x + mid * (0.5 x + P(x^2/T^2))`` for an activation in :data:`ACTIVATIONS`.
 
     ``bits``: optional precomputed ``(pair, c_hi, c_lo)`` (XOR-shared flat bits from the
     compare engine), e.g. when a caller batches the comparisons of several activations.
+    ``bound``: a public bound on |x| (module doc: shorter, coarse comparisons).
     """
     _, T0, m0 = ACTIVATIONS[name]
     T = float(T0 if T is None else T)
@@ -104,28 +128,32 @@ def even_piecewise(x, name: str, *, T: float | None = None, degree: int | None =
         q = lincomb([(plan.c[1] if plan.D else 0.0, s), (0.5, x)], plan.c[0], f)
     else:
         q = poly_eval_many([s], [plan], fx=fx, out_frac=f, extra_lin=[[(0.5, x)]])[0]
-    pair, c_hi, c_lo = _cmp_bits(x, T) if bits is None else bits
+    pair, c_hi, c_lo = _cmp_bits(x, T, bound) if bits is None else bits
     mid = bnot(pair, c_hi ^ c_lo)            # exclusive: mid = NOT(c_hi OR c_lo)
     return bits_times(pair, [c_hi, mid], [x, q], x.shape, f)
 
 
-def gelu(x, *, T: float | None = None, degree: int | None = None):
+def gelu(x, *, T: float | None = None, degree: int | None = None,
+         bound: float | None = None):
     """GELU (erf form) of a secret fixed-point tensor; see the module doc for the method.
 
     Defaults: ``T = 3.25``, ``degree = 4`` (polynomial in x^2/T^2): max abs error about
     3e-3 on any input (GPT-2's tanh-form GELU differs from the erf form by < 5e-4).
-    Cost: 1 batched ltz (2n) + 4 levels (3 truncating, 1 ring).
+    Cost: 1 batched ltz (2n) + 4 levels (3 truncating, 1 ring).  ``bound``: a public
+    bound on |x| (module doc: shorter, coarse comparisons).
     """
-    return even_piecewise(x, "gelu", T=T, degree=degree)
+    return even_piecewise(x, "gelu", T=T, degree=degree, bound=bound)
 
 
-def silu(x, *, T: float | None = None, degree: int | None = None):
+def silu(x, *, T: float | None = None, degree: int | None = None,
+         bound: float | None = None):
     """SiLU ``x * sigmoid(x)`` of a secret fixed-point tensor (module doc for the method).
 
     Defaults: ``T = 7``, ``degree = 6``: max abs error about 6.5e-3 (dominated by the
     tail: SiLU(-7) = -6.4e-3 is returned as 0).  Cost: 1 batched ltz (2n) + 5 levels.
+    ``bound``: a public bound on |x| (module doc: shorter, coarse comparisons).
     """
-    return even_piecewise(x, "silu", T=T, degree=degree)
+    return even_piecewise(x, "silu", T=T, degree=degree, bound=bound)
 
 
 # ---------------------------------------------------------------------------------------

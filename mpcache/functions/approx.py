@@ -18,7 +18,7 @@ import numpy as np
 from .poly import (Dot, PolyPlan, _choose_frac, add_const, fit_poly, poly_eval_many,
                    run_level, scale_pow2, sign_parts, sign_times, to_frac)
 from .reciprocal import reciprocal
-from .select import amax, bound_bits
+from .select import amax, bound_bits, coarse_drop, sign_drop
 
 __all__ = ["exp", "softmax", "rowmax"]
 
@@ -40,8 +40,8 @@ def _exp_plan(lo: float, hi: float, degree: int, squarings: int):
 
 
 def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: int = 2,
-        clip: bool = True, clip_bound: float | None = None, out_frac: int | None = None,
-        _mask=None):
+        clip: bool = True, clip_bound: float | None = None, clip_tol: float | None = None,
+        out_frac: int | None = None, _mask=None):
     """Secret ``e^x`` for ``x`` in ``[lo, hi]`` (default ``[-14, 0]``: softmax's range).
 
     Method: ``e^x = p(x / 2^s)^(2^s)`` with ``p`` a degree-``degree`` least-squares fit of
@@ -54,6 +54,10 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
     2^-20 is below the fixed-point resolution anyway).  ``clip_bound``: a public B with
     |x| <= B the caller guarantees (softmax: twice its score bound); the clip's comparison
     then runs on ``select.bound_bits(B - lo)`` bits (one tree round fewer at 32 bits).
+    ``clip_tol``: a public t > 0: values in ``[lo - t, lo)`` may escape the clip (the
+    polynomial evaluated just below its range) -- a coarse comparison
+    (``select.sign_drop``: one tree round fewer on a 32-bit clip when t >= 2^-3 at 18
+    fractional bits).
     With ``clip=False`` the caller guarantees ``x >= lo``; below it the result is garbage.
     Above ``hi`` the result is garbage too (not checked): ``exp`` is for ``x <= hi``.  A
     general range works (e.g. ``lo=-8, hi=8``; values up to e^hi must fit the fixed
@@ -86,20 +90,29 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
         # (sign_times: one round fewer than finishing the sign, then injecting it)
         nbits = bound_bits(None if clip_bound is None else clip_bound - lo, x.frac,
                            pairwise=False)
-        pair, parts = sign_parts(add_const(x, -lo), nbits) if _mask is None else _mask
+        drop = sign_drop(nbits, x.frac, clip_tol)
+        pair, parts = sign_parts(add_const(x, -lo), nbits, drop) if _mask is None else _mask
         y = sign_times(pair, parts, y, negate=True)
     return y
+
+
+#: Softmax's tolerances on a bounded row (``score_bound``): the row max may be any entry
+#: within SOFTMAX_MAX_TOL of the max (coarse comparisons, one round fewer per tree
+#: level), and exp's clip may pass values up to SOFTMAX_CLIP_TOL below its range.
+SOFTMAX_MAX_TOL = 2.0
+SOFTMAX_CLIP_TOL = 0.125
 
 
 # ---------------------------------------------------------------------------------------
 # softmax
 # ---------------------------------------------------------------------------------------
-def rowmax(x, axis: int = -1, bound: float | None = None):
+def rowmax(x, axis: int = -1, bound: float | None = None, tol: float | None = None):
     """Max along ``axis`` with keepdims: ``select.amax`` (the comparison tree: all
     comparisons of a level batched, one re-sharing at the end for rep3), on
-    ``select.bound_bits(bound)``-bit comparisons when the caller knows |x| <= bound.
+    ``select.bound_bits(bound)``-bit comparisons when the caller knows |x| <= bound;
+    ``tol``: any entry within tol of the max will do (``amax``).
     What a party learns: nothing."""
-    return amax(x, axis=axis, keepdims=True, bound=bound)
+    return amax(x, axis=axis, keepdims=True, bound=bound, tol=tol)
 
 
 def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = None,
@@ -114,8 +127,13 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     ``nn.private.score_bound_exponent``); the row max then compares on
     ``select.bound_bits(S)`` bits: SmolLM2's S = 2^11 gives 32-bit comparisons, one tree
     round fewer per level of the max (5 rounds for 2049 values), one for exp's clip, and
-    half the opened bytes.  Exact as before for
-    scores inside the bound; a score outside it can make the max any of the row's values.
+    half the opened bytes.  With the bound the max is also *approximate*: coarse
+    comparisons (``select.coarse_drop``, :data:`SOFTMAX_MAX_TOL`) return an entry m
+    within ``loss`` (public, <= 2) of the max, one more tree round fewer per level, and
+    softmax shifts by ``m + loss`` >= the max (so exp still sees x <= 0, and the row sum
+    is at least e^-loss); exp's clip is coarse too (:data:`SOFTMAX_CLIP_TOL`).  Softmax
+    does not depend on the shift, so only rounding moves (tested bounds unchanged).
+    A score outside the bound can make the max any of the row's values.
 
     ``method="bounded"``: no max (saves the comparison tree); ``m = bound`` is a public
     upper bound on the scores (``bound`` required).  Valid when every score is
@@ -135,8 +153,15 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     f = x.party.fxp.frac_bits
     frac_hi = 2 * f if frac_hi is None else frac_hi
     ax = axis % x.ndim
+    loss = 0.0
+    if method == "max" and score_bound is not None:
+        n = x.shape[ax]
+        _, loss = coarse_drop(n, x.size // max(n, 1), SOFTMAX_MAX_TOL, x.frac,
+                              bound_bits(score_bound, x.frac))
     if method == "max":
-        z = x - rowmax(x, ax, score_bound)
+        z = x - rowmax(x, ax, score_bound, SOFTMAX_MAX_TOL if loss else None)
+        if loss:                  # m >= max - loss: shift by m + loss >= max
+            z = add_const(z, -loss)
     elif method == "bounded":
         if bound is None:
             raise ValueError("method='bounded' needs the public score bound")
@@ -145,13 +170,14 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
         raise ValueError(f"unknown softmax method {method!r}")
     ekw = dict(exp_kw or {})
     if method == "max" and score_bound is not None:   # x - max lies in [-2S, 0]
-        ekw.setdefault("clip_bound", 2.0 * float(score_bound))
+        ekw.setdefault("clip_bound", 2.0 * float(score_bound) + loss)
+        ekw.setdefault("clip_tol", SOFTMAX_CLIP_TOL)
     with x.party.scope("exp"):
         e = exp(z, out_frac=frac_hi, **ekw)
     s = e.sum(axis=ax, keepdims=True)
     kw = dict(recip_kw or {})
-    if method == "max":           # the max contributes e^0: row sums lie in [1, n]
-        kw.setdefault("x_range", (0.5, 2.0 * x.shape[ax]))
+    if method == "max":           # the max contributes e^-loss: sums in [e^-loss, n]
+        kw.setdefault("x_range", (0.5 * math.exp(-loss), 2.0 * x.shape[ax]))
     with x.party.scope("recip"):
         # e / s, the product with e folded into the reciprocal's un-normalisation level
         # (reciprocal's ``times``: 2 rounds fewer than reciprocal(s) * e; e <= 1 after the

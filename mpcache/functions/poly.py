@@ -434,12 +434,13 @@ def sign_bits(d):
     return compare.msb_pair(d)
 
 
-def sign_parts(d, nbits: int = 64):
+def sign_parts(d, nbits: int = 64, drop: int = 0):
     """(pair engine, the unfinished sign of ``d`` (s, p, q) with [d < 0] = s ^ (p & q)) for
     :func:`sign_times` (``compare_core.msb_bits(last=False)``); ``nbits`` < 64 when the
-    caller knows |d| < 2^(nbits - 1) ring units (``select.bound_bits``)."""
+    caller knows |d| < 2^(nbits - 1) ring units (``select.bound_bits``); ``drop``: a
+    coarse sign, unsure for -2^drop <= d < 0 ring units (``msb_bits``)."""
     pair, u = compare.to_pair(d)
-    return pair, msb_bits(pair, u, nbits=nbits, last=False)
+    return pair, msb_bits(pair, u, nbits=nbits, last=False, drop=drop)
 
 
 def sign_times(pair, parts, value, negate: bool = False):

@@ -138,22 +138,71 @@ def _and_table(k: int) -> np.ndarray:
 
 
 def _tree(pair: Pair, U: np.ndarray, want_max: bool, payload: np.ndarray | None = None,
-          nbits: int = 64):
+          nbits: int = 64, drop: int = 0):
     """Winner of each row of U [R, m] (pair shares); payload [R, m, c] rides along.
     Ties keep the lower index.  Each level's fan-in by the public rule
     ``costs.tree_fanin`` (:data:`MAX_FANIN`; a last pair: binary).  ``nbits``: the
-    comparisons' width (:func:`bound_bits`; 64 = any values)."""
+    comparisons' width (:func:`bound_bits`; 64 = any values); ``drop``: coarse
+    comparisons (:func:`coarse_drop`)."""
     while U.shape[1] > 1:
         fan = tree_fanin(U.shape[1], U.shape[0], MAX_FANIN, FANIN4_MAX_VALUES,
                          FANIN8_MAX_VALUES)
         if fan > 2:
-            U, payload = _group_level(pair, U, want_max, payload, fan, nbits)
+            U, payload = _group_level(pair, U, want_max, payload, fan, nbits, drop)
         else:
-            U, payload = _pair_level(pair, U, want_max, payload, nbits)
+            U, payload = _pair_level(pair, U, want_max, payload, nbits, drop)
     return U[:, 0], (None if payload is None else payload[:, 0])
 
 
-def _pair_level(pair: Pair, U, want_max, payload, nbits: int = 64):
+#: The tree levels' widest coarse comparison (:func:`coarse_drop`): a tree over this many
+#: bits below the sign takes 2 digits of 8 bits (4 of 4 in big batches), one tree round
+#: fewer than the 31 bits of a bounded (32-bit) comparison.
+COARSE_BITS = 16
+
+
+def coarse_drop(n: int, rows: int, tol: float | None, frac: int, nbits: int) -> tuple:
+    """(drop s, loss) of an approximate max/min over ``n`` values per row (``rows`` rows,
+    public sizes) on ``nbits``-bit comparisons at ``frac`` fractional bits.
+
+    A coarse comparison (``compare_core.msb_bits(drop=s)``) errs only on values less than
+    2^s ring units apart.  A fan-in level's winner is within 2^(s+1) of its group's max
+    (each value is masked once, so the comparisons rank one set of numbers y_v =
+    floor(x_v / 2^s) + carry_v: a transitive tournament, exactly one winner); a binary
+    level's is within 2^s.  The result is within ``loss`` = the sum over the levels.
+    s = nbits - 1 - :data:`COARSE_BITS` (a smaller s saves no round, a larger one only
+    adds loss) when that loss is at most ``tol`` (real units); else (0, 0.0): exact.
+    ``tol`` None: exact."""
+    if tol is None:
+        return 0, 0.0
+    tol = float(tol)
+    if not np.isfinite(tol) or tol <= 0:
+        raise ValueError(f"a max tolerance must be finite and > 0, got {tol!r}")
+    s = nbits - 1 - COARSE_BITS
+    weight, m = 0, n
+    while m > 1:
+        fan = tree_fanin(m, rows, MAX_FANIN, FANIN4_MAX_VALUES, FANIN8_MAX_VALUES)
+        weight += 2 if fan > 2 else 1
+        m = (m // fan + (1 if m % fan else 0)) if fan > 2 else m // 2 + m % 2
+    loss = weight * 2.0 ** (s - frac)
+    if s <= 0 or weight == 0 or loss > tol:
+        return 0, 0.0
+    return s, loss
+
+
+def sign_drop(nbits: int, frac: int, tol: float | None) -> int:
+    """Dropped bits of a coarse sign (``compare_core.msb_bits(drop=)``, unsure only for
+    -2^drop <= d < 0 ring units): ``nbits`` - 1 - :data:`COARSE_BITS` (one tree round
+    fewer than ``nbits``) when 2^drop is at most ``tol`` (real units at ``frac``
+    fractional bits), else 0 (exact).  exp's clip, SiLU's and GELU's thresholds."""
+    if tol is None:
+        return 0
+    if not np.isfinite(tol) or tol <= 0:
+        raise ValueError(f"a sign tolerance must be finite and > 0, got {tol!r}")
+    s = nbits - 1 - COARSE_BITS
+    return s if s > 0 and 2.0 ** (s - frac) <= tol else 0
+
+
+def _pair_level(pair: Pair, U, want_max, payload, nbits: int = 64, drop: int = 0):
     """One binary level: a batch of m/2 comparisons whose last tree level is fused with
     the bit injection ``w = a + [a < b](b - a)`` (payload: a second injected column).
     1 + ceil(log2 D) rounds (4 for <= 2048 comparisons, 5 above)."""
@@ -162,7 +211,7 @@ def _pair_level(pair: Pair, U, want_max, payload, nbits: int = 64):
     a, b = U[:, 0:2 * h:2], U[:, 1:2 * h:2]
     d = a - b if want_max else b - a          # msb(d) = 1  <=>  take b
     parts = [None if t is None else t.reshape(a.shape)
-             for t in msb_bits(pair, d, "max.cmp", nbits=nbits, last=False)]
+             for t in msb_bits(pair, d, "max.cmp", nbits=nbits, last=False, drop=drop)]
     if payload is not None:
         pa, pb = payload[:, 0:2 * h:2], payload[:, 1:2 * h:2]
         x = np.concatenate([(b - a)[..., None], pb - pa], axis=-1)
@@ -189,7 +238,8 @@ def _group_plan(size: int):
     return pairs, beats
 
 
-def _group_level(pair: Pair, U, want_max, payload, fan: int = 4, nbits: int = 64):
+def _group_level(pair: Pair, U, want_max, payload, fan: int = 4, nbits: int = 64,
+                 drop: int = 0):
     """One level of fan-in 4 ("all pairs, then select"): the m values of each row form
     groups of 4 (the last group 2 or 3 values; a single last value passes through).
 
@@ -226,7 +276,7 @@ def _group_level(pair: Pair, U, want_max, payload, fan: int = 4, nbits: int = 64
             Js.append(b.reshape(-1))
         start += size * count
     # each value opened once for all its comparisons (compare_core.masked_digits(pairs=))
-    bits = msb_bits(pair, U.reshape(-1), "max.cmp", nbits=nbits,
+    bits = msb_bits(pair, U.reshape(-1), "max.cmp", nbits=nbits, drop=drop,
                     pairs=(np.concatenate(Is), np.concatenate(Js)))
     one = np.full(1, 1 if pair.role == "A" else 0, np.uint8)
     pos, start = 0, 0
@@ -287,38 +337,47 @@ def bound_bits(bound, frac: int, pairwise: bool = True) -> int:
     return min(64, max(2, int(np.floor(np.log2(max(units, 1.0)))) + 2))
 
 
-def _reduce(x, axis, keepdims, want_max, bound=None):
+def _reduce(x, axis, keepdims, want_max, bound=None, tol=None):
     _require_secret(x, "max" if want_max else "min")
     if axis is None:
-        out = _reduce(x.reshape(x.size), 0, False, want_max, bound)
+        out = _reduce(x.reshape(x.size), 0, False, want_max, bound, tol)
         return out.reshape((1,) * x.ndim) if keepdims else out.reshape(())
     axis = _axis(x, axis)
     if x.shape[axis] == 0:
         raise ValueError("max/min of an empty axis")
     with x.party.scope("max" if want_max else "min"):
         pair, U, batch, n = _rows(x, axis)
-        w, _ = _tree(pair, U, want_max, nbits=bound_bits(bound, x.frac))
+        nbits = bound_bits(bound, x.frac)
+        drop, _ = coarse_drop(n, U.shape[0], tol, x.frac, nbits)
+        w, _ = _tree(pair, U, want_max, nbits=nbits, drop=drop)
         out = from_pair(x.party, w, batch, x.frac)
     if keepdims:
         out = out.expand_dims(axis)
     return out
 
 
-def amax(x, axis=-1, keepdims=False, bound=None):
+def amax(x, axis=-1, keepdims=False, bound=None, tol=None):
     """Maximum along ``axis`` (None: all).  The fan-in-8 tree (module doc; cost:
     ``mpc.costs.max_tree_cost``), rep3 + 1 round.  ``bound``: a public B with |x| <= B
     for every entry, which the CALLER guarantees (e.g. attention scores, from the
     weights: ``nn.private.score_bound_exponent``); the comparisons then run on
     :func:`bound_bits` bits (fewer rounds and bytes).  An entry outside the bound can
-    make the result any of the row's values."""
-    return _reduce(x, axis, keepdims, True, bound)
+    make the result any of the row's values.
+
+    ``tol``: a public tolerance (real units): the result may be any row entry within
+    ``tol`` of the row max (ties and near-ties broken by the masks), bought with coarse
+    comparisons (:func:`coarse_drop`: one tree round fewer per level where ``bound``
+    gives 32-bit comparisons and the tree's loss fits ``tol``; else exact).  Softmax
+    only needs a shift near the max."""
+    return _reduce(x, axis, keepdims, True, bound, tol)
 
 
-def amin(x, axis=-1, keepdims=False, bound=None):
-    return _reduce(x, axis, keepdims, False, bound)
+def amin(x, axis=-1, keepdims=False, bound=None, tol=None):
+    """Minimum along ``axis``: :func:`amax`'s tree with the comparisons reversed."""
+    return _reduce(x, axis, keepdims, False, bound, tol)
 
 
-def _arg(x, axis, want_max, method="tree"):
+def _arg(x, axis, want_max, method="tree", bound=None):
     _require_secret(x, "argmax")
     axis = _axis(x, axis)
     if method not in ("tree", "select"):
@@ -333,22 +392,31 @@ def _arg(x, axis, want_max, method="tree"):
     with x.party.scope("argmax" if want_max else "argmin"):
         pair, U, batch, n = _rows(x, axis)
         idx = np.broadcast_to(_public_pair(pair, np.arange(n)), U.shape)[..., None]
-        _, wi = _tree(pair, U, want_max, np.ascontiguousarray(idx))
+        _, wi = _tree(pair, U, want_max, np.ascontiguousarray(idx),
+                      nbits=bound_bits(bound, x.frac))
         data = _onehot_rows(x.party, pair, wi[:, 0], n)
         out = _from_native(x.party, data, batch + (n,))
     return out if axis == x.ndim - 1 else _moveaxis(out, -1, axis)
 
 
-def argmax(x, axis=-1, method="tree"):
+def argmax(x, axis=-1, method="tree", bound=None):
     """One-hot (same shape as x) of the maximum along ``axis``; ties -> first index.
     ``method="tree"``: comparison tree carrying the index, then one_hot (fewest bytes;
     ceil(log2 n) levels).  ``"select"``: top_k(x, 1) (shuffle + revealed comparisons:
-    about 3 n comparisons but only ~4 levels for n = 1024: fewer rounds)."""
-    return _arg(x, axis, True, method)
+    about 3 n comparisons but only ~4 levels for n = 1024: fewer rounds).  ``bound``: a
+    public B with |x| <= B the caller guarantees (a decoder's logits, from the weights:
+    ``nn.private.act_bound_exponent``): the tree's comparisons run on
+    :func:`bound_bits` bits (exact; fewer digits, so fewer tree rounds and bytes)."""
+    if bound is not None and method != "tree":
+        raise ValueError("argmax's bound applies to method='tree'")
+    return _arg(x, axis, True, method, bound)
 
 
-def argmin(x, axis=-1, method="tree"):
-    return _arg(x, axis, False, method)
+def argmin(x, axis=-1, method="tree", bound=None):
+    """One-hot of the minimum along ``axis`` (:func:`argmax`'s tree reversed)."""
+    if bound is not None and method != "tree":
+        raise ValueError("argmin's bound applies to method='tree'")
+    return _arg(x, axis, False, method, bound)
 
 
 # -- one-hot from a secret index ------------------------------------------------------------------

@@ -70,7 +70,9 @@ def _tree(pair: Pair, G: np.ndarray, P: np.ndarray, tag: str, last: bool = True)
 #: SMALL_BATCH was 512; at 2048 the batches of 513..2048 comparisons (the thermometers'
 #: bound, top-k's all-pairs levels, a softmax row max's middle levels, a short softmax's
 #: exp clip) take one round fewer for 448 more dealt bytes per comparison (online bytes
-#: drop: 18 instead of 41 tree bits).  See docs/nonlinear-compare.md.
+#: drop: 18 instead of 41 tree bits).  See docs/nonlinear-compare.md.  The limit is on
+#: the tables' bytes (:func:`digit_width`): comparisons with fewer bits keep 8-bit digits
+#: in bigger batches.
 DIGIT_BITS: int | None = None
 SMALL_BATCH = 2048
 #: Batches of at most this many comparisons fuse their last tree level into the final
@@ -79,11 +81,15 @@ SMALL_BATCH = 2048
 FUSE_MAX_BATCH = 4096
 
 
-def digit_width(n_values: int) -> int:
-    """The leaf digit width used for a batch of ``n_values`` comparisons."""
+def digit_width(n_values: int, low: int = WORD_BITS - 1) -> int:
+    """The leaf digit width used for a batch of ``n_values`` comparisons of ``low`` bits
+    below the sign: 8 while the batch's 8-bit tables stay within those of SMALL_BATCH
+    full 64-bit comparisons (1 MiB: 8 digits x 64 bytes each), else 4.  A shorter
+    comparison has fewer digits, so bigger batches keep 8-bit digits (a coarse 16-bit
+    comparison: 2 digits, up to 4 x SMALL_BATCH values, one tree level)."""
     if DIGIT_BITS is not None:
         return int(DIGIT_BITS)
-    return 8 if n_values <= SMALL_BATCH else 4
+    return 8 if n_values * -(-low // 8) <= SMALL_BATCH * 8 else 4
 
 
 _TABLES: dict = {}
@@ -108,7 +114,7 @@ def _ring_dtype(nbits: int):
 
 
 def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind: str,
-                  tag: str, pairs=None):
+                  tag: str, pairs=None, drop: int = 0):
     """Open c = d + rho mod 2^nbits (rho: a dealer mask, uniform, each half from a key) and
     look up, for every w-bit digit j of the ``low`` low bits, XOR shares of the dealt
     table row of rho's digit at the public digit of c: ([c_j < rho_j], [c_j == rho_j])
@@ -122,7 +128,12 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     from each key), and the differences' openings are c_I - c_J = d + (r_I - r_J): the
     dealer deals the tables of rho = r_I - r_J.  One opening per value, not per difference (the fan-in-4
     tree: 4 values for its 6 comparisons per group); c_v is uniform, and every c_I - c_J
-    is a function of the c_v."""
+    is a function of the c_v.
+
+    ``drop`` > 0 (a coarse comparison, :func:`msb_bits`): the digits and the top bit are
+    those of c' = c >> drop and rho' = rho >> drop (of the ``nbits``-bit words; per VALUE
+    before the pairs' differences, mod 2^(nbits - drop)): the opening is the same, the
+    tables cover ``low`` = nbits - drop - 1 bits."""
     u = np.asarray(u, dtype=RING).reshape(-1)
     if pairs is not None:
         I, J = (np.asarray(t, dtype=np.int64).reshape(-1) for t in pairs)
@@ -142,6 +153,8 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     if pair.role == "D":
         kA, kB = pair.kA, pair.kB
         rho = kA.ring((nv,)) + kB.ring((nv,))
+        if drop:
+            rho = _coarse(rho, nbits, drop)
         if pairs is not None:
             rho = rho[I] - rho[J]
         ta = tbytes(kA)
@@ -164,15 +177,25 @@ def masked_digits(pair: Pair, u: np.ndarray, nbits: int, low: int, w: int, kind:
     dt = _ring_dtype(nbits)
     mine = (u + r).astype(dt)
     c = (mine.astype(RING) + pair._exchange(mine, tag).astype(RING))
+    if drop:
+        c = _coarse(c, nbits, drop)
     if pairs is not None:
         c = c[I] - c[J]
-    if nbits < 64:
-        c &= np.uint64((1 << nbits) - 1)
+    if nbits - drop < 64:
+        c &= np.uint64((1 << (nbits - drop)) - 1)
     return table_leaves(c, tab, w, low, nout), c, top
 
 
+def _coarse(v: np.ndarray, nbits: int, drop: int) -> np.ndarray:
+    """The top ``nbits - drop`` bits of the ``nbits``-bit words v (a coarse comparison's
+    digits, :func:`msb_bits`)."""
+    if nbits < 64:
+        v = v & np.uint64((1 << nbits) - 1)
+    return v >> np.uint64(drop)
+
+
 def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
-             digit: int | None = None, last: bool = True, pairs=None):
+             digit: int | None = None, last: bool = True, pairs=None, drop: int = 0):
     """XOR shares of bit ``nbits - 1`` (the sign) of d = u_A + u_B mod 2^nbits, for flat
     ring shares ``u``: the core of every comparison (``a < b  <=>  msb(a - b) = 1``).
 
@@ -205,15 +228,30 @@ def msb_bits(pair: Pair, u: np.ndarray, tag: str = "cmp", nbits: int = 64,
     sign = s ^ (p & q), for :func:`sign_to_ring` (which fuses that AND into its own
     round).  Exact cost: :func:`mpcache.mpc.costs.cmp_cost`.
     ``pairs=(I, J)``: the signs of ``u[I] - u[J]``, each value opened once
-    (:func:`masked_digits`)."""
+    (:func:`masked_digits`).
+
+    ``drop`` = s > 0, a *coarse* comparison: the tree skips the s low bits, i.e. the
+    result is the sign of y = (c >> s) - (rho >> s) = floor(d / 2^s) + carry, carry in
+    {0, 1} (the carry of the dropped bits, never computed).  Exact for d >= 0 and for
+    d < -2^s; for -2^s <= d < 0 it may say "not negative".  With ``pairs``, y is
+    per VALUE (y_v = floor(u_v / 2^s) + carry_v, each value masked once), so the
+    comparisons of a batch are those of one set of numbers: transitive, a tournament
+    over them has exactly one winner; exact for values at least 2^(s+1) apart.  Same opening (``nbits`` bits), a tree over
+    ``nbits - s - 1`` bits: at s = nbits - 17, 2 digits of 8 bits instead of 4 -- one
+    tree round fewer (softmax's approximate row max, :func:`mpcache.functions.select.amax`
+    with ``tol``)."""
     u = np.asarray(u, dtype=RING).reshape(-1)
     n = u.size if pairs is None else np.size(pairs[0])
-    w = digit if digit is not None else digit_width(n)
+    if not 0 <= drop <= nbits - 2:
+        raise ValueError(f"drop must be in [0, nbits - 2], got {drop} (nbits {nbits})")
+    nbits_all, nbits = nbits, nbits - drop
     low = nbits - 1
+    w = digit if digit is not None else digit_width(n, low)
     if low == 0:                          # 1-bit values: the sign is the bit itself
         b = ((u & _ONE).astype(U8)) if pair.role != "D" else np.zeros(u.size, U8)
         return b if last else (b, np.zeros_like(b), np.zeros_like(b))
-    leaves, c, top = masked_digits(pair, u, nbits, low, int(w), "lt", tag + ".open", pairs)
+    leaves, c, top = masked_digits(pair, u, nbits_all, low, int(w), "lt", tag + ".open",
+                                   pairs, drop)
     if not last and n > FUSE_MAX_BATCH:     # big batch: finish here (fewer dealt bytes)
         return msb_finish(pair, _tree(pair, np.ascontiguousarray(leaves[..., 0]),
                                       np.ascontiguousarray(leaves[..., 1]), tag + ".tree"),

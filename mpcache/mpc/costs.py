@@ -66,12 +66,14 @@ def tree_levels(leaves: int, eq_only: bool = False) -> list:
     return out
 
 
-def cmp_levels(n: int, nbits: int = 64, kind: str = "lt", fused: bool = False) -> list:
+def cmp_levels(n: int, nbits: int = 64, kind: str = "lt", fused: bool = False,
+               drop: int = 0) -> list:
     """Rounds of one batch of n comparisons (masked opening + tree) as
     (online bytes per party, dealt bytes): the opening, then the tree levels (without the
-    last one when ``fused``: it is folded into the final conversion round)."""
-    w = _core.digit_width(n)
-    low = nbits - 1 if kind == "lt" else nbits
+    last one when ``fused``: it is folded into the final conversion round).  ``drop``:
+    a coarse comparison's skipped low bits (the same opening, a shorter tree)."""
+    low = nbits - drop - 1 if kind == "lt" else nbits
+    w = _core.digit_width(n, low) if kind == "lt" else _core.digit_width(n)
     w = min(w, low)
     D = -(-low // w)
     nout = 2 if kind == "lt" else 1
@@ -138,7 +140,8 @@ def tree_fanin(m: int, rows: int, fanin: int = 8, fanin4_max: int = 32768,
 
 
 def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
-                  fanin4_max: int = 32768, fanin8_max: int = 1024, nbits: int = 64) -> dict:
+                  fanin4_max: int = 32768, fanin8_max: int = 1024, nbits: int = 64,
+                  drop: int = 0) -> dict:
     """Online bytes per party and rounds of the max/min/argmax tree over ``n`` values per
     row (``functions.select._tree``; rep3 adds its final re-sharing, argmax its one-hot).
     ``payload``: ring values injected per winner (1 for max, 2 for argmax: value and
@@ -152,7 +155,8 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
     than ``fanin4_max`` values (``select.FANIN4_MAX_VALUES``, rows x n) stay binary.
     ``fanin`` 8: levels of at most ``fanin8_max`` values take groups of 8 (or one group
     of all n <= 9 values), each member's lookup on ``size - 1`` bits (:func:`tree_fanin`).
-    ``nbits``: the comparisons' width (``select.bound_bits`` for bounded values)."""
+    ``nbits``: the comparisons' width (``select.bound_bits`` for bounded values);
+    ``drop``: coarse comparisons (``select.coarse_drop``)."""
     dt = np.dtype(_core._ring_dtype(nbits)).itemsize
     rounds = nbytes = 0
     while n > 1:
@@ -163,7 +167,7 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
             k = (fan if g else r) - 1               # lookup bits per member
             c = rows * (g * fan * (fan - 1) // 2 + tail * (tail - 1) // 2)
             outs = rows * (fan * g + tail)
-            levels = cmp_levels(c, nbits)
+            levels = cmp_levels(c, nbits, drop=drop)
             levels[0] = (dt * rows * n, levels[0][1])    # each value opened once
             rounds += len(levels) + 1
             nbytes += sum(b for b, _ in levels) + (k * outs + 7) // 8 + 8 * outs * payload
@@ -171,7 +175,7 @@ def max_tree_cost(n: int, rows: int = 1, payload: int = 1, fanin: int = 8,
         else:
             c = (n // 2) * rows
             fused = c <= _core.FUSE_MAX_BATCH
-            levels = cmp_levels(c, nbits, fused=fused)
+            levels = cmp_levels(c, nbits, fused=fused, drop=drop)
             rounds += len(levels) + 1
             nbytes += sum(b for b, _ in levels) + ((3 if fused else 1) * c + 7) // 8 + \
                 8 * c * payload

@@ -111,8 +111,10 @@ def rsqrt(x, scale: float = 1.0, times=None):
     return x.rsqrt() if scale == 1.0 else x.rsqrt(scale=scale)
 
 
-def silu(x):
-    """x * sigmoid(x), written via tanh so large |x| never overflows exp."""
+def silu(x, bound: float | None = None):
+    """x * sigmoid(x), written via tanh so large |x| never overflows exp.  ``bound``: a
+    public bound on |x| the caller guarantees (a secret x's comparisons get shorter:
+    ``functions.activations``)."""
     if is_plain(x):
         z = _work(x)
         t = np.tanh(z * 0.5)
@@ -120,15 +122,15 @@ def silu(x):
         t *= z
         t *= 0.5
         return t
-    return x.silu()
+    return x.silu() if bound is None else x.silu(bound=bound)
 
 
-def gelu(x):
-    """GELU, tanh approximation (GPT-2's 'gelu_new')."""
+def gelu(x, bound: float | None = None):
+    """GELU, tanh approximation (GPT-2's 'gelu_new'); ``bound`` as in :func:`silu`."""
     if is_plain(x):
         z = _work(x)
         return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3)))
-    return x.gelu()
+    return x.gelu() if bound is None else x.gelu(bound=bound)
 
 
 def relu(x):
@@ -138,11 +140,12 @@ def relu(x):
     return x.relu()
 
 
-def argmax_onehot(x, axis: int = -1):
+def argmax_onehot(x, axis: int = -1, bound: float | None = None):
     """One-hot of the argmax along ``axis`` (same shape as ``x``; ties -> first index).
 
     A one-hot (not an index) is what MPC can produce without revealing anything, and it
     feeds straight into ``onehot @ arange(V)`` or ``onehot @ E`` (a private lookup).
+    ``bound``: a public bound on |x| the caller guarantees (shorter exact comparisons).
     """
     if is_plain(x):
         z = np.asarray(x)
@@ -150,7 +153,7 @@ def argmax_onehot(x, axis: int = -1):
         out = np.zeros(z.shape, dtype=z.dtype if z.dtype.kind == "f" else np.float64)
         np.put_along_axis(out, idx, 1.0, axis=axis)
         return out
-    return x.argmax(axis=axis)
+    return x.argmax(axis=axis) if bound is None else x.argmax(axis=axis, bound=bound)
 
 
 def top_k_indices(x, k: int, axis: int = -1) -> np.ndarray:

@@ -284,6 +284,9 @@ class SwiGLU:
 
     def __init__(self, gate: Linear, up: Linear, down: Linear):
         self.gate, self.up, self.down = gate, up, down
+        #: a public bound on |gate(x)| (the owner's, ``nn.private.act_bound_exponent``):
+        #: SiLU's comparisons get shorter; None: none known
+        self.act_bound = None
         self.gate_up = None
         if FusedLinear.applies([gate, up]):
             self.gate_up = FusedLinear([gate, up])
@@ -295,7 +298,7 @@ class SwiGLU:
         else:
             g, u = self.gate(x), self.up(x)
         with F.scope(x, "mlp_act"):
-            h = F.silu(g) * u
+            h = F.silu(g, self.act_bound) * u
         return self.down(h)
 
 
@@ -304,11 +307,13 @@ class GeluMLP:
 
     def __init__(self, fc: Linear, proj: Linear):
         self.fc, self.proj = fc, proj
+        #: a public bound on |fc(x)| (as ``SwiGLU.act_bound``)
+        self.act_bound = None
 
     def __call__(self, x):
         h = self.fc(x)
         with F.scope(x, "mlp_act"):
-            h = F.gelu(h)
+            h = F.gelu(h, self.act_bound)
         return self.proj(h)
 
 

@@ -222,7 +222,8 @@ def _drop_done(weights: dict, name: str) -> None:
 
 def share_decoder(party, config: DecoderConfig, weights: dict | None = None, owner: int = 1,
                   prescales: dict | None = None, consume: bool = False,
-                  fold_norms: bool = True, score_bound="weights") -> Decoder:
+                  fold_norms: bool = True, score_bound="weights",
+                  act_bounds="weights") -> Decoder:
     """Secret-share the owner's weights into a Decoder running on secret tensors.
 
     Every party calls this with the public ``config``; only ``owner`` passes ``weights``.
@@ -244,15 +245,24 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
     ``score_bound``: ``"weights"`` (default) -- the owner computes the attention scores'
     public bound exponent from its weights (:func:`score_bound_exponent`) and announces
     it (set-up scope "public", one round, 8 bytes to each); an int -- that exponent,
-    public and passed by every party (the cost estimate's twins); None -- no bound."""
+    public and passed by every party (the cost estimate's twins); None -- no bound.
+    ``act_bounds``: the same for the MLP activation's input and the logits
+    (:func:`act_bound_exponent`): ``"weights"``, a pair of ints, or None.  The owner's
+    "weights" values go out in ONE announcement (24 bytes to each)."""
     fold = fold_norms and config.arch in ("llama", "gpt2")
     shapes = folded_shapes(config) if fold else weight_shapes(config)
-    if score_bound == "weights":
+    given = [score_bound, *(act_bounds if isinstance(act_bounds, (tuple, list))
+                            else (act_bounds, act_bounds))]
+    es = [-1 if g is None else None if g == "weights" else int(g) for g in given]
+    if any(e is None for e in es):
         with party.scope("public"):
-            e = score_bound_exponent(config, weights) if party.id == owner else None
-            e = announce(party, -1 if e is None else e, owner)
-    else:
-        e = -1 if score_bound is None else int(score_bound)
+            mine = [-1] * 3
+            if party.id == owner:
+                mine = [score_bound_exponent(config, weights), *act_bound_exponent(config,
+                                                                                   weights)]
+                mine = [-1 if e is None else int(e) for e in mine]
+            told = announce_ints(party, mine, owner)
+        es = [t if e is None else e for e, t in zip(es, told)]
     sw = _Releasing()
     with party.scope("share_weights"):
         for name, shape in shapes.items():
@@ -280,13 +290,32 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
             if t is not None and t.ndim == 2 and name != "pos_embed":  # matmul operands
                 t.persist()
     dec = Decoder(cfg, sw)
-    if e >= 0:
-        for block in dec.blocks:
-            block.attn.score_bound = float(2.0 ** e)
+    set_bounds(dec, es)
     release_zero_pages([t for t in dec.weights.values() if t is not None])
     if prescales:
         apply_prescales(dec, prescales)
     return dec
+
+
+def set_bounds(dec: Decoder, exponents) -> None:
+    """Give ``dec`` the public bound exponents ``[score, act, logit]`` (-1: none): the
+    attentions' ``score_bound``, the MLPs' ``act_bound`` and the decoder's
+    ``logit_bound`` become 2^e."""
+    e_score, e_act, e_logit = (int(e) for e in exponents)
+    for block in dec.blocks:
+        block.attn.score_bound = float(2.0 ** e_score) if e_score >= 0 else None
+        block.mlp.act_bound = float(2.0 ** e_act) if e_act >= 0 else None
+    dec.logit_bound = float(2.0 ** e_logit) if e_logit >= 0 else None
+
+
+def get_bounds(dec: Decoder) -> list:
+    """The bound exponents ``[score, act, logit]`` :func:`set_bounds` gave (-1: none)."""
+    def one(values):
+        values = set(values)
+        v = values.pop() if len(values) == 1 else None
+        return -1 if v is None else int(round(np.log2(v)))
+    return [one(b.attn.score_bound for b in dec.blocks),
+            one(b.mlp.act_bound for b in dec.blocks), one([dec.logit_bound])]
 
 
 #: Relative slack of the score bound over the plaintext weights' bound: the private
@@ -314,22 +343,55 @@ def score_bound_exponent(config: DecoderConfig, weights: dict) -> int | None:
     H, d = config.hidden_size, config.head_dim
     group = config.n_heads // config.n_kv_heads
     worst = 0.0
-    f64 = lambda a: np.asarray(a, dtype=np.float64)        # noqa: E731
     for i in range(config.n_layers):
-        norms, norm = {}, f"layers.{i}.attn_norm"
+        norms = {}
         for part, heads in (("q", config.n_heads), ("k", config.n_kv_heads)):
-            lin = f"layers.{i}.attn.{part}"
-            W = f64(weights[lin + ".weight"])
-            c = f64(weights[lin + ".bias"]) if lin + ".bias" in weights else 0.0
-            if norm + ".bias" in weights:
-                c = c + f64(weights[norm + ".bias"]) @ W
-            W = f64(weights[norm + ".weight"]).reshape(-1, 1) * W
-            c = np.broadcast_to(c, (W.shape[1],))
+            W, c = _folded_columns(weights, f"layers.{i}.attn_norm", f"layers.{i}.attn.{part}")
             norms[part] = [np.linalg.norm(W[:, h * d:(h + 1) * d], 2) * np.sqrt(H)
                            + np.linalg.norm(c[h * d:(h + 1) * d]) for h in range(heads)]
         for h in range(config.n_heads):
             worst = max(worst, norms["q"][h] * norms["k"][h // group] / np.sqrt(d))
     return int(np.ceil(np.log2(max(worst, 1.0) * SCORE_BOUND_SLACK)))
+
+
+def _folded_columns(weights: dict, norm: str, lin: str, W=None):
+    """(W', c') of ``lin`` with ``norm``'s gain and bias folded in (``W' = diag(g) W``,
+    ``c' = b W + c``), float64."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)        # noqa: E731
+    W = f64(weights[lin + ".weight"] if W is None else W)
+    c = f64(weights[lin + ".bias"]) if lin + ".bias" in weights else np.zeros(W.shape[1])
+    if norm + ".bias" in weights:
+        c = c + f64(weights[norm + ".bias"]) @ W
+    return f64(weights[norm + ".weight"]).reshape(-1, 1) * W, c
+
+
+def act_bound_exponent(config: DecoderConfig, weights: dict) -> tuple:
+    """The owner's public bounds on the MLP activation's input (SiLU's gate, GELU's fc
+    output) and on the logits, as exponents (e_act, e_logit): every such value is below
+    2^e in magnitude, whatever the input.  Why: a norm's output before its gain has
+    ||x_hat|| <= sqrt(H) (as in :func:`score_bound_exponent`), and output j of the
+    folded linear is ``x_hat . W'[:, j] + c'_j``, so |.| <= sqrt(H) ||W'[:, j]|| + |c'_j|
+    (Cauchy-Schwarz per column: tight); e = ceil(log2(max * slack)).
+
+    What it reveals: two integers, the orders of magnitude the weights allow for the MLP's
+    pre-activations and for the logits.  What it buys: SiLU/GELU compare on
+    ``bound_bits(2^e + T)`` bits with coarse thresholds (``functions.activations``), and
+    the greedy argmax on ``bound_bits(2^e)`` exact bits.  (None, None) for an
+    architecture without the norm-then-linear layout."""
+    if config.arch not in ("llama", "gpt2") or weights is None:
+        return None, None
+    H = config.hidden_size
+    lin = "mlp.gate" if config.arch == "llama" else "mlp.fc"
+    worst = 0.0
+    for i in range(config.n_layers):
+        W, c = _folded_columns(weights, f"layers.{i}.mlp_norm", f"layers.{i}.{lin}")
+        worst = max(worst, float((np.linalg.norm(W, axis=0) * np.sqrt(H) + np.abs(c)).max()))
+    head = weights.get("lm_head")
+    if head is None or config.tie_embeddings:
+        head = np.asarray(weights["embed"], dtype=np.float64).T
+    W, c = _folded_columns(weights, "final_norm", "lm_head", head)
+    logit = float((np.linalg.norm(W, axis=0) * np.sqrt(H) + np.abs(c)).max())
+    return tuple(int(np.ceil(np.log2(max(v, 1.0) * SCORE_BOUND_SLACK))) for v in (worst, logit))
 
 
 def share_bytes(dec: Decoder) -> int:
@@ -361,6 +423,18 @@ def share_prompt(party, token_ids, vocab_size: int, client: int = 0):
             raise ValueError(f"token id out of range [0, {vocab_size})")
         oh = F.one_hot(ids, vocab_size, dtype=np.int64)
     return party.share(oh, owner=client, integer=True)
+
+
+def announce_ints(party, values, src: int) -> list:
+    """Party ``src`` makes a few small public integers known to all (one message each;
+    every party passes a list of the same length)."""
+    n = len(values)
+    if party.id == src:
+        for other in range(3):
+            if other != src:
+                party.send(other, np.asarray(values, dtype=np.int64), "control.announce")
+        return [int(v) for v in values]
+    return [int(v) for v in party.recv(src, "control.announce", (n,))]
 
 
 def announce(party, value: int, src: int) -> int:

@@ -118,6 +118,9 @@ class Decoder:
             self._fold_norm_gains()
         # onehot @ arange(V): integer so MPC multiplies exactly (no truncation)
         self.token_values = np.arange(c.vocab_size, dtype=np.int64)
+        #: a public bound on |logits| (the owner's, ``nn.private.act_bound_exponent``):
+        #: the greedy argmax compares on fewer bits; None: none known
+        self.logit_bound = None
         self.cache: KVCache | None = None
         #: Optional progress callback ``on_layer(i, n_layers)`` after each block.
         self.on_layer = None
@@ -216,8 +219,9 @@ class Decoder:
 
     # ------------------------------------------------------------------ greedy
     def greedy_onehot(self, logits):
-        """One-hot of the argmax (stays secret under MPC; feed it to ``decode_step``)."""
-        return F.argmax_onehot(logits, axis=-1)
+        """One-hot of the argmax (stays secret under MPC; feed it to ``decode_step``), on
+        :attr:`logit_bound`'s shorter comparisons when one is known."""
+        return F.argmax_onehot(logits, axis=-1, bound=self.logit_bound)
 
     def greedy_token(self, logits):
         """``argmax_onehot(logits) @ arange(V)``: the token id (a secret scalar under MPC)."""

@@ -10,7 +10,7 @@ import pytest
 
 from mpcache import estimate as E
 from mpcache.apps.bench.decode import make_case, policy_cases_job
-from mpcache.nn.private import calibrate_prescales, score_bound_exponent
+from mpcache.nn.private import act_bound_exponent, calibrate_prescales, score_bound_exponent
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 from mpcache.runtime import Session
 
@@ -34,8 +34,10 @@ def _measured_step(cfgd, context, protocol, policy="full", budget=None, kw=None)
     case, _ = make_case(dec, ids, context, policy, budget, kw=kw)
     res = Session(protocol, timeout=600).run(policy_cases_job, dec.config, dec.weights, pres,
                                              [case])
+    act, logit = act_bound_exponent(cfg, dec.weights)
     return res.scope("c0/decode"), {"prescaled": n_pre,
-                                    "score_bound_log2": score_bound_exponent(cfg, dec.weights)}
+                                    "score_bound_log2": score_bound_exponent(cfg, dec.weights),
+                                    "act_bound_log2": act, "logit_bound_log2": logit}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -19,7 +19,7 @@ from mpcache.apps import serve as serve_mod
 from mpcache.apps import share_store as store_mod
 from mpcache.apps.serve import answer_costs, cost_lines, serve_job, setup_costs
 from mpcache.apps.share_store import MANIFEST, StoreRefused
-from mpcache.nn.private import folded_shapes, score_bound_exponent
+from mpcache.nn.private import act_bound_exponent, folded_shapes, score_bound_exponent
 
 pytest.importorskip("mpcache.functions.compare", reason="comparison protocols not built yet")
 smollm2 = pytest.importorskip("mpcache.nn.smollm2")
@@ -64,14 +64,15 @@ def test_first_run_shares_and_each_party_writes_its_own_store(first):
     assert len(ids) == 1 and len(ids.pop()) == 32           # one random id, 16 bytes
     cfg = serve_mod.tiny_config(smollm2.load_public().config.vocab_size)
     lm = serve_mod.owner_model("tiny-random")
-    e = score_bound_exponent(lm.config, lm.model.weights)
+    e = [score_bound_exponent(lm.config, lm.model.weights),
+         *act_bound_exponent(lm.config, lm.model.weights)]
     for i in range(3):
         folder = store / f"p{i}"
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in folder.iterdir())
         m = _manifest(store, i)
         assert (m["party"], m["protocol"], m["frac_bits"]) == (i, "rep3", 18)
-        assert m["score_bound"] == e and e > 0
+        assert m["bounds"] == e and min(e) > 0
         assert {k: tuple(t["shape"]) for k, t in m["tensors"].items()} == folded_shapes(cfg)
         assert ("fingerprint" in m) == (i == OWNER)          # the model's, owner only
         public = json.loads((folder / "public.json").read_text())

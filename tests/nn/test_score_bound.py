@@ -1,14 +1,16 @@
-"""The attention scores' public bound (nn.private.score_bound_exponent): every score of
-every layer stays below 2^e whatever the hidden state (hypothesis: random weights with
-gains and biases, hidden states of any scale, both architectures); the private model
-announces e and its attention uses it; the estimate's constants match the weights."""
+"""The public bounds from the weights (nn.private.score_bound_exponent,
+act_bound_exponent): every attention score, every MLP pre-activation and every logit stays
+below 2^e whatever the hidden state (hypothesis: random weights with gains and biases,
+hidden states of any scale, both architectures); the private model announces the three
+exponents in one message and its layers use them; the estimate's constants match the
+weights."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import mpcache
 from mpcache.nn.kv_cache import KVCache
-from mpcache.nn.private import score_bound_exponent, share_decoder
+from mpcache.nn.private import act_bound_exponent, score_bound_exponent, share_decoder
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
 
@@ -55,22 +57,58 @@ def test_scores_stay_inside_the_bound(arch, seed, std, log_scale, t):
     assert spy.worst > 2.0 ** (e - 12)     # a bound, not a vacuous one
 
 
+@settings(max_examples=12, deadline=None)
+@given(arch=st.sampled_from(["llama", "gpt2"]), seed=st.integers(0, 2 ** 16),
+       std=st.sampled_from([0.02, 0.5, 3.0]), log_scale=st.integers(-6, 12),
+       tied=st.booleans())
+def test_activations_and_logits_stay_inside_their_bounds(arch, seed, std, log_scale, tied):
+    """The MLP's pre-activation (SiLU's gate, GELU's fc output) and the logits, through
+    the model's own norm and linears, on hidden states of any scale with an outlier row."""
+    import dataclasses
+    cfg = dataclasses.replace(_config(arch), tie_embeddings=tied)
+    w = random_weights(cfg, seed, std=std)
+    rng = np.random.default_rng(seed)
+    for name in w:
+        if "norm" in name:
+            w[name] = w[name] + rng.normal(0, 2.0, w[name].shape)
+    e_act, e_logit = act_bound_exponent(cfg, w)
+    dec = Decoder(cfg, w)
+    worst_act = worst_logit = 0.0
+    for block in dec.blocks:
+        x = rng.standard_normal((5, cfg.hidden_size)) * 2.0 ** log_scale
+        x[0] *= 50.0
+        h = block.mlp_norm(x)
+        pre = block.mlp.gate(h) if arch == "llama" else block.mlp.fc(h)
+        worst_act = max(worst_act, float(np.abs(pre).max()))
+        worst_logit = max(worst_logit, float(np.abs(dec.logits(x)).max()))
+    assert worst_act <= 2.0 ** e_act and worst_logit <= 2.0 ** e_logit
+    assert worst_act > 2.0 ** (e_act - 12) and worst_logit > 2.0 ** (e_logit - 12)
+
+
 def test_private_model_announces_and_uses_the_bound():
     cfg = _config("llama")
     w = random_weights(cfg, 1, std=0.5)
     e = score_bound_exponent(cfg, w)
+    ea, el = act_bound_exponent(cfg, w)
 
     def job(p):
         dec = share_decoder(p, cfg, w if p.id == 1 else None, owner=1)
-        fixed = share_decoder(p, cfg, w if p.id == 1 else None, owner=1, score_bound=3)
-        none = share_decoder(p, cfg, w if p.id == 1 else None, owner=1, score_bound=None)
-        return [[b.attn.score_bound for b in d.blocks] for d in (dec, fixed, none)]
-    for out in mpcache.Session("rep3").run(job).outputs:
-        assert out == [[2.0 ** e] * 2, [8.0] * 2, [None] * 2]
+        fixed = share_decoder(p, cfg, w if p.id == 1 else None, owner=1, score_bound=3,
+                              act_bounds=(4, 5))
+        none = share_decoder(p, cfg, w if p.id == 1 else None, owner=1, score_bound=None,
+                             act_bounds=None)
+        return [[[b.attn.score_bound, b.mlp.act_bound] for b in d.blocks] + [d.logit_bound]
+                for d in (dec, fixed, none)]
+    res = mpcache.Session("rep3").run(job)
+    for out in res.outputs:
+        assert out == [[[2.0 ** e, 2.0 ** ea]] * 2 + [2.0 ** el],
+                       [[8.0, 16.0]] * 2 + [32.0], [[None, None]] * 2 + [None]]
+    assert res.scope("public")["rounds"] == 1                  # one announcement
 
 
 def test_unknown_architecture_has_no_bound():
     assert score_bound_exponent(_config("llama"), None) is None
+    assert act_bound_exponent(_config("llama"), None) == (None, None)
 
 
 @pytest.mark.slow
@@ -81,6 +119,11 @@ def test_estimate_constants_match_the_weights():
     from mpcache.nn.transformer import random_gpt2_small
     lm = load_smollm2("float32")
     assert score_bound_exponent(lm.config, lm.model.weights) == ARCHS["smollm2"]["score_bound_log2"]
+    assert act_bound_exponent(lm.config, lm.model.weights) == \
+        (ARCHS["smollm2"]["act_bound_log2"], ARCHS["smollm2"]["logit_bound_log2"])
     dec = random_gpt2_small(seed=0)
     assert score_bound_exponent(dec.config, dec.weights) == \
         ARCHS["gpt2-small-random"]["score_bound_log2"]
+    assert act_bound_exponent(dec.config, dec.weights) == \
+        (ARCHS["gpt2-small-random"]["act_bound_log2"],
+         ARCHS["gpt2-small-random"]["logit_bound_log2"])
