@@ -18,7 +18,7 @@ M4=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_he
 L1=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,levels=1,per_head=query,share_layers=false,static_keep=1.0
 GR=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=group,share_layers=false,static_keep=1.0
 mpcache eval frontier --json docs/eval/2k-main.json docs/eval/2k-faithful.json \
-    docs/eval/2k-faithful-b.json --override docs/eval/2k-select.json \
+    docs/eval/2k-faithful-b.json --override docs/eval/2k-select.json docs/eval/2k-levels1.json \
     --cost docs/eval/frontier-2k-cost.json \
     --alias mpcache=$M4 mpcache:levels=1=$L1 mpcache:per_head=group=$GR \
     --context 2K --budget 0.05 0.1 --policy full streaming h2o snapkv quest topk \
