@@ -65,8 +65,24 @@ __all__ = ["reciprocal", "rsqrt", "top_bit_weights", "topbit_cost", "THERMOMETER
 THERMOMETER_MAX = 2048
 
 
+#: A promised window's thermometer (``top_bit_weights(promise=True)``) compares coarsely:
+#: X within 2^-THERMO_REL_BITS (relative, at the smallest threshold) below a threshold may
+#: count as above it -- the guess then comes from the next piece, just outside its fit.
+THERMO_REL_BITS = 8
+
+
+def thermometer_bits(nbits: int, lo_bit: int, promise: bool) -> tuple:
+    """(comparison width, dropped bits) of the thermometer's ``X - tau`` on a window
+    [lo_bit, nbits): 64 and 0 by default; with ``promise`` (X < 2^nbits is promised)
+    ``nbits + 1`` bits, coarse below 2^(lo_bit - THERMO_REL_BITS)."""
+    if not promise:
+        return 64, 0
+    width = min(64, nbits + 1)
+    return width, max(0, min(lo_bit - THERMO_REL_BITS, width - 2))
+
+
 def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None = None,
-                    sub: int = 1):
+                    sub: int = 1, promise: bool = False):
     """``[sum_i h_i * w[i] for w in weights]`` as arithmetic ring integers (frac 0), where
     ``h`` is the one-hot of the top set bit of ``X`` (x's ring value) among bit positions
     ``lo_bit .. nbits-1`` and each ``w`` is a public integer weight per position (indexed
@@ -87,6 +103,10 @@ def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None 
     ``sub`` > 1 (thermometer only): ``sub`` pieces per octave, thresholds
     ``round(2^(i + q/sub))`` for q < sub; the one-hot is over the positions ``j = sub i +
     q`` (X in [tau_j, tau_(j+1))) and each weight array is indexed by j (length sub nbits).
+    ``promise`` (thermometer): the caller promises X < 2^nbits (a reciprocal's
+    ``x_range``): the comparisons run on :func:`thermometer_bits` -- nbits + 1 bits and
+    coarse, relative 2^-8 at the smallest threshold (softmax's row sums: 49 -> 24 tree
+    bits, one tree round fewer).
     What a party learns: nothing (masked openings of the sub-protocols only).
     """
     p = x.party
@@ -101,7 +121,7 @@ def top_bit_weights(x, weights, nbits: int, lo_bit: int = 0, method: str | None 
     with p.scope("topbit"):
         pair = pair_of(p)
         if method == "thermometer":
-            h = _onehot_thermometer(x, pair, nbits, lo_bit, sub)     # [window, N] ring
+            h = _onehot_thermometer(x, pair, nbits, lo_bit, sub, promise)  # [window, N]
         else:
             h = _onehot_a2b(x, pair, nbits, lo_bit)
         W = np.stack([np.asarray(wt, dtype=np.uint64)[sub * lo_bit:sub * nbits]
@@ -119,12 +139,14 @@ def _thresholds(lo_bit: int, nbits: int, sub: int = 1) -> list:
             for i in range(lo_bit, nbits) for q in range(sub)] + [1 << nbits]
 
 
-def _onehot_thermometer(x, pair, nbits, lo_bit, sub=1):
+def _onehot_thermometer(x, pair, nbits, lo_bit, sub=1, promise=False):
     _, u = to_pair(x)                                         # flat 2-of-2 ring shares
     thr = np.array(_thresholds(lo_bit, nbits, sub), dtype=np.uint64)
     d = u[None, :] - thr[:, None] if pair.role == "A" else np.broadcast_to(
         u[None, :], (thr.size, u.size))
-    t = sign_to_ring(pair, msb_bits(pair, d.reshape(-1), "topbit.cmp", last=False),
+    width, drop = thermometer_bits(nbits, lo_bit, promise)
+    t = sign_to_ring(pair, msb_bits(pair, d.reshape(-1), "topbit.cmp", nbits=width,
+                                    last=False, drop=drop),
                      tag="approx.topbit").reshape(thr.size, -1)       # [X < 2^i]
     return t[1:] - t[:-1]
 
@@ -141,11 +163,14 @@ def _onehot_a2b(x, pair, nbits, lo_bit):
 
 
 def topbit_cost(n: int, nbits: int, lo_bit: int, n_weights: int, protocol: str,
-                sub: int = 1) -> dict:
+                sub: int = 1, promise: bool = False) -> dict:
     """Exact cost of :func:`top_bit_weights` by the thermometer on ``n`` values (bytes per
     party, rounds, dealt bytes): one "sign" batch of ``n (sub (nbits - lo_bit) + 1)``
-    comparisons, then rep3 re-shares the ``n_weights n`` sums (8 bytes each, one round)."""
-    c = dict(cmp_cost("sign", n * (sub * (nbits - lo_bit) + 1), protocol))
+    comparisons (:func:`thermometer_bits` wide), then rep3 re-shares the ``n_weights n``
+    sums (8 bytes each, one round)."""
+    width, drop = thermometer_bits(nbits, lo_bit, promise)
+    c = dict(cmp_cost("sign", n * (sub * (nbits - lo_bit) + 1), protocol, nbits=width,
+                      drop=drop))
     if protocol == "rep3":
         c["bytes"] += 8 * n * n_weights
         c["rounds"] += 1
@@ -308,11 +333,12 @@ def _per_piece(w) -> np.ndarray:
     return np.repeat(np.asarray(w, dtype=np.uint64), SUB)
 
 
-def _guess(x, kind, extra_weights, window, shift, extra_dots, degree):
+def _guess(x, kind, extra_weights, window, shift, extra_dots, degree, promise=False):
     """(a = X / 2^k at _F bits, y ~ 1/a or 1/sqrt a at _F bits, [extra sums], [extra
     dots' results]).  Piecewise (:data:`SUB`, :func:`_use_pieces`): one level for a, c2 a
     and the extra dots, one for ``y = (a - m)(c2 a + c1 - c2 m) + c0``.  Otherwise the
-    normalisation, then the degree-``degree`` polynomial (default 4, two levels)."""
+    normalisation, then the degree-``degree`` polynomial (default 4, two levels).
+    ``promise``: the window is an ``x_range`` promise (a shorter, coarse thermometer)."""
     if not _use_pieces(x, window, degree):
         a, sums, outs = _normalised(x, extra_weights, window, shift, extra_dots)
         y, _ = _initial_guess(a, kind, 4 if degree is None else degree)
@@ -321,7 +347,7 @@ def _guess(x, kind, extra_weights, window, shift, extra_dots, degree):
     gp = max(0, min(24, 59 - shift - _F))
     D, E2, L, C0, M = _piece_weights(kind, klo, khi, shift, gp)
     sums = top_bit_weights(x, [D, E2, L, C0, M] + [_per_piece(w) for w in extra_weights],
-                           khi + 1, klo, "thermometer", SUB)
+                           khi + 1, klo, "thermometer", SUB, promise)
     X = x.with_frac(0)
     dots = [Dot([(X, sums[0])]), Dot([(X, sums[1])])] + \
         (extra_dots(sums[5:]) if extra_dots else [])
@@ -383,7 +409,8 @@ def reciprocal(x, *, degree: int | None = None, iterations: int = 0,
         shift, c, s2 = plan
         a, y, _, (u,) = _guess(
             x, "recip", [_pow2_weights(c, win[1] + 1)], win, shift,
-            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg)
+            lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg,
+            x_range is not None)
         if iterations:
             y = _newton_recip(a, y, _newton_G(y), int(iterations))
         return run_level([Dot([(u.with_frac(0), y.with_frac(s2))])], s2)[0].with_frac(fo)
@@ -395,7 +422,7 @@ def reciprocal(x, *, degree: int | None = None, iterations: int = 0,
     if shift0 + _F < 0:
         raise ValueError(f"reciprocal: out_frac {fo} too large for input frac {fx}")
     a, y, (R,), _ = _guess(x, "recip", [_pow2_weights(c2, win[1] + 1)], win, 60 - _F,
-                           None, deg)
+                           None, deg, x_range is not None)
     if iterations:
         y = _newton_recip(a, y, _newton_G(y), int(iterations))
     return run_level([Dot([(y, R)])], y.frac + shift0)[0].with_frac(fo)
@@ -458,7 +485,8 @@ def rsqrt(x, *, degree: int | None = None, iterations: int = 0,
         shift, c, s2 = plan
         a, y, _, (u,) = _guess(
             x, "rsqrt", [_pow2_weights(c + math.log2(scale), win[1] + 1, half=True)], win,
-            shift, lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg)
+            shift, lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg,
+            x_range is not None)
         return run_level([Dot([(u.with_frac(0), y.with_frac(s2))])], s2)[0].with_frac(fo)
     if times is not None:
         r = rsqrt(x, degree=degree, iterations=iterations, out_frac=out_frac,
@@ -469,7 +497,8 @@ def rsqrt(x, *, degree: int | None = None, iterations: int = 0,
     if (c3 - fx / 2) != int(c3 - fx / 2):
         c3 -= 0.5
     a, y, (E,), _ = _guess(x, "rsqrt", [_pow2_weights(c3 + math.log2(scale), win[1] + 1,
-                                                     half=True)], win, 60 - _F, None, deg)
+                                                     half=True)], win, 60 - _F, None, deg,
+                    x_range is not None)
     if it:
         y = _newton_rsqrt(a, y, _newton_G(y), it)
     shift = y.frac + c3 - fx / 2 - fo

@@ -88,18 +88,20 @@ def cmp_levels(n: int, nbits: int = 64, kind: str = "lt", fused: bool = False,
     return out
 
 
-def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1) -> dict:
+def cmp_cost(op: str, n: int, protocol: str, nbits: int = 64, payload: int = 1,
+             drop: int = 0) -> dict:
     """Cost of a batch of ``n`` comparisons: ``op`` in {"msb" (= lt, ltz, ...), "eq",
     "relu" (and abs, maximum: bit injection into ``payload`` ring values per comparison),
     "reveal" (revealed comparison in top-k), "sign" (msb with the fused bit-to-ring,
     ``sign_to_ring``, left in 2-of-2 form: no re-sharing, e.g. the top-bit thermometer)};
     per party, bits packed per message.
+    ``drop``: coarse comparisons (``compare_core.msb_bits(drop=)``).
     Returns {'bytes', 'rounds', 'offline'}.  msb/eq/relu fuse the last tree level with the
     final conversion: 3 opened bits (+ 8 bytes per payload value), dealt 8-entry tables
     (64 bytes, + 64 per payload value)."""
     fused = (op in ("eq", "relu", "sign") or (op == "msb" and _core.FUSE_SIGN_B2A)) \
         and n <= _core.FUSE_MAX_BATCH
-    levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt", fused)
+    levels = cmp_levels(n, nbits, "eq" if op == "eq" else "lt", fused, drop)
     online = sum(b for b, _ in levels)
     offline = sum(d for _, d in levels)
     rounds = len(levels) + 1

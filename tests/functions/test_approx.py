@@ -318,9 +318,29 @@ def test_reciprocal_x_range_saves_bytes(protocol):
     out, r1 = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32), x)
     out2, r2 = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32, x_range=(0.5, 2048)), x)
     assert np.max(np.abs(out2 - 1 / x) * x) <= 1e-3
-    # fewer thresholds (14 instead of 45), same rounds (one comparison batch either way)
-    assert r2.scope("op")["rounds"] == r1.scope("op")["rounds"]
+    # fewer thresholds (14 instead of 45), and the promised window's thermometer is shorter
+    # and coarse (RC.thermometer_bits): one tree round fewer, its formula exact
+    assert r2.scope("op")["rounds"] == r1.scope("op")["rounds"] - 1
     assert r2.scope("op/topbit")["bytes_sent"] < r1.scope("op/topbit")["bytes_sent"] / 2.5
+    klo, khi = RC._window(FixedPoint().frac_bits, (0.5, 2048))
+    want = RC.topbit_cost(x.size, khi + 1, klo, 6, protocol, RC.SUB, promise=True)
+    got = r2.scope("op/topbit")
+    assert (got["bytes_sent"], got["rounds"]) == (want["bytes"], want["rounds"])
+    assert RC.thermometer_bits(khi + 1, klo, False) == (64, 0)
+    assert RC.thermometer_bits(khi + 1, klo, True) == (khi + 2, klo - RC.THERMO_REL_BITS)
+
+
+def test_coarse_thermometer_near_every_threshold(protocol):
+    """x at and just below every quarter-octave threshold of a promised window: the
+    coarse thermometer may take the next piece there, the result keeps its error bound."""
+    klo, khi = RC._window(FixedPoint().frac_bits, (0.5, 64.0))
+    f = FixedPoint().frac_bits
+    taus = np.array(RC._thresholds(klo, khi + 1, RC.SUB), dtype=np.float64) / 2.0 ** f
+    taus = taus[(taus >= 0.5) & (taus <= 64.0)]
+    x = np.concatenate([taus, taus * (1 - 2.0 ** -9), taus * (1 - 2.0 ** -20)])
+    x = x[x >= 0.5]                                   # inside the promise
+    out, _ = run_op(protocol, lambda p, a: a.reciprocal(out_frac=32, x_range=(0.5, 64.0)), x)
+    assert np.max(np.abs(out - 1 / q(x)) * q(x)) <= 1e-3
 
 
 # -------------------------------------------------------------------------------------

@@ -156,7 +156,8 @@ def test_coarse_exp_clip(protocol):
 def test_bounded_softmax_with_approximate_max(protocol, scale):
     """Softmax on a bounded decoding-shaped row (9 heads x 2049): the approximate max and
     the coarse clip move only rounding (the same error bound as the exact max), and save
-    7 rounds (6 tree rounds of the max, 1 of the clip)."""
+    7 rounds (6 tree rounds of the max, 1 of the clip; the coarse thermometer of the
+    reciprocal 1 more, both here and without the bound)."""
     x = np.random.default_rng(int(scale * 10)).normal(size=(9, 2049)) * scale
     want = np.exp(x - x.max(-1, keepdims=True))
     want /= want.sum(-1, keepdims=True)
@@ -165,7 +166,7 @@ def test_bounded_softmax_with_approximate_max(protocol, scale):
     assert np.allclose(out.sum(-1), 1.0, atol=1e-3)
     _, loss = S.coarse_drop(2049, 9, A.SOFTMAX_MAX_TOL, F_BITS, 32)
     assert 0 < loss <= A.SOFTMAX_MAX_TOL and math.exp(-loss) > 0.1
-    rounds = {"rep3": 42, "add2": 40}[protocol]          # exact 32-bit max: 49, 47
+    rounds = {"rep3": 41, "add2": 39}[protocol]          # exact 32-bit max: 49, 47
     assert sc["rounds"] == rounds
 
 
