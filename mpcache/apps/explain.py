@@ -221,6 +221,22 @@ def _ops() -> dict:
             lambda x: np.exp(x - x.max(-1, keepdims=True))
             / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
             None, atol=0.01, needs=("softmax",)),
+        "softmax_bounded": OpSpec(
+            "softmax with a public score bound 2^11 (a decoder's attention): 32-bit "
+            "comparisons, the row max approximate by coarse comparisons (a 16-bit digit "
+            "tree: one round fewer per level), softmax shifted by max + its public loss, "
+            "exp's clip coarse too", (1, 8),
+            lambda s: [("x", s, 0, False, -4, 4)],
+            lambda p, x: x.softmax(axis=-1, score_bound=2.0 ** 11),
+            lambda x: np.exp(x - x.max(-1, keepdims=True))
+            / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+            None, atol=0.01, needs=("softmax",)),
+        "silu_bounded": OpSpec(
+            "SiLU with a public input bound 2^8 (a decoder's MLP): its two threshold signs "
+            "on 28 bits, coarse (a 16-bit digit tree, thresholds moved in by 2^-7)", (4,),
+            lambda s: [("x", s, 0, False, -8, 8)],
+            lambda p, x: x.silu(bound=2.0 ** 8), lambda x: x / (1 + np.exp(-x)), None,
+            atol=0.02, needs=("silu",)),
         "topk": OpSpec(
             "top-k (k=2) as a one-hot selection matrix [k, C]", (8,),
             lambda s: [("x", s, 0, False, -8, 8)],

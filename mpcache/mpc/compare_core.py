@@ -357,7 +357,9 @@ TAGS = {
               "+ rho mod 2^nbits, each half of rho from a key with the dealer), then read "
               "their XOR shares of the dealt table row of rho's digits at the public "
               "digits of c: ([c_j < rho_j], [c_j == rho_j]) per w-bit digit; a carry tree "
-              "combines them",
+              "combines them.  With a public bound nbits < 64 (fewer bytes, fewer "
+              "digits); a coarse comparison (drop = s) uses only the digits above bit s "
+              "of c and rho: the sign of floor(d / 2^s) + carry, one tree round fewer",
         learns="c = d + rho: uniform, because rho is uniform and each party knows only "
                "one half"),
     "*.tree": dict(

@@ -70,7 +70,12 @@ OPS = {
                     "max"),          # 32-bit openings mod 2^nbits (select.bound_bits)
     "softmax_bounded": (lambda p, x: x.reshape(32, 64).softmax(axis=-1, score_bound=16.0),
                         A0, B1 / 10, (), "softmax"),
+    "max_coarse": (lambda p, x: x.reshape(256, 32).max(axis=-1, bound=128.0, tol=2.0), C0, C1,
+                   (), "max"),       # coarse trees: the same openings (select.coarse_drop)
+    "silu_bounded": (lambda p, x: x.silu(bound=256.0), A0, B1 / 20, (), "silu"),
     "argmax": (lambda p, x: x.reshape(256, 32).argmax(axis=-1), C0, C1, (), "argmax"),
+    "argmax_bounded": (lambda p, x: x.reshape(256, 32).argmax(axis=-1, bound=128.0), C0, C1,
+                       (), "argmax"),
     "gather": (_gather, (A0, B0), (A1, B1), (), "argmax"),
     # top-k's number of selection levels depends on the random shuffle (simulatable):
     # compare the blocks that line up
