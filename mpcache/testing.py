@@ -60,6 +60,21 @@ def run_op(protocol: str, op, *inputs, integer=(), owners=(0, 1), seed=None,
     return res.output, res
 
 
+def run_aligned(protocol: str, x, fn, seed=None) -> tuple:
+    """Share ``x`` from P0, align the three parties' round clocks (one reveal of a public
+    zero: every party has then received from every other), run ``fn(secret)`` in scope
+    "op" and reveal to all: (output, the "op" scope's counters).  The op's rounds then
+    count from a common start (exact round assertions on one-input ops)."""
+    def job(p):
+        a = p.share(x if p.id == 0 else None, 0)
+        p.reveal(p.share(np.zeros(1) if p.id == 0 else None, 0))
+        with p.scope("op"):
+            out = fn(a)
+        return p.reveal(out)
+    res = Session(protocol, seed=seed).run(job)
+    return res.output, res.scope("op")
+
+
 def assert_close(actual, expected, atol=0.0, rtol=0.0, what="result") -> None:
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)

@@ -6,24 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import mpcache
 from mpcache.functions import approx as A
 from mpcache.functions import select as S
 from mpcache.mpc.costs import max_tree_cost
+from mpcache.testing import run_aligned
 
 EX = settings(max_examples=8, deadline=None)
 F_BITS = 18
-
-
-def _job(protocol, x, fn, seed=None):
-    def job(p):
-        a = p.share(x if p.id == 0 else None, 0)
-        p.reveal(p.share(np.zeros(1) if p.id == 0 else None, 0))   # clocks in sync
-        with p.scope("op"):
-            out = fn(a)
-        return p.reveal(out)
-    res = mpcache.Session(protocol, seed=seed).run(job)
-    return res.output, res.scope("op")
 
 
 def test_bound_bits():
@@ -45,9 +34,9 @@ def test_bounded_max_equals_plaintext(protocol, rows, n, bound, ties, seed):
     x = rng.uniform(-bound, bound, (rows, n))
     if ties:
         x = np.round(x * 4 / bound) * bound / 4        # many equal values, and +-bound
-    out, _ = _job(protocol, x, lambda a: a.max(axis=-1, bound=bound))
+    out, _ = run_aligned(protocol, x, lambda a: a.max(axis=-1, bound=bound))
     assert np.allclose(out, x.max(-1), atol=2.0 ** -F_BITS)
-    out, _ = _job(protocol, x, lambda a: a.min(axis=-1, bound=bound))
+    out, _ = run_aligned(protocol, x, lambda a: a.min(axis=-1, bound=bound))
     assert np.allclose(out, x.min(-1), atol=2.0 ** -F_BITS)
 
 
@@ -57,7 +46,7 @@ def test_bounded_max_cost(protocol, n, rows):
     score bound of SmolLM2 (2^11, 32 bits): one tree round fewer per level (27 -> 22)."""
     x = np.random.default_rng(n).normal(size=(rows, n)) * 30
     nbits = S.bound_bits(2.0 ** 11, F_BITS)
-    out, sc = _job(protocol, x, lambda a: a.max(axis=-1, bound=2.0 ** 11))
+    out, sc = run_aligned(protocol, x, lambda a: a.max(axis=-1, bound=2.0 ** 11))
     assert np.allclose(out, x.max(-1), atol=2.0 ** -F_BITS)
     fan = (S.MAX_FANIN, S.FANIN4_MAX_VALUES, S.FANIN8_MAX_VALUES)
     want = max_tree_cost(n, rows, 1, *fan, nbits=nbits)
@@ -74,8 +63,8 @@ def test_bounded_softmax_same_as_unbounded(protocol):
     x = np.random.default_rng(3).normal(size=(3, 50)) * 8
     want = np.exp(x - x.max(-1, keepdims=True))
     want /= want.sum(-1, keepdims=True)
-    out, sc = _job(protocol, x, lambda a: A.softmax(a, score_bound=2.0 ** 11))
-    ref, sc0 = _job(protocol, x, lambda a: A.softmax(a))
+    out, sc = run_aligned(protocol, x, lambda a: A.softmax(a, score_bound=2.0 ** 11))
+    ref, sc0 = run_aligned(protocol, x, lambda a: A.softmax(a))
     assert np.abs(out - want).max() < 2e-4
     assert np.abs(ref - want).max() < 2e-4
     assert sc["rounds"] < sc0["rounds"] and sc["bytes_sent"] < sc0["bytes_sent"]
@@ -86,8 +75,8 @@ def test_bounded_exp_clip(protocol):
     comparisons, the same values (e^x; exactly 0 below -14), fewer rounds and bytes."""
     assert S.bound_bits(2.0 ** 12 + 14, F_BITS, pairwise=False) == 32
     x = -np.concatenate([np.linspace(0, 20, 40), [2.0 ** 12, 14.5, 13.9]])[None, :]
-    out, sc = _job(protocol, x, lambda a: A.exp(a, clip_bound=2.0 ** 12))
-    ref, sc0 = _job(protocol, x, lambda a: A.exp(a))
+    out, sc = run_aligned(protocol, x, lambda a: A.exp(a, clip_bound=2.0 ** 12))
+    ref, sc0 = run_aligned(protocol, x, lambda a: A.exp(a))
     want = np.where(x >= -14, np.exp(x), 0.0)
     assert np.abs(out - want).max() < 1e-4 and np.abs(ref - want).max() < 1e-4
     assert sc["rounds"] == sc0["rounds"] - 1 and sc["bytes_sent"] < sc0["bytes_sent"]

@@ -16,21 +16,11 @@ from mpcache.functions import compare as C
 from mpcache.functions import select as S
 from mpcache.mpc import compare_core as V
 from mpcache.mpc.costs import cmp_levels, max_tree_cost
+from mpcache.testing import run_aligned
 
 EX = settings(max_examples=8, deadline=None)
 F_BITS = 18
 SCORE_BOUND = 2.0 ** 11          # SmolLM2's public score bound: 32-bit comparisons
-
-
-def _job(protocol, x, fn, seed=None):
-    def job(p):
-        a = p.share(x if p.id == 0 else None, 0)
-        p.reveal(p.share(np.zeros(1) if p.id == 0 else None, 0))   # clocks in sync
-        with p.scope("op"):
-            out = fn(a)
-        return p.reveal(out)
-    res = mpcache.Session(protocol, seed=seed).run(job)
-    return res.output, res.scope("op")
 
 
 @EX
@@ -101,8 +91,8 @@ def test_approximate_max_within_loss(protocol, rows, n, seed, near):
     x = rng.normal(size=(rows, n)) * (0.05 if near else 30)
     _, loss = S.coarse_drop(n, rows, 2.0, F_BITS, 32)
     assert 0 < loss <= 2.0
-    hi, _ = _job(protocol, x, lambda a: a.max(axis=-1, bound=SCORE_BOUND, tol=2.0))
-    lo, _ = _job(protocol, x, lambda a: a.min(axis=-1, bound=SCORE_BOUND, tol=2.0))
+    hi, _ = run_aligned(protocol, x, lambda a: a.max(axis=-1, bound=SCORE_BOUND, tol=2.0))
+    lo, _ = run_aligned(protocol, x, lambda a: a.min(axis=-1, bound=SCORE_BOUND, tol=2.0))
     eps = 2.0 ** -F_BITS
     for out, ref, sign in ((hi, x.max(-1), 1), (lo, x.min(-1), -1)):
         assert np.all(np.min(np.abs(x - out[:, None]), axis=-1) <= eps)      # an entry
@@ -117,7 +107,7 @@ def test_approximate_max_cost(protocol, n, rows):
     is exact."""
     x = np.random.default_rng(n).normal(size=(rows, n)) * 30
     s, loss = S.coarse_drop(n, rows, 2.0, F_BITS, 32)
-    out, sc = _job(protocol, x, lambda a: a.max(axis=-1, bound=SCORE_BOUND, tol=2.0))
+    out, sc = run_aligned(protocol, x, lambda a: a.max(axis=-1, bound=SCORE_BOUND, tol=2.0))
     assert np.all(out >= x.max(-1) - loss - 2.0 ** -F_BITS)
     fan = (S.MAX_FANIN, S.FANIN4_MAX_VALUES, S.FANIN8_MAX_VALUES)
     want = max_tree_cost(n, rows, 1, *fan, nbits=32, drop=s)
@@ -138,8 +128,8 @@ def test_coarse_exp_clip(protocol):
     tree round fewer."""
     x = -np.concatenate([np.linspace(0, 20, 40), [2.0 ** 12, 14.5, 13.9, 14.0],
                          np.linspace(14.0, 14.125, 9)])[None, :]
-    out, sc = _job(protocol, x, lambda a: A.exp(a, clip_bound=2.0 ** 12, clip_tol=0.125))
-    ref, sc0 = _job(protocol, x, lambda a: A.exp(a, clip_bound=2.0 ** 12))
+    out, sc = run_aligned(protocol, x, lambda a: A.exp(a, clip_bound=2.0 ** 12, clip_tol=0.125))
+    ref, sc0 = run_aligned(protocol, x, lambda a: A.exp(a, clip_bound=2.0 ** 12))
     unsure = (x < -14) & (x >= -14.125)
     want = np.where(x >= -14, np.exp(x), 0.0)
     assert np.abs(out - want)[~unsure].max() < 1e-4
@@ -161,7 +151,7 @@ def test_bounded_softmax_with_approximate_max(protocol, scale):
     x = np.random.default_rng(int(scale * 10)).normal(size=(9, 2049)) * scale
     want = np.exp(x - x.max(-1, keepdims=True))
     want /= want.sum(-1, keepdims=True)
-    out, sc = _job(protocol, x, lambda a: A.softmax(a, score_bound=SCORE_BOUND))
+    out, sc = run_aligned(protocol, x, lambda a: A.softmax(a, score_bound=SCORE_BOUND))
     assert np.abs(out - want).max() < 2e-4
     assert np.allclose(out.sum(-1), 1.0, atol=1e-3)
     _, loss = S.coarse_drop(2049, 9, A.SOFTMAX_MAX_TOL, F_BITS, 32)
@@ -194,8 +184,8 @@ def test_bounded_activation(protocol, name, fn, tol):
                         -T + t * np.linspace(0, 1, 9), [255.0, -255.0]])
     x = np.concatenate([x, np.random.default_rng(1).normal(size=1536 - x.size) * 4])[None, :]
     f = getattr(Ac, name)
-    out, sc = _job(protocol, x, lambda a: f(a, bound=2.0 ** 8))
-    ref, sc0 = _job(protocol, x, lambda a: f(a))
+    out, sc = run_aligned(protocol, x, lambda a: f(a, bound=2.0 ** 8))
+    ref, sc0 = run_aligned(protocol, x, lambda a: f(a))
     assert np.abs(out - fn(x)).max() < tol and np.abs(ref - fn(x)).max() < tol
     assert sc["rounds"] == sc0["rounds"] - 3 and sc["bytes_sent"] < sc0["bytes_sent"]
 
@@ -209,11 +199,11 @@ def test_bounded_argmax_is_exact(protocol, n, seed, ties):
     x = rng.uniform(-500, 500, (1, n))
     if ties:
         x = np.round(x / 100) * 100
-    out, sc = _job(protocol, x, lambda a: a.argmax(axis=-1, bound=2.0 ** 9))
+    out, sc = run_aligned(protocol, x, lambda a: a.argmax(axis=-1, bound=2.0 ** 9))
     want = np.zeros_like(x)
     want[0, np.argmax(x[0])] = 1
     assert np.array_equal(np.round(out), want)
-    _, sc0 = _job(protocol, x, lambda a: a.argmax(axis=-1))
+    _, sc0 = run_aligned(protocol, x, lambda a: a.argmax(axis=-1))
     assert sc["rounds"] <= sc0["rounds"] and sc["bytes_sent"] < sc0["bytes_sent"]
 
 
@@ -221,10 +211,10 @@ def test_bounded_argmax_vocabulary_rounds(protocol):
     """SmolLM2's vocabulary argmax (49152 logits, bound 2^9: 30-bit exact comparisons):
     fewer tree digits on every level."""
     x = np.random.default_rng(0).normal(size=(1, 49152)) * 5
-    out, sc = _job(protocol, x, lambda a: a.argmax(axis=-1, bound=2.0 ** 9))
+    out, sc = run_aligned(protocol, x, lambda a: a.argmax(axis=-1, bound=2.0 ** 9))
     assert np.argmax(out[0]) == np.argmax(x[0]) and out.sum() == 1
-    _, sc0 = _job(protocol, x, lambda a: a.argmax(axis=-1))
+    _, sc0 = run_aligned(protocol, x, lambda a: a.argmax(axis=-1))
     print(protocol, sc0["rounds"], "->", sc["rounds"])
     assert sc["rounds"] <= sc0["rounds"] - 6
     with pytest.raises(ValueError, match="bound"):
-        _job(protocol, x[:, :8], lambda a: a.argmax(axis=-1, bound=1.0, method="select"))
+        run_aligned(protocol, x[:, :8], lambda a: a.argmax(axis=-1, bound=1.0, method="select"))
