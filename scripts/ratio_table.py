@@ -25,6 +25,6 @@ for path in sys.argv[1:]:
         else:
             f = full.get(key)
             ratio = ", ".join(f"{a / b:.2f}x" for a, b in zip(f, cells)) if f else ""
-        print(f"| {r.get('model', '')} | {r.get('protocol', '')} | {r['context']} | {r['policy']} "
+        print(f"| {r.get('model', '')} | {r.get('protocol', '')} | {r['context']} | {r.get('label', r['policy'])} "
               f"| {r['bytes_per_party'] / 1e6:.2f} | {r['rounds']} | {r['seconds']:.2f} "
               f"| {lan:.2f} | {wan:.1f} | {ratio} |")

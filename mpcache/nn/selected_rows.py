@@ -47,15 +47,18 @@ class SelectedRows:
     ``[h|1, k, NC]``; the pool is ``x[:, start : start + NC * cluster]``; the head is the
     first ``head`` rows (default ``start``; fewer when rows between the head and the pool
     are not read); the tail is the last ``tail`` rows.  A one-hot per QUERY head (``h`` a
-    multiple of x's KV heads) reads its KV head's rows: ``x`` is repeated per query head
-    (public index, local).  ``lazy``: True selects score columns, False gathers rows, None
-    (default) takes the one that moves fewer words (:meth:`lazy`)."""
+    multiple of x's KV heads, a group's query heads consecutive) reads its KV head's rows:
+    the products run per KV head with the group's one-hots (and queries) stacked, so the
+    cache is never copied per query head (the same products, bytes and rounds).  ``lazy``:
+    True selects score columns, False gathers rows, None (default) takes the one that
+    moves fewer words (:meth:`lazy`)."""
 
     def __init__(self, x, onehot, start: int, n_clusters: int, cluster: int, tail: int,
                  lazy: bool | None = None, head: int | None = None):
         hx, ho = int(x.shape[0]), int(onehot.shape[0])
-        if ho > hx:
-            x = x[np.repeat(np.arange(hx), ho // hx)]
+        if ho > 1 and ho % hx:
+            raise ValueError(f"{ho} one-hot heads over {hx} KV heads")
+        self.g = max(1, ho // hx)       # one-hots (query heads) per KV head; 1: broadcast
         self.x, self.onehot, self.mode = x, onehot, lazy
         self.start, self.nc, self.c, self.w = int(start), int(n_clusters), int(cluster), int(tail)
         self.head = self.start if head is None else int(head)
@@ -71,7 +74,19 @@ class SelectedRows:
     @property
     def shape(self) -> tuple:
         h, _, d = (int(v) for v in self.x.shape)
-        return (h, self.head + self.k * self.c + self.w, d)
+        return (h * self.g, self.head + self.k * self.c + self.w, d)
+
+    def _per_query_head(self, part):
+        """A [hx, m, d] slice of the cache repeated for each one-hot head (small parts
+        only: the head and tail rows)."""
+        if self.g == 1:
+            return part
+        return part[np.repeat(np.arange(int(self.x.shape[0])), self.g)]
+
+    def _grouped(self, t):
+        """[hx g, r, m] -> [hx, g r, m]: a group's query heads stacked per KV head."""
+        h, r, m = (int(v) for v in t.shape)
+        return t.reshape(h // self.g, self.g * r, m)
 
     def lazy(self, r: int) -> bool:
         """Whether to select score columns instead of gathering rows: the ``lazy`` given at
@@ -89,10 +104,12 @@ class SelectedRows:
         """The selected rows themselves, ``[h, B, d]``: one gather of whole clusters."""
         if self._rows is None:
             head, pool, tail = self._parts()
-            h, d = int(self.x.shape[0]), int(self.x.shape[2])
+            hx, d = int(self.x.shape[0]), int(self.x.shape[2])
             with F.scope(self.onehot, "gather"):
-                mid = self.onehot @ pool.reshape(h, self.nc, self.c * d)
-            self._rows = F.concatenate([head, mid.reshape(h, self.k * self.c, d), tail], axis=1)
+                mid = self._grouped(self.onehot) @ pool.reshape(hx, self.nc, self.c * d)
+            self._rows = F.concatenate([self._per_query_head(head),
+                                        mid.reshape(hx * self.g, self.k * self.c, d),
+                                        self._per_query_head(tail)], axis=1)
         return self._rows
 
     def _gap(self) -> int:
@@ -107,7 +124,8 @@ class SelectedRows:
         if not self.lazy(r):
             return q @ self.rows().transpose((0, 2, 1))
         s, nc, c, k = self.start, self.nc, self.c, self.k
-        full = _exact_matmul(q, self.x.transpose((0, 2, 1)))                 # 2f bits
+        full = _exact_matmul(self._grouped(q), self.x.transpose((0, 2, 1)))  # 2f bits
+        full = full.reshape(h, r, int(self.x.shape[1]))
         pool = full[:, :, s:s + nc * c].reshape(h, r, nc, c).transpose((0, 2, 1, 3))
         with F.scope(self.onehot, "gather"):
             mid = self.onehot @ pool.reshape(h, nc, r * c)                   # [h, k, r c]
@@ -134,7 +152,7 @@ class SelectedRows:
         if gap:
             parts.append(np.zeros((h, r, gap)))
         full = F.concatenate(parts + [probs[:, :, hd + k * c:]], axis=2)
-        return full @ self.x
+        return (self._grouped(full) @ self.x).reshape(h, r, int(self.x.shape[2]))
 
 
 def attention_scores(q, keys):

@@ -115,3 +115,35 @@ def test_rep3_bytes_and_rounds(lazy):
     assert sc["rounds"] == sum(c["rounds"] for c in want_s)
     assert cx["bytes_sent"] == sum(c["bytes"] for c in want_c)
     assert cx["rounds"] == sum(c["rounds"] for c in want_c)
+
+
+def _per_query_head_case(seed, g, r, d):
+    """H KV heads, g one-hots (query heads) per KV head, consecutive per group."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(H, N, d))
+    G = np.zeros((H * g, K, NC))
+    for h in range(H * g):
+        G[h, np.arange(K), np.sort(rng.choice(NC, K, replace=False))] = 1.0
+    q = rng.normal(size=(H * g, r, d))
+    p = rng.random(size=(H * g, r, B))
+    p /= p.sum(-1, keepdims=True)
+    xr = x[np.repeat(np.arange(H), g)]                       # the reference repeats x
+    mid = (G @ xr[:, S:S + NC * C].reshape(H * g, NC, C * d)).reshape(H * g, K * C, d)
+    ref = np.concatenate([xr[:, :S], mid, xr[:, N - W:]], axis=1)
+    return x, G, q, p, ref
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_per_query_head_one_hots_read_their_kv_head(lazy, protocol):
+    """One-hots per query head over a shared KV head: the grouped products (no copy of
+    the cache per query head) equal the repeated-cache reference, plaintext and secret."""
+    x, G, q, p, ref = _per_query_head_case(3, 3, 1, 8)
+    rows = SelectedRows(x, G, S, NC, C, W, lazy=lazy)
+    assert rows.shape == ref.shape
+    np.testing.assert_allclose(attention_scores(q, rows), q @ ref.transpose(0, 2, 1), atol=1e-12)
+    np.testing.assert_allclose(attention_context(p, rows), p @ ref, atol=1e-12)
+    sc, cx = mpcache.Session(protocol, seed=0).run(_job, x, G, q, p, lazy).output
+    np.testing.assert_allclose(sc, q @ ref.transpose(0, 2, 1), atol=2e-4)
+    np.testing.assert_allclose(cx, p @ ref, atol=2e-4)
+    with pytest.raises(ValueError, match="one-hot heads over"):
+        SelectedRows(x, G[:3], S, NC, C, W)

@@ -43,6 +43,10 @@ register(Case("max", "64_bound2^11", lambda r: (r.uniform(-100, 100, 64),),
               lambda p, a: a.max(axis=-1, bound=2.0 ** 11), lambda a: a.max(axis=-1)))
 register(Case("argmax", "1024", lambda r: (r.uniform(-100, 100, 1024),),
               lambda p, a: a.argmax(axis=-1), lambda a: _onehot(1024, np.array([a.argmax()]))[0]))
+# with SmolLM2's public logit bound 2^9 (nn.private.act_bound_exponent): 30-bit comparisons
+register(Case("argmax", "1024_bound2^9", lambda r: (r.uniform(-100, 100, 1024),),
+              lambda p, a: a.argmax(axis=-1, bound=2.0 ** 9),
+              lambda a: _onehot(1024, np.array([a.argmax()]))[0]))
 for n in (1024, 4096):
     register(Case("top_k", f"{n}_k64", lambda r, n=n: (r.uniform(-100, 100, n),),
                   lambda p, a: a.top_k(64, axis=-1), lambda a: _topk_ref(a, 64)))
@@ -75,3 +79,7 @@ for bound in (None, 2.0 ** 11):
 register(Case("gelu", "3072", lambda r: (r.uniform(-8, 8, 3072),), lambda p, a: a.gelu(), _gelu))
 register(Case("silu", "1536", lambda r: (r.uniform(-8, 8, 1536),), lambda p, a: a.silu(),
               lambda a: a / (1 + np.exp(-a))))
+# SmolLM2's MLP with its public pre-activation bound 2^8 (nn.private.act_bound_exponent):
+# 28-bit coarse threshold signs
+register(Case("silu", "1536_bound2^8", lambda r: (r.uniform(-8, 8, 1536),),
+              lambda p, a: a.silu(bound=2.0 ** 8), lambda a: a / (1 + np.exp(-a))))
