@@ -70,6 +70,22 @@ class SelectedRows:
         if self.start + self.nc * self.c > int(x.shape[1]) - self.w:
             raise ValueError("the pool overlaps the recent window")
         self._rows = None
+        self._g_right = None
+
+    def _onehot_right(self):
+        """``G`` [h, k, NC] persisted, for the lazy products written with G (or G^T) as
+        the RIGHT operand: ``(G pool)^T = pool^T G^T`` and ``(G^T p)^T = p^T G``.  add2
+        then opens ``G - B`` once per step for both (the K rows' scores and the V rows'
+        context share the one-hot object, so it is persisted in place) instead of
+        ``G - A`` in each Beaver product: the one-hot is k NC words per head, the other
+        operands r P and r k c.  rep3: nothing changes (its products cost their
+        outputs)."""
+        if self._g_right is None:
+            g = self.onehot
+            if not F.is_plain(g):
+                g.persist()                   # in place: a no-op once persisted
+            self._g_right = g
+        return self._g_right
 
     @property
     def shape(self) -> tuple:
@@ -126,10 +142,11 @@ class SelectedRows:
         s, nc, c, k = self.start, self.nc, self.c, self.k
         full = _exact_matmul(self._grouped(q), self.x.transpose((0, 2, 1)))  # 2f bits
         full = full.reshape(h, r, int(self.x.shape[1]))
-        pool = full[:, :, s:s + nc * c].reshape(h, r, nc, c).transpose((0, 2, 1, 3))
-        with F.scope(self.onehot, "gather"):
-            mid = self.onehot @ pool.reshape(h, nc, r * c)                   # [h, k, r c]
-        mid = mid.reshape(h, k, r, c).transpose((0, 2, 1, 3)).reshape(h, r, k * c)
+        pool = full[:, :, s:s + nc * c].reshape(h, r, nc, c)                 # [h, r, nc, c]
+        with F.scope(self.onehot, "gather"):                                 # (G pool)^T
+            mid = pool.transpose((0, 1, 3, 2)).reshape(h, r * c, nc) @ \
+                self._onehot_right().transpose((0, 2, 1))                   # [h, r c, k]
+        mid = mid.reshape(h, r, c, k).transpose((0, 1, 3, 2)).reshape(h, r, k * c)
         tail = full[:, :, int(self.x.shape[1]) - self.w:]                     # gaps dropped
         out = F.concatenate([full[:, :, :self.head], mid, tail], axis=2)
         return _rescale(out)
@@ -140,10 +157,10 @@ class SelectedRows:
         if not self.lazy(r):
             return probs @ self.rows()
         hd, nc, c, k = self.head, self.nc, self.c, self.k
-        mid = probs[:, :, hd:hd + k * c].reshape(h, r, k, c).transpose((0, 2, 1, 3))
+        mid = probs[:, :, hd:hd + k * c].reshape(h, r, k, c).transpose((0, 1, 3, 2))
         with F.scope(self.onehot, "gather"):                                 # scatter back
-            pool = self.onehot.transpose((0, 2, 1)) @ mid.reshape(h, k, r * c)
-        pool = pool.reshape(h, nc, r, c).transpose((0, 2, 1, 3)).reshape(h, r, nc * c)
+            pool = mid.reshape(h, r * c, k) @ self._onehot_right()           # [h, r c, nc]
+        pool = pool.reshape(h, r, c, nc).transpose((0, 1, 3, 2)).reshape(h, r, nc * c)
         parts = [probs[:, :, :hd]]
         if self.start > hd:                  # public zeros: exact, local under MPC
             parts.append(np.zeros((h, r, self.start - hd)))

@@ -147,3 +147,16 @@ def test_per_query_head_one_hots_read_their_kv_head(lazy, protocol):
     np.testing.assert_allclose(cx, p @ ref, atol=2e-4)
     with pytest.raises(ValueError, match="one-hot heads over"):
         SelectedRows(x, G[:3], S, NC, C, W)
+
+
+def test_add2_opens_the_one_hot_once():
+    """add2, lazy path: the one-hot is the persisted RIGHT operand of both selections
+    (scores: (G pool)^T = pool^T G^T; context: (G^T p)^T = p^T G), so its k NC words per
+    head are opened once (``persist``, one round) and each product opens only its left
+    operand -- instead of G in each Beaver product."""
+    r, d = 1, 8
+    x, G, q, p = _case(1, r, d)
+    res = mpcache.Session("add2", seed=0).run(_job, x, G, q, p, True)
+    sg, cg = res.scope("scores/gather"), res.scope("context/gather")
+    assert (sg["bytes_sent"], sg["rounds"]) == (8 * H * K * NC + 8 * H * r * C * NC, 2)
+    assert (cg["bytes_sent"], cg["rounds"]) == (8 * H * r * C * K, 1)
