@@ -14,6 +14,8 @@ for f in sorted(glob.glob("out/frontier/cost-*.json")):
 json.dump(rows, open("docs/eval/frontier-2k-cost.json", "w"), indent=1)
 print(len(rows), "cost rows")
 PY
+# M4: the defaults' knobs as the accuracy files were written (levels was 2 then: the
+# accuracy records carry no levels knob); L1 = the current defaults (levels=1)
 M4=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=query,share_layers=false,static_keep=1.0
 L1=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,levels=1,per_head=query,share_layers=false,static_keep=1.0
 GR=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=group,share_layers=false,static_keep=1.0

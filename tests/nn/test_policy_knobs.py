@@ -35,7 +35,7 @@ def test_defaults_are_frozen_and_paper_preset_is_the_paper_design():
     p = MPCache(0.1)
     want = dict(static_keep=1.0, static_tau=None, coarse_keep=0.5, per_head="query",
                 dense_layers=2, edges="cover", share_layers="off", cluster=4, coarse=16,
-                bound="linear", levels=2, sink=4)
+                bound="linear", levels=1, sink=4)
     assert {k: getattr(p, k) for k in want} == want
     paper = make_policy("mpcache", 0.1, preset="paper")
     assert (paper.static_keep, paper.coarse_keep, paper.per_head, paper.dense_layers,
@@ -51,11 +51,12 @@ def test_defaults_are_frozen_and_paper_preset_is_the_paper_design():
 # ---------------------------------------------------------------------- coarse stage
 def test_coarse_keep_fraction_versus_coarse_factor():
     n = 2000
-    frac = MPCache(0.05, cluster=16, coarse=32, coarse_keep=0.5, edges="grid", dense_layers=0)
+    frac = MPCache(0.05, cluster=16, coarse=32, coarse_keep=0.5, edges="grid", dense_layers=0,
+                   levels=2)
     frac.B = 100
     p = frac.plan(n)
     assert p["two"] and p["k1"] == math.ceil(0.5 * p["nc"])
-    old = MPCache(0.05, cluster=16, coarse=32, coarse_keep=None, edges="grid")
+    old = MPCache(0.05, cluster=16, coarse=32, coarse_keep=None, edges="grid", levels=2)
     old.B = 100
     q = old.plan(n)
     assert q["k1"] == math.ceil(2.0 * q["k"] / 2) < p["k1"]        # the paper's hard cut
@@ -73,7 +74,7 @@ def test_two_level_choice_is_the_fine_top_k_inside_the_chosen_coarse_clusters():
             n = int(rng.integers(300, 700))
             c = make_cache(n, keys=rng.normal(size=(1, n, HD)))
             p = MPCache(0.1, cluster=4, coarse=16, coarse_keep=0.5, dense_layers=0,
-                        edges=edges)
+                        edges=edges, levels=2)
             p.attach(c, stats_for(p, n, None), n)
             q = rng.normal(size=(2, 1, HD))
             p.view(c, 0, q)
@@ -174,8 +175,10 @@ def test_dense_layers_read_everything_and_are_not_evicted():
 
 
 # ---------------------------------------------------------------------- edges
-@pytest.mark.parametrize("kw", [dict(cluster=16, coarse=32), dict(cluster=4, coarse=16),
+@pytest.mark.parametrize("kw", [dict(cluster=16, coarse=32, levels=2),
+                                dict(cluster=4, coarse=16, levels=2),
                                 dict(cluster=8, coarse=16, levels=1),
+                                dict(cluster=4, coarse=16, sink=4, recent=32, levels=2),
                                 dict(cluster=4, coarse=16, sink=4, recent=32)])
 def test_cover_edges_leave_no_row_before_the_window_unreachable(kw):
     for b in (60, 102, 204):
@@ -191,7 +194,8 @@ def test_cover_edges_leave_no_row_before_the_window_unreachable(kw):
                 assert pl["w"] >= p.recent and pl["w"] < p.recent + c
                 cand = pl["nf"] if not pl["two"] else pl["nc"] * pl["m"] + pl["rest"]
                 assert cand == pl["nf"]                              # every cluster competes
-    grid = MPCache(0.1, edges="grid", cluster=16, coarse=32, sink=16, dense_layers=0)
+    grid = MPCache(0.1, edges="grid", cluster=16, coarse=32, sink=16, dense_layers=0,
+                   levels=2)
     grid.B = 102
     gp = grid.plan(2041)
     gap = (2041 - gp["w"]) - (grid.origin + gp["nc"] * gp["m"] * 16)
@@ -203,7 +207,7 @@ def test_cover_two_level_can_choose_a_cluster_after_the_last_coarse_one():
     keys = planted_keys(n, [16 + 4 + 160 + 5])        # inside the first trailing fine cluster
     c = make_cache(n, keys=keys)
     p = MPCache(60 / n, cluster=4, coarse=16, coarse_keep=0.5, dense_layers=0, sink=16,
-                recent=16)
+                recent=16, levels=2)
     p.attach(c, stats_for(p, n, None), n)
     pl = p.plan(n)
     assert pl["two"] and pl["rest"] == 2

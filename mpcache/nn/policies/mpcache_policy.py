@@ -13,9 +13,13 @@ selection.  Knob by knob (defaults first; ``PRESETS["paper"]`` is the paper's de
   stored once, plus the bracket ``a r_max + (1 - a) r_min``, so the cluster score
   ``q . bracket`` is ONE matmul (``bound='linear'``); ``'exact_max'`` is Quest's
   ``q+ . r_max + q- . r_min``, ``'mean_key'`` scores ``q . mean(K_cluster)``.
+  ``levels=1`` (default): every fine cluster is scored and ONE top-k keeps the best;
   ``levels=2``: score the coarse clusters (``coarse`` = 16 tokens), keep ``coarse_keep``
   (half) of them (``None``: ``coarse_factor`` times the needed tokens), then the best fine
-  clusters among those inside them and those after the last full coarse cluster.
+  clusters among those inside them and those after the last full coarse cluster.  One
+  level was chosen from the 2K suite (n = 10 per task: +6.7 +- 3.1 points at 5%, -0.6 +-
+  2.7 at 10% against two levels) and checked on the 4K suite (docs/mpcache-accuracy.md);
+  it also costs fewer rounds and bytes under MPC (no coarse top-k).
 * GQA: ``per_head='query'`` -- every query head selects its own clusters of its KV head
   (K/V come back per query head, ``[n_heads, B, d]``); ``'group'`` -- one selection per
   KV head with the group's scores SUMMED, ``(sum_g q_g) . bracket``.
@@ -68,7 +72,7 @@ class MPCache(Policy):
     presets = PRESETS
 
     def __init__(self, budget=None, static_keep: float = 1.0, static_window: float = 0.2,
-                 a: float = 0.6, bound: str = "linear", levels: int = 2, cluster: int = 4,
+                 a: float = 0.6, bound: str = "linear", levels: int = 1, cluster: int = 4,
                  coarse: int = 16, coarse_factor: float = 2.0, sink: int | None = None,
                  share_layers: bool | str = False, static_score: str = "max",
                  static_tau: float | None = None, coarse_keep: float | None = 0.5,
