@@ -45,11 +45,9 @@ import math
 
 import numpy as np
 
-from ..mpc.compare_core import msb_bits
 from ..tensor import concatenate
-from . import compare
 from .poly import (Dot, PolyPlan, _choose_frac, add_const, bits_times, bnot, fit_poly,
-                   lincomb, poly_eval_many, run_level)
+                   lincomb, poly_eval_many, run_level, sign_bits)
 from .select import bound_bits, sign_drop
 
 __all__ = ["gelu", "silu", "tanh", "sigmoid", "even_piecewise", "odd_piecewise", "ACTIVATIONS",
@@ -98,8 +96,7 @@ def _cmp_bits(x, T: float, bound: float | None = None):
         drop = sign_drop(nbits, x.frac, ACT_TOL)
         Tc = T - 2.0 ** (drop - x.frac) if drop else T
     both = concatenate([add_const(-x, Tc).reshape(n), add_const(x, Tc).reshape(n)], axis=0)
-    pair, u = compare.to_pair(both)
-    bits = msb_bits(pair, u, nbits=nbits, drop=drop)
+    pair, bits = sign_bits(both, nbits, drop)
     return pair, bits[:n], bits[n:]
 
 

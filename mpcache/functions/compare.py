@@ -70,10 +70,11 @@ def from_pair(party, y, shape, frac: int):
                                                         shape), frac)
 
 
-def msb_pair(x):
-    """(pair, XOR-shared msb bits of x, flat) -- for modules that fuse the next step."""
+def msb_pair(x, nbits: int = 64, drop: int = 0):
+    """(pair, XOR-shared msb bits of x, flat) -- for modules that fuse the next step.
+    ``nbits``/``drop``: a bounded / coarse sign (``compare_core.msb_bits``)."""
     pair, u = to_pair(x)
-    return pair, msb_bits(pair, u)
+    return pair, msb_bits(pair, u, nbits=nbits, drop=drop)
 
 
 def _not(pair: Pair, bits):

@@ -428,10 +428,11 @@ def poly_eval(t, coeffs, *, tmax: float = 1.0, out_frac: int | None = None,
 # ---------------------------------------------------------------------------------------
 # comparison plumbing (the compare module's bit engine; results stay XOR-shared bits)
 # ---------------------------------------------------------------------------------------
-def sign_bits(d):
+def sign_bits(d, nbits: int = 64, drop: int = 0):
     """(pair engine, XOR-shared bits [d < 0] flat): ``compare.msb_pair`` (the compare
-    engine's sign-bit protocol; the bits stay XOR-shared for a fused bit injection)."""
-    return compare.msb_pair(d)
+    engine's sign-bit protocol; the bits stay XOR-shared for a fused bit injection);
+    ``nbits``/``drop`` as in :func:`sign_parts`."""
+    return compare.msb_pair(d, nbits, drop)
 
 
 def sign_parts(d, nbits: int = 64, drop: int = 0):
