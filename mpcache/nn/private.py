@@ -439,12 +439,7 @@ def announce_ints(party, values, src: int) -> list:
 
 def announce(party, value: int, src: int) -> int:
     """Party ``src`` makes a small public integer known to all (control flow)."""
-    if party.id == src:
-        for other in range(3):
-            if other != src:
-                party.send(other, np.array([value], dtype=np.int64), "control.announce")
-        return int(value)
-    return int(party.recv(src, "control.announce", (1,))[0])
+    return announce_ints(party, [value], src)[0]
 
 
 def private_generate(party, dec: Decoder, prompt_onehot, max_new_tokens: int, stop_ids=(),

@@ -70,7 +70,6 @@ class SelectedRows:
         if self.start + self.nc * self.c > int(x.shape[1]) - self.w:
             raise ValueError("the pool overlaps the recent window")
         self._rows = None
-        self._g_right = None
 
     def _onehot_right(self):
         """``G`` [h, k, NC] persisted, for the lazy products written with G (or G^T) as
@@ -80,12 +79,9 @@ class SelectedRows:
         ``G - A`` in each Beaver product: the one-hot is k NC words per head, the other
         operands r P and r k c.  rep3: nothing changes (its products cost their
         outputs)."""
-        if self._g_right is None:
-            g = self.onehot
-            if not F.is_plain(g):
-                g.persist()                   # in place: a no-op once persisted
-            self._g_right = g
-        return self._g_right
+        if not F.is_plain(self.onehot):
+            self.onehot.persist()             # in place: a no-op once persisted
+        return self.onehot
 
     @property
     def shape(self) -> tuple:
