@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import branches
 from .prg import PRG
 from .runtime import Session
 
@@ -183,8 +184,12 @@ def collect_view(protocol: str, op, secrets, observer: int, owner=0, *, integer=
     owners = owner if isinstance(owner, (tuple, list)) else (owner,) * len(secrets)
     if observer in owners:
         raise ValueError(f"observer P{observer} owns an input; audit a non-owner")
-    seen: list = []
+    seen: list = []      # (order key, block)
     counts: dict = {}
+    # Branches (mpcache.branches) interleave their messages as the threads happen to
+    # run; the view is put in a canonical order: each branch's messages (in its own
+    # program order) after the top-level message that precedes the branches' call.
+    top = [0]
 
     def obs(direction, peer, msg, path):
         if not sent and direction != "recv":
@@ -195,13 +200,17 @@ def collect_view(protocol: str, op, secrets, observer: int, owner=0, *, integer=
             return
         head = f"{direction if direction == 'recv' else 'sent'} P{peer} {msg.tag}"
         k = counts[head] = counts.get(head, -1) + 1
-        seen.append(ViewBlock(f"{head} #{k}", np.array(msg.payload).ravel()))
+        branch = branches.prefix_of(msg.tag)
+        if not branch:
+            top[0] += 1
+        seen.append(((top[0], branch), ViewBlock(f"{head} #{k}", np.array(msg.payload).ravel())))
 
     def own(label, t):
         if not isinstance(t, SecretTensor) or not t._proto.active:
             return
         for s in range(t.data.shape[0]):
-            seen.append(ViewBlock(f"{label}, slot {s}", np.array(t.data[s]).ravel()))
+            seen.append(((top[0], ""), ViewBlock(f"{label}, slot {s}",
+                                                 np.array(t.data[s]).ravel())))
 
     def job(p):
         if p.id == observer:
@@ -225,7 +234,7 @@ def collect_view(protocol: str, op, secrets, observer: int, owner=0, *, integer=
         res = sess.run(job)
     if reveal_outputs and outputs is not None:
         outputs.append(res.outputs[observer])
-    return seen
+    return [b for _, b in sorted(seen, key=lambda kb: kb[0])]
 
 
 # -- comparing two views ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import branches
 from .kernels import side_core
 from .accounting import breakdown, scope_rounds, scope_totals
 from .net.local import LocalNetwork
@@ -71,15 +72,36 @@ class Party:
                                 offline=True)
             left = array_to_key(self.transport.recv((self.id - 1) % 3, "setup.key"))
         #: prg_next is shared with P_{i+1} (key k_i); prg_prev with P_{i-1} (key k_{i-1}).
-        self.prg_next = PRG(mine)
-        self.prg_prev = PRG(left)
+        self._prg_next = PRG(mine)
+        self._prg_prev = PRG(left)
         #: Local randomness nobody else sees (e.g. sharing one's own input).
-        self.prg_own = PRG(fresh_key(self._rng))
+        self._prg_own = PRG(fresh_key(self._rng))
         # Stream names, the same at both holders of a key: the view audit fixes the
         # streams an observer holds by name (mpcache.audit.frozen_streams).
-        self.prg_next.label = f"k{self.id}"
-        self.prg_prev.label = f"k{(self.id - 1) % 3}"
-        self.prg_own.label = f"own{self.id}"
+        self._prg_next.label = f"k{self.id}"
+        self._prg_prev.label = f"k{(self.id - 1) % 3}"
+        self._prg_own.label = f"own{self.id}"
+
+    # The streams of the running branch (mpcache.branches forks them), else the party's.
+    @property
+    def prg_next(self) -> PRG:
+        b = branches.current()
+        return self._prg_next if b is None else b.streams["prg_next"]
+
+    @property
+    def prg_prev(self) -> PRG:
+        b = branches.current()
+        return self._prg_prev if b is None else b.streams["prg_prev"]
+
+    @property
+    def prg_own(self) -> PRG:
+        b = branches.current()
+        return self._prg_own if b is None else b.streams["prg_own"]
+
+    def parallel(self, *fns):
+        """Run independent pieces of the program in the same rounds (mpcache.branches):
+        ``a, b = party.parallel(lambda: ..., lambda: ...)``."""
+        return branches.parallel(self, *fns)
 
     def prg_with(self, other: int) -> PRG:
         if other == (self.id + 1) % 3:

@@ -279,6 +279,23 @@ class SecretTensor:
             d = self._proto.matmul(self.data, other.data)
         return self._new(d, self.frac + other.frac - (f or 0))
 
+    def matmul_twin(self, other, k: int) -> tuple:
+        """``(self @ other, (self @ other) / 2^k)`` for a persisted secret ``other``: the
+        second output is the same local product truncated by k more bits, opened beside
+        the first in the same rounds (a branch: mpcache.branches), so a public power-of-two
+        scale costs no truncation of its own (a norm's prescale, nn.layers.Block)."""
+        if not isinstance(other, SecretTensor) or other._persist is None:
+            raise ValueError("matmul_twin needs a persisted secret right operand")
+        if not (self.frac and other.frac) or int(k) < 1:
+            raise ValueError("matmul_twin needs two fixed-point operands and k >= 1")
+        self._check(other)
+        matmul_shape(self.shape, other.shape)
+        f = self.party.fxp.frac_bits
+        d, dk = self._proto.matmul_persistent(self.data, other.data, other._persist, f,
+                                              f + int(k))
+        fr = self.frac + other.frac - f
+        return self._new(d, fr), self._new(dk, fr)
+
     def _matmul_public(self, other):
         c, exact = self._public_operand(other)
         matmul_shape(self.shape, c.shape)

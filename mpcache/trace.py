@@ -123,7 +123,7 @@ class Recorder:
         if transport.party_id != self.party_id:
             raise ValueError(f"recorder of party {self.party_id} attached to the transport "
                              f"of party {transport.party_id}")
-        self._acct = transport.acct
+        self._acct = transport      # its accounting: the running branch's (.acct)
         transport.observers.append(self)
         return self
 
@@ -138,7 +138,7 @@ class Recorder:
             scope=scope_path, tag=msg.tag, dtype=str(p.dtype), shape=tuple(p.shape),
             nbytes=int(p.nbytes), stamp=int(msg.stamp),
             offline=bool(getattr(msg, "offline", msg.stamp == 0)),
-            clock=int(self._acct.clock) if self._acct is not None else int(msg.stamp),
+            clock=int(self._acct.acct.clock) if self._acct is not None else int(msg.stamp),
             seq=int(msg.seq), values=vals))
 
     def transcript(self, protocol: str = "?", session: str | None = None,

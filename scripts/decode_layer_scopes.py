@@ -59,8 +59,9 @@ def job(p):
     cache = KVCache(1)
     cache.append(0, kv[0], kv[1], np.arange(S))
     cache.persist()                     # as bench decode: the prefix persisted (add2)
-    with p.scope("layer"):
-        y = blk(x, np.array([S]), cache, 0)
+    xs = x * 0.5                        # the previous layer made it beside its down-proj
+    with p.scope("layer"):              # (a steady-state layer: twins in and out)
+        y, _ = blk(x, np.array([S]), cache, 0, xs=xs, next_k=1)
     with p.scope("sample"):
         tok = z.argmax(axis=-1, bound=LOGIT)
         p.reveal(tok @ np.arange(V), to=0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import checked, runtime
+from .. import branches, checked, runtime
 from ..functions import reciprocal, select, topk
 from ..mpc import add2, base, compare_core, pair, rep3
 
@@ -80,7 +80,9 @@ UNKNOWN = TagInfo("(not in the tag table)", "see the protocol module's docstring
 
 def lookup(tag: str) -> TagInfo:
     """The explanation of a message tag: the exact entry, else the most specific matching
-    pattern (the one with the most literal characters)."""
+    pattern (the one with the most literal characters).  A branch's tag (``@0|...``,
+    mpcache.branches) is explained as the step it carries."""
+    tag = branches.strip(tag)
     if tag in TAGS:
         return TAGS[tag]
     hits = [pat for pat in TAGS if "*" in pat and fnmatch.fnmatchcase(tag, pat)]

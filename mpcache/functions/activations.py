@@ -46,8 +46,9 @@ import math
 import numpy as np
 
 from ..tensor import concatenate
+from .compare import from_pair, to_pair
 from .poly import (Dot, PolyPlan, _choose_frac, add_const, bits_times, bnot, fit_poly,
-                   lincomb, poly_eval_many, run_level, sign_bits)
+                   lincomb, poly_eval_many, run_level, sign_bits, to_frac)
 from .select import bound_bits, sign_drop
 
 __all__ = ["gelu", "silu", "tanh", "sigmoid", "even_piecewise", "odd_piecewise", "ACTIVATIONS",
@@ -101,12 +102,18 @@ def _cmp_bits(x, T: float, bound: float | None = None):
 
 
 def even_piecewise(x, name: str, *, T: float | None = None, degree: int | None = None,
-                   bits=None, bound: float | None = None):
+                   bits=None, bound: float | None = None, times=None):
     """``c_hi * x + mid * (0.5 x + P(x^2/T^2))`` for an activation in :data:`ACTIVATIONS`.
 
     ``bits``: optional precomputed ``(pair, c_hi, c_lo)`` (XOR-shared flat bits from the
     compare engine), e.g. when a caller batches the comparisons of several activations.
     ``bound``: a public bound on |x| (module doc: shorter, coarse comparisons).
+    ``times``: a secret ``t`` of x's shape: returns ``f(x) * t`` (SwiGLU's ``silu(g) *
+    up``) as ``c_hi * (x t) + (mid * t) * q``: ``x t`` and the signs run beside the
+    polynomial (branches, mpcache.branches), the bit products ``mid * t`` and ``c_hi * (x
+    t)`` too, so the product with t takes the selection's place: ONE level after q
+    instead of the selection's injection (1 round, rep3 + 1) and then a product level
+    (SiLU * up: rep3 12 -> 10 rounds, add2 11 -> 10).
     """
     _, T0, m0 = ACTIVATIONS[name]
     T = float(T0 if T is None else T)
@@ -118,16 +125,48 @@ def even_piecewise(x, name: str, *, T: float | None = None, degree: int | None =
     plan = PolyPlan(coeffs, 1.0)
     fx = _choose_frac(plan.bound() + T, f)
     F, G = fx.F, fx.G
-    # level 0: s = x^2 / T^2 at F bits (x at f bits; 1/T^2 at G bits in the product)
-    xg = lincomb([(1.0 / (T * T), x)], 0.0, x.frac + G)
-    s = run_level([Dot([(x, xg)])], x.frac + x.frac + G - F)[0]
-    if plan.levels == 0:
-        q = lincomb([(plan.c[1] if plan.D else 0.0, s), (0.5, x)], plan.c[0], f)
+
+    def middle():
+        # level 0: s = x^2 / T^2 at F bits (x at f bits; 1/T^2 at G bits in the product)
+        xg = lincomb([(1.0 / (T * T), x)], 0.0, x.frac + G)
+        s = run_level([Dot([(x, xg)])], x.frac + x.frac + G - F)[0]
+        if plan.levels == 0:
+            return lincomb([(plan.c[1] if plan.D else 0.0, s), (0.5, x)], plan.c[0], f)
+        return poly_eval_many([s], [plan], fx=fx, out_frac=f, extra_lin=[[(0.5, x)]])[0]
+
+    if times is not None:
+        if bits is not None:
+            raise ValueError("even_piecewise: times= computes its own comparison bits")
+        return _times_selected(x, T, bound, times, middle, f)
+    if bits is None:      # the signs run in the polynomial's rounds (mpcache.branches)
+        (pair, c_hi, c_lo), q = x.party.parallel(lambda: _cmp_bits(x, T, bound), middle)
     else:
-        q = poly_eval_many([s], [plan], fx=fx, out_frac=f, extra_lin=[[(0.5, x)]])[0]
-    pair, c_hi, c_lo = _cmp_bits(x, T, bound) if bits is None else bits
+        (pair, c_hi, c_lo), q = bits, middle()
     mid = bnot(pair, c_hi ^ c_lo)            # exclusive: mid = NOT(c_hi OR c_lo)
     return bits_times(pair, [c_hi, mid], [x, q], x.shape, f)
+
+
+def _times_selected(x, T, bound, t, middle, f):
+    """``c_hi * (x t) + (mid * t) * q`` (:func:`even_piecewise` with ``times``)."""
+    if tuple(t.shape) != tuple(x.shape):
+        raise ValueError(f"times must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    p = x.party
+
+    def gates():
+        # signs beside x t (both beside the polynomial), then both bit products in ONE
+        # injection round (Pair.bitmul) and one re-sharing
+        (pair, c_hi, c_lo), xt = p.parallel(lambda: _cmp_bits(x, T, bound),
+                                            lambda: x * t)
+        mid = bnot(pair, c_hi ^ c_lo)
+        n = x.size
+        us = np.concatenate([to_pair(t)[1], to_pair(xt.with_frac(t.frac))[1]])
+        z = pair.bitmul(np.concatenate([mid, c_hi]), us, "approx.mux")
+        both = from_pair(p, z, (2,) + tuple(x.shape), t.frac)
+        return both[0], both[1]
+
+    q, (mt, cx) = p.parallel(middle, gates)
+    fr = mt.frac + q.frac
+    return run_level([Dot([(mt, q)], to_frac(cx, fr))], fr - f)[0]
 
 
 def gelu(x, *, T: float | None = None, degree: int | None = None,
@@ -143,14 +182,16 @@ def gelu(x, *, T: float | None = None, degree: int | None = None,
 
 
 def silu(x, *, T: float | None = None, degree: int | None = None,
-         bound: float | None = None):
+         bound: float | None = None, times=None):
     """SiLU ``x * sigmoid(x)`` of a secret fixed-point tensor (module doc for the method).
 
     Defaults: ``T = 7``, ``degree = 6``: max abs error about 6.5e-3 (dominated by the
     tail: SiLU(-7) = -6.4e-3 is returned as 0).  Cost: 1 batched ltz (2n) + 5 levels.
     ``bound``: a public bound on |x| (module doc: shorter, coarse comparisons).
+    ``times``: returns ``silu(x) * times`` with the product in the selection's place
+    (:func:`even_piecewise`).
     """
-    return even_piecewise(x, "silu", T=T, degree=degree, bound=bound)
+    return even_piecewise(x, "silu", T=T, degree=degree, bound=bound, times=times)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,8 +229,9 @@ def odd_piecewise(x, name: str, *, T: float | None = None, degree: int | None = 
     fx = _choose_frac(plan.bound(), x.frac + k)
     u = x.with_frac(x.frac + k)
     u = u._local(lambda dd: dd * np.uint64(1 << (fx.F - u.frac))).with_frac(fx.F)
-    P = poly_eval_many([u], [plan], fx=fx, out_frac=f)[0]
-    pair, c_hi, c_lo = _cmp_bits(x, T)
+    # the signs run in the polynomial's rounds (mpcache.branches)
+    P, (pair, c_hi, c_lo) = x.party.parallel(
+        lambda: poly_eval_many([u], [plan], fx=fx, out_frac=f)[0], lambda: _cmp_bits(x, T))
     mid = bnot(pair, c_hi ^ c_lo)
     zero = (x * 0).with_frac(f)
     bits, vals = [mid], [P]

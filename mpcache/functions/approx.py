@@ -80,19 +80,30 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
     t = to_frac(t, fx.F)
     F, G = fx.F, fx.G
     last = out_frac if s == 0 else F
-    y = poly_eval_many([t], [plan], fx=fx, out_frac=last)[0]
-    for i in range(s):
-        fin = i == s - 1
-        y = run_level([Dot([(y, scale_pow2(y, G).with_frac(F + G))])],
-                      2 * F + G - (out_frac if fin else F))[0]
-    if clip:
-        # [x >= lo] * y: the sign's last tree level fused with the bit injection
-        # (sign_times: one round fewer than finishing the sign, then injecting it)
-        nbits = bound_bits(None if clip_bound is None else clip_bound - lo, x.frac,
-                           pairwise=False)
-        drop = sign_drop(nbits, x.frac, clip_tol)
-        pair, parts = sign_parts(add_const(x, -lo), nbits, drop) if _mask is None else _mask
-        y = sign_times(pair, parts, y, negate=True)
+
+    def power():
+        y = poly_eval_many([t], [plan], fx=fx, out_frac=last)[0]
+        for i in range(s):
+            fin = i == s - 1
+            y = run_level([Dot([(y, scale_pow2(y, G).with_frac(F + G))])],
+                          2 * F + G - (out_frac if fin else F))[0]
+        return y
+
+    if not clip:
+        return power()
+    # [x >= lo] * y: the sign's tree runs in the polynomial's rounds (a branch,
+    # mpcache.branches: its 4-5 rounds ride in the polynomial's 10); its last tree level
+    # is then fused with the bit injection (sign_times: one round fewer than finishing
+    # the sign, then injecting it)
+    nbits = bound_bits(None if clip_bound is None else clip_bound - lo, x.frac,
+                       pairwise=False)
+    drop = sign_drop(nbits, x.frac, clip_tol)
+    if _mask is None:
+        (pair, parts), y = x.party.parallel(
+            lambda: sign_parts(add_const(x, -lo), nbits, drop), power)
+    else:
+        (pair, parts), y = _mask, power()
+    y = sign_times(pair, parts, y, negate=True)
     return y
 
 

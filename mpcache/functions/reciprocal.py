@@ -281,19 +281,42 @@ def _normalised(x, extra_weights, window, shift: int = 60 - _F_DEFAULT, extra_do
 SUB = 4
 
 
+#: Pieces per octave of the *linear* guess, and the most (value, threshold) comparisons
+#: its thermometer may take: ``y = alpha_j a + beta_j`` per piece (relative error 5.9e-5
+#: for 1/a and 2.2e-5 for 1/sqrt a, below the quadratic's 1.6e-4 / 5e-5), computed from
+#: X in the normalisation's level itself -- no level of its own (norms and softmax's
+#: reciprocal 2 rounds fewer) -- for 8x the quadratic's thresholds (one norm: 1441
+#: instead of 181 comparisons, ~11 online and ~520 dealt bytes each; same rounds).
+SUB_LINEAR = 32
+LINEAR_MAX = 8192
+
+
+def _pieces(x, window, degree) -> int:
+    """The guess by public sizes: SUB_LINEAR (linear pieces), SUB (quadratic pieces) or
+    0 (the degree-4 polynomial after the normalisation)."""
+    klo, khi = window
+    if degree is not None:
+        return 0
+    if x.size * (SUB_LINEAR * (khi + 1 - klo) + 1) <= LINEAR_MAX:
+        return SUB_LINEAR
+    if x.size * (SUB * (khi + 1 - klo) + 1) <= THERMOMETER_MAX:
+        return SUB
+    return 0
+
+
 def _use_pieces(x, window, degree) -> bool:
     """The piecewise guess: default degree and a thermometer-sized top bit (public sizes)."""
-    klo, khi = window
-    return degree is None and x.size * (SUB * (khi + 1 - klo) + 1) <= THERMOMETER_MAX
+    return _pieces(x, window, degree) != 0
 
 
 @functools.lru_cache(maxsize=4096)
-def _piece_fit(kind: str, lo: float, hi: float):
-    """(m, c0, c1, c2): relative degree-2 fit of 1/a (1/sqrt a) on [lo, hi] in t = a - m."""
+def _piece_fit(kind: str, lo: float, hi: float, degree: int = 2):
+    """(m, c0, c1, c2): relative degree-2 (or 1: c2 = 0) fit of 1/a (1/sqrt a) on
+    [lo, hi] in t = a - m."""
     m = 0.5 * (lo + hi)
     fn = (lambda a: 1.0 / a) if kind == "recip" else (lambda a: 1.0 / np.sqrt(a))
-    c = fit_poly(fn, lo, hi, 2, relative=True, var=lambda a: a - m, n=64, lawson=20)
-    return m, float(c[0]), float(c[1]), float(c[2])
+    c = fit_poly(fn, lo, hi, degree, relative=True, var=lambda a: a - m, n=64, lawson=20)
+    return m, float(c[0]), float(c[1]), float(c[2]) if degree > 1 else 0.0
 
 
 def _ring_ints(vals) -> np.ndarray:
@@ -328,27 +351,73 @@ def _piece_weights(kind: str, klo: int, khi: int, shift: int, gp: int):
     return out
 
 
-def _per_piece(w) -> np.ndarray:
-    """A per-bit weight array repeated for the SUB pieces of each octave."""
-    return np.repeat(np.asarray(w, dtype=np.uint64), SUB)
+#: The linear guess's truncation: y = trunc(X A, LINEAR_SHIFT) at _F bits, with
+#: A = alpha 2^(LINEAR_SHIFT + _F - i): |X A| < 2^60 on every piece, and A keeps 2^(59 -
+#: i) >= 2^16 of resolution up to the default window's top (i <= 43).
+LINEAR_SHIFT = 59 - _F
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_weights(kind: str, klo: int, khi: int):
+    """Public weights per position j = SUB_LINEAR i + q of the linear guess ``y =
+    alpha a + beta`` (a = X / 2^i): A = alpha 2^(LINEAR_SHIFT + _F - i), B = beta 2^_F;
+    the fit on the piece's own interval [tau_j, tau_(j+1)) / 2^i.  Positions below klo: 0."""
+    sub = SUB_LINEAR
+    thr = _thresholds(0, khi + 1, sub)
+    cols = [[0] * (sub * (khi + 1)) for _ in range(2)]
+    for j in range(sub * klo, sub * (khi + 1)):
+        i = j // sub
+        lo, hi = thr[j] / 2.0 ** i, thr[j + 1] / 2.0 ** i
+        if hi <= lo:
+            continue
+        m, c0, c1, _ = _piece_fit(kind, round(lo, 12), round(hi, 12), 1)
+        cols[0][j] = int(round(c1 * 2.0 ** (LINEAR_SHIFT + _F - i)))
+        cols[1][j] = int(round((c0 - c1 * m) * 2.0 ** _F))
+    out = tuple(_ring_ints(c) for c in cols)
+    for o in out:
+        o.flags.writeable = False
+    return out
+
+
+def _per_piece(w, sub: int = SUB) -> np.ndarray:
+    """A per-bit weight array repeated for the ``sub`` pieces of each octave."""
+    return np.repeat(np.asarray(w, dtype=np.uint64), sub)
 
 
 def _guess(x, kind, extra_weights, window, shift, extra_dots, degree, promise=False):
     """(a = X / 2^k at _F bits, y ~ 1/a or 1/sqrt a at _F bits, [extra sums], [extra
-    dots' results]).  Piecewise (:data:`SUB`, :func:`_use_pieces`): one level for a, c2 a
-    and the extra dots, one for ``y = (a - m)(c2 a + c1 - c2 m) + c0``.  Otherwise the
-    normalisation, then the degree-``degree`` polynomial (default 4, two levels).
+    dots' results]), by public sizes (:func:`_pieces`).  Linear pieces
+    (:data:`SUB_LINEAR`): ONE level for y and the extra dots (a is None).  Quadratic
+    pieces (:data:`SUB`): one level for a, c2 a and the extra dots, one for ``y = (a -
+    m)(c2 a + c1 - c2 m) + c0``.  Otherwise the normalisation, then the
+    degree-``degree`` polynomial (default 4, two levels).
     ``promise``: the window is an ``x_range`` promise (a shorter, coarse thermometer)."""
-    if not _use_pieces(x, window, degree):
+    sub = _pieces(x, window, degree)
+    if not sub:
         a, sums, outs = _normalised(x, extra_weights, window, shift, extra_dots)
         y, _ = _initial_guess(a, kind, 4 if degree is None else degree)
         return a, y, sums, outs
     klo, khi = window
+    X = x.with_frac(0)
+    if sub == SUB_LINEAR:
+        # y = trunc(X A, LINEAR_SHIFT) + B from the one-hot's weighted sums, in the
+        # normalisation's rounds: its truncation differs from the extra dots', so the
+        # two run as branches of one level (mpcache.branches).  No a: only Newton steps
+        # read it, and they take the polynomial path.
+        A, B = _linear_weights(kind, klo, khi)
+        sums = top_bit_weights(x, [A, B] + [_per_piece(w, sub) for w in extra_weights],
+                               khi + 1, klo, "thermometer", sub, promise)
+        ydot = [Dot([(X, sums[0])])]
+        if extra_dots:
+            (y,), outs = x.party.parallel(lambda: run_level(ydot, LINEAR_SHIFT),
+                                          lambda: run_level(extra_dots(sums[2:]), shift))
+        else:
+            (y,), outs = run_level(ydot, LINEAR_SHIFT), []
+        return None, y.with_frac(_F) + sums[1].with_frac(_F), sums[2:], outs
     gp = max(0, min(24, 59 - shift - _F))
     D, E2, L, C0, M = _piece_weights(kind, klo, khi, shift, gp)
     sums = top_bit_weights(x, [D, E2, L, C0, M] + [_per_piece(w) for w in extra_weights],
                            khi + 1, klo, "thermometer", SUB, promise)
-    X = x.with_frac(0)
     dots = [Dot([(X, sums[0])]), Dot([(X, sums[1])])] + \
         (extra_dots(sums[5:]) if extra_dots else [])
     out = run_level(dots, shift)

@@ -238,10 +238,13 @@ class Add2(Protocol):
         b[fresh] = self._prg_dealer().ring((nf,))
         return b, w[fresh] - b[fresh]
 
-    def matmul_persistent(self, x, w, state, f_bits=None):
+    def matmul_persistent(self, x, w, state, f_bits=None, twin_bits=None):
         """x @ W with W persistent (``state``: mpcache.persistent.Persisted); truncates by
         ``f_bits`` if given (fixed x fixed).  Elements of W marked fresh in ``state`` are
-        masked and opened now (8 bytes each per party), the rest not at all."""
+        masked and opened now (8 bytes each per party), the rest not at all.
+        ``twin_bits``: also the product truncated by ``twin_bits`` (a second truncation
+        of the same local product, a branch in the same round: mpcache.branches);
+        returns both."""
         p = self.party
         sx = x.shape[1:]
         sz = matmul_shape(sx, w.shape[1:])
@@ -292,7 +295,10 @@ class Add2(Protocol):
                 z = lines.patch(z, [(e, B, bj), (ae, Fm, f_new.reshape(bj.shape))], c)
         if f_bits is None:
             return phantom(sz, 1) if z is None else z[None]
-        return self._trunc_value(z, sz, f_bits)
+        if twin_bits is None:
+            return self._trunc_value(z, sz, f_bits)
+        return tuple(p.parallel(lambda: self._trunc_value(z, sz, f_bits),
+                                lambda: self._trunc_value(z, sz, twin_bits)))
 
     # =====================================================================================
     # Boolean primitives (see pair.py, compare_core.py, mpcache/booltensor.py and

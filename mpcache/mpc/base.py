@@ -113,10 +113,11 @@ class Protocol:
         share; mpc/persistent.py), empty if the protocol needs none."""
         raise NotImplementedError
 
-    def matmul_persistent(self, x, w, state, f_bits=None):
+    def matmul_persistent(self, x, w, state, f_bits=None, twin_bits=None):
         """``x @ w`` for a persisted ``w``; ``state``: a mpcache.mpc.persistent.Persisted (its
         ``arrays`` from :meth:`persist`, viewed like ``w``; ``fresh``: elements not covered).
-        Truncates by ``f_bits`` if given."""
+        Truncates by ``f_bits`` if given; ``twin_bits``: also returns the product truncated
+        by ``twin_bits`` (both truncations in the same rounds)."""
         raise NotImplementedError
 
     def zeros_like_share(self, shape) -> np.ndarray:

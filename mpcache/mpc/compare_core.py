@@ -78,7 +78,7 @@ SMALL_BATCH = 2048
 #: Batches of at most this many comparisons fuse their last tree level into the final
 #: bit-to-ring / bit-injection round (one round fewer; 64 dealt bytes per value and 64 per
 #: payload value instead of 8 and 16); bigger batches keep the separate round.
-FUSE_MAX_BATCH = 4096
+FUSE_MAX_BATCH = 8192
 
 
 def digit_width(n_values: int, low: int = WORD_BITS - 1) -> int:

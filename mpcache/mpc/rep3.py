@@ -128,12 +128,19 @@ class Rep3(Protocol):
         product but costs a third copy of every weight: 1.1 GB per party for SmolLM2.)"""
         return {}
 
-    def matmul_persistent(self, x, w, state, f_bits=None):
+    def matmul_persistent(self, x, w, state, f_bits=None, twin_bits=None):
+        """``twin_bits``: also the product truncated by ``twin_bits`` (a second masked
+        opening of the same local product, a branch in the same 2 rounds: mpcache.branches);
+        returns both."""
         z = _cross_matmul(x, w)
         z = z + self._zero(z.shape)
         if f_bits is None:
             return self._reshare(z, "rep3.matmul")
-        return self._truncate(z, np.uint64(0), z.shape, f_bits, True, "rep3.matmul_trunc")
+        one = lambda f: self._truncate(z, np.uint64(0), z.shape, f,  # noqa: E731
+                                       True, "rep3.matmul_trunc")
+        if twin_bits is None:
+            return one(f_bits)
+        return tuple(self.party.parallel(lambda: one(f_bits), lambda: one(twin_bits)))
 
     # -- truncation ---------------------------------------------------------------------------
     # Exact truncation (truncation.py): open c = x + 2^62 + r to P0 and P1 (round 1), each

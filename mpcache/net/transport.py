@@ -9,12 +9,15 @@ account identically.
 """
 from __future__ import annotations
 
+import collections
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..accounting import Accounting
+from .. import branches
 
 N_PARTIES = 3
 #: Largest single message accepted (payload bytes); bigger tensors are a protocol bug.
@@ -60,12 +63,24 @@ class Transport:
         self.session = session
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self.acct = Accounting(party_id)
+        self._acct = Accounting(party_id)
         self._send_seq = [0] * N_PARTIES
         self._recv_seq = [0] * N_PARTIES
+        # Branches (mpcache.branches): while any runs, sends take a lock (a message's seq
+        # and its delivery stay in link order) and receives go through a demultiplexer
+        # (a message of another branch is parked for it).  Off the branches, neither.
+        self.open_branches = 0
+        self._send_lock = threading.Lock()
+        self._links = [_Demux() for _ in _PARTIES]
         #: Callables ``obs(direction, peer, msg, scope_path)`` seeing every message this
         #: party sends ("send") or accepts ("recv"): transcripts and view audits.
         self.observers: list = []
+
+    @property
+    def acct(self) -> Accounting:
+        """The accounting of the running branch (mpcache.branches), else the party's."""
+        b = branches.current()
+        return self._acct if b is None else b.acct
 
     # -- to implement --------------------------------------------------------------
     def _deliver(self, to: int, msg: Message) -> None:
@@ -88,13 +103,24 @@ class Transport:
         if payload.nbytes > self.max_message_bytes:
             raise TransportError(f"message {tag!r} of {payload.nbytes} bytes exceeds the "
                                  f"limit of {self.max_message_bytes} bytes")
-        stamp = self.acct.on_send(payload.nbytes, offline)
+        acct = self.acct
+        b = branches.current()
+        if b is not None:
+            tag = b.prefix + tag
+        stamp = acct.on_send(payload.nbytes, offline)
+        if self.open_branches:
+            with self._send_lock:
+                self._post(to, payload, tag, stamp, offline, acct)
+        else:
+            self._post(to, payload, tag, stamp, offline, acct)
+
+    def _post(self, to, payload, tag, stamp, offline, acct) -> None:
         msg = Message(self.session, self.party_id, self._send_seq[to], tag, stamp, payload,
                       offline)
         self._send_seq[to] += 1
         if self.observers:
             for obs in self.observers:
-                obs("send", to, msg, self.acct.path)
+                obs("send", to, msg, acct.path)
         self._deliver(to, msg)
 
     def recv(self, frm: int, tag: str, shape: tuple | None = None,
@@ -106,20 +132,15 @@ class Transport:
         with."""
         if frm == self.party_id or frm not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
-        t0 = time.perf_counter()
-        msg = self._collect(frm, tag)
-        self.acct.on_wait(time.perf_counter() - t0, msg.offline)
-        want = self._recv_seq[frm]
-        if msg.session != self.session:
-            raise ProtocolMismatch(f"party {self.party_id}: message from party {frm} is for "
-                                   f"session {msg.session!r}, expected {self.session!r}")
-        if msg.sender != frm:
-            raise ProtocolMismatch(f"party {self.party_id}: message on the link from party "
-                                   f"{frm} claims sender {msg.sender}")
-        if msg.seq != want:
-            kind = "duplicate" if msg.seq < want else "out-of-order"
-            raise ProtocolMismatch(f"party {self.party_id}: {kind} message from party {frm} "
-                                   f"(seq {msg.seq}, expected {want}) at step {tag!r}")
+        acct = self.acct
+        b = branches.current()
+        if b is not None:
+            tag = b.prefix + tag
+        link = self._links[frm]
+        if self.open_branches or link.parked:
+            msg = self._demux(frm, b.prefix if b is not None else "", tag, acct)
+        else:
+            msg = self._take(frm, tag, acct)
         if msg.tag != tag:
             raise ProtocolMismatch(f"party {self.party_id}: expected step {tag!r} from party "
                                    f"{frm}, got {msg.tag!r} (parties are running different "
@@ -135,15 +156,78 @@ class Transport:
             raise ProtocolMismatch(f"party {self.party_id}: step {tag!r} from party {frm} "
                                    f"carries dtype {got.str}, expected {want} (parties are "
                                    f"running different programs)")
-        self._recv_seq[frm] += 1
-        self.acct.on_recv(msg.stamp)
+        acct.on_recv(msg.stamp)
         if self.observers:
             for obs in self.observers:
-                obs("recv", frm, msg, self.acct.path)
+                obs("recv", frm, msg, acct.path)
         return msg.payload
+
+    def _take(self, frm: int, tag: str, acct) -> Message:
+        """The next message on the link from ``frm``, checked for session, sender and
+        link order (the order messages were sent in, whatever branch sent them)."""
+        t0 = time.perf_counter()
+        msg = self._collect(frm, tag)
+        acct.on_wait(time.perf_counter() - t0, msg.offline)
+        want = self._recv_seq[frm]
+        if msg.session != self.session:
+            raise ProtocolMismatch(f"party {self.party_id}: message from party {frm} is for "
+                                   f"session {msg.session!r}, expected {self.session!r}")
+        if msg.sender != frm:
+            raise ProtocolMismatch(f"party {self.party_id}: message on the link from party "
+                                   f"{frm} claims sender {msg.sender}")
+        if msg.seq != want:
+            kind = "duplicate" if msg.seq < want else "out-of-order"
+            raise ProtocolMismatch(f"party {self.party_id}: {kind} message from party {frm} "
+                                   f"(seq {msg.seq}, expected {want}) at step {tag!r}")
+        self._recv_seq[frm] += 1
+        return msg
+
+    def _demux(self, frm: int, prefix: str, tag: str, acct) -> Message:
+        """The next message of branch ``prefix`` from ``frm``: parked by another branch,
+        or read off the link by this thread (one reader per link at a time; messages of
+        other branches are parked for them).  Within a branch the link is still FIFO,
+        so the tag check that follows keeps its meaning."""
+        link = self._links[frm]
+        cv = link.cv
+        while True:
+            with cv:
+                while True:
+                    q = link.parked.get(prefix)
+                    if q:
+                        msg = q.popleft()
+                        if not q:
+                            del link.parked[prefix]
+                        return msg
+                    if not link.reading:
+                        link.reading = True
+                        break
+                    cv.wait(0.05)
+            try:
+                msg = self._take(frm, tag, acct)
+            finally:
+                with cv:
+                    link.reading = False
+                    cv.notify_all()
+            owner = branches.prefix_of(msg.tag)
+            if owner == prefix:
+                return msg
+            with cv:
+                link.parked.setdefault(owner, collections.deque()).append(msg)
+                cv.notify_all()
 
     # -- conveniences -----------------------------------------------------------------
     def exchange(self, to: int, payload: np.ndarray, frm: int, tag: str) -> np.ndarray:
         """Send to one peer and receive (same shape) from another in the same round."""
         self.send(to, payload, tag)
         return self.recv(frm, tag, np.shape(payload), np.asarray(payload).dtype)
+
+
+class _Demux:
+    """One incoming link's messages read ahead for other branches (mpcache.branches)."""
+
+    __slots__ = ("cv", "parked", "reading")
+
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.parked: dict = {}        # branch prefix -> deque of messages
+        self.reading = False          # a thread is reading the link now

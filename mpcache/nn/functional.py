@@ -50,6 +50,26 @@ def scope(x, name: str):
     return party.scope(name)
 
 
+def parallel(x, *fns):
+    """Run independent pieces of a layer in the same rounds when ``x`` is secret
+    (mpcache.branches: the first runs in the calling thread); plaintext runs them in
+    order.  Returns their results."""
+    party = getattr(x, "party", None)
+    if party is None:
+        return [fn() for fn in fns]
+    return party.parallel(*fns)
+
+
+def matmul_twin(x, w, k: int):
+    """``(x @ w, (x @ w) / 2^k)``: a secret ``x`` with a persisted secret ``w`` gets the
+    second by a second truncation of the same product in the same rounds
+    (``SecretTensor.matmul_twin``); otherwise a product and a scale."""
+    if not is_plain(x) and getattr(w, "_persist", None) is not None:
+        return x.matmul_twin(w, k)
+    y = x @ w
+    return y, y * (2.0 ** -int(k))
+
+
 def weighted_sum(terms):
     """``sum(x * c for x, c in terms)`` with public real ``c``: under MPC the products are
     kept at double precision and truncated once (one truncation instead of one per term)."""
@@ -123,6 +143,14 @@ def silu(x, bound: float | None = None):
         t *= 0.5
         return t
     return x.silu() if bound is None else x.silu(bound=bound)
+
+
+def silu_times(x, t, bound: float | None = None):
+    """``silu(x) * t`` (SwiGLU's gate and up); a secret x takes the product in the
+    selection's place (``functions.activations.even_piecewise(times=)``: one level)."""
+    if is_plain(x) and is_plain(t):
+        return silu(x) * _work(t)
+    return x.silu(times=t) if bound is None else x.silu(bound=bound, times=t)
 
 
 def gelu(x, bound: float | None = None):

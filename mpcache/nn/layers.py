@@ -12,6 +12,8 @@ over the leading (head) axis, as in numpy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import functional as F
@@ -75,10 +77,24 @@ class Linear:
         self.weight = weight
         self.bias = bias
 
-    def __call__(self, x):
+    def __call__(self, x, twin: int | None = None):
+        """``twin`` (k): also return the output / 2^k, truncated beside the product in the
+        same rounds (``F.matmul_twin``; a downstream norm's prescale, :class:`Block`)."""
         with F.scope(x, "linear"):
-            y = x @ self.weight
-            return y if self.bias is None else y + self.bias
+            if twin is None:
+                y = x @ self.weight
+                return y if self.bias is None else y + self.bias
+            y, yk = F.matmul_twin(x, self.weight, twin)
+            if self.bias is None:
+                return y, yk
+            return y + self.bias, yk + self._scaled_bias(twin)
+
+    def _scaled_bias(self, k: int):
+        """bias / 2^k, once per k (a secret bias: one truncation, the first time)."""
+        cache = self.__dict__.setdefault("_bias_k", {})
+        if k not in cache:
+            cache[k] = self.bias * (2.0 ** -k)
+        return cache[k]
 
 
 class FusedLinear:
@@ -136,6 +152,33 @@ def _square_and_gain(xs, x, g):
     return xs * xs, x * g
 
 
+#: False: every norm truncates its own prescaled input (for comparisons of the two).
+TWINS = True
+
+
+def twin_bits(norm, x) -> int | None:
+    """k when ``norm``'s prescale is 2^-k (k >= 1) and ``x`` is secret: the prescaled
+    input then comes from the producer's product (:class:`Block`); else None."""
+    if not TWINS or F.is_plain(x):
+        return None
+    a = float(getattr(norm, "prescale", 1.0))
+    if not 0.0 < a < 1.0:
+        return None
+    k = -math.log2(a)
+    return int(k) if float(k).is_integer() else None
+
+
+def _prescaled(x, a: float):
+    """``a x`` for a norm's public prescale: a power of two >= 1 is an integer multiple of
+    the shares (local, exact: no truncation, 2 rounds fewer; SmolLM2's early layers take
+    2..128); a < 1 truncates (one fixed-point product)."""
+    if a == 1.0:
+        return x
+    if a > 1.0 and float(a).is_integer() and int(a) & (int(a) - 1) == 0:
+        return x * np.int64(int(a))
+    return x * a
+
+
 class RMSNorm:
     """``x * rsqrt(mean(x^2) + eps) * g``: one mean, one rsqrt per row under MPC.
 
@@ -162,10 +205,11 @@ class RMSNorm:
     def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)
 
-    def __call__(self, x):
+    def __call__(self, x, prescaled=None):
+        """``prescaled``: ``prescale * x`` when the caller has it (:class:`Block`)."""
         with F.scope(x, "norm"):
             a, n = self.prescale, int(x.shape[-1])
-            xs = x if a == 1.0 else x * a
+            xs = _prescaled(x, a) if prescaled is None else prescaled
             if self.weight is None:                   # gain folded into the next linear
                 return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                                scale=float(np.sqrt(n)), times=xs)
@@ -208,11 +252,13 @@ class LayerNorm:
     def __init__(self, weight, bias, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.bias, self.eps, self.prescale = weight, bias, float(eps), float(prescale)
 
-    def __call__(self, x):
+    def __call__(self, x, prescaled=None):
+        """``prescaled``: ``prescale * x`` when the caller has it (:class:`Block`)."""
         with F.scope(x, "norm"):
             a, n = self.prescale, int(x.shape[-1])
             xc = x - F.mean(x, axis=-1, keepdims=True)
-            xs = xc if a == 1.0 else xc * a
+            xs = _prescaled(xc, a) if prescaled is None else \
+                prescaled - F.mean(prescaled, axis=-1, keepdims=True)
             if self.weight is None:        # gain and bias folded (RMSNorm, fold_norm_gain)
                 return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                                scale=float(np.sqrt(n)), times=xs)
@@ -292,14 +338,15 @@ class SwiGLU:
             self.gate_up = FusedLinear([gate, up])
             self.gate, self.up = self.gate_up.parts
 
-    def __call__(self, x):
+    def __call__(self, x, twin: int | None = None):
+        """``twin`` (k): also the output / 2^k (:meth:`Linear.__call__`)."""
         if self.gate_up is not None:
             g, u = self.gate_up(x)
         else:
             g, u = self.gate(x), self.up(x)
         with F.scope(x, "mlp_act"):
-            h = F.silu(g, self.act_bound) * u
-        return self.down(h)
+            h = F.silu_times(g, u, self.act_bound)
+        return self.down(h, twin)
 
 
 class GeluMLP:
@@ -310,11 +357,12 @@ class GeluMLP:
         #: a public bound on |fc(x)| (as ``SwiGLU.act_bound``)
         self.act_bound = None
 
-    def __call__(self, x):
+    def __call__(self, x, twin: int | None = None):
+        """``twin`` (k): also the output / 2^k (:meth:`Linear.__call__`)."""
         h = self.fc(x)
         with F.scope(x, "mlp_act"):
             h = F.gelu(h, self.act_bound)
-        return self.proj(h)
+        return self.proj(h, twin)
 
 
 def causal_mask(q_positions, k_positions, dtype=np.float64):
@@ -359,8 +407,9 @@ class Attention:
         #: compares on fewer bits.  None: no bound known (plaintext ignores it anyway).
         self.score_bound = None
 
-    def __call__(self, x, positions, cache, layer: int):
-        """``x`` [T, hidden] at public absolute ``positions`` [T]; returns [T, hidden]."""
+    def __call__(self, x, positions, cache, layer: int, twin: int | None = None):
+        """``x`` [T, hidden] at public absolute ``positions`` [T]; returns [T, hidden]
+        (``twin`` k: and the output / 2^k, :meth:`Linear.__call__`)."""
         positions = np.asarray(positions, dtype=np.int64)
         t, nh, nkv, hd, g = positions.shape[0], self.n_heads, self.n_kv_heads, self.head_dim, self.group
         q, k, v = self.qkv(x) if self.qkv is not None else (self.q(x), self.k(x), self.v(x))
@@ -396,4 +445,4 @@ class Attention:
         with F.scope(x, "attn_context"):
             ctx = attention_context(probs, values)                    # [hk, gk*T, hd]
         ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
-        return self.o(ctx)
+        return self.o(ctx, twin)

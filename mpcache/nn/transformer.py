@@ -19,7 +19,7 @@ import numpy as np
 from . import functional as F
 from .kv_cache import KVCache
 from .layers import (Attention, Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RoPE,
-                     SwiGLU, fold_norm_gain)
+                     SwiGLU, fold_norm_gain, twin_bits)
 
 __all__ = ["DecoderConfig", "Decoder", "random_weights", "weight_shapes", "gpt2_small_config",
            "random_gpt2_small"]
@@ -63,14 +63,46 @@ class DecoderConfig:
 
 
 class Block:
-    """Pre-norm residual block: ``h = x + attn(norm(x)); h + mlp(norm(h))``."""
+    """Pre-norm residual block: ``h = x + attn(norm(x)); h + mlp(norm(h))``.
+
+    *Prescaled twins* (secret x, a norm prescale a = 2^-k < 1): a norm squares ``a x``,
+    whose truncation would cost 2 rounds of its own before the norm.  But ``a h = a x +
+    a attn(...)``: ``a x`` is truncated beside the whole attention (a branch,
+    mpcache.branches) and ``a attn(...)`` is the o-projection's product truncated by k
+    more bits beside its own truncation (:meth:`Linear.__call__` ``twin``), so the MLP
+    norm's prescale costs no round; the same for the next block's attention norm (and the
+    final norm) with the down-projection.  SmolLM2: 37 of 61 norms (a = 1/32, 1/16,
+    1/2), rep3 74 rounds per step; bytes: a second opening of the o/down outputs."""
 
     def __init__(self, attn_norm, attn, mlp_norm, mlp):
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
-    def __call__(self, x, positions, cache, layer):
-        h = x + self.attn(self.attn_norm(x), positions, cache, layer)
-        return h + self.mlp(self.mlp_norm(h))
+    def __call__(self, x, positions, cache, layer, xs=None, next_k: int | None = None):
+        """``xs``: ``attn_norm.prescale * x`` made by the previous block (or None);
+        ``next_k``: also return the output / 2^next_k (the next norm's prescaled input).
+        Returns ``(out, out / 2^next_k or None)``."""
+        h_in = self.attn_norm(x) if xs is None else self.attn_norm(x, prescaled=xs)
+        k = twin_bits(self.mlp_norm, x)
+        if k is None:
+            h, hs = x + self.attn(h_in, positions, cache, layer), None
+        else:
+            (att, att_k), x_k = F.parallel(
+                x, lambda: self.attn(h_in, positions, cache, layer, twin=k),
+                lambda: _scaled(x, k))
+            h, hs = x + att, x_k + att_k
+        m_in = self.mlp_norm(h) if hs is None else self.mlp_norm(h, prescaled=hs)
+        if next_k is None:
+            return h + self.mlp(m_in), None
+        (mo, mo_k), h_k = F.parallel(h, lambda: self.mlp(m_in, twin=next_k),
+                                     lambda: _scaled(h, next_k))
+        return h + mo, h_k + mo_k
+
+
+def _scaled(x, k: int):
+    """x / 2^k: one truncation, in its own scope (it runs beside a sub-block: its rounds
+    overlap the sub-block's)."""
+    with F.scope(x, "prescale"):
+        return x * (2.0 ** -k)
 
 
 class Decoder:
@@ -168,6 +200,10 @@ class Decoder:
         """Run ``tokens`` (int ids [T], or a one-hot [T, V]) at positions ``cache.n_seen..``
         through all blocks, appending to ``cache``; returns the last block's output [T, H]
         (before the final norm)."""
+        return self._hidden(tokens, cache)[0]
+
+    def _hidden(self, tokens, cache: KVCache):
+        """:meth:`hidden_states` and the final norm's prescaled input (or None)."""
         with F.scope(tokens, "embed"):
             x = self.embed(tokens, dtype=self.config.np_dtype)
         t = int(x.shape[0])
@@ -178,27 +214,36 @@ class Decoder:
             raise ValueError(f"sequence exceeds max_positions={self.config.max_positions}")
         if self.pos_embed is not None:
             x = x + self.pos_embed[cache.n_seen:cache.n_seen + t]
-        for i, block in enumerate(self.blocks):
-            x = block(x, positions, cache, i)
-            if self.on_layer is not None:
-                self.on_layer(i, len(self.blocks))
+        x, xs = self._blocks(x, positions, cache)
         cache.n_seen += t
-        return x
+        return x, xs
 
-    def logits(self, h):
-        """Final norm + LM head on hidden rows ``h`` [T, H] -> [T, V]."""
-        hn = self.final_norm(h)
+    def _blocks(self, x, positions, cache):
+        """The blocks; returns (out, final_norm.prescale * out when a block made it)."""
+        xs, n = None, len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            nxt = self.blocks[i + 1].attn_norm if i + 1 < n else self.final_norm
+            x, xs = block(x, positions, cache, i, xs=xs, next_k=twin_bits(nxt, x))
+            if self.on_layer is not None:
+                self.on_layer(i, n)
+        return x, xs
+
+    def logits(self, h, hs=None):
+        """Final norm + LM head on hidden rows ``h`` [T, H] -> [T, V] (``hs``: the final
+        norm's prescaled input, when the last block made it)."""
+        hn = self.final_norm(h) if hs is None else self.final_norm(h, prescaled=hs)
         with F.scope(hn, "lm_head"):
             y = hn @ self.lm_head_weight
             return y if self.lm_head_bias is None else y + self.lm_head_bias
 
     def forward(self, tokens, cache: KVCache, all_logits: bool = False):
         """Logits of the last position [V] (or of every position [T, V])."""
-        h = self.hidden_states(tokens, cache)
+        h, hs = self._hidden(tokens, cache)
         if all_logits:
-            return self.logits(h)
+            return self.logits(h, hs)
         t = int(h.shape[0])
-        return self.logits(h[t - 1:t]).reshape(self.config.vocab_size)
+        return self.logits(h[t - 1:t], None if hs is None else hs[t - 1:t]).reshape(
+            self.config.vocab_size)
 
     def prefill(self, token_ids, policy=None, all_logits: bool = False):
         """Start a fresh cache, run the prompt, return the last position's logits [V]."""

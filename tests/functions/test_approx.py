@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mpcache
+from mpcache import branches
 from mpcache.functions import approx as A
 from mpcache.functions import poly as P
 from mpcache.ring import FixedPoint
@@ -52,6 +53,15 @@ def _ltz_rounds(protocol, n):
     return res.scope("op")["rounds"]
 
 
+def _branched(protocol, poly, lt, finish=0):
+    """Rounds of a polynomial of ``poly`` rounds beside a comparison (mpcache.branches):
+    the comparison's rounds before its bit injection (``lt``: a fused ltz's rounds, less
+    its injection and, rep3, its re-sharing; ``finish``: rounds that finish the sign
+    first) run in the polynomial's rounds, then the injection."""
+    tail = 2 if protocol == "rep3" else 1
+    return max(poly, lt - tail + finish) + tail
+
+
 # -------------------------------------------------------------------------------------
 # exp
 # -------------------------------------------------------------------------------------
@@ -69,8 +79,11 @@ def test_exp_grid_and_clip(protocol):
     ref = np.where(x >= -14.0, np.exp(x), 0.0)
     assert np.max(np.abs(out - ref)) <= 1e-4          # measured ~2e-5
     assert np.all(out[-5:] == 0.0)                     # clipped exactly to 0
-    # 5 levels (poly degree 8: 3, two squarings) = 10 rounds, then the clip: a sign bit
-    # and one bit injection, which costs exactly what ltz costs (its b2a round)
+    # 5 levels (poly degree 8: 3, two squarings) = 10 rounds; the clip's sign beside
+    # them (a branch), then one bit injection (what ltz's b2a round costs)
+    assert res.scope("op")["rounds"] == _branched(protocol, 10, _ltz_rounds(protocol, x.size))
+    with branches.sequential():                         # one after the other: the sum
+        _, res = run_op(protocol, lambda p, a: a.exp(), x)
     assert res.scope("op")["rounds"] == 10 + _ltz_rounds(protocol, x.size)
 
 
@@ -237,7 +250,7 @@ def test_softmax_rounds_compose(protocol):
     _, re = run_op(protocol, lambda p, a: A.exp(a - 25.0, out_frac=36), x)
     _, rr = run_op(protocol, lambda p, a: RC.reciprocal(P.scale_pow2(a, 18),
                                                          x_range=(0.5, 2048)), np.ones((2, 1)))
-    assert re.scope("op")["rounds"] == 10 + _ltz_rounds(protocol, x.size)
+    assert re.scope("op")["rounds"] == _branched(protocol, 10, _ltz_rounds(protocol, x.size))
     pieces = rm.scope("op")["rounds"] + re.scope("op")["rounds"] + rr.scope("op")["rounds"]
     assert rs.scope("op")["rounds"] <= pieces + 2 + 1      # + final product (2), skew (1)
     assert rs.scope("op")["rounds"] <= (126 if protocol == "rep3" else 122)
@@ -275,8 +288,12 @@ def test_activations_grid_and_rounds(protocol):
                                    (lambda p, a: a.silu(), _silu, 8e-3, 4)):
         out, res = run_op(protocol, fn, x)
         assert np.max(np.abs(out - ref(x))) <= bound
-        # the two signs are finished (mid = NOT(c_hi XOR c_lo) combines them) and then
-        # injected in one round: one round more than a fused ltz
+        # the two signs are finished (mid = NOT(c_hi XOR c_lo) combines them) beside the
+        # polynomial (a branch) and then injected in one round
+        assert res.scope("op")["rounds"] == _branched(protocol, 2 * levels, lt,
+                                                      V.FUSE_SIGN_B2A)
+        with branches.sequential():          # one after the other: one round more than
+            out, res = run_op(protocol, fn, x)    # the polynomial and a fused ltz
         assert res.scope("op")["rounds"] == 2 * levels + lt + V.FUSE_SIGN_B2A
 
 

@@ -93,7 +93,8 @@ class Boxed:
     # fixed-point bookkeeping of SecretTensor (value-preserving here)
     frac = 0
     party = type("P", (), {"fxp": type("F", (), {"frac_bits": 0})(),
-                           "scope": staticmethod(lambda name: contextlib.nullcontext())})()
+                           "scope": staticmethod(lambda name: contextlib.nullcontext()),
+                           "parallel": staticmethod(lambda *fns: [f() for f in fns])})()
 
     def mul_public(self, c, truncate=True):
         return Boxed(self.a * c)
@@ -115,7 +116,8 @@ class Boxed:
     exp = lambda s: s._rec("exp", F.exp)                                     # noqa: E731
     reciprocal = lambda s: s._rec("reciprocal", F.reciprocal)                # noqa: E731
     rsqrt = lambda s, **kw: s._rec("rsqrt", F.rsqrt, **kw)                   # noqa: E731
-    silu = lambda s: s._rec("silu", F.silu)                                  # noqa: E731
+    silu = lambda s, times=None: (s._rec("silu", F.silu) if times is None      # noqa: E731
+                                  else s._rec("silu", F.silu) * times)
     gelu = lambda s: s._rec("gelu", F.gelu)                                  # noqa: E731
     relu = lambda s: s._rec("relu", F.relu)                                  # noqa: E731
     argmax = lambda s, axis: s._rec("argmax", F.argmax_onehot, axis=axis)    # noqa: E731

@@ -181,12 +181,14 @@ def test_launch_trace_merges_and_matches_every_partys_accounting(tmp_path):
         for path, c in st["scopes"].items():
             assert t.scope_counters(path) == {k: c[k] for k in T.COUNTER_KEYS}, path
     # same messages, tags and sizes as the in-process traced session with the same seed
+    # (not the same link sequence numbers: exp's branches interleave their messages on a
+    # link as their threads happen to run, mpcache.branches)
     from mpcache.apps.jobs import make_job
     job, _ = make_job("softmax", rows=1, cols=8)
     ref = mpcache.Session("rep3", seed=5, trace=True).run(job)
-    assert [sorted((e.peer, e.seq, e.tag, e.nbytes, e.stamp) for e in t.sends())
+    assert [sorted((e.peer, e.tag, e.nbytes, e.stamp) for e in t.sends())
             for t in tr.transcripts] == \
-        [sorted((e.peer, e.seq, e.tag, e.nbytes, e.stamp) for e in t.sends())
+        [sorted((e.peer, e.tag, e.nbytes, e.stamp) for e in t.sends())
          for t in ref.transcripts]
     # the command lines read the folder; a receiver's record that disagrees is reported
     r = subprocess.run([sys.executable, "-m", "mpcache.cli", "trace", "show", str(folder),
