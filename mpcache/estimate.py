@@ -50,11 +50,16 @@ import pathlib
 
 import numpy as np
 
-#: Architectures (public configs).  ``prescaled``: norms (of 2L+1) with a prescale != 1
-#: as the calibration sets them: SmolLM2 47 of 61 (``generate.prescales_for``, the
-#: scales ``bench decode`` uses), gpt2-small-random all 25 (``calibrate_prescales`` on 256
-#: random tokens, as ``bench decode`` does); for the others all (an upper bound: a
-#: prescale costs one truncation per norm).  ``score_bound_log2``: the attention scores'
+#: Architectures (public configs).  ``prescaled``: norms (of 2L+1) with a prescale below 1
+#: as the calibration sets them (a power of two >= 1 is a local shift: free): SmolLM2 37
+#: of 61 (``generate.prescales_for``, the scales ``bench decode`` uses; 10 more are >= 1),
+#: gpt2-small-random all 25 (``calibrate_prescales`` on 256 random tokens, as ``bench
+#: decode`` does); for the others all (an upper bound).  ``first_prescaled``: whether the
+#: first layer's attention norm is one of them (it truncates its own input; every other
+#: gets its prescaled input as a twin of the product before it, ``nn.transformer.Block``;
+#: default: True when all are).  ``col_bound_log2``: the norm-fed linears' column-norm
+#: bound exponent (``nn.private.col_bound_exponent``): with it each norm is folded into
+#: its linear (``nn.layers.norm_then``).  ``score_bound_log2``: the attention scores'
 #: public bound exponent the owner announces (``nn.private.score_bound_exponent``), known
 #: for the two models ``bench decode`` runs (tests/apps/test_estimate.py recomputes both
 #: from the weights); unknown (None: 64-bit comparisons, an upper bound) for the others.
@@ -62,10 +67,12 @@ import numpy as np
 #: the logits (``nn.private.act_bound_exponent``).
 GPT2_RANDOM_BOUND = 6       # bench decode's random_gpt2_small(seed=0)
 GPT2_RANDOM_ACT_BOUNDS = (5, 5)
+GPT2_RANDOM_COL_BOUND = 0
 ARCHS = {
     "smollm2": dict(arch="llama", vocab_size=49152, hidden_size=576, n_layers=30, n_heads=9,
-                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=47,
-                    score_bound_log2=11, act_bound_log2=8, logit_bound_log2=9),
+                    n_kv_heads=3, head_dim=64, mlp_hidden=1536, prescaled=37,
+                    first_prescaled=False, score_bound_log2=11, act_bound_log2=8,
+                    logit_bound_log2=9, col_bound_log2=4),
     "gpt2-small": dict(arch="gpt2", vocab_size=50257, hidden_size=768, n_layers=12,
                        n_heads=12, n_kv_heads=12, head_dim=64, mlp_hidden=3072,
                        prescaled="all"),
@@ -78,7 +85,8 @@ ARCHS = {
 }
 ARCHS["gpt2-small-random"] = dict(ARCHS["gpt2-small"], score_bound_log2=GPT2_RANDOM_BOUND,
                                   act_bound_log2=GPT2_RANDOM_ACT_BOUNDS[0],
-                                  logit_bound_log2=GPT2_RANDOM_ACT_BOUNDS[1])
+                                  logit_bound_log2=GPT2_RANDOM_ACT_BOUNDS[1],
+                                  col_bound_log2=GPT2_RANDOM_COL_BOUND)
 KEYS = ("bytes_sent", "messages_sent", "offline_bytes_sent")
 #: A policy's attention twin keeps the model's KV heads unless its secret cache (all
 #: parties) would pass this many bytes; then fewer (bytes are scaled up by n_kv_heads /
@@ -236,14 +244,54 @@ def _secret(p, rng, shape, owner=0, scale=1.0, integer=False):
     return p.share(v, owner=owner, integer=integer)
 
 
-def _piece_linear(p, rng, k, q, bias):
+def _piece_linear(p, rng, k, q, bias, twin=False):
+    """A linear; ``twin``: with its output / 2 beside (the next norm's prescaled input)."""
     from .nn.layers import Linear
     w = _secret(p, rng, (k, q), owner=1, scale=0.05)
     w.persist()
     b = _secret(p, rng, (q,), owner=1, scale=0.01) if bias else None
     x = _secret(p, rng, (1, k))
+    lin = Linear(w, b)
+    if twin:
+        lin._scaled_bias(1) if bias else None        # set-up: once per model, not per token
     with p.scope("m"):
-        Linear(w, b)(x)
+        lin(x, 1 if twin else None)
+
+
+def _norm_module(p, rng, arch, d, prescale):
+    from .nn.layers import LayerNorm, RMSNorm
+    g = _secret(p, rng, (d,), owner=1, scale=0.1)
+    if arch == "gpt2":
+        mod = LayerNorm(g, _secret(p, rng, (d,), owner=1, scale=0.01), 1e-5, prescale)
+    else:
+        mod = RMSNorm(g, 1e-5, prescale)
+    # a private Decoder folds every norm's gain (and bias) into the next linear at setup
+    # (layers.fold_norm_gain): the per-token norm has none
+    mod.weight = None
+    if arch == "gpt2":
+        mod.bias = None
+    return mod
+
+
+def _piece_norm_linear(p, rng, arch, k, q, bias, prescale, given):
+    """A norm folded into the linear it feeds (``layers.norm_then``); ``given``: its
+    prescaled input is made before (a twin), else it prescales x itself."""
+    from .nn.layers import Linear, norm_then
+    mod = _norm_module(p, rng, arch, k, prescale)
+    w = _secret(p, rng, (k, q), owner=1, scale=0.05)
+    w.persist()
+    b = _secret(p, rng, (q,), owner=1, scale=0.01) if bias else None
+    x = _secret(p, rng, (1, k))
+    xs = x * prescale if given else None
+    with p.scope("m"):
+        norm_then(mod, x, Linear(w, b), 2.0, xs)
+
+
+def _piece_prescale(p, rng, d):
+    """x / 2 beside a sub-block (a twin's other half, ``nn.transformer.Block``)."""
+    x = _secret(p, rng, (1, d))
+    with p.scope("m"):
+        x * 0.5
 
 
 def _piece_embed(p, rng, v, d):
@@ -258,21 +306,12 @@ def _piece_embed(p, rng, v, d):
         tok @ w
 
 
-def _piece_norm(p, rng, arch, d, prescale):
-    from .nn.layers import LayerNorm, RMSNorm
-    g = _secret(p, rng, (d,), owner=1, scale=0.1)
-    if arch == "gpt2":
-        mod = LayerNorm(g, _secret(p, rng, (d,), owner=1, scale=0.01), 1e-5, prescale)
-    else:
-        mod = RMSNorm(g, 1e-5, prescale)
-    # a private Decoder folds every norm's gain (and bias) into the next linear at setup
-    # (layers.fold_norm_gain): the per-token norm has none
-    mod.weight = None
-    if arch == "gpt2":
-        mod.bias = None
+def _piece_norm(p, rng, arch, d, prescale, given=False):
+    mod = _norm_module(p, rng, arch, d, prescale)
     x = _secret(p, rng, (1, d))
+    xs = x * prescale if given else None
     with p.scope("m"):
-        mod(x)
+        mod(x) if xs is None else mod(x, prescaled=xs)
 
 
 def _piece_attention(p, rng, arch, n_heads, n_kv_heads, head_dim, s, bound_log2=None):
@@ -312,7 +351,7 @@ def _piece_mlp_act(p, rng, arch, n, bound_log2=None):
     u = _secret(p, rng, (1, n), owner=1) if arch == "llama" else None
     b = None if bound_log2 is None else 2.0 ** bound_log2
     with p.scope("m"):
-        F.silu(g, b) * u if arch == "llama" else F.gelu(g, b)
+        F.silu_times(g, u, b) if arch == "llama" else F.gelu(g, b)
 
 
 def _piece_sample(p, rng, v, bound_log2=None):
@@ -325,13 +364,16 @@ def _piece_sample(p, rng, v, bound_log2=None):
 
 
 _PIECES = {"linear": _piece_linear, "embed": _piece_embed, "norm": _piece_norm,
+           "norm_linear": _piece_norm_linear, "prescale": _piece_prescale,
            "attention": _piece_attention, "softmax": _piece_softmax,
            "mlp_act": _piece_mlp_act, "sample": _piece_sample}
 
 
 # -- composing a decoding step ---------------------------------------------------------------
 def _affine2(ops, protocol, name, k, q, **kw) -> Cost:
-    """A product's cost at (k, q) from three small measurements (affine in k and in q)."""
+    """A product's cost at (k, q) from three small measurements (affine in k and in q;
+    also a norm folded into its linear: the norm's own work is affine in k, the folded
+    levels in q)."""
     c00 = ops.get(protocol, name, **_kq(name, K0, Q0), **kw)["m"]
     c10 = ops.get(protocol, name, **_kq(name, 2 * K0, Q0), **kw)["m"]
     c01 = ops.get(protocol, name, **_kq(name, K0, 2 * Q0), **kw)["m"]
@@ -357,12 +399,18 @@ def _attention(ops, protocol, cfg, s) -> Cost:
     return rest + sm
 
 
+def _no_rounds(c: Cost) -> Cost:
+    """A piece that runs beside others (a branch): its bytes, none of its rounds."""
+    return Cost(c.per, 0)
+
+
 def _bound_kw(cfg, key) -> dict:
     """A piece's ``bound_log2`` keyword from the architecture's ``key`` (none if unknown)."""
     return {} if cfg.get(key) is None else {"bound_log2": int(cfg[key])}
 
 
 def n_prescaled(cfg) -> int:
+    """Norms with a prescale below 1."""
     total = 2 * cfg["n_layers"] + 1
     p = cfg.get("prescaled", "all")
     if p in (None, "none"):
@@ -372,6 +420,15 @@ def n_prescaled(cfg) -> int:
     return int(p)
 
 
+def _first_prescaled(cfg) -> bool:
+    """Whether the first norm (layer 0's attention norm: no product before it to make
+    its prescaled input) is prescaled below 1."""
+    v = cfg.get("first_prescaled")
+    if v is None:
+        return n_prescaled(cfg) == 2 * cfg["n_layers"] + 1
+    return bool(v)
+
+
 def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) -> dict:
     """Predicted cost of one decoding step with ``context`` cached tokens (full cache)."""
     cfg = arch_config(cfg)
@@ -379,22 +436,42 @@ def estimate_step(cfg, context: int, protocol: str, ops: OpCosts | None = None) 
     d, L, V = cfg["hidden_size"], cfg["n_layers"], cfg["vocab_size"]
     nh, nkv, hd, ff = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["mlp_hidden"]
     bias = cfg["arch"] == "gpt2"
-    lin = lambda k, q, b=bias: _affine2(ops, protocol, "linear", k, q, bias=b)  # noqa: E731
+    lin = lambda k, q, b=bias, **kw: _affine2(ops, protocol, "linear", k, q,  # noqa: E731
+                                              bias=b, **kw)
+    a = cfg["arch"]
+    # norms below 1 get their prescaled input as a twin of the product before them
+    # (o-proj, down-proj: a second truncation of its output, and the residual's own
+    # truncation beside the sub-block: bytes, no rounds), except the first norm
     npre = n_prescaled(cfg)
-    norm1 = ops.get(protocol, "norm", arch=cfg["arch"], d=d, prescale=0.5)["m"]
-    norm0 = ops.get(protocol, "norm", arch=cfg["arch"], d=d, prescale=1.0)["m"]
+    first = int(_first_prescaled(cfg) and npre > 0)
+    twins = npre - first
+    twin = _no_rounds(lin(nh * hd, d, twin=True) - lin(nh * hd, d)) + \
+        _no_rounds(ops.get(protocol, "prescale", d=d)["m"])
+    mlp_in = 2 * ff if a == "llama" else ff
+    if cfg.get("col_bound_log2") is not None:
+        # each norm folded into the linear it feeds (layers.norm_then)
+        nl = lambda q, b, pre, given: _affine2(  # noqa: E731
+            ops, protocol, "norm_linear", d, q, arch=a, bias=b, prescale=pre, given=given)
+        normed = {"norm_qkv": nl(nh * hd + 2 * nkv * hd, bias, 1.0, False) * (L - first)
+                  + nl(nh * hd + 2 * nkv * hd, bias, 0.5, False) * first,
+                  "norm_mlp": nl(mlp_in, bias, 1.0, False) * L,
+                  "norm_lm_head": nl(V, False, 1.0, False)}
+    else:
+        norm1 = ops.get(protocol, "norm", arch=a, d=d, prescale=0.5)["m"]
+        norm0 = ops.get(protocol, "norm", arch=a, d=d, prescale=1.0)["m"]
+        normed = {"norms": norm1 * first + norm0 * (2 * L + 1 - first),
+                  # q, k, v as one product (layers.FusedLinear), gate and up as one
+                  "qkv": lin(d, nh * hd + 2 * nkv * hd) * L,
+                  "mlp_in": lin(d, mlp_in) * L, "lm_head": lin(d, V, False)}
     parts = {
         "embed": _affine2(ops, protocol, "embed", V, d),
-        "norms": norm1 * npre + norm0 * (2 * L + 1 - npre),
-        # q, k, v as one product (layers.FusedLinear), gate and up as one
-        "qkv": lin(d, nh * hd + 2 * nkv * hd) * L,
+        **normed,
         "attention": _attention(ops, protocol, cfg, context) * L,
         "o_proj": lin(nh * hd, d) * L,
-        "mlp_linear": ((lin(d, 2 * ff) if cfg["arch"] == "llama" else lin(d, ff))
-                       + lin(ff, d)) * L,
-        "mlp_act": ops.get(protocol, "mlp_act", arch=cfg["arch"], n=ff,
+        "mlp_out": lin(ff, d) * L,
+        "twins": twin * twins,
+        "mlp_act": ops.get(protocol, "mlp_act", arch=a, n=ff,
                            **_bound_kw(cfg, "act_bound_log2"))["m"] * L,
-        "lm_head": lin(d, V, False),
         "sample": ops.get(protocol, "sample", v=V, **_bound_kw(cfg, "logit_bound_log2"))["m"],
     }
     total = Cost()

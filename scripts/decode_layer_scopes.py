@@ -6,13 +6,18 @@ both norms prescaled by 1/2, the cache prefix persisted as `bench decode` does. 
 and bytes do not depend on the values, so x 30 layers (+ final norm, LM head, embed) is a
 SmolLM2 step; memory stays small (one layer), unlike a full-model run at S = 2048.
 
-    python scripts/decode_layer_scopes.py 2048 out.json [BOUND_LOG2 [ACT_LOG2 LOGIT_LOG2]]
+    python scripts/decode_layer_scopes.py 2048 out.json [BOUND_LOG2 [ACT_LOG2 LOGIT_LOG2
+        [COL_LOG2]]]
 
 BOUND_LOG2 (optional): the attention scores' public bound exponent the private model
 announces (SmolLM2: 11, ``nn.private.score_bound_exponent``); without it the softmax
 compares on 64 bits.  ACT_LOG2, LOGIT_LOG2 (optional): the MLP pre-activation's and the
 logits' exponents (SmolLM2: 8 and 9, ``nn.private.act_bound_exponent``); without them
-SiLU and the vocabulary argmax compare on 64 bits.
+SiLU and the vocabulary argmax compare on 64 bits.  COL_LOG2 (optional): the column-norm
+bound of the norm-fed linears (SmolLM2: 4, ``nn.private.col_bound_exponent``): each norm
+is then folded into its linear (``nn.layers.norm_then``).  The layer gets its attention
+norm's prescaled input from the previous layer and makes the next one's (twins, as in a
+model whose norms all prescale by 1/2).
 """
 import json
 import sys
@@ -28,6 +33,7 @@ S = int(sys.argv[1])
 BOUND = None if len(sys.argv) < 4 else 2.0 ** int(sys.argv[3])
 ACT = None if len(sys.argv) < 6 else 2.0 ** int(sys.argv[4])
 LOGIT = None if len(sys.argv) < 6 else 2.0 ** int(sys.argv[5])
+COL = None if len(sys.argv) < 7 else 2.0 ** int(sys.argv[6])
 H, NH, NKV, HD, M, V = 576, 9, 3, 64, 1536, 49152
 rng = np.random.default_rng(0)
 W = {n: rng.normal(size=s) / np.sqrt(s[0]) for n, s in
@@ -53,6 +59,7 @@ def job(p):
     blk = Block(L.RMSNorm(g["n1"], prescale=0.5), attn, L.RMSNorm(g["n2"], prescale=0.5),
                 L.SwiGLU(L.Linear(w["gate"]), L.Linear(w["up"]), L.Linear(w["down"])))
     blk.mlp.act_bound = ACT
+    blk.col_bound = COL
     if attn.qkv is not None:            # as Decoder._fold_norm_gains (setup, not measured)
         L.fold_norm_gain(blk.attn_norm, attn.qkv)
         L.fold_norm_gain(blk.mlp_norm, blk.mlp.gate_up)

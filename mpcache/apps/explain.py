@@ -458,6 +458,10 @@ def explain(op: str, protocol: str = "rep3", shape=None, seed: int = 0,
                  f"P{owner}: {_short(v)}")
     if values:
         L.append("!! share values shown: toy data only (trace_values=True) !!")
+    if any(e.tag.startswith("@") for t in ts for e in t.events):
+        L.append("Branches: a step tagged @i|... belongs to branch i of independent work "
+                 "run in the same rounds as its siblings (mpcache/branches.py; e.g. exp's "
+                 "clip comparison beside its polynomial): rounds count the longest branch.")
     L.append("")
     stats = res.stats
     from ..accounting import scope_rounds

@@ -62,7 +62,7 @@ import numpy as np
 
 #: The store's layout and meaning; a change to how shares are laid out or folded
 #: (``share_decoder``) must change it, so older stores are shared again, not misread.
-FORMAT = 2
+FORMAT = 3
 MANIFEST = "manifest.json"
 PUBLIC = "public.json"
 #: How long a party waits for the others during the store's exchanges (seconds).
@@ -107,7 +107,7 @@ def _canon(doc) -> bytes:
 
 def public_digest(public: dict, bounds) -> str:
     """What every party must agree on besides the sharing id: the config, the prescales
-    and the public bound exponents ``[score, act, logit]`` (``nn.private.set_bounds``;
+    and the public bound exponents ``[score, act, logit, col]`` (``nn.private.set_bounds``;
     the tokenizer, held by the client only, is not in it)."""
     doc = {"config": public["config"], "prescales": public["prescales"],
            "bounds": [int(e) for e in bounds]}
@@ -256,7 +256,7 @@ class ShareStore:
         if p.id == self.owner and m.get("fingerprint") != self.fingerprint:
             return None, "the model file differs from the one the store was shared from"
         if not (isinstance(m["sharing_id"], str) and isinstance(m["public_digest"], str)
-                and isinstance(m["bounds"], list) and len(m["bounds"]) == 3
+                and isinstance(m["bounds"], list) and len(m["bounds"]) == 4
                 and all(isinstance(e, int) for e in m["bounds"])
                 and isinstance(m["disk_bytes"], int)):
             return None, "malformed manifest"

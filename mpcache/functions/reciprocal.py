@@ -519,7 +519,8 @@ def _times_plan(fx: int, ft: int, bound: float, window, fo: int):
 
 
 def rsqrt(x, *, degree: int | None = None, iterations: int = 0,
-          out_frac: int | None = None, x_range=None, scale: float = 1.0, times=None):
+          out_frac: int | None = None, x_range=None, scale: float = 1.0, times=None,
+          times_bound: float = 1.0):
     """``1/sqrt(x)`` for secret ``x > 0`` (fixed point, any fraction bits ``x.frac``).
 
     Top-bit normalisation to ``a in [1, 2)`` with the un-normalisation weights
@@ -538,6 +539,10 @@ def rsqrt(x, *, degree: int | None = None, iterations: int = 0,
     un-normalisation* (:func:`_rsqrt_times_plan`): ``u = t 2^(c - k/2)`` in the
     normalisation's level (the promise bounds it whatever k is), then ``u * p(a)``: one
     level instead of the un-normalisation plus a product (rep3 4 -> 2 rounds).
+    ``times_bound`` (public B >= 1): the promise is ``t^2 <= B^2 x`` instead (a norm's
+    prescaled input times the next linear's weights, ``|(a x) . W_j| <= ||a x|| B`` for
+    column norms ``||W_j|| <= B``: the norm folded into that linear, nn.layers); the
+    un-normalised u keeps log2(B) fewer fraction bits.
     Cost: as :func:`reciprocal` with the same number of levels.
     What a party learns: nothing (see module doc).
     """
@@ -549,9 +554,13 @@ def rsqrt(x, *, degree: int | None = None, iterations: int = 0,
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"rsqrt: scale must be a positive finite number, got {scale}")
     deg = degree if degree is not None or not it else 4
-    plan = None if times is None or it else _rsqrt_times_plan(fx, times.frac, scale, win, fo)
+    tb = float(times_bound)
+    if not (math.isfinite(tb) and tb >= 1.0):
+        raise ValueError(f"rsqrt: times_bound must be a finite number >= 1, got {tb}")
+    plan = None if times is None or it else _rsqrt_times_plan(fx, times.frac, scale * tb,
+                                                              win, fo)
     if plan is not None:
-        shift, c, s2 = plan
+        shift, c, s2 = plan          # (B only lowered u's fraction bits: fu)
         a, y, _, (u,) = _guess(
             x, "rsqrt", [_pow2_weights(c + math.log2(scale), win[1] + 1, half=True)], win,
             shift, lambda sums: [Dot([(times.with_frac(0), sums[0].with_frac(shift))])], deg,

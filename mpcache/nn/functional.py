@@ -118,15 +118,19 @@ def reciprocal(x):
     return x.reciprocal()
 
 
-def rsqrt(x, scale: float = 1.0, times=None):
+def rsqrt(x, scale: float = 1.0, times=None, times_bound: float = 1.0):
     """``scale / sqrt(x)`` for a public ``scale``: the norms need it as one op (under MPC
     the scale is folded into public weights: free).  ``times``: ``times * scale /
-    sqrt(x)`` where ``times^2 <= x`` elementwise (a norm's prescaled input over its sum of
-    squares): under MPC the product rides in rsqrt's un-normalisation (one level)."""
+    sqrt(x)`` where ``times^2 <= times_bound^2 x`` elementwise (a norm's prescaled input
+    over its sum of squares; or that input times the next linear's weights, columns of
+    norm <= times_bound): under MPC the product rides in rsqrt's un-normalisation (one
+    level)."""
     if is_plain(x):
         r = scale / np.sqrt(_work(x))
         return r if times is None else _work(times) * r
     if times is not None:
+        if times_bound != 1.0:
+            return x.rsqrt(scale=scale, times=times, times_bound=times_bound)
         return x.rsqrt(scale=scale, times=times)
     return x.rsqrt() if scale == 1.0 else x.rsqrt(scale=scale)
 

@@ -89,6 +89,10 @@ class Linear:
                 return y, yk
             return y + self.bias, yk + self._scaled_bias(twin)
 
+    def finish(self, y):
+        """The output from the product ``y = x @ W`` made elsewhere (:func:`norm_then`)."""
+        return y if self.bias is None else y + self.bias
+
     def _scaled_bias(self, k: int):
         """bias / 2^k, once per k (a secret bias: one truncation, the first time)."""
         cache = self.__dict__.setdefault("_bias_k", {})
@@ -137,10 +141,39 @@ class FusedLinear:
 
     def __call__(self, x):
         with F.scope(x, "linear"):
-            y = x @ self.weight
-            if self.bias is not None:
-                y = y + self.bias
+            return self.finish(x @ self.weight)
+
+    def finish(self, y):
+        """The parts' outputs from the product ``y = x @ W`` made elsewhere."""
+        if self.bias is not None:
+            y = y + self.bias
         return [y[:, a:b] for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+
+
+def norm_then(norm, x, linear, col_bound: float | None, prescaled=None):
+    """``linear(norm(x))`` -- for a secret x, a gain-folded norm and a public bound
+    ``col_bound`` on the norms of the linear's weight columns, with the norm *folded into
+    the linear*: ``z = (a x) @ W`` runs beside the sum of squares (a branch,
+    mpcache.branches) and takes the place of ``a x`` in rsqrt's un-normalisation
+    (``rsqrt(times=z, times_bound=col_bound)``: ``|(a x) . W_j| <= ||a x|| ||W_j||``), so
+    ``z / rms`` is the linear's output: the linear's own truncating level is gone (rep3
+    and add2 2 rounds per norm).  Otherwise (plaintext, a gain, no bound): the norm,
+    then the linear."""
+    if F.is_plain(x) or col_bound is None or norm.weight is not None or \
+            not isinstance(norm, (RMSNorm, LayerNorm)):
+        h = norm(x) if prescaled is None else norm(x, prescaled=prescaled)
+        return linear(h)
+    with F.scope(x, "norm"):
+        xs, n, a = norm.prescaled_input(x, prescaled)
+
+        def product():
+            with F.scope(x, "linear"):
+                return xs @ linear.weight
+
+        z, sq = F.parallel(x, product, lambda: (xs * xs).sum(axis=-1, keepdims=True))
+        y = F.rsqrt(sq + n * norm.eps * a * a, scale=float(np.sqrt(n)), times=z,
+                    times_bound=max(1.0, float(col_bound)))
+    return linear.finish(y)
 
 
 def _square_and_gain(xs, x, g):
@@ -205,11 +238,15 @@ class RMSNorm:
     def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)
 
+    def prescaled_input(self, x, prescaled=None):
+        """(a x, n, a): the input whose squares the norm sums."""
+        a = self.prescale
+        return (_prescaled(x, a) if prescaled is None else prescaled), int(x.shape[-1]), a
+
     def __call__(self, x, prescaled=None):
         """``prescaled``: ``prescale * x`` when the caller has it (:class:`Block`)."""
         with F.scope(x, "norm"):
-            a, n = self.prescale, int(x.shape[-1])
-            xs = _prescaled(x, a) if prescaled is None else prescaled
+            xs, n, a = self.prescaled_input(x, prescaled)
             if self.weight is None:                   # gain folded into the next linear
                 return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                                scale=float(np.sqrt(n)), times=xs)
@@ -252,16 +289,26 @@ class LayerNorm:
     def __init__(self, weight, bias, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.bias, self.eps, self.prescale = weight, bias, float(eps), float(prescale)
 
+    def prescaled_input(self, x, prescaled=None):
+        """(a (x - mean x), n, a): the input whose squares the norm sums."""
+        a = self.prescale
+        if prescaled is None:
+            xs = _prescaled(x - F.mean(x, axis=-1, keepdims=True), a)
+        else:
+            xs = prescaled - F.mean(prescaled, axis=-1, keepdims=True)
+        return xs, int(x.shape[-1]), a
+
     def __call__(self, x, prescaled=None):
         """``prescaled``: ``prescale * x`` when the caller has it (:class:`Block`)."""
         with F.scope(x, "norm"):
+            if self.weight is None:        # gain and bias folded (RMSNorm, fold_norm_gain)
+                xs, n, a = self.prescaled_input(x, prescaled)
+                return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
+                               scale=float(np.sqrt(n)), times=xs)
             a, n = self.prescale, int(x.shape[-1])
             xc = x - F.mean(x, axis=-1, keepdims=True)
             xs = _prescaled(xc, a) if prescaled is None else \
                 prescaled - F.mean(prescaled, axis=-1, keepdims=True)
-            if self.weight is None:        # gain and bias folded (RMSNorm, fold_norm_gain)
-                return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
-                               scale=float(np.sqrt(n)), times=xs)
             sq, xg = _square_and_gain(xs, xc, self.weight)
             r = F.rsqrt(sq.sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                         scale=a * float(np.sqrt(n)))
@@ -338,9 +385,12 @@ class SwiGLU:
             self.gate_up = FusedLinear([gate, up])
             self.gate, self.up = self.gate_up.parts
 
-    def __call__(self, x, twin: int | None = None):
-        """``twin`` (k): also the output / 2^k (:meth:`Linear.__call__`)."""
-        if self.gate_up is not None:
+    def __call__(self, x, twin: int | None = None, pre=None):
+        """``twin`` (k): also the output / 2^k (:meth:`Linear.__call__`).  ``pre``: the
+        (gate, up) outputs made by the caller (:func:`norm_then`)."""
+        if pre is not None:
+            g, u = pre
+        elif self.gate_up is not None:
             g, u = self.gate_up(x)
         else:
             g, u = self.gate(x), self.up(x)
@@ -357,9 +407,10 @@ class GeluMLP:
         #: a public bound on |fc(x)| (as ``SwiGLU.act_bound``)
         self.act_bound = None
 
-    def __call__(self, x, twin: int | None = None):
-        """``twin`` (k): also the output / 2^k (:meth:`Linear.__call__`)."""
-        h = self.fc(x)
+    def __call__(self, x, twin: int | None = None, pre=None):
+        """``twin`` (k): also the output / 2^k (:meth:`Linear.__call__`).  ``pre``: the
+        fc output made by the caller (:func:`norm_then`)."""
+        h = self.fc(x) if pre is None else pre
         with F.scope(x, "mlp_act"):
             h = F.gelu(h, self.act_bound)
         return self.proj(h, twin)
@@ -407,12 +458,17 @@ class Attention:
         #: compares on fewer bits.  None: no bound known (plaintext ignores it anyway).
         self.score_bound = None
 
-    def __call__(self, x, positions, cache, layer: int, twin: int | None = None):
+    def __call__(self, x, positions, cache, layer: int, twin: int | None = None, qkv=None):
         """``x`` [T, hidden] at public absolute ``positions`` [T]; returns [T, hidden]
-        (``twin`` k: and the output / 2^k, :meth:`Linear.__call__`)."""
+        (``twin`` k: and the output / 2^k, :meth:`Linear.__call__`).  ``qkv``: the
+        projections made by the caller (the norm folded into them, :func:`norm_then`);
+        ``x`` is then only the tensor the scopes are counted on."""
         positions = np.asarray(positions, dtype=np.int64)
         t, nh, nkv, hd, g = positions.shape[0], self.n_heads, self.n_kv_heads, self.head_dim, self.group
-        q, k, v = self.qkv(x) if self.qkv is not None else (self.q(x), self.k(x), self.v(x))
+        if qkv is not None:
+            q, k, v = qkv
+        else:
+            q, k, v = self.qkv(x) if self.qkv is not None else (self.q(x), self.k(x), self.v(x))
         q = q.reshape(t, nh, hd).transpose((1, 0, 2))             # [nh, T, hd]
         k = k.reshape(t, nkv, hd).transpose((1, 0, 2))            # [nkv, T, hd]
         v = v.reshape(t, nkv, hd).transpose((1, 0, 2))
@@ -445,4 +501,4 @@ class Attention:
         with F.scope(x, "attn_context"):
             ctx = attention_context(probs, values)                    # [hk, gk*T, hd]
         ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
-        return self.o(ctx, twin)
+        return self.o(ctx) if twin is None else self.o(ctx, twin)

@@ -247,19 +247,23 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
     it (set-up scope "public", one round, 8 bytes to each); an int -- that exponent,
     public and passed by every party (the cost estimate's twins); None -- no bound.
     ``act_bounds``: the same for the MLP activation's input and the logits
-    (:func:`act_bound_exponent`): ``"weights"``, a pair of ints, or None.  The owner's
-    "weights" values go out in ONE announcement (24 bytes to each)."""
+    (:func:`act_bound_exponent`) and for the column norms of the linears the norms feed
+    (:func:`col_bound_exponent`): ``"weights"``, a pair (no column bound: each norm,
+    then its linear) or a triple of ints, or None.  The owner's "weights" values go out in ONE
+    announcement (32 bytes to each)."""
     fold = fold_norms and config.arch in ("llama", "gpt2")
     shapes = folded_shapes(config) if fold else weight_shapes(config)
-    given = [score_bound, *(act_bounds if isinstance(act_bounds, (tuple, list))
-                            else (act_bounds, act_bounds))]
+    acts = act_bounds if isinstance(act_bounds, (tuple, list)) else (act_bounds,) * 3
+    acts = tuple(acts) + ((None,) if len(acts) == 2 else ())        # (act, logit[, col])
+    given = [score_bound, *acts]
     es = [-1 if g is None else None if g == "weights" else int(g) for g in given]
     if any(e is None for e in es):
         with party.scope("public"):
-            mine = [-1] * 3
+            mine = [-1] * 4
             if party.id == owner:
-                mine = [score_bound_exponent(config, weights), *act_bound_exponent(config,
-                                                                                   weights)]
+                mine = [score_bound_exponent(config, weights),
+                        *act_bound_exponent(config, weights),
+                        col_bound_exponent(config, weights)]
                 mine = [-1 if e is None else int(e) for e in mine]
             told = announce_ints(party, mine, owner)
         es = [t if e is None else e for e, t in zip(es, told)]
@@ -298,24 +302,30 @@ def share_decoder(party, config: DecoderConfig, weights: dict | None = None, own
 
 
 def set_bounds(dec: Decoder, exponents) -> None:
-    """Give ``dec`` the public bound exponents ``[score, act, logit]`` (-1: none): the
-    attentions' ``score_bound``, the MLPs' ``act_bound`` and the decoder's
-    ``logit_bound`` become 2^e."""
-    e_score, e_act, e_logit = (int(e) for e in exponents)
+    """Give ``dec`` the public bound exponents ``[score, act, logit, col]`` (-1: none;
+    a list of three: no column bound): the attentions' ``score_bound``, the MLPs'
+    ``act_bound``, the decoder's ``logit_bound`` and the blocks' ``col_bound`` become
+    2^e (or None)."""
+    es = [int(e) for e in exponents] + [-1] * (4 - len(exponents))
+    e_score, e_act, e_logit, e_col = es
+    two = lambda e: float(2.0 ** e) if e >= 0 else None      # noqa: E731
     for block in dec.blocks:
-        block.attn.score_bound = float(2.0 ** e_score) if e_score >= 0 else None
-        block.mlp.act_bound = float(2.0 ** e_act) if e_act >= 0 else None
-    dec.logit_bound = float(2.0 ** e_logit) if e_logit >= 0 else None
+        block.attn.score_bound = two(e_score)
+        block.mlp.act_bound = two(e_act)
+        block.col_bound = two(e_col)
+    dec.logit_bound = two(e_logit)
 
 
 def get_bounds(dec: Decoder) -> list:
-    """The bound exponents ``[score, act, logit]`` :func:`set_bounds` gave (-1: none)."""
+    """The bound exponents ``[score, act, logit, col]`` :func:`set_bounds` gave (-1:
+    none)."""
     def one(values):
         values = set(values)
         v = values.pop() if len(values) == 1 else None
         return -1 if v is None else int(round(np.log2(v)))
     return [one(b.attn.score_bound for b in dec.blocks),
-            one(b.mlp.act_bound for b in dec.blocks), one([dec.logit_bound])]
+            one(b.mlp.act_bound for b in dec.blocks), one([dec.logit_bound]),
+            one(b.col_bound for b in dec.blocks)]
 
 
 #: Relative slack of the score bound over the plaintext weights' bound: the private
@@ -392,6 +402,36 @@ def act_bound_exponent(config: DecoderConfig, weights: dict) -> tuple:
     W, c = _folded_columns(weights, "final_norm", "lm_head", head)
     logit = float((np.linalg.norm(W, axis=0) * np.sqrt(H) + np.abs(c)).max())
     return tuple(int(np.ceil(np.log2(max(v, 1.0) * SCORE_BOUND_SLACK))) for v in (worst, logit))
+
+
+def col_bound_exponent(config: DecoderConfig, weights: dict) -> int | None:
+    """The owner's public bound on the column norms of every linear a norm feeds (q|k|v,
+    gate|up or fc, the LM head), with the norm's gain folded in, as one exponent e:
+    ``||W'[:, j]|| < 2^e`` for every column j.  Why it matters: a norm folded into its
+    linear (``nn.layers.norm_then``) puts ``z = (a x) @ W'`` where rsqrt expected ``a x``,
+    and ``|z_j| <= ||a x|| ||W'[:, j]||`` (Cauchy-Schwarz) keeps the un-normalised
+    product in range whatever the input.
+
+    What it reveals: one integer, the order of magnitude of the largest weight column
+    (the score and activation bounds already reveal products of such norms).  What it
+    buys: the linear after each norm has no truncating level of its own (2 rounds per
+    norm).  None for an architecture without the norm-then-linear layout."""
+    if config.arch not in ("llama", "gpt2") or weights is None:
+        return None
+    lins = (("attn_norm", ("attn.q", "attn.k", "attn.v")),
+            ("mlp_norm", ("mlp.gate", "mlp.up") if config.arch == "llama" else ("mlp.fc",)))
+    worst = 0.0
+    for i in range(config.n_layers):
+        for norm, parts in lins:
+            for part in parts:
+                W, _ = _folded_columns(weights, f"layers.{i}.{norm}", f"layers.{i}.{part}")
+                worst = max(worst, float(np.linalg.norm(W, axis=0).max()))
+    head = weights.get("lm_head")
+    if head is None or config.tie_embeddings:
+        head = np.asarray(weights["embed"], dtype=np.float64).T
+    W, _ = _folded_columns(weights, "final_norm", "lm_head", head)
+    worst = max(worst, float(np.linalg.norm(W, axis=0).max()))
+    return max(0, int(np.ceil(np.log2(max(worst, 1e-30) * SCORE_BOUND_SLACK))))
 
 
 def share_bytes(dec: Decoder) -> int:

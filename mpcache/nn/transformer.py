@@ -19,7 +19,7 @@ import numpy as np
 from . import functional as F
 from .kv_cache import KVCache
 from .layers import (Attention, Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RoPE,
-                     SwiGLU, fold_norm_gain, twin_bits)
+                     SwiGLU, fold_norm_gain, norm_then, twin_bits)
 
 __all__ = ["DecoderConfig", "Decoder", "random_weights", "weight_shapes", "gpt2_small_config",
            "random_gpt2_small"]
@@ -74,26 +74,44 @@ class Block:
     final norm) with the down-projection.  SmolLM2: 37 of 61 norms (a = 1/32, 1/16,
     1/2), rep3 74 rounds per step; bytes: a second opening of the o/down outputs."""
 
+    #: A public bound on the column norms of the (folded) linears the norms feed
+    #: (``nn.private.col_bound_exponent``); with it each norm is folded into its linear
+    #: (``layers.norm_then``: 2 rounds fewer per norm).  None: norm, then linear.
+    col_bound = None
+
     def __init__(self, attn_norm, attn, mlp_norm, mlp):
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
+
+    def _attention(self, x, xs, positions, cache, layer, twin=None):
+        if self.col_bound is not None and self.attn.qkv is not None:
+            qkv = norm_then(self.attn_norm, x, self.attn.qkv, self.col_bound, xs)
+            return self.attn(x, positions, cache, layer, twin=twin, qkv=qkv)
+        h_in = self.attn_norm(x) if xs is None else self.attn_norm(x, prescaled=xs)
+        return self.attn(h_in, positions, cache, layer, twin=twin)
+
+    def _mlp(self, h, hs, twin=None):
+        pre = getattr(self.mlp, "gate_up", None) or getattr(self.mlp, "fc", None)
+        if self.col_bound is not None and pre is not None:
+            return self.mlp(h, twin=twin, pre=norm_then(self.mlp_norm, h, pre,
+                                                        self.col_bound, hs))
+        m_in = self.mlp_norm(h) if hs is None else self.mlp_norm(h, prescaled=hs)
+        return self.mlp(m_in, twin=twin)
 
     def __call__(self, x, positions, cache, layer, xs=None, next_k: int | None = None):
         """``xs``: ``attn_norm.prescale * x`` made by the previous block (or None);
         ``next_k``: also return the output / 2^next_k (the next norm's prescaled input).
         Returns ``(out, out / 2^next_k or None)``."""
-        h_in = self.attn_norm(x) if xs is None else self.attn_norm(x, prescaled=xs)
         k = twin_bits(self.mlp_norm, x)
         if k is None:
-            h, hs = x + self.attn(h_in, positions, cache, layer), None
+            h, hs = x + self._attention(x, xs, positions, cache, layer), None
         else:
             (att, att_k), x_k = F.parallel(
-                x, lambda: self.attn(h_in, positions, cache, layer, twin=k),
+                x, lambda: self._attention(x, xs, positions, cache, layer, twin=k),
                 lambda: _scaled(x, k))
             h, hs = x + att, x_k + att_k
-        m_in = self.mlp_norm(h) if hs is None else self.mlp_norm(h, prescaled=hs)
         if next_k is None:
-            return h + self.mlp(m_in), None
-        (mo, mo_k), h_k = F.parallel(h, lambda: self.mlp(m_in, twin=next_k),
+            return h + self._mlp(h, hs), None
+        (mo, mo_k), h_k = F.parallel(h, lambda: self._mlp(h, hs, twin=next_k),
                                      lambda: _scaled(h, next_k))
         return h + mo, h_k + mo_k
 
@@ -231,6 +249,11 @@ class Decoder:
     def logits(self, h, hs=None):
         """Final norm + LM head on hidden rows ``h`` [T, H] -> [T, V] (``hs``: the final
         norm's prescaled input, when the last block made it)."""
+        col = self.blocks[0].col_bound if self.blocks else None
+        if col is not None and not F.is_plain(h):
+            head = Linear(self.lm_head_weight, self.lm_head_bias)
+            with F.scope(h, "lm_head"):
+                return norm_then(self.final_norm, h, head, col, hs)
         hn = self.final_norm(h) if hs is None else self.final_norm(h, prescaled=hs)
         with F.scope(hn, "lm_head"):
             y = hn @ self.lm_head_weight

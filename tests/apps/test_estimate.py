@@ -10,7 +10,8 @@ import pytest
 
 from mpcache import estimate as E
 from mpcache.apps.bench.decode import make_case, policy_cases_job
-from mpcache.nn.private import act_bound_exponent, calibrate_prescales, score_bound_exponent
+from mpcache.nn.private import (act_bound_exponent, calibrate_prescales, col_bound_exponent,
+                                score_bound_exponent)
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 from mpcache.runtime import Session
 
@@ -29,15 +30,17 @@ def _measured_step(cfgd, context, protocol, policy="full", budget=None, kw=None)
     dec = Decoder(cfg, random_weights(cfg, 0))
     rng = np.random.default_rng(0)
     pres = calibrate_prescales(dec, rng.integers(0, cfg.vocab_size, 32))
-    n_pre = sum(v["prescale"] != 1.0 for v in pres.values())
+    n_pre = sum(0 < v["prescale"] < 1.0 for v in pres.values())
+    first = 0 < pres["layers.0.attn_norm"]["prescale"] < 1.0
     ids = rng.integers(0, cfg.vocab_size, context + 1)
     case, _ = make_case(dec, ids, context, policy, budget, kw=kw)
     res = Session(protocol, timeout=600).run(policy_cases_job, dec.config, dec.weights, pres,
                                              [case])
     act, logit = act_bound_exponent(cfg, dec.weights)
-    return res.scope("c0/decode"), {"prescaled": n_pre,
+    return res.scope("c0/decode"), {"prescaled": n_pre, "first_prescaled": first,
                                     "score_bound_log2": score_bound_exponent(cfg, dec.weights),
-                                    "act_bound_log2": act, "logit_bound_log2": logit}
+                                    "act_bound_log2": act, "logit_bound_log2": logit,
+                                    "col_bound_log2": col_bound_exponent(cfg, dec.weights)}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -19,7 +19,8 @@ from mpcache.apps import serve as serve_mod
 from mpcache.apps import share_store as store_mod
 from mpcache.apps.serve import answer_costs, cost_lines, serve_job, setup_costs
 from mpcache.apps.share_store import MANIFEST, StoreRefused
-from mpcache.nn.private import act_bound_exponent, folded_shapes, score_bound_exponent
+from mpcache.nn.private import (act_bound_exponent, col_bound_exponent, folded_shapes,
+                                score_bound_exponent)
 
 pytest.importorskip("mpcache.functions.compare", reason="comparison protocols not built yet")
 smollm2 = pytest.importorskip("mpcache.nn.smollm2")
@@ -65,7 +66,8 @@ def test_first_run_shares_and_each_party_writes_its_own_store(first):
     cfg = serve_mod.tiny_config(smollm2.load_public().config.vocab_size)
     lm = serve_mod.owner_model("tiny-random")
     e = [score_bound_exponent(lm.config, lm.model.weights),
-         *act_bound_exponent(lm.config, lm.model.weights)]
+         *act_bound_exponent(lm.config, lm.model.weights),
+         col_bound_exponent(lm.config, lm.model.weights)]
     for i in range(3):
         folder = store / f"p{i}"
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700

@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 import mpcache
 from mpcache.nn.kv_cache import KVCache
-from mpcache.nn.private import act_bound_exponent, score_bound_exponent, share_decoder
+from mpcache.nn.private import (act_bound_exponent, col_bound_exponent, score_bound_exponent,
+                                share_decoder)
 from mpcache.nn.transformer import Decoder, DecoderConfig, random_weights
 
 
@@ -97,13 +98,48 @@ def test_private_model_announces_and_uses_the_bound():
                               act_bounds=(4, 5))
         none = share_decoder(p, cfg, w if p.id == 1 else None, owner=1, score_bound=None,
                              act_bounds=None)
-        return [[[b.attn.score_bound, b.mlp.act_bound] for b in d.blocks] + [d.logit_bound]
-                for d in (dec, fixed, none)]
+        return [[[b.attn.score_bound, b.mlp.act_bound, b.col_bound] for b in d.blocks]
+                + [d.logit_bound] for d in (dec, fixed, none)]
     res = mpcache.Session("rep3").run(job)
+    ec = col_bound_exponent(cfg, w)
     for out in res.outputs:
-        assert out == [[[2.0 ** e, 2.0 ** ea]] * 2 + [2.0 ** el],
-                       [[8.0, 16.0]] * 2 + [32.0], [[None, None]] * 2 + [None]]
+        assert out == [[[2.0 ** e, 2.0 ** ea, 2.0 ** ec]] * 2 + [2.0 ** el],
+                       [[8.0, 16.0, None]] * 2 + [32.0], [[None, None, None]] * 2 + [None]]
     assert res.scope("public")["rounds"] == 1                  # one announcement
+
+
+def test_column_bound_holds_and_folds_each_norm_into_its_linear():
+    """col_bound_exponent bounds every column norm of the norm-fed linears (gains folded);
+    a private decoder with it folds each norm into its linear (layers.norm_then): the same
+    greedy token as plaintext, 2 rounds fewer per norm than without the bound."""
+    from mpcache.nn import private as P
+    cfg = _config("llama")
+    w = random_weights(cfg, 2, std=0.5)
+    ec = col_bound_exponent(cfg, w)
+    for i in range(cfg.n_layers):
+        for norm, lin in (("attn_norm", "attn.q"), ("attn_norm", "attn.v"),
+                          ("mlp_norm", "mlp.up")):
+            W, _ = P._folded_columns(w, f"layers.{i}.{norm}", f"layers.{i}.{lin}")
+            assert np.linalg.norm(W, axis=0).max() < 2.0 ** ec
+    dec0 = Decoder(cfg, w)
+    ids = np.arange(5) % cfg.vocab_size
+    want = int(np.argmax(dec0.prefill(ids)))
+
+    def job(p, col):
+        dec = share_decoder(p, cfg, w if p.id == 1 else None, owner=1,
+                            act_bounds=("weights", "weights", "weights" if col else None))
+        oh = P.share_prompt(p, ids, cfg.vocab_size)
+        with p.scope("prefill"):
+            logits = dec.prefill(oh)
+        return p.reveal(dec.greedy_token(logits)), dec.blocks[0].col_bound
+
+    got = {}
+    for col in (True, False):
+        res = mpcache.Session("rep3").run(job, col)
+        tok, cb = res.outputs[0]
+        assert int(round(float(tok))) == want and (cb is not None) == col
+        got[col] = res.scope("prefill")["rounds"]
+    assert got[False] - got[True] == 2 * (2 * cfg.n_layers + 1)
 
 
 def test_unknown_architecture_has_no_bound():
@@ -127,3 +163,6 @@ def test_estimate_constants_match_the_weights():
     assert act_bound_exponent(dec.config, dec.weights) == \
         (ARCHS["gpt2-small-random"]["act_bound_log2"],
          ARCHS["gpt2-small-random"]["logit_bound_log2"])
+    assert col_bound_exponent(lm.config, lm.model.weights) == ARCHS["smollm2"]["col_bound_log2"]
+    assert col_bound_exponent(dec.config, dec.weights) == \
+        ARCHS["gpt2-small-random"]["col_bound_log2"]
