@@ -371,6 +371,12 @@ def _join(recs, timed) -> dict:
             "seconds": max(recs[i]["seconds"] for i in timed if i < len(recs))}
 
 
+def _saved(v, unit: str, fmt: str) -> str:
+    """'saved 1.2 MB' or, for a step that costs more than the full cache, '0.4 MB more'
+    (a negative saving printed as such reads as a typo)."""
+    return f"saved {v:{fmt}} {unit}" if v >= 0 else f"{-v:{fmt}} {unit} more"
+
+
 def step_lines(costs: list, n_answer: int | None = None) -> list:
     """One line per generated step (token ``j + 2``: the first token comes from the
     prefill): rows read, bytes/rounds/seconds, and the measured full-cache step."""
@@ -385,8 +391,8 @@ def step_lines(costs: list, n_answer: int | None = None) -> list:
             line += (f" | full cache (measured, same step): {f['rows']:.1f} rows/layer, "
                      f"{f['bytes'] / 1e6:.3f} MB/party, {f['rounds']} rounds, "
                      f"{f['seconds']:.2f} s"
-                     f" | saved {c['saved']['bytes'] / 1e6:.3f} MB ({pct:.0f}%), "
-                     f"{c['saved']['rounds']} rounds")
+                     f" | {_saved(c['saved']['bytes'] / 1e6, 'MB', '.3f')} ({pct:.0f}%), "
+                     f"{_saved(c['saved']['rounds'], 'rounds', 'd')}")
         lines.append(line + (" (padding after the answer's end)" if pad else ""))
     return lines
 

@@ -220,3 +220,15 @@ def test_cli_generate_over_grpc_prints_answer_and_costs(tmp_path, capsys):
     doc, out = _cli_generate(tmp_path, capsys, "--transport", "grpc")
     assert doc["outputs"][0]["text"] == doc["text"]
     assert "answer at the client P0" in out and "step 1: rows read" in out
+
+
+def test_step_lines_say_more_not_negative_savings():
+    """A step that costs more rounds than the full cache (MPCache's selection at a short
+    context) prints 'N rounds more', never 'saved -N rounds'."""
+    from mpcache.apps.generate import step_lines
+    full = {"rows": 2049.0, "bytes": 100e6, "rounds": 3000, "seconds": 5.0}
+    c = {"rows": 200.0, "bytes": 60e6, "rounds": 3400, "seconds": 4.0, "full": full,
+         "saved": {"bytes": 40e6, "rounds": -400}}
+    (line,) = step_lines([c])
+    assert "saved 40.000 MB (40%)" in line and "400 rounds more" in line
+    assert "-400" not in line
