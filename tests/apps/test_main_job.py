@@ -232,3 +232,12 @@ def test_step_lines_say_more_not_negative_savings():
     (line,) = step_lines([c])
     assert "saved 40.000 MB (40%)" in line and "400 rounds more" in line
     assert "-400" not in line
+
+
+def test_bench_model_calibrates_at_a_short_context():
+    """bench decode's random GPT-2 at a context below its 256 calibration tokens: the
+    model leaves room for them (it failed with 'sequence exceeds max_positions')."""
+    from mpcache.apps.bench.decode import CALIBRATION_TOKENS, _model
+    dec, pres, toks = _model("gpt2-small-random", 64)
+    assert dec.config.max_positions >= CALIBRATION_TOKENS
+    assert len(pres) == 2 * dec.config.n_layers + 1 and len(toks(5)) == 5

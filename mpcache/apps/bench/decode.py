@@ -56,6 +56,8 @@ from . import modelled_seconds, write_rows
 
 
 def _model(name: str, max_context: int):
+    """(decoder, its norm prescales, a function n -> n prompt tokens) of bench model
+    ``name``."""
     if name == "smollm2":
         from ..generate import prescales_for
         from ...nn.smollm2 import load_smollm2
@@ -63,11 +65,17 @@ def _model(name: str, max_context: int):
         return lm.model, prescales_for(lm), lambda n: _essay_tokens(lm, n)
     from ...nn.transformer import random_gpt2_small
     from ...nn.private import calibrate_prescales
-    dec = random_gpt2_small(vocab_size=50257, seed=0, max_positions=max_context + 16,
+    # room for the 256 calibration tokens below even at a short context
+    dec = random_gpt2_small(vocab_size=50257, seed=0,
+                            max_positions=max(max_context + 16, CALIBRATION_TOKENS),
                             dtype="float64")
     rng = np.random.default_rng(0)
     toks = lambda n: rng.integers(0, dec.config.vocab_size, n)  # noqa: E731
-    return dec, calibrate_prescales(dec, toks(256)), toks
+    return dec, calibrate_prescales(dec, toks(CALIBRATION_TOKENS)), toks
+
+
+#: Random tokens the random GPT-2's norm prescales are calibrated on.
+CALIBRATION_TOKENS = 256
 
 
 def _essay_tokens(lm, n: int) -> np.ndarray:
