@@ -233,7 +233,11 @@ class RMSNorm:
     folded into rsqrt's un-normalisation (``(a x)^2 <= sum`` bounds it without any
     bound on g): [x a] + 1 level (the square) + top bit + 3 levels (normalise with u =
     a x 2^(c - k/2), the piecewise quadratic guess of ``rsqrt``, ``u * p(a)``); rep3 19
-    -> 15 rounds with a prescale (17 -> 13 without), add2 17 -> 13."""
+    -> 15 rounds with a prescale (17 -> 13 without), add2 17 -> 13.  Since the fifth
+    rounds pass (docs/rounds.md): the guess rides in the normalisation's level (linear
+    pieces: rep3 13 with a truncated prescale, 11 without), the prescale comes as a twin
+    of the product before (:class:`~mpcache.nn.transformer.Block`) or is a local shift,
+    and :func:`norm_then` folds the norm into the linear it feeds (11 rounds for both)."""
 
     def __init__(self, weight, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.eps, self.prescale = weight, float(eps), float(prescale)

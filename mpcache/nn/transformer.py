@@ -178,7 +178,8 @@ class Decoder:
     def _fold_norm_gains(self) -> None:
         """Under MPC, every norm's gain (and LayerNorm bias) moves into the linear that
         reads it, once (:func:`~mpcache.nn.layers.fold_norm_gain`): q|k|v, gate|up (or fc)
-        and the LM head.  A norm then costs rep3 15 instead of 19 rounds.  The ``weights``
+        and the LM head.  A norm then costs rep3 15 instead of 19 rounds (11 with the fifth
+        pass's linear pieces, twins and :func:`~mpcache.nn.layers.norm_then`).  The ``weights``
         dict then holds the folded linears under their names (views of the fused
         weights), so the unfolded copies are freed: build a second Decoder from the
         owner's weights, not from this dict."""
