@@ -15,14 +15,15 @@ json.dump(rows, open("docs/eval/frontier-2k-cost.json", "w"), indent=1)
 print(len(rows), "cost rows")
 PY
 # M4: the defaults' knobs as the accuracy files were written (levels was 2 then: the
-# accuracy records carry no levels knob); L1 = the current defaults (levels=1)
+# accuracy records carry no levels knob; its cost: mpcache:levels=2); L1 = the current
+# defaults (levels=1); GR: per-KV-head selection, also written with two levels
 M4=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=query,share_layers=false,static_keep=1.0
 L1=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,levels=1,per_head=query,share_layers=false,static_keep=1.0
 GR=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=group,share_layers=false,static_keep=1.0
 mpcache eval frontier --json docs/eval/2k-main.json docs/eval/2k-faithful.json \
     docs/eval/2k-faithful-b.json --override docs/eval/2k-select.json docs/eval/2k-levels1.json \
     --cost docs/eval/frontier-2k-cost.json \
-    --alias mpcache=$M4 mpcache:levels=1=$L1 mpcache:per_head=group=$GR \
+    --alias mpcache:levels=2=$M4 mpcache:levels=1=$L1 mpcache:levels=2,per_head=group=$GR \
     --context 2K --budget 0.05 0.1 --policy full streaming h2o snapkv quest topk \
     mpcache:preset=paper $M4 $L1 $GR \
     --out docs/eval/frontier-2k.png --md docs/eval/frontier-2k.md
