@@ -46,7 +46,6 @@ import math
 import numpy as np
 
 from ..tensor import concatenate
-from .compare import from_pair, to_pair
 from .poly import (Dot, PolyPlan, _choose_frac, add_const, bits_times, bnot, fit_poly,
                    lincomb, poly_eval_many, run_level, sign_bits, to_frac)
 from .select import bound_bits, sign_drop
@@ -158,11 +157,8 @@ def _times_selected(x, T, bound, t, middle, f):
         (pair, c_hi, c_lo), xt = p.parallel(lambda: _cmp_bits(x, T, bound),
                                             lambda: x * t)
         mid = bnot(pair, c_hi ^ c_lo)
-        n = x.size
-        us = np.concatenate([to_pair(t)[1], to_pair(xt.with_frac(t.frac))[1]])
-        z = pair.bitmul(np.concatenate([mid, c_hi]), us, "approx.mux")
-        both = from_pair(p, z, (2,) + tuple(x.shape), t.frac)
-        return both[0], both[1]
+        return bits_times(pair, [mid, c_hi], [t, xt.with_frac(t.frac)], x.shape, t.frac,
+                          separate=True)
 
     q, (mt, cx) = p.parallel(middle, gates)
     fr = mt.frac + q.frac

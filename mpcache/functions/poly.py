@@ -459,15 +459,20 @@ def bnot(pair, bits):
     return bits ^ np.uint8(1) if pair.role == "A" else bits
 
 
-def bits_times(pair, bits_list, values, shape, frac):
+def bits_times(pair, bits_list, values, shape, frac, separate: bool = False):
     """``sum_i bits_i * values_i`` for XOR-shared bit vectors (flat, one per value tensor)
     and secret ring/fixed tensors of ``shape``: ONE bit-injection round for all products
     (``Pair.bitmul``), summed in 2-of-2 form, then back to the protocol's sharing (rep3:
-    one more round).  Exact: no truncation."""
+    one more round).  ``separate``: the products ``[bits_i * values_i]`` themselves (the
+    same two rounds).  Exact: no truncation."""
     us = [compare.to_pair(v.broadcast_to(shape))[1] for v in values]
     z = pair.bitmul(np.concatenate(bits_list), np.concatenate(us), "approx.mux")
     n = us[0].size
+    party = values[0].party
+    if separate:
+        both = compare.from_pair(party, z, (len(us),) + tuple(shape), frac)
+        return [both[i] for i in range(len(us))]
     acc = z[:n].copy()
     for i in range(1, len(us)):
         acc = acc + z[i * n:(i + 1) * n]
-    return compare.from_pair(values[0].party, acc, tuple(shape), frac)
+    return compare.from_pair(party, acc, tuple(shape), frac)

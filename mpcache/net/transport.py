@@ -103,10 +103,11 @@ class Transport:
         if payload.nbytes > self.max_message_bytes:
             raise TransportError(f"message {tag!r} of {payload.nbytes} bytes exceeds the "
                                  f"limit of {self.max_message_bytes} bytes")
-        acct = self.acct
         b = branches.current()
-        if b is not None:
-            tag = b.prefix + tag
+        if b is None:
+            acct = self._acct
+        else:
+            acct, tag = b.acct, b.prefix + tag
         stamp = acct.on_send(payload.nbytes, offline)
         if self.open_branches:
             with self._send_lock:
@@ -132,10 +133,11 @@ class Transport:
         with."""
         if frm == self.party_id or frm not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
-        acct = self.acct
         b = branches.current()
-        if b is not None:
-            tag = b.prefix + tag
+        if b is None:
+            acct = self._acct
+        else:
+            acct, tag = b.acct, b.prefix + tag
         link = self._links[frm]
         if self.open_branches or link.parked:
             msg = self._demux(frm, b.prefix if b is not None else "", tag, acct)

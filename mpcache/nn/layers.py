@@ -293,11 +293,13 @@ class LayerNorm:
     def __init__(self, weight, bias, eps: float = 1e-5, prescale: float = 1.0):
         self.weight, self.bias, self.eps, self.prescale = weight, bias, float(eps), float(prescale)
 
-    def prescaled_input(self, x, prescaled=None):
-        """(a (x - mean x), n, a): the input whose squares the norm sums."""
+    def prescaled_input(self, x, prescaled=None, xc=None):
+        """(a (x - mean x), n, a): the input whose squares the norm sums (``xc``: x's
+        centred copy when the caller has it)."""
         a = self.prescale
         if prescaled is None:
-            xs = _prescaled(x - F.mean(x, axis=-1, keepdims=True), a)
+            xc = x - F.mean(x, axis=-1, keepdims=True) if xc is None else xc
+            xs = _prescaled(xc, a)
         else:
             xs = prescaled - F.mean(prescaled, axis=-1, keepdims=True)
         return xs, int(x.shape[-1]), a
@@ -309,10 +311,8 @@ class LayerNorm:
                 xs, n, a = self.prescaled_input(x, prescaled)
                 return F.rsqrt((xs * xs).sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                                scale=float(np.sqrt(n)), times=xs)
-            a, n = self.prescale, int(x.shape[-1])
             xc = x - F.mean(x, axis=-1, keepdims=True)
-            xs = _prescaled(xc, a) if prescaled is None else \
-                prescaled - F.mean(prescaled, axis=-1, keepdims=True)
+            xs, n, a = self.prescaled_input(x, prescaled, xc)
             sq, xg = _square_and_gain(xs, xc, self.weight)
             r = F.rsqrt(sq.sum(axis=-1, keepdims=True) + n * self.eps * a * a,
                         scale=a * float(np.sqrt(n)))
