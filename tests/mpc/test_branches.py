@@ -123,3 +123,29 @@ def test_branch_views_pass_the_audit(protocol):
         assert_view_indistinguishable(
             protocol, lambda p, x: x.exp(), np.full(512, -3.0), np.linspace(-20, 0, 512),
             observer=observer, owner=0, runs=2)
+
+
+def test_twin_truncation_passes_the_audit(protocol):
+    """matmul_twin opens the same product twice (truncations by f and f + k, each with a
+    fresh mask; rep3's P2 sends its part once per opening, the same value): no observer
+    that owns no input learns anything; both outputs are right."""
+    rng = np.random.default_rng(7)
+    xa, wa = rng.normal(size=(1, 32)), rng.normal(size=(32, 512)) / 8
+    xb, wb = rng.normal(size=(1, 32)) * 3, rng.normal(size=(32, 512)) / 2
+
+    def op(p, x, w):
+        w.persist()
+        return list(x.matmul_twin(w, 3))
+
+    for observer in (0, 2):
+        assert_view_indistinguishable(protocol, op, (xa, wa), (xb, wb), observer=observer,
+                                      owner=1, runs=2)
+
+    def job(p):
+        x = p.share(xa if p.id == 1 else None, 1)
+        w = p.share(wa if p.id == 1 else None, 1).persist()
+        y, yk = x.matmul_twin(w, 3)
+        return p.reveal(y), p.reveal(yk)
+
+    y, yk = mpcache.Session(protocol, seed=8).run(job).output
+    assert np.allclose(y, xa @ wa, atol=1e-4) and np.allclose(yk, xa @ wa / 8, atol=1e-4)
