@@ -5,6 +5,7 @@ ratios.  Usage: python scripts/ratio_table.py F.json [F2.json ...]"""
 import json
 import sys
 
+from mpcache.apps.bench.report import best_of_steps
 from mpcache.net.shaping import model_latency
 
 print("| model | protocol | context | policy | MB / party | rounds | measured s | LAN s | WAN s "
@@ -14,7 +15,7 @@ for path in sys.argv[1:]:
     d = json.load(open(path))
     rows = d if isinstance(d, list) else d.get("rows", d)
     full = {}
-    for r in rows:
+    for r in map(best_of_steps, rows):
         lan = model_latency(r["seconds"], r["rounds"], r["bytes_per_party"], "lan")
         wan = model_latency(r["seconds"], r["rounds"], r["bytes_per_party"], "wan")
         key = (r.get("model"), r.get("protocol"), r["context"])
