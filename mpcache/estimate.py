@@ -252,8 +252,8 @@ def _piece_linear(p, rng, k, q, bias, twin=False):
     b = _secret(p, rng, (q,), owner=1, scale=0.01) if bias else None
     x = _secret(p, rng, (1, k))
     lin = Linear(w, b)
-    if twin:
-        lin._scaled_bias(1) if bias else None        # set-up: once per model, not per token
+    if twin and bias:
+        lin._scaled_bias(1)                  # set-up: once per model, not per token
     with p.scope("m"):
         lin(x, 1 if twin else None)
 

@@ -41,7 +41,7 @@ def _exp_plan(lo: float, hi: float, degree: int, squarings: int):
 
 def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: int = 2,
         clip: bool = True, clip_bound: float | None = None, clip_tol: float | None = None,
-        out_frac: int | None = None, _mask=None):
+        out_frac: int | None = None):
     """Secret ``e^x`` for ``x`` in ``[lo, hi]`` (default ``[-14, 0]``: softmax's range).
 
     Method: ``e^x = p(x / 2^s)^(2^s)`` with ``p`` a degree-``degree`` least-squares fit of
@@ -98,11 +98,8 @@ def exp(x, *, lo: float = -14.0, hi: float = 0.0, degree: int = 8, squarings: in
     nbits = bound_bits(None if clip_bound is None else clip_bound - lo, x.frac,
                        pairwise=False)
     drop = sign_drop(nbits, x.frac, clip_tol)
-    if _mask is None:
-        (pair, parts), y = x.party.parallel(
-            lambda: sign_parts(add_const(x, -lo), nbits, drop), power)
-    else:
-        (pair, parts), y = _mask, power()
+    (pair, parts), y = x.party.parallel(
+        lambda: sign_parts(add_const(x, -lo), nbits, drop), power)
     y = sign_times(pair, parts, y, negate=True)
     return y
 

@@ -76,6 +76,7 @@ class Linear:
     def __init__(self, weight, bias=None):
         self.weight = weight
         self.bias = bias
+        self._bias_k = {}        # k -> bias / 2^k (a twin's bias, made once)
 
     def __call__(self, x, twin: int | None = None):
         """``twin`` (k): also return the output / 2^k, truncated beside the product in the
@@ -95,10 +96,9 @@ class Linear:
 
     def _scaled_bias(self, k: int):
         """bias / 2^k, once per k (a secret bias: one truncation, the first time)."""
-        cache = self.__dict__.setdefault("_bias_k", {})
-        if k not in cache:
-            cache[k] = self.bias * (2.0 ** -k)
-        return cache[k]
+        if k not in self._bias_k:
+            self._bias_k[k] = self.bias * (2.0 ** -k)
+        return self._bias_k[k]
 
 
 class FusedLinear:

@@ -83,7 +83,7 @@ class Block:
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
     def _attention(self, x, xs, positions, cache, layer, twin=None):
-        if self.col_bound is not None and self.attn.qkv is not None:
+        if self.attn.qkv is not None:       # (norm_then: the norm, then q|k|v without a bound)
             qkv = norm_then(self.attn_norm, x, self.attn.qkv, self.col_bound, xs)
             return self.attn(x, positions, cache, layer, twin=twin, qkv=qkv)
         h_in = self.attn_norm(x) if xs is None else self.attn_norm(x, prescaled=xs)
@@ -91,7 +91,7 @@ class Block:
 
     def _mlp(self, h, hs, twin=None):
         pre = getattr(self.mlp, "gate_up", None) or getattr(self.mlp, "fc", None)
-        if self.col_bound is not None and pre is not None:
+        if pre is not None:
             return self.mlp(h, twin=twin, pre=norm_then(self.mlp_norm, h, pre,
                                                         self.col_bound, hs))
         m_in = self.mlp_norm(h) if hs is None else self.mlp_norm(h, prescaled=hs)
