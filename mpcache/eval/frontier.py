@@ -324,7 +324,7 @@ def plot_frontier(rows, out: str, protocols, title="") -> str:
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=6, frameon=False)
     n_leg = (len(handles) + 1) // 2
     fig.tight_layout(rect=(0, min(0.45, 0.017 * n_leg + 0.02), 1, 1))
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")   # long labels: keep the whole legend
     plt.close(fig)
     return out
 
