@@ -22,7 +22,9 @@ selection.  Knob by knob (defaults first; ``PRESETS["paper"]`` is the paper's de
   it also costs fewer rounds and bytes under MPC (no coarse top-k).
 * GQA: ``per_head='query'`` -- every query head selects its own clusters of its KV head
   (K/V come back per query head, ``[n_heads, B, d]``); ``'group'`` -- one selection per
-  KV head with the group's scores SUMMED, ``(sum_g q_g) . bracket``.
+  KV head with the group's scores SUMMED, ``(sum_g q_g) . bracket``: a third of the
+  selection's MPC work for SmolLM2, 2.8-4.4 points less accurate on the 2K suite
+  (docs/policies.md, "GQA choice").
 * ``dense_layers`` (2): the first layers read everything (no eviction, no selection).
 * ``share_layers``: off by default; ``'head'``: after the first two selecting layers each
   adjacent pair reuses the first layer's static keep set and per-step choice per head;
