@@ -467,11 +467,11 @@ def bits_times(pair, bits_list, values, shape, frac, separate: bool = False):
     same two rounds).  Exact: no truncation."""
     us = [compare.to_pair(v.broadcast_to(shape))[1] for v in values]
     z = pair.bitmul(np.concatenate(bits_list), np.concatenate(us), "approx.mux")
-    n = us[0].size
     party = values[0].party
     if separate:
         both = compare.from_pair(party, z, (len(us),) + tuple(shape), frac)
         return [both[i] for i in range(len(us))]
+    n = us[0].size
     acc = z[:n].copy()
     for i in range(1, len(us)):
         acc = acc + z[i * n:(i + 1) * n]

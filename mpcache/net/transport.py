@@ -94,6 +94,15 @@ class Transport:
         pass
 
     # -- the interface protocols use ---------------------------------------------------
+    def _in_branch(self, tag: str):
+        """(prefix, accounting, tag) of a message sent or received by the running branch
+        (mpcache/branches.py): its tag prefixed and its own clock; outside any branch no
+        prefix and the transport's accounting."""
+        b = branches.current()
+        if b is None:
+            return "", self._acct, tag
+        return b.prefix, b.acct, b.prefix + tag
+
     def send(self, to: int, payload: np.ndarray, tag: str, offline: bool = False) -> None:
         if to == self.party_id or to not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot send to {to}")
@@ -103,11 +112,7 @@ class Transport:
         if payload.nbytes > self.max_message_bytes:
             raise TransportError(f"message {tag!r} of {payload.nbytes} bytes exceeds the "
                                  f"limit of {self.max_message_bytes} bytes")
-        b = branches.current()
-        if b is None:
-            acct = self._acct
-        else:
-            acct, tag = b.acct, b.prefix + tag
+        _, acct, tag = self._in_branch(tag)
         stamp = acct.on_send(payload.nbytes, offline)
         if self.open_branches:
             with self._send_lock:
@@ -133,14 +138,10 @@ class Transport:
         with."""
         if frm == self.party_id or frm not in _PARTIES:
             raise ValueError(f"party {self.party_id} cannot receive from {frm}")
-        b = branches.current()
-        if b is None:
-            acct = self._acct
-        else:
-            acct, tag = b.acct, b.prefix + tag
+        prefix, acct, tag = self._in_branch(tag)
         link = self._links[frm]
         if self.open_branches or link.parked:
-            msg = self._demux(frm, b.prefix if b is not None else "", tag, acct)
+            msg = self._demux(frm, prefix, tag, acct)
         else:
             msg = self._take(frm, tag, acct)
         if msg.tag != tag:
