@@ -205,18 +205,21 @@ class Transport:
                         link.reading = True
                         break
                     cv.wait(0.05)
+            msg = owner = None
             try:
                 msg = self._take(frm, tag, acct)
+                owner = branches.prefix_of(msg.tag)
             finally:
                 with cv:
+                    # park BEFORE the next reader may take the link: released first, a
+                    # message sent after this one could reach its branch ahead of it
+                    # (seen as a ProtocolMismatch under load, add2 SmolLM2 at 2048)
+                    if msg is not None and owner != prefix:
+                        link.parked.setdefault(owner, collections.deque()).append(msg)
                     link.reading = False
                     cv.notify_all()
-            owner = branches.prefix_of(msg.tag)
             if owner == prefix:
                 return msg
-            with cv:
-                link.parked.setdefault(owner, collections.deque()).append(msg)
-                cv.notify_all()
 
     # -- conveniences -----------------------------------------------------------------
     def exchange(self, to: int, payload: np.ndarray, frm: int, tag: str) -> np.ndarray:

@@ -149,3 +149,53 @@ def test_twin_truncation_passes_the_audit(protocol):
 
     y, yk = mpcache.Session(protocol, seed=8).run(job).output
     assert np.allclose(y, xa @ wa, atol=1e-4) and np.allclose(yk, xa @ wa / 8, atol=1e-4)
+
+
+def test_demux_parks_a_read_ahead_message_before_the_next_reader(monkeypatch):
+    """Regression: a branch reading the link on behalf of another must park what it read
+    before a second reader may take the link, or the second reader gets the message sent
+    AFTER it first (a ProtocolMismatch that appeared under load).  The reader's pause
+    between reading and parking is widened on purpose here."""
+    import threading
+    import time
+
+    from mpcache.net.local import LocalNetwork
+
+    net = LocalNetwork()
+    snd, rcv = net.transport(2), net.transport(1)
+    branches._TL.branch = branches.Branch("1", snd._acct, {})
+    try:
+        snd.send(1, np.array([1]), "first")
+        snd.send(1, np.array([2]), "second")
+    finally:
+        branches._TL.branch = None
+    rcv.open_branches = 1
+    slow = threading.Event()
+    real = branches.prefix_of
+
+    def prefix_of(tag):
+        if threading.current_thread().name == "reader-0":
+            slow.set()
+            time.sleep(0.3)
+        return real(tag)
+
+    monkeypatch.setattr(branches, "prefix_of", prefix_of)
+    got = {}
+
+    def reader0():
+        try:
+            rcv._demux(2, "@0|", "@0|mine", rcv._acct)      # nothing of its own arrives
+        except Exception as e:      # the test stops it by an abort below
+            got["reader0"] = e
+
+    def reader1():
+        slow.wait(5)
+        got["reader1"] = [rcv._demux(2, "@1|", "@1|first", rcv._acct).tag for _ in range(2)]
+
+    t0 = threading.Thread(target=reader0, name="reader-0", daemon=True)
+    t1 = threading.Thread(target=reader1, name="reader-1")
+    t0.start(), t1.start()
+    t1.join(10)
+    net.fail(0, RuntimeError("test over"))
+    t0.join(10)
+    assert got["reader1"] == ["@1|first", "@1|second"]
