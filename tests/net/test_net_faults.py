@@ -64,6 +64,10 @@ from mpcache.apps.launcher import launch  # noqa: E402
 from mpcache.net.tls import make_certs  # noqa: E402
 
 ENV = {"PYTHONPATH": HERE}        # the parties import this module for the jobs above
+#: a failure must end the run well before the launcher's 60 s deadline (the failure, not
+#: the deadline, stopped it); most of the time is three interpreters starting, which took
+#: 18 s on a loaded 2-core machine, so the margin is generous (no timing target here)
+EARLY_S = 45
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def test_kill_one_party_mid_protocol(tmp_path):
     for i in (0, 1):
         line = _failed_line(res, i)
         assert "party 2 disconnected without finishing" in line, line
-    assert secs < 15
+    assert secs < EARLY_S
 
 
 def test_party_sleeping_past_the_deadline(tmp_path):
@@ -106,7 +110,7 @@ def test_party_sleeping_past_the_deadline(tmp_path):
     assert any("no message from party 1" in ln and "within 2.0 s" in ln for ln in waited), waited
     assert all("no message from party" in ln for ln in waited), waited
     assert "aborted" in _failed_line(res, 1)       # the sleeper learns it when it wakes
-    assert secs < 15
+    assert secs < EARLY_S
 
 
 def test_malformed_message(tmp_path):
@@ -115,7 +119,7 @@ def test_malformed_message(tmp_path):
     assert "malformed frame from party 2" in _failed_line(res, 0)
     for i in (1, 2):
         assert "malformed frame from party 2" in _failed_line(res, i)
-    assert secs < 15
+    assert secs < EARLY_S
 
 
 def test_certificate_from_another_ca(tmp_path, certs):
@@ -128,7 +132,7 @@ def test_certificate_from_another_ca(tmp_path, certs):
         line = _failed_line(res, i)
         assert "TLS handshake with party" in line and "not signed by our CA" in line, line
     assert "with party 2" in _failed_line(res, 0) and "with party 2" in _failed_line(res, 1)
-    assert secs < 20
+    assert secs < EARLY_S
 
 
 def test_certificate_naming_another_party(tmp_path, certs):
@@ -139,7 +143,7 @@ def test_certificate_naming_another_party(tmp_path, certs):
     text = "claims to be party 1 but its certificate names mpcache-party-2"
     assert text in _failed_line(res, 1)
     assert any(text in _failed_line(res, i) for i in (0, 2))
-    assert secs < 20
+    assert secs < EARLY_S
 
 
 def test_mismatched_fixed_point(tmp_path):
@@ -148,7 +152,7 @@ def test_mismatched_fixed_point(tmp_path):
     for i in range(3):
         line = _failed_line(res, i)
         assert "mismatched frac_bits" in line and "party 1 has 16" in line, line
-    assert secs < 15
+    assert secs < EARLY_S
 
 
 def test_long_idle_links_survive_keepalive(tmp_path):
