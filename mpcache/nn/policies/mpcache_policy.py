@@ -232,12 +232,14 @@ class MPCache(Policy):
     def _append(self, st, level, new):
         if self.bound == "linear":
             new["lin"] = new["rmax"] * self.a + new["rmin"] * (1.0 - self.a)
+        elif self.bound == "exact_max":     # [r_max | r_min]: the bound is ONE product
+            new["ext"] = F.concatenate([new["rmax"], new["rmin"]], axis=2)
         old = st.get(level)
         st[level] = new if old is None else {
             key: F.concatenate([old[key], new[key]], axis=1) for key in new}
 
     def _operands(self):
-        return {"linear": ("lin",), "exact_max": ("rmax", "rmin"),
+        return {"linear": ("lin",), "exact_max": ("ext",),
                 "mean_key": ("mean",)}[self.bound]
 
     def _score(self, qg, ops):
@@ -254,8 +256,9 @@ class MPCache(Policy):
         if self.bound == "exact_max":
             qp = F.relu(q) if self.per_head == "query" else \
                 F.relu(qg).sum(axis=1).reshape(nkv, 1, d)
-            out = qp @ ops["rmax"].transpose((0, 2, 1)) + \
-                (q - qp) @ ops["rmin"].transpose((0, 2, 1))
+            # q+ . r_max + q- . r_min as [q+ | q-] . [r_max | r_min]: one product (under
+            # MPC one re-sharing and one truncation of the scores, not two)
+            out = F.concatenate([qp, q - qp], axis=2) @ ops["ext"].transpose((0, 2, 1))
         else:
             out = q @ ops[self._operands()[0]].transpose((0, 2, 1))
         rows = int(out.shape[0]) * int(out.shape[1])
