@@ -231,10 +231,15 @@ def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True, budget: float 
     return x.top_k(k, axis=axis, ordered=ordered, budget=budget)
 
 
-def max(x, axis: int = -1, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name
+def max(x, axis: int = -1, keepdims: bool = False,  # noqa: A001 - mirrors numpy's name
+        bound: float | None = None):
+    """``bound``: a public bound on ``|x|`` the caller guarantees; a secret x's comparisons
+    then run on fewer bits (``functions.select.amax``).  Plaintext ignores it."""
     if is_plain(x):
         return np.asarray(x).max(axis=axis, keepdims=keepdims)
-    return x.max(axis=axis, keepdims=keepdims)
+    if bound is None:
+        return x.max(axis=axis, keepdims=keepdims)
+    return x.max(axis=axis, keepdims=keepdims, bound=bound)
 
 
 def mean(x, axis: int = -1, keepdims: bool = False):

@@ -49,6 +49,7 @@ class KVCache:
         self._len = [0] * self.n_layers
         self._pos = [np.zeros(0, dtype=np.int64) for _ in range(self.n_layers)]
         self._view_pos = [None] * self.n_layers
+        self.score_bound = None            # the last view's bound on |query . key|
 
     # ------------------------------------------------------------------ reading
     def length(self, layer: int) -> int:
@@ -65,8 +66,11 @@ class KVCache:
     def positions(self, layer: int) -> np.ndarray:
         return self._pos[layer]
 
-    def view(self, layer: int, query):
-        """What attention attends to: the full cache, or the policy's selection."""
+    def view(self, layer: int, query, score_bound: float | None = None):
+        """What attention attends to: the full cache, or the policy's selection.
+        ``score_bound``: the attention's public bound on ``|query . key|`` (None: none
+        known), kept as :attr:`score_bound` for a policy that compares such scores."""
+        self.score_bound = score_bound
         if self.policy is None:
             self._view_pos[layer] = self._pos[layer]
             return self.keys(layer), self.values(layer)

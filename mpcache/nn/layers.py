@@ -482,7 +482,7 @@ class Attention:
             else:
                 q = q * self.scale
         cache.append(layer, k, v, positions)
-        keys, values = cache.view(layer, q)
+        keys, values = cache.view(layer, q, score_bound=self.score_bound)
         k_pos = cache.view_positions(layer)
 
         # a policy may hand every query head its own rows ([n_heads, S, hd]); else per KV head

@@ -90,11 +90,11 @@ def test_mpc_per_query_head_defaults_same_rows_as_plaintext(model, protocol):
     """The default MPCache (one choice per QUERY head, dense layers 0-1, coarse stage
     keeping half, cover edges) and Quest's reference layout (per query head, exact bound):
     the secret path chooses the same clusters for every query head and gives the same
-    tokens as plaintext."""
+    tokens as plaintext.  Also the exact cluster max (``bound='token_max'``)."""
     dec, ids, pres = model
     cases, refs = [], []
-    for name in ("mpcache", "quest"):
-        c, r = make_case(dec, ids, N, name, 0.125, static="plaintext", steps=2)
+    for name, kw in (("mpcache", {}), ("quest", {}), ("mpcache", {"bound": "token_max"})):
+        c, r = make_case(dec, ids, N, name, 0.125, static="plaintext", steps=2, kw=kw)
         cases.append(c)
         refs.append(r)
     res = mpcache.Session(protocol, timeout=300, seed=0).run(
@@ -118,7 +118,7 @@ def test_mpc_per_query_head_defaults_same_rows_as_plaintext(model, protocol):
                     # only a plaintext near-tie (fixed point rounds it) may differ
                     near = min(fine[h], cg.get(layer, [1.0] * 4)[h])
                     assert near < 1e-3, (i, layer, h, near)
-    assert same >= 30                                  # of 2 cases x 2 steps x 2 layers x 4
+    assert same >= 45                                  # of 3 cases x 2 steps x 2 layers x 4
 
 
 def test_query_replay_audit(model):

@@ -257,8 +257,8 @@ def test_mpcache_dynamic_budget_sink_newest_and_hot_cluster():
     assert p._dyn[3] is None and p.leader(3) == 2 and p.leader(1) == 1
 
 
-@pytest.mark.parametrize("bound", ["linear", "exact_max", "mean_key"])
-@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("bound,levels", [(b, lv) for b in ("linear", "exact_max", "mean_key")
+                                          for lv in (1, 2)] + [("token_max", 1)])
 def test_mpcache_variants_find_the_hot_cluster(bound, levels):
     n = 300
     c = make_cache(n, keys=planted_keys(n, [150]), layers=2)
@@ -289,6 +289,36 @@ def test_linear_bound_formula():
         assert np.allclose(got[0], want)
 
 
+def test_token_max_scores_each_cluster_by_its_best_key():
+    rng = np.random.default_rng(4)
+    k = rng.standard_normal((1, 16 + 32, HD))
+    c = make_cache(48, keys=k)
+    p = paper(0.5, static_keep=1.0, cluster=4, levels=1, bound="token_max", sink=16)
+    p.attach(c, stats_for(p, 48, None), 48)
+    q = rng.standard_normal((1, 1, HD))
+    p._update_bounds(0, c.keys(0))
+    got = p._score(q.reshape(1, 1, HD), p._bnd[0]["f"])
+    assert np.allclose(got[0], (k[0, 16:48] @ q[0, 0]).reshape(8, 4).max(1))
+    with pytest.raises(ValueError, match="levels must be 1"):
+        paper(0.5, bound="token_max", levels=2)
+
+
+def test_token_max_gets_the_attention_score_bound_through_the_cache():
+    """The attention hands its public bound on |q . k| to the cache view; MPCache's
+    token_max compares its scores on that many bits under MPC (plaintext ignores it)."""
+    m = tiny()
+    for b in m.blocks:
+        b.attn.score_bound = 64.0
+    p = make_policy("mpcache", 0.25, bound="token_max", dense_layers=0)
+    ref = run(m, np.random.default_rng(5).integers(0, 61, 200), p, steps=2)
+    assert p.score_bound == 64.0
+    for b in m.blocks:
+        b.attn.score_bound = None
+    q = make_policy("mpcache", 0.25, bound="token_max", dense_layers=0)
+    got = run(m, np.random.default_rng(5).integers(0, 61, 200), q, steps=2)
+    assert q.score_bound is None and ref[0] == got[0]
+
+
 # ---------------------------------------------------------------------- in the decoder
 def test_full_policy_equals_no_policy():
     m = tiny()
@@ -303,7 +333,8 @@ VARIANTS = [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("quest", {"dense_la
             ("topk", {}), ("mpcache", P), ("mpcache", {**P, "bound": "exact_max", "levels": 1}),
             ("mpcache", {**P, "share_layers": "layer", "static_score": "mean"}),
             ("mpcache", {**P, "bound": "mean_key", "share_layers": False, "cluster": 8,
-                         "coarse": 32})]
+                         "coarse": 32}),
+            ("mpcache", {"bound": "token_max", "dense_layers": 0})]
 
 
 @pytest.mark.parametrize("name,kw", VARIANTS)

@@ -12,7 +12,10 @@ selection.  Knob by knob (defaults first; ``PRESETS["paper"]`` is the paper's de
   neighbours; when a cluster fills up its per-dimension key extrema r_max, r_min are
   stored once, plus the bracket ``a r_max + (1 - a) r_min``, so the cluster score
   ``q . bracket`` is ONE matmul (``bound='linear'``); ``'exact_max'`` is Quest's
-  ``q+ . r_max + q- . r_min``, ``'mean_key'`` scores ``q . mean(K_cluster)``.
+  ``q+ . r_max + q- . r_min``, ``'mean_key'`` scores ``q . mean(K_cluster)``;
+  ``'token_max'`` is no bound but the cluster's exact score ``max_i q . k_i`` (one
+  product over every key, then a max over each cluster's ``cluster`` scores: under MPC
+  ``log2(cluster)`` comparison levels per selecting layer, no stored extrema; one level).
   ``levels=1`` (default): every fine cluster is scored and ONE top-k keeps the best;
   ``levels=2``: score the coarse clusters (``coarse`` = 16 tokens), keep ``coarse_keep``
   (half) of them (``None``: ``coarse_factor`` times the needed tokens), then the best fine
@@ -49,7 +52,7 @@ from .base import BIG, Policy, expand_heads, select, window_counts
 
 __all__ = ["MPCache", "BOUNDS", "PRESETS"]
 
-BOUNDS = ("linear", "exact_max", "mean_key")
+BOUNDS = ("linear", "exact_max", "mean_key", "token_max")
 
 
 #: Knob sets by name (``make_policy("mpcache", b, preset="paper")``, ``mpcache:preset=paper``).
@@ -85,6 +88,8 @@ class MPCache(Policy):
             raise ValueError(f"bound must be one of {BOUNDS}")
         if levels not in (1, 2):
             raise ValueError("levels must be 1 or 2")
+        if bound == "token_max" and levels != 1:
+            raise ValueError("bound='token_max' scores the fine clusters only: levels must be 1")
         if levels == 2 and coarse % cluster:
             raise ValueError("coarse cluster size must be a multiple of the fine one")
         if per_head not in ("group", "query"):
@@ -111,6 +116,7 @@ class MPCache(Policy):
         if static_score not in ("max", "mean"):
             raise ValueError("static_score must be 'max' or 'mean'")
         self.static_score = static_score
+        self.score_bound = None
 
     def __repr__(self):
         return (f"{type(self).__name__}(budget={self.budget}, static_keep={self.static_keep}, "
@@ -210,6 +216,10 @@ class MPCache(Policy):
         st, c, s = self._bnd[layer], self.cluster, self.origin
         nkv, n, d = int(keys.shape[0]), int(keys.shape[1]), int(keys.shape[2])
         full = max(0, (n - s) // c)
+        if self.bound == "token_max":     # the keys themselves, grouped by cluster (a view)
+            st["f"] = {"keys": keys[:, s:s + full * c].reshape(nkv, full, c, d)}
+            st["n"] = full
+            return
         if full > st["n"]:
             blk = keys[:, s + st["n"] * c: s + full * c].reshape(nkv, full - st["n"], c, d)
             new = {"rmax": F.max(blk, axis=2), "rmin": -F.max(-blk, axis=2)}
@@ -240,7 +250,7 @@ class MPCache(Policy):
 
     def _operands(self):
         return {"linear": ("lin",), "exact_max": ("ext",),
-                "mean_key": ("mean",)}[self.bound]
+                "mean_key": ("mean",), "token_max": ("keys",)}[self.bound]
 
     def _score(self, qg, ops):
         """Cluster scores for grouped query ``qg`` [n_kv, g, d]: ``[n_kv, n]`` with the
@@ -259,10 +269,20 @@ class MPCache(Policy):
             # q+ . r_max + q- . r_min as [q+ | q-] . [r_max | r_min]: one product (under
             # MPC one re-sharing and one truncation of the scores, not two)
             out = F.concatenate([qp, q - qp], axis=2) @ ops["ext"].transpose((0, 2, 1))
+        elif self.bound == "token_max":        # every key of the [h, nf, c, d] clusters
+            x = ops["keys"]
+            x = x.reshape(int(x.shape[0]), int(x.shape[1]) * self.cluster, d)
+            out = q @ x.transpose((0, 2, 1))
         else:
             out = q @ ops[self._operands()[0]].transpose((0, 2, 1))
         rows = int(out.shape[0]) * int(out.shape[1])
-        return out.reshape(rows, int(out.shape[2]))
+        out = out.reshape(rows, int(out.shape[2]))
+        if self.bound == "token_max":          # [h, nf c] token scores -> cluster maxima
+            c = self.cluster
+            sb = self.score_bound    # a group's summed scores: g times the bound
+            sb = None if sb is None else sb * (1 if self.per_head == "query" else g)
+            out = F.max(out.reshape(rows, int(out.shape[1]) // c, c), axis=2, bound=sb)
+        return out
 
     # ------------------------------------------------------------- dynamic selection
     def plan(self, n: int) -> dict:
@@ -301,6 +321,8 @@ class MPCache(Policy):
         return p
 
     def select(self, cache, layer, query):
+        # the attention's public bound on |q . k|: token_max's comparisons use it
+        self.score_bound = getattr(cache, "score_bound", None)
         keys, values = cache.keys(layer), cache.values(layer)
         n = int(keys.shape[1])
         if n <= self.B or self.dense(layer):
