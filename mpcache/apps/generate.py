@@ -336,8 +336,8 @@ def _count_rows(cache, sink: list) -> None:
     """Wrap one cache's ``view``: append the rows a one-token query reads, per layer."""
     orig = cache.view
 
-    def view(layer, query):
-        keys, values = orig(layer, query)
+    def view(layer, query, **kw):
+        keys, values = orig(layer, query, **kw)
         if int(query.shape[1]) == 1:
             sink.append(int(keys.shape[-2]))
         return keys, values
