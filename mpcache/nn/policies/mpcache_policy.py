@@ -269,20 +269,19 @@ class MPCache(Policy):
             # q+ . r_max + q- . r_min as [q+ | q-] . [r_max | r_min]: one product (under
             # MPC one re-sharing and one truncation of the scores, not two)
             out = F.concatenate([qp, q - qp], axis=2) @ ops["ext"].transpose((0, 2, 1))
-        elif self.bound == "token_max":        # every key of the [h, nf, c, d] clusters
-            x = ops["keys"]
-            x = x.reshape(int(x.shape[0]), int(x.shape[1]) * self.cluster, d)
-            out = q @ x.transpose((0, 2, 1))
+        elif self.bound == "token_max":        # every key, then each cluster's best score
+            x = ops["keys"]                     # [n_kv, nf, c, d]
+            nf, c = int(x.shape[1]), self.cluster
+            sc = q @ x.reshape(int(x.shape[0]), nf * c, d).transpose((0, 2, 1))
+            sb = self.score_bound               # a group's summed query: g times the bound
+            if sb is not None and self.per_head != "query":
+                sb *= g
+            out = F.max(sc.reshape(int(sc.shape[0]), int(sc.shape[1]), nf, c), axis=-1,
+                        bound=sb)
         else:
             out = q @ ops[self._operands()[0]].transpose((0, 2, 1))
         rows = int(out.shape[0]) * int(out.shape[1])
-        out = out.reshape(rows, int(out.shape[2]))
-        if self.bound == "token_max":          # [h, nf c] token scores -> cluster maxima
-            c = self.cluster
-            sb = self.score_bound    # a group's summed scores: g times the bound
-            sb = None if sb is None else sb * (1 if self.per_head == "query" else g)
-            out = F.max(out.reshape(rows, int(out.shape[1]) // c, c), axis=2, bound=sb)
-        return out
+        return out.reshape(rows, int(out.shape[2]))
 
     # ------------------------------------------------------------- dynamic selection
     def plan(self, n: int) -> dict:
