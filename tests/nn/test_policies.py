@@ -319,6 +319,29 @@ def test_token_max_gets_the_attention_score_bound_through_the_cache():
     assert q.score_bound is None and ref[0] == got[0]
 
 
+def test_dilate_ranks_each_cluster_with_its_predecessors():
+    """``dilate=j``: cluster i's rank score is max(s_{i-j} .. s_i), so the hot cluster's
+    successors are read with it; the chosen clusters stay distinct (no row twice)."""
+    n = 200
+    c = make_cache(n, keys=planted_keys(n, [101]))
+    base = dict(static_keep=1.0, dense_layers=0, cluster=4, sink=4)
+    for j in (0, 1, 2):
+        p = make_policy("mpcache", 0.1, dilate=j, **base)             # B = 20
+        p.attach(c, stats_for(p, n, None), n)
+        sc = np.arange(12.0).reshape(2, 6) * np.array([1, -1])[:, None]
+        want = np.stack([np.maximum.reduce([np.concatenate([np.repeat(r[:1], t), r[:6 - t]])
+                                            for t in range(j + 1)]) for r in sc])
+        assert np.array_equal(p._dilated(sc, None), want)
+        _, v, _ = p.view(c, 0, query([1.0, 0, 0, 0]))
+        r = rows(v)[0]
+        assert r.size == p.B == 20 and len(set(r.tolist())) == 20
+        hot = (101 - p.origin) // 4                                   # the hot cluster
+        chosen = {(x - p.origin) // 4 for x in r[p.plan(n)["s"]:][:p.plan(n)["k"] * 4]}
+        assert hot in chosen and all(hot + t in chosen for t in range(1, j + 1))
+    with pytest.raises(ValueError, match="dilate"):
+        make_policy("mpcache", 0.1, dilate=-1)
+
+
 # ---------------------------------------------------------------------- in the decoder
 def test_full_policy_equals_no_policy():
     m = tiny()
@@ -334,7 +357,8 @@ VARIANTS = [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("quest", {"dense_la
             ("mpcache", {**P, "share_layers": "layer", "static_score": "mean"}),
             ("mpcache", {**P, "bound": "mean_key", "share_layers": False, "cluster": 8,
                          "coarse": 32}),
-            ("mpcache", {"bound": "token_max", "dense_layers": 0})]
+            ("mpcache", {"bound": "token_max", "dense_layers": 0}),
+            ("mpcache", {"dilate": 1, "dense_layers": 0})]
 
 
 @pytest.mark.parametrize("name,kw", VARIANTS)

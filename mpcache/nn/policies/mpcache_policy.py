@@ -30,6 +30,10 @@ selection.  Knob by knob (defaults first; ``PRESETS["paper"]`` is the paper's de
   KV head with the group's scores SUMMED, ``(sum_g q_g) . bracket``: a third of the
   selection's MPC work for SmolLM2, 2.8-4.4 points less accurate on the 2K suite
   (docs/policies.md, "GQA choice").
+* ``dilate`` (0): ``j > 0`` ranks each fine cluster by the best score of itself and the
+  ``j`` clusters before it, so a chosen cluster's successors are read with it (one top-k,
+  distinct clusters; under MPC ``j`` comparisons per cluster).  A documented knob, not the
+  default (docs/mpcache-accuracy.md, top section).
 * ``dense_layers`` (2): the first layers read everything (no eviction, no selection).
 * ``share_layers``: off by default; ``'head'``: after the first two selecting layers each
   adjacent pair reuses the first layer's static keep set and per-step choice per head;
@@ -84,7 +88,7 @@ class MPCache(Policy):
                  share_layers: bool | str = False, static_score: str = "max",
                  static_tau: float | None = None, coarse_keep: float | None = 0.5,
                  per_head: str = "query", dense_layers: int = 2, edges: str = "cover",
-                 recent: int | None = None, fast: bool = True):
+                 recent: int | None = None, dilate: int = 0, fast: bool = True):
         super().__init__(budget, fast)
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}")
@@ -108,6 +112,9 @@ class MPCache(Policy):
         self.sink = self.cluster if sink is None else int(sink)
         self.per_head, self.dense_layers, self.edges = per_head, int(dense_layers), edges
         self.recent = self.cluster if recent is None else max(1, int(recent))
+        if int(dilate) < 0:
+            raise ValueError("dilate must be >= 0")
+        self.dilate = int(dilate)
         # grid origin: ``cover`` leaves one cluster after the sink as the edge zone where
         # the budget's remainder is read (see plan()); ``grid`` starts right at the sink
         self.origin = self.sink + (self.cluster if edges == "cover" else 0)
@@ -285,6 +292,32 @@ class MPCache(Policy):
         rows = int(out.shape[0]) * int(out.shape[1])
         return out.reshape(rows, int(out.shape[2]))
 
+    def _dilated(self, sc, qg):
+        """``dilate = j``: cluster ``i`` ranks by the best score among itself and the ``j``
+        clusters before it, ``max(s_{i-j}, ..., s_i)``, so a top cluster's successors rank
+        with it and the ONE top-k reads them too (a needle that straddles a cluster edge,
+        a copied word's continuation).  The k chosen clusters stay distinct: no row is
+        read twice.  Under MPC ``j`` comparisons per cluster (a fan-in-``j + 1`` max) on
+        the score's bits: the attention's bound on ``|q . k|`` times ``2 sqrt(cluster)``
+        for a bound's vector (a bracket's or extremum's norm is at most that of its
+        cluster's keys together; ``exact_max`` pairs two), times the group for summed
+        scores."""
+        j = self.dilate
+        if not j:
+            return sc
+        h, nf = int(sc.shape[0]), int(sc.shape[1])
+        cols = [sc.reshape(h, nf, 1)]
+        for t in range(1, min(j, nf - 1) + 1):   # pad with cluster 0's own score
+            pad = F.concatenate([sc[:, :1]] * t + [sc[:, :nf - t]], axis=1)
+            cols.append(pad.reshape(h, nf, 1))
+        if len(cols) == 1:
+            return sc
+        sb = self.score_bound
+        if sb is not None:       # a bound's vector: at most 2 sqrt(c) times a key's norm
+            sb *= 1 if self.bound == "token_max" else 2 * math.sqrt(self.cluster)
+            sb *= 1 if self.per_head == "query" else int(qg.shape[1])
+        return F.max(F.concatenate(cols, axis=2), axis=-1, bound=sb)
+
     # ------------------------------------------------------------- dynamic selection
     def plan(self, n: int) -> dict:
         """Public layout of one decode step over ``n`` cached rows (no secrets involved):
@@ -353,11 +386,11 @@ class MPCache(Policy):
                 return self._score(qg, ops)
         if not p["two"]:
             ops = {k: st["f"][k][:, :p["nf"]] for k in names}
-            return select(score(ops), p["k"], self.fast, ordered=False)
+            return select(self._dilated(score(ops), qg), p["k"], self.fast, ordered=False)
         nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
         sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast,
                        ordered=False)
-        fine = score({k: st["f"][k][:, :p["nf"]] for k in names})              # [h, nf]
+        fine = self._dilated(score({k: st["f"][k][:, :p["nf"]] for k in names}), qg)
         return select(fine + self._coarse_mask(sel_c, p), p["k"], self.fast, ordered=False)
 
     @staticmethod

@@ -1,0 +1,74 @@
+"""Plaintext experiment (not a policy under MPC): MPCache's selection, with every cluster
+it did NOT choose still attended through one summary row.
+
+Usage (the `mpcache` CLI with one more policy name, ``mprest``):
+    python3 scripts/accuracy_rest_summary.py eval run --policy mprest:rest=mean \\
+        mprest:rest=lin --budget 0.05 0.1 --context 2048 --samples 10 --start 0 --json F
+
+What it asks: the defaults drop the unchosen 90% of the rows outright; would a cheap view of
+them close the gap to the full cache?  Each unchosen cluster of ``cluster`` rows is replaced
+by ``cluster`` copies of one summary key and of its rows' mean value, so its softmax weight
+is ``cluster * e^(q . summary)`` (multiplicity exact); chosen clusters, the sink, the edge
+rows and the newest rows stay exact.  ``rest='mean'``: the summary key is the rows' mean
+key; ``'lin'``: the selection's own bracket ``a r_max + (1 - a) r_min`` (its score is
+already computed, so under MPC it would cost no product).  Every other knob is MPCache's.
+
+Cost if built under MPC (not done): softmax over ``B + nf`` entries instead of ``B``
+(nf = n / cluster: 512 at 2048 tokens), the summaries' values as a table that grows by one
+row per cluster, and a secret 0/1 weight per summary (the selection's indicator).  The
+attention reads every row through the copies here, so this script measures accuracy only.
+"""
+import sys
+
+import numpy as np
+
+from mpcache.nn.policies import POLICIES, MPCache
+from mpcache.nn.policies.base import expand_heads
+
+
+class MPCacheRest(MPCache):
+    name = "mprest"
+
+    def __init__(self, budget=None, rest: str = "mean", **kw):
+        super().__init__(budget, **kw)
+        if rest not in ("mean", "lin"):
+            raise ValueError("rest must be 'mean' or 'lin'")
+        if rest == "lin" and self.bound != "linear":
+            raise ValueError("rest='lin' reuses the linear bound: bound must be 'linear'")
+        if self.levels != 1 or self.share_layers != "off":
+            raise ValueError("this experiment supports levels=1 without layer sharing")
+        self.rest = rest
+
+    def select(self, cache, layer, query):
+        keys, values = cache.keys(layer), cache.values(layer)
+        n = int(keys.shape[1])
+        if n <= self.B or self.dense(layer):
+            return keys, values
+        p = self.plan(n)
+        sel = self._choose(layer, keys, query, p)
+        if sel is None:
+            return self._gather(keys, p, sel), self._gather(values, p, sel)
+        nkv, d = int(keys.shape[0]), int(keys.shape[2])
+        h = max(nkv, sel.heads)
+        o, c, nf = self.origin, self.cluster, p["nf"]
+        grid = slice(o, o + nf * c)
+        bk = np.asarray(keys)[:, grid].reshape(nkv, nf, c, d)
+        bv = np.asarray(values)[:, grid].reshape(nkv, nf, c, d)
+        sk = bk.mean(2) if self.rest == "mean" else np.asarray(self._bnd[layer]["f"]["lin"][:, :nf])
+        sk, sv = np.asarray(expand_heads(sk, h)), np.asarray(expand_heads(bv.mean(2), h))
+        out = []
+        for x, s in ((np.array(expand_heads(keys, h)), sk), (np.array(expand_heads(values, h)), sv)):
+            g = x[:, grid].reshape(h, nf, c, d)
+            rest = ~sel.indicator(nf).astype(bool)                     # [h, nf] unchosen
+            g[rest] = s[rest][:, None, :]
+            x[:, grid] = g.reshape(h, nf * c, d)
+            out.append(x)
+        return out[0], out[1]
+
+
+POLICIES[MPCacheRest.name] = MPCacheRest
+
+if __name__ == "__main__":
+    from mpcache.cli import main
+
+    sys.exit(main(sys.argv[1:]))
