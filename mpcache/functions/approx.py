@@ -125,7 +125,8 @@ def rowmax(x, axis: int = -1, bound: float | None = None, tol: float | None = No
 
 def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = None,
             score_bound: float | None = None, exp_kw: dict | None = None,
-            recip_kw: dict | None = None, frac_hi: int | None = None):
+            recip_kw: dict | None = None, frac_hi: int | None = None,
+            weights=None, weight_bound: float = 1.0):
     """Softmax along ``axis``: ``e^(x - m) / sum e^(x - m)``, one reciprocal per row.
 
     ``method="max"`` (default): ``m`` = the row max (:func:`rowmax`), so ``x - m <= 0``
@@ -155,9 +156,25 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
     (default 2f) so that summing 1024 terms adds no visible rounding; the output has f.
     ``exp_kw`` / ``recip_kw``: knobs forwarded to :func:`exp` / ``reciprocal``.
 
+    ``weights``: the WEIGHTED softmax ``w e^(x - m) / sum w e^(x - m)`` for integer
+    weights ``0 <= w <= weight_bound`` (a public integer array or a secret of ring
+    integers, frac 0; broadcast against x): an entry standing for ``w`` equal rows, 0 for
+    none (MPCache's cluster summaries, ``nn.policies.mpcache_policy``).  Secret weights
+    cost one product per element (1 round, no truncation: the weights have no fraction
+    bits), public ones nothing.  The caller guarantees that each row's max is attained
+    at an entry of weight >= 1 (else the row sum's range below does not hold).
+
     Cost: max (if any) + exp + 1 reciprocal per row + 1 fixed product per element.
     What a party learns: nothing beyond the comparison/multiplication sub-protocols.
     """
+    if weights is not None:
+        wf = getattr(weights, "frac", 0)
+        if wf != 0 or (not hasattr(weights, "frac") and (
+                np.asarray(weights).dtype.kind not in "iub" or np.any(np.asarray(weights) < 0))):
+            raise ValueError("softmax weights must be non-negative integers (a public "
+                             "integer array or a secret of ring integers, frac 0)")
+        if not weight_bound >= 1:
+            raise ValueError("weight_bound must be >= 1")
     f = x.party.fxp.frac_bits
     frac_hi = 2 * f if frac_hi is None else frac_hi
     ax = axis % x.ndim
@@ -182,12 +199,18 @@ def softmax(x, axis: int = -1, *, method: str = "max", bound: float | None = Non
         ekw.setdefault("clip_tol", SOFTMAX_CLIP_TOL)
     with x.party.scope("exp"):
         e = exp(z, out_frac=frac_hi, **ekw)
+    wb = 1.0
+    if weights is not None:
+        with x.party.scope("weights"):
+            e = e * weights
+        wb = float(weight_bound)
     s = e.sum(axis=ax, keepdims=True)
     kw = dict(recip_kw or {})
-    if method == "max":           # the max contributes e^-loss: sums in [e^-loss, n]
-        kw.setdefault("x_range", (0.5 * math.exp(-loss), 2.0 * x.shape[ax]))
+    if method == "max":           # the max contributes e^-loss: sums in [e^-loss, w n]
+        kw.setdefault("x_range", (0.5 * math.exp(-loss), 2.0 * wb * x.shape[ax]))
     with x.party.scope("recip"):
         # e / s, the product with e folded into the reciprocal's un-normalisation level
         # (reciprocal's ``times``: 2 rounds fewer than reciprocal(s) * e; e <= 1 after the
         # max, up to the polynomial's relative error)
-        return reciprocal(s, times=e, times_bound=1.0 if method == "max" else 2.0, **kw)
+        return reciprocal(s, times=e, times_bound=(1.0 if method == "max" else 2.0) * wb,
+                          **kw)

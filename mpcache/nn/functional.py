@@ -91,19 +91,25 @@ def _work(x) -> np.ndarray:
     return a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
 
 
-def softmax(x, axis: int = -1, score_bound: float | None = None):
+def softmax(x, axis: int = -1, score_bound: float | None = None, weights=None,
+            weight_bound: float = 1.0):
     """Numerically stable softmax (max subtracted first, as the MPC protocol also does).
     ``score_bound``: a public bound on |x| the caller guarantees; a secret x's row max
-    then takes narrower comparisons (``functions.approx.softmax``); same values."""
-    if is_plain(x):
+    then takes narrower comparisons (``functions.approx.softmax``); same values.
+    ``weights``: integer weights ``0 <= w <= weight_bound`` (broadcast against x):
+    ``w e^x / sum w e^x``, an entry standing for ``w`` equal rows."""
+    if is_plain(x) and (weights is None or is_plain(weights)):
         z = _work(x)
         z = z - z.max(axis=axis, keepdims=True)
         np.exp(z, out=z)
+        if weights is not None:
+            z *= np.asarray(weights)
         z /= z.sum(axis=axis, keepdims=True)
         return z
-    if score_bound is None:           # tensor types without the keyword stay served
-        return x.softmax(axis=axis)
-    return x.softmax(axis=axis, score_bound=score_bound)
+    kw = {} if score_bound is None else {"score_bound": score_bound}
+    if weights is not None:           # tensor types without the keywords stay served
+        kw.update(weights=weights, weight_bound=weight_bound)
+    return x.softmax(axis=axis, **kw)
 
 
 def exp(x):

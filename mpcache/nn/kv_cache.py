@@ -49,6 +49,7 @@ class KVCache:
         self._len = [0] * self.n_layers
         self._pos = [np.zeros(0, dtype=np.int64) for _ in range(self.n_layers)]
         self._view_pos = [None] * self.n_layers
+        self._view_sum = [None] * self.n_layers
         self.score_bound = None            # the last view's bound on |query . key|
 
     # ------------------------------------------------------------------ reading
@@ -76,7 +77,16 @@ class KVCache:
             return self.keys(layer), self.values(layer)
         keys, values, positions = self.policy.view(self, layer, query)
         self._view_pos[layer] = None if positions is None else np.asarray(positions, np.int64)
+        summary = getattr(self.policy, "summary", None)
+        self._view_sum[layer] = summary(layer) if summary is not None and \
+            int(query.shape[1]) == 1 else None
         return keys, values
+
+    def view_summary(self, layer: int):
+        """Weighted summary entries the last :meth:`view` attends to besides its rows:
+        ``(keys [n_kv, m, d], values [n_kv, m, d], weights [h, 1, m], weight_bound)`` or
+        None (MPCache's ``rest='mean'``: one entry per unread cluster)."""
+        return self._view_sum[layer]
 
     def view_positions(self, layer: int):
         """Public positions of the rows the last :meth:`view` returned (None: unmasked)."""

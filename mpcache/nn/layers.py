@@ -499,10 +499,44 @@ class Attention:
                 scores = (scores.reshape(hk, gk, t, s) + mask).reshape(hk, gk * t, s)
         elif t > 1:
             raise ValueError("policy returned no positions for a multi-token query")
+        summary = cache.view_summary(layer) if hasattr(cache, "view_summary") else None
+        if summary is not None:               # weighted entries beside the rows
+            return self._with_summary(x, q, scores, values, summary, bound, cache, layer,
+                                      twin)
         with F.scope(x, "softmax"):
             probs = F.softmax(scores, axis=-1, score_bound=bound)
         cache.observe(layer, probs)
         with F.scope(x, "attn_context"):
             ctx = attention_context(probs, values)                    # [hk, gk*T, hd]
+        return self._out(ctx, t, twin)
+
+    def _with_summary(self, x, q, scores, values, summary, bound, cache, layer, twin):
+        """One decode step that also attends to weighted summary entries (a policy's view
+        of the rows it does not read: ``KVCache.view_summary``): their scores per KV head
+        (``q @ K_sum^T``), ONE weighted softmax over rows and entries together, and
+        ``p_rows @ V + p_sum @ V_sum``.  The entries' keys are means of keys, so their
+        scores keep the attention's bound."""
+        sk, sv, sw, wb = summary
+        nh, nkv, hd, g = self.n_heads, self.n_kv_heads, self.head_dim, self.group
+        hk, rows, s = int(scores.shape[0]), int(scores.shape[1]), int(scores.shape[2])
+        if int(q.shape[1]) != 1:
+            raise ValueError("summary entries are for single-token decode steps")
+        m = int(sk.shape[1])
+        with F.scope(x, "attn_scores"):
+            ssc = attention_scores(q.reshape(nkv, g, hd), sk).reshape(hk, rows, m)
+            both = F.concatenate([scores, ssc], axis=-1)
+        ones = np.ones((hk, 1, s), dtype=np.int64) if F.is_plain(sw) else \
+            F.broadcast_to(sw[:, :, :1] * 0 + 1, (hk, 1, s))
+        with F.scope(x, "softmax"):
+            probs = F.softmax(both, axis=-1, score_bound=bound,
+                              weights=F.concatenate([ones, sw], axis=-1), weight_bound=wb)
+        cache.observe(layer, probs[:, :, :s])
+        with F.scope(x, "attn_context"):
+            ctx = attention_context(probs[:, :, :s], values)
+            ctx = ctx + (probs[:, :, s:].reshape(nkv, g, m) @ sv).reshape(hk, rows, hd)
+        return self._out(ctx, 1, twin)
+
+    def _out(self, ctx, t, twin):
+        nh, hd = self.n_heads, self.head_dim
         ctx = ctx.reshape(nh, t, hd).transpose((1, 0, 2)).reshape(t, nh * hd)
         return self.o(ctx) if twin is None else self.o(ctx, twin)

@@ -18,8 +18,8 @@ algorithms:
 * :data:`SECRET_STATE` / :func:`share_state` -- the per-layer state a policy keeps after
   prefill that is secret under MPC (H2O's accumulated attention, SnapKV's pooled votes),
   for benchmarks that run the prefill in plaintext and let the client share the cache.
-* :func:`precompute_bounds` -- MPCache's per-cluster key extrema for all full clusters of a
-  shared cache, computed once (scope ``"cluster_bounds"``) before the measured step, as a
+* :func:`precompute_bounds` -- MPCache's per-cluster key extrema (and, with ``rest``, the
+  clusters' mean keys and values) for all full clusters of a shared cache, computed once (scope ``"cluster_bounds"``) before the measured step, as a
   private prefill would have done; later steps only add newly filled clusters.
   :func:`persist_bounds` then persists them (with the cache: ``KVCache.persist``), so
   add2's per-step products open only their left operands.
@@ -180,6 +180,8 @@ def precompute_bounds(policy, cache, n_next: int) -> None:
     for layer in range(cache.n_layers):
         if policy.leader(layer) == layer and not policy.dense(layer):
             policy._update_bounds(layer, cache.keys(layer))
+        if getattr(policy, "rest", None) and not policy.dense(layer):   # cluster means
+            policy._update_rest(layer, cache.keys(layer), cache.values(layer))
 
 
 def persist_bounds(policy) -> None:
@@ -194,6 +196,11 @@ def persist_bounds(policy) -> None:
                 t = (st.get(level) or {}).get(k)
                 if t is not None and not F.is_plain(t):
                     t.persist()
+    for st in getattr(policy, "_rest", None) or []:      # rest='mean': the means' tables
+        for k in ("k", "v"):
+            t = st.get(k)
+            if t is not None and not F.is_plain(t):
+                t.persist()
 
 
 def selected_clusters(policy, to: int = 0) -> dict:

@@ -256,6 +256,53 @@ def test_softmax_rounds_compose(protocol):
     assert rs.scope("op")["rounds"] <= (126 if protocol == "rep3" else 122)
 
 
+def _wsoftmax(x, w):
+    e = np.exp(x - x.max(-1, keepdims=True)) * w
+    return e / e.sum(-1, keepdims=True)
+
+
+@settings(max_examples=4, deadline=None)
+@given(x=hnp.arrays(np.float64, (2, 40), elements=floats(-12.0, 12.0)),
+       w=hnp.arrays(np.int64, (2, 40), elements=st.integers(0, 4)))
+def test_weighted_softmax_secret_and_public_weights(protocol, x, w):
+    """``weights``: ``w e^x / sum w e^x`` for integer weights (an entry standing for w
+    equal rows; MPCache's cluster summaries), secret ring integers or public; the row max
+    sits at a weight >= 1 entry (the caller's promise, made true here)."""
+    w = w.copy()
+    w[np.arange(2), np.argmax(q(x), axis=-1)] = 1
+    out, res = run_op(protocol, lambda p, a, b: a.softmax(axis=-1, weights=b, weight_bound=4),
+                      x, w, integer=(1,))
+    assert np.max(np.abs(out - _wsoftmax(q(x), w))) <= 2e-3
+    pub, _ = run_op(protocol, lambda p, a: a.softmax(axis=-1, weights=w, weight_bound=4), x)
+    assert np.max(np.abs(pub - _wsoftmax(q(x), w))) <= 2e-3
+
+
+def test_weighted_softmax_costs_one_product_and_checks_its_weights(protocol):
+    """Secret weights add one elementwise product (no truncation: 1 round, the weights
+    have no fraction bits) to the plain softmax; public ones add nothing; fixed-point or
+    negative weights are refused."""
+    x = np.random.default_rng(5).uniform(-6, 6, (3, 64))
+    w = np.random.default_rng(6).integers(1, 5, (3, 64))
+
+    def job(weights):
+        def op(p, a, *b):
+            with p.scope("sm"):
+                return a.softmax(axis=-1, weights=b[0] if b else weights, weight_bound=4)
+        return op
+    _, plain = run_op(protocol, lambda p, a: a.softmax(axis=-1), x)
+    _, sec = run_op(protocol, job(None), x, w, integer=(1,))
+    _, pub = run_op(protocol, job(w), x)
+    assert sec.scope("op/sm/weights")["rounds"] == 1
+    assert sec.scope("op/sm/weights")["bytes_sent"] > 0
+    assert pub.scope("op/sm/weights")["bytes_sent"] == 0
+    assert pub.scope("op")["rounds"] == plain.scope("op")["rounds"]
+    for bad in (np.full((3, 64), 0.5), -w):
+        with pytest.raises(Exception, match="non-negative integers"):
+            run_op(protocol, job(bad), x)
+    with pytest.raises(Exception, match="non-negative integers"):
+        run_op(protocol, job(None), x, w.astype(float))
+
+
 # -------------------------------------------------------------------------------------
 # GELU and SiLU
 # -------------------------------------------------------------------------------------

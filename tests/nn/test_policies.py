@@ -342,6 +342,46 @@ def test_dilate_ranks_each_cluster_with_its_predecessors():
         make_policy("mpcache", 0.1, dilate=-1)
 
 
+class _Compressed(MPCache):
+    """Reference for ``rest='mean'``: every row, with each unchosen cluster's rows replaced
+    by copies of its mean key and mean value (a cluster of c copies has weight c)."""
+
+    def select(self, cache, layer, query):
+        keys, values = cache.keys(layer), cache.values(layer)
+        n = int(keys.shape[1])
+        if n <= self.B or self.dense(layer):
+            return keys, values
+        p = self.plan(n)
+        sel = self._choose(layer, keys, query, p)
+        o, c, nf, (nkv, _, d) = self.origin, self.cluster, p["nf"], keys.shape
+        h = sel.heads
+        unread = ~sel.indicator(nf).astype(bool)
+        out = []
+        for x in (keys, values):
+            x = np.repeat(np.asarray(x), h // nkv, axis=0)
+            g = x[:, o:o + nf * c].reshape(h, nf, c, d)
+            g[unread] = g.mean(axis=2)[unread][:, None, :]
+            x[:, o:o + nf * c] = g.reshape(h, nf * c, d)
+            out.append(x)
+        return out[0], out[1]
+
+
+@pytest.mark.parametrize("kw", [{}, {"per_head": "group"}, {"edges": "grid", "sink": 8}])
+def test_rest_mean_equals_attention_over_cluster_means(kw):
+    """``rest='mean'``: the step reads B rows exactly and every other cluster through one
+    weighted entry (mean key, mean value, weight = cluster size; 0 when chosen): the
+    same logits as attending to all rows with each unchosen cluster replaced by its mean."""
+    m = tiny()
+    ids = np.random.default_rng(7).integers(0, 61, 240)
+    got = run(m, ids, make_policy("mpcache", 0.2, rest="mean", **kw), steps=6)
+    want = run(m, ids, _Compressed(0.2, **kw), steps=6)
+    assert got[0] == want[0] and np.allclose(got[1], want[1], atol=1e-9)
+    plain = run(m, ids, make_policy("mpcache", 0.2, **kw), steps=6)
+    assert not np.allclose(plain[1][1:], got[1][1:])               # the entries matter
+    with pytest.raises(ValueError, match="rest"):
+        make_policy("mpcache", 0.2, rest="max")
+
+
 # ---------------------------------------------------------------------- in the decoder
 def test_full_policy_equals_no_policy():
     m = tiny()
@@ -358,7 +398,8 @@ VARIANTS = [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("quest", {"dense_la
             ("mpcache", {**P, "bound": "mean_key", "share_layers": False, "cluster": 8,
                          "coarse": 32}),
             ("mpcache", {"bound": "token_max", "dense_layers": 0}),
-            ("mpcache", {"dilate": 1, "dense_layers": 0})]
+            ("mpcache", {"dilate": 1, "dense_layers": 0}),
+            ("mpcache", {"rest": "mean", "dense_layers": 0})]
 
 
 @pytest.mark.parametrize("name,kw", VARIANTS)
@@ -379,6 +420,9 @@ def test_onehot_path_equals_fast_path_and_budget_is_exact(name, kw):
 
         def observe(self, cache, layer, probs):
             self.p.observe(cache, layer, probs)
+
+        def summary(self, layer):
+            return getattr(self.p, "summary", lambda _: None)(layer)
 
     fast = make_policy(name, 0.25, fast=True, **kw)
     slow = make_policy(name, 0.25, fast=False, **kw)

@@ -34,6 +34,11 @@ selection.  Knob by knob (defaults first; ``PRESETS["paper"]`` is the paper's de
   ``j`` clusters before it, so a chosen cluster's successors are read with it (one top-k,
   distinct clusters; under MPC ``j`` comparisons per cluster).  A documented knob, not the
   default (docs/mpcache-accuracy.md, top section).
+* ``rest`` (None): ``'mean'`` also attends to every cluster it did not choose, as ONE
+  weighted softmax entry (the cluster's mean key and mean value, weight ``cluster``; 0
+  for a chosen cluster, whose rows are read exactly): a coarse view of the other 90-95%
+  of the rows for ``nf = n / cluster`` more softmax entries (:meth:`_summaries`).  A
+  documented knob, not the default (docs/mpcache-accuracy.md, top section).
 * ``dense_layers`` (2): the first layers read everything (no eviction, no selection).
 * ``share_layers``: off by default; ``'head'``: after the first two selecting layers each
   adjacent pair reuses the first layer's static keep set and per-step choice per head;
@@ -88,7 +93,8 @@ class MPCache(Policy):
                  share_layers: bool | str = False, static_score: str = "max",
                  static_tau: float | None = None, coarse_keep: float | None = 0.5,
                  per_head: str = "query", dense_layers: int = 2, edges: str = "cover",
-                 recent: int | None = None, dilate: int = 0, fast: bool = True):
+                 recent: int | None = None, dilate: int = 0, rest: str | None = None,
+                 fast: bool = True):
         super().__init__(budget, fast)
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}")
@@ -115,6 +121,11 @@ class MPCache(Policy):
         if int(dilate) < 0:
             raise ValueError("dilate must be >= 0")
         self.dilate = int(dilate)
+        if rest in ("off", "none", False):
+            rest = None
+        if rest not in (None, "mean"):
+            raise ValueError("rest must be None or 'mean'")
+        self.rest = rest
         # grid origin: ``cover`` leaves one cluster after the sink as the edge zone where
         # the budget's remainder is read (see plan()); ``grid`` starts right at the sink
         self.origin = self.sink + (self.cluster if edges == "cover" else 0)
@@ -141,6 +152,8 @@ class MPCache(Policy):
         n = cache.n_layers
         self._static, self._dyn = [None] * n, [None] * n
         self._bnd = [{"n": 0, "nc": 0} for _ in range(n)]
+        self._rest = [{"n": 0} for _ in range(n)]
+        self._summary = [None] * n
         self.static_kept = [None] * n
 
     def dense(self, layer: int) -> bool:
@@ -359,6 +372,7 @@ class MPCache(Policy):
         self.score_bound = getattr(cache, "score_bound", None)
         keys, values = cache.keys(layer), cache.values(layer)
         n = int(keys.shape[1])
+        self._summary[layer] = None
         if n <= self.B or self.dense(layer):
             return keys, values
         p = self.plan(n)
@@ -368,7 +382,63 @@ class MPCache(Policy):
         n0, p, sel = self._dyn[lead]
         if n0 != n:
             raise RuntimeError("layers sharing a selection must hold the same rows")
+        if self.rest and sel is not None:
+            self._summary[layer] = self._summaries(layer, keys, values, p, sel)
         return self._gather(keys, p, sel), self._gather(values, p, sel)
+
+    # ------------------------------------------------------------- the unchosen rows
+    def summary(self, layer: int):
+        """``rest='mean'``: what the last step of ``layer`` attends to besides its ``B``
+        rows, ``(keys [n_kv, m, d], values [n_kv, m, d], weights [h, 1, m], weight
+        bound)`` (see :meth:`_summaries`); None otherwise."""
+        return self._summary[layer] if self.rest else None
+
+    def _update_rest(self, layer, keys, values):
+        """Mean key and mean value of every cluster that filled up since the last step
+        (computed once per cluster, like the bounds)."""
+        st, c, o = self._rest[layer], self.cluster, self.origin
+        nkv, n, d = int(keys.shape[0]), int(keys.shape[1]), int(keys.shape[2])
+        full = max(0, (n - o) // c)
+        if full <= st["n"]:
+            return
+        lo = st["n"]
+        new = {name: F.mean(x[:, o + lo * c: o + full * c].reshape(nkv, full - lo, c, d),
+                            axis=2) for name, x in (("k", keys), ("v", values))}
+        st.update({name: new[name] if lo == 0 else
+                   F.concatenate([st[name], new[name]], axis=1) for name in new})
+        st["n"] = full
+
+    def _summaries(self, layer, keys, values, p, sel):
+        """``rest='mean'`` (not the default): the rows the step does not read exactly are
+        still attended, coarsely.  Each candidate cluster enters the softmax as ONE entry,
+        its mean key and mean value, with weight ``cluster`` (it stands for that many
+        rows) -- or 0 when the cluster was chosen (its rows are read exactly); rows that
+        no cluster covers and the step does not read (the edge zone after the head rows;
+        under grid edges the rows before the window) enter as themselves (weight 1).  So the
+        step computes ``softmax`` over ``B + edge + nf`` entries with integer weights
+        (``functions.approx.softmax(weights=)``) and ``p @ V`` over the same: nf = n /
+        cluster more scores, a product per entry for the secret weights, and the means'
+        table (persisted under add2, as the cache: only the left operands open).  A mean
+        key's score lies within the attention's bound and below its cluster's best key's,
+        so each row's max is an exact row (the weighted softmax's condition)."""
+        self._update_rest(layer, keys, values)
+        st, nf, s, o = self._rest[layer], p["nf"], p["s"], self.origin
+        ind = sel.indicator(nf)                                         # [h, nf] 0/1
+        h = int(ind.shape[0])
+        w = ind * (-self.cluster) + self.cluster                        # integers, frac 0
+        ks, vs, ws = [st["k"][:, :nf]], [st["v"][:, :nf]], [w]
+        n, end = int(keys.shape[1]), o + nf * self.cluster
+        # rows no step reads exactly and no cluster covers enter as themselves: the edge
+        # zone after the head rows, and (grid edges) the rows between grid and window
+        for lo, hi in ((s, o), (end, n - p["w"])):
+            if hi > lo:
+                ks.append(keys[:, lo:hi])
+                vs.append(values[:, lo:hi])
+                ws.append(np.ones((h, hi - lo), dtype=np.int64) if F.is_plain(ind) else
+                          F.broadcast_to(ind[:, :1] * 0 + 1, (h, hi - lo)))
+        cat = (lambda xs: xs[0]) if len(ks) == 1 else (lambda xs: F.concatenate(xs, axis=1))
+        wt = cat(ws)
+        return cat(ks), cat(vs), wt.reshape(h, 1, int(wt.shape[1])), float(self.cluster)
 
     def _choose(self, layer, keys, query, p):
         if p["k"] == 0:
