@@ -1,22 +1,21 @@
-"""Plaintext experiment (not a policy under MPC): MPCache's selection, with every cluster
-it did NOT choose still attended through one summary row.
+"""Plaintext reference for ``mpcache:rest=...``: MPCache's selection, with every cluster
+it did NOT choose still attended, written the direct way (no weighted softmax).
 
 Usage (the `mpcache` CLI with one more policy name, ``mprest``):
-    python3 scripts/accuracy_rest_summary.py eval run --policy mprest:rest=mean \\
+    python3 scripts/accuracy_rest_summary.py eval run --policy mprest:rest=mean \
         mprest:rest=lin --budget 0.05 0.1 --context 2048 --samples 10 --start 0 --json F
 
-What it asks: the defaults drop the unchosen 90% of the rows outright; would a cheap view of
-them close the gap to the full cache?  Each unchosen cluster of ``cluster`` rows is replaced
-by ``cluster`` copies of one summary key and of its rows' mean value, so its softmax weight
-is ``cluster * e^(q . summary)`` (multiplicity exact); chosen clusters, the sink, the edge
-rows and the newest rows stay exact.  ``rest='mean'``: the summary key is the rows' mean
-key; ``'lin'``: the selection's own bracket ``a r_max + (1 - a) r_min`` (its score is
-already computed, so under MPC it would cost no product).  Every other knob is MPCache's.
-
-Cost if built under MPC (not done): softmax over ``B + nf`` entries instead of ``B``
-(nf = n / cluster: 512 at 2048 tokens), the summaries' values as a table that grows by one
-row per cluster, and a secret 0/1 weight per summary (the selection's indicator).  The
-attention reads every row through the copies here, so this script measures accuracy only.
+Each unchosen cluster of ``cluster`` rows is replaced by ``cluster`` copies of one summary
+key and of its rows' mean value, so its softmax weight is ``cluster * e^(q . summary)``;
+chosen clusters, the sink, the edge rows and the newest rows stay exact.  ``rest='mean'``:
+the summary key is the rows' mean key -- what the policy knob ``mpcache:rest=mean`` computes
+as one weighted softmax entry per cluster, on plaintext and under MPC (equal logits:
+tests/nn/test_policies.py::test_rest_mean_equals_attention_over_cluster_means; the 2K
+accuracy records of docs/eval/2k-rest.json were written by this script).  ``'lin'``: the
+selection's own bracket ``a r_max + (1 - a) r_min`` as the summary key (its score is
+already computed, but it can exceed the attention's score bound: not built under MPC).
+Every other knob is MPCache's.  The attention reads every row through the copies here, so
+this script measures accuracy only.
 """
 import sys
 
