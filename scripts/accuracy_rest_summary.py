@@ -56,7 +56,8 @@ class MPCacheRest(MPCache):
         sk = bk.mean(2) if self.rest == "mean" else np.asarray(self._bnd[layer]["f"]["lin"][:, :nf])
         sk, sv = np.asarray(expand_heads(sk, h)), np.asarray(expand_heads(bv.mean(2), h))
         out = []
-        for x, s in ((np.array(expand_heads(keys, h)), sk), (np.array(expand_heads(values, h)), sv)):
+        for x, s in ((np.array(expand_heads(keys, h)), sk),
+                     (np.array(expand_heads(values, h)), sv)):
             g = x[:, grid].reshape(h, nf, c, d)
             rest = ~sel.indicator(nf).astype(bool)                     # [h, nf] unchosen
             g[rest] = s[rest][:, None, :]

@@ -19,8 +19,9 @@ algorithms:
   prefill that is secret under MPC (H2O's accumulated attention, SnapKV's pooled votes),
   for benchmarks that run the prefill in plaintext and let the client share the cache.
 * :func:`precompute_bounds` -- MPCache's per-cluster key extrema (and, with ``rest``, the
-  clusters' mean keys and values) for all full clusters of a shared cache, computed once (scope ``"cluster_bounds"``) before the measured step, as a
-  private prefill would have done; later steps only add newly filled clusters.
+  clusters' mean keys and values) for all full clusters of a shared cache, computed once
+  (scope ``"cluster_bounds"``) before the measured step, as a private prefill would have
+  done; later steps only add newly filled clusters.
   :func:`persist_bounds` then persists them (with the cache: ``KVCache.persist``), so
   add2's per-step products open only their left operands.
 * :func:`selected_clusters` -- (audit/tests only) reveal the chosen fine clusters of each

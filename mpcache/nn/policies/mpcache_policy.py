@@ -414,13 +414,15 @@ class MPCache(Policy):
         its mean key and mean value, with weight ``cluster`` (it stands for that many
         rows) -- or 0 when the cluster was chosen (its rows are read exactly); rows that
         no cluster covers and the step does not read (the edge zone after the head rows;
-        under grid edges the rows before the window) enter as themselves (weight 1).  So the
-        step computes ``softmax`` over ``B + edge + nf`` entries with integer weights
+        under grid edges the rows before the window) enter as themselves (weight 1).  So
+        the step computes ``softmax`` over ``B + edge + nf`` entries with integer weights
         (``functions.approx.softmax(weights=)``) and ``p @ V`` over the same: nf = n /
         cluster more scores, a product per entry for the secret weights, and the means'
         table (persisted under add2, as the cache: only the left operands open).  A mean
         key's score lies within the attention's bound and below its cluster's best key's,
-        so each row's max is an exact row (the weighted softmax's condition)."""
+        so each row's max is an exact row (the weighted softmax's condition).  What a
+        party learns: nothing new (means, the indicator's weights and the products are
+        computed on secrets; ``nf``, ``cluster`` and the layout are public)."""
         self._update_rest(layer, keys, values)
         st, nf, s, o = self._rest[layer], p["nf"], p["s"], self.origin
         ind = sel.indicator(nf)                                         # [h, nf] 0/1
