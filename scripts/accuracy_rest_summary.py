@@ -66,9 +66,8 @@ class MPCacheRest(MPCache):
         return out[0], out[1]
 
 
-POLICIES[MPCacheRest.name] = MPCacheRest
-
 if __name__ == "__main__":
     from mpcache.cli import main
 
+    POLICIES[MPCacheRest.name] = MPCacheRest      # the CLI's name for it
     sys.exit(main(sys.argv[1:]))

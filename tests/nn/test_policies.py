@@ -4,6 +4,7 @@ inside the real decoder (tiny random model; SmolLM2 tests are marked ``model``).
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,39 +343,26 @@ def test_dilate_ranks_each_cluster_with_its_predecessors():
         make_policy("mpcache", 0.1, dilate=-1)
 
 
-class _Compressed(MPCache):
-    """Reference for ``rest='mean'``: every row, with each unchosen cluster's rows replaced
-    by copies of its mean key and mean value (a cluster of c copies has weight c)."""
-
-    def select(self, cache, layer, query):
-        keys, values = cache.keys(layer), cache.values(layer)
-        n = int(keys.shape[1])
-        if n <= self.B or self.dense(layer):
-            return keys, values
-        p = self.plan(n)
-        sel = self._choose(layer, keys, query, p)
-        o, c, nf, (nkv, _, d) = self.origin, self.cluster, p["nf"], keys.shape
-        h = sel.heads
-        unread = ~sel.indicator(nf).astype(bool)
-        out = []
-        for x in (keys, values):
-            x = np.repeat(np.asarray(x), h // nkv, axis=0)
-            g = x[:, o:o + nf * c].reshape(h, nf, c, d)
-            g[unread] = g.mean(axis=2)[unread][:, None, :]
-            x[:, o:o + nf * c] = g.reshape(h, nf * c, d)
-            out.append(x)
-        return out[0], out[1]
+def _direct_rest():
+    """The direct form that wrote the 2K records (scripts/accuracy_rest_summary.py): every
+    row, each unchosen cluster's rows replaced by copies of its mean key and mean value."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "accuracy_rest_summary.py"
+    spec = importlib.util.spec_from_file_location("accuracy_rest_summary", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.MPCacheRest
 
 
 @pytest.mark.parametrize("kw", [{}, {"per_head": "group"}, {"edges": "grid", "sink": 8}])
 def test_rest_mean_equals_attention_over_cluster_means(kw):
     """``rest='mean'``: the step reads B rows exactly and every other cluster through one
     weighted entry (mean key, mean value, weight = cluster size; 0 when chosen): the
-    same logits as attending to all rows with each unchosen cluster replaced by its mean."""
+    same logits as attending to all rows with each unchosen cluster replaced by its mean
+    (the script whose records docs/mpcache-accuracy.md reports)."""
     m = tiny()
     ids = np.random.default_rng(7).integers(0, 61, 240)
     got = run(m, ids, make_policy("mpcache", 0.2, rest="mean", **kw), steps=6)
-    want = run(m, ids, _Compressed(0.2, **kw), steps=6)
+    want = run(m, ids, _direct_rest()(0.2, rest="mean", **kw), steps=6)
     assert got[0] == want[0] and np.allclose(got[1], want[1], atol=1e-9)
     plain = run(m, ids, make_policy("mpcache", 0.2, **kw), steps=6)
     assert not np.allclose(plain[1][1:], got[1][1:])               # the entries matter
