@@ -70,6 +70,11 @@ OPS = {
                     "max"),          # 32-bit openings mod 2^nbits (select.bound_bits)
     "softmax_bounded": (lambda p, x: x.reshape(32, 64).softmax(axis=-1, score_bound=16.0),
                         A0, B1 / 10, (), "softmax"),
+    # weighted softmax (MPCache's rest='mean'): secret ring-integer weights, one product
+    "softmax_weighted": (lambda p, x, w: x.reshape(32, 64).softmax(
+        axis=-1, score_bound=16.0, weights=w.reshape(32, 64), weight_bound=4),
+        (A0, np.ones(N, np.int64)), (B1 / 10, 1 + np.arange(N, dtype=np.int64) % 4), (1,),
+        "softmax"),
     "max_coarse": (lambda p, x: x.reshape(256, 32).max(axis=-1, bound=128.0, tol=2.0), C0, C1,
                    (), "max"),       # coarse trees: the same openings (select.coarse_drop)
     "silu_bounded": (lambda p, x: x.silu(bound=256.0), A0, B1 / 20, (), "silu"),
