@@ -269,8 +269,11 @@ def concatenate(items, axis: int = 0):
 def _public_secret(ref, x):
     """A public array as a secret tensor of ``ref``'s session (local: a secret zero plus the
     public value), so mixed lists (e.g. a policy's secret scores and fresh public zeros)
-    concatenate."""
-    x = np.asarray(x, dtype=np.float64)
+    concatenate.  An integer array stays a ring integer beside a ring-integer ``ref``
+    (frac 0: e.g. softmax weights), else it is encoded at ``ref``'s fraction bits."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iub":
+        x = x.astype(np.float64)
     z = ref.flatten()[:1]
     return (z - z).reshape(*([1] * x.ndim)).broadcast_to(x.shape) + x
 

@@ -525,8 +525,7 @@ class Attention:
         with F.scope(x, "attn_scores"):
             ssc = attention_scores(q.reshape(nkv, g, hd), sk).reshape(hk, rows, m)
             both = F.concatenate([scores, ssc], axis=-1)
-        ones = np.ones((hk, 1, s), dtype=np.int64) if F.is_plain(sw) else \
-            F.broadcast_to(sw[:, :, :1] * 0 + 1, (hk, 1, s))
+        ones = np.ones((hk, 1, s), dtype=np.int64)        # the rows: weight 1 each
         with F.scope(x, "softmax"):
             probs = F.softmax(both, axis=-1, score_bound=bound,
                               weights=F.concatenate([ones, sw], axis=-1), weight_bound=wb)

@@ -436,8 +436,7 @@ class MPCache(Policy):
             if hi > lo:
                 ks.append(keys[:, lo:hi])
                 vs.append(values[:, lo:hi])
-                ws.append(np.ones((h, hi - lo), dtype=np.int64) if F.is_plain(ind) else
-                          F.broadcast_to(ind[:, :1] * 0 + 1, (h, hi - lo)))
+                ws.append(np.ones((h, hi - lo), dtype=np.int64))
         cat = (lambda xs: xs[0]) if len(ks) == 1 else (lambda xs: F.concatenate(xs, axis=1))
         wt = cat(ws)
         return cat(ks), cat(vs), wt.reshape(h, 1, int(wt.shape[1])), float(self.cluster)
