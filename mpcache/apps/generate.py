@@ -116,11 +116,10 @@ class Eviction:
 
     def mpc_policy(self):
         """The same policy instrumented for secret caches (None for ``full``)."""
-        from ..nn.mpc_policies import instrument
+        from ..nn.mpc_policies import instrument, mpc_options
         if self.name == "full":
             return None
-        kw = self.knobs()
-        return instrument(self.plain_policy(), lazy=bool(kw.get("mpc_lazy", True)))
+        return instrument(self.plain_policy(), **mpc_options(self.knobs()))
 
     def check(self) -> None:
         """Refuse bad options before any party starts (raises PromptError)."""

@@ -420,8 +420,9 @@ def argmin(x, axis=-1, method="tree", bound=None):
 
 
 # -- one-hot from a secret index ------------------------------------------------------------------
-def _open_mod(pair: Pair, v: np.ndarray, N: int, to_dealer: bool, tag="onehot.open"):
-    """Open v (pair shares) modulo N (a power of two) to A and B (and D if asked).
+def _open_mod(pair: Pair, v: np.ndarray, N, to_dealer: bool, tag="onehot.open"):
+    """Open v (pair shares) modulo N (a power of two, or an array of them broadcast against
+    v: one modulus per entry) to A and B (and D if asked).
 
     With ``to_dealer`` A sends ``v_A + z`` and B ``v_B - z`` (z from the A-B key): D
     learns the sum and nothing else.  Without z, D would get B's half ``v_B - r_B`` with
@@ -429,9 +430,10 @@ def _open_mod(pair: Pair, v: np.ndarray, N: int, to_dealer: bool, tag="onehot.op
     half of a shuffled index (A's shuffle output is a message D dealt) every opened
     index.  Same bytes and rounds."""
     p = pair.party
-    dt = np.uint8 if N <= 1 << 8 else np.uint16 if N <= 1 << 16 else np.uint32 \
-        if N <= 1 << 32 else np.uint64
-    mask = np.uint64(N - 1)
+    top = int(np.max(N))
+    dt = np.uint8 if top <= 1 << 8 else np.uint16 if top <= 1 << 16 else np.uint32 \
+        if top <= 1 << 32 else np.uint64
+    mask = (np.asarray(N, dtype=np.uint64) - np.uint64(1))
     if pair.role == "D":
         if not to_dealer:
             return np.zeros(v.shape, np.int64)
@@ -451,15 +453,28 @@ def _open_mod(pair: Pair, v: np.ndarray, N: int, to_dealer: bool, tag="onehot.op
 
 def _onehot_rows(party, pair: Pair, idx_u: np.ndarray, n: int) -> np.ndarray:
     """Native share data [slots, M, n] of one-hot rows of the pair-shared indices idx_u [M]."""
+    return _onehot_rows_many(party, pair, [(idx_u, n)])[0]
+
+
+def _onehot_rows_many(party, pair: Pair, items) -> list:
+    """:func:`_onehot_rows` for several ``(indices [M_j], n_j)`` at once: one random one-hot
+    per row and ONE opening round for all of them (each entry modulo its own N_j)."""
     proto = party.protocol
-    M = int(idx_u.shape[0])
-    N = 1 << max(0, int(n - 1).bit_length())
+    Ns = [1 << max(0, int(n - 1).bit_length()) for _, n in items]
     with party.scope("onehot"):
-        R, r = proto.random_onehot(M, N)
-        e = _open_mod(pair, idx_u - r, N, to_dealer=proto.name == "rep3")
-        if not proto.active:
-            return phantom((M, n), proto.slots)
-        return rotate_rows(R, e, n)
+        rs = [proto.random_onehot(int(idx.shape[0]), N) for (idx, _), N in zip(items, Ns)]
+        v = np.concatenate([idx - r for (idx, _), (_, r) in zip(items, rs)])
+        mods = np.concatenate([np.full(int(idx.shape[0]), N, np.uint64)
+                               for (idx, _), N in zip(items, Ns)])
+        e = _open_mod(pair, v, mods if len(items) > 1 else Ns[0],
+                      to_dealer=proto.name == "rep3")
+        out, at = [], 0
+        for (idx, n), (R, _) in zip(items, rs):
+            M = int(idx.shape[0])
+            out.append(phantom((M, n), proto.slots) if not proto.active
+                       else rotate_rows(R, e[at:at + M], n))
+            at += M
+        return out
 
 
 def _from_native(party, data, shape):

@@ -48,8 +48,9 @@ from ..mpc.compare_core import msb_bits
 from ..mpc.pair import Pair
 from ..ring import RING
 from ..tensor import SecretTensor
-from .select import (_axis, _from_native, _onehot_rows, _perm, _public_pair, _require_secret,
-                     _rows, _take_rows)
+from .factored import FactoredOneHot
+from .select import (_axis, _from_native, _onehot_rows, _onehot_rows_many, _perm, _public_pair,
+                     _require_secret, _rows, _take_rows)
 
 
 # -- shuffle (pair form) --------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def _check_key_range(x, l: int, bound) -> None:
 
 
 def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True,
-          bound: float | None = None):
+          bound: float | None = None, factor: int | None = None):
     """One-hot selection [..., k, n] of the k largest entries of x along ``axis`` (moved
     last), rows in ascending index order, ties to the lower index; reveals only k.
     ``budget``: comparisons per level in units of n (more: fewer levels, more bytes).
@@ -255,7 +256,11 @@ def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True,
     one-hot, a sum over the rows): a decoding step's attention over the selected rows.
     ``bound``: a public bound on |x| (x's units) when it is tighter than the encodable
     range; needed only when the keys' index bits would not fit otherwise (see
-    :func:`_check_key_range`)."""
+    :func:`_check_key_range`).  ``factor=n2`` (with ``ordered=False``): the one-hot as a
+    :class:`~mpcache.functions.factored.FactoredOneHot` -- row ``i`` picks ``j = a n2 +
+    b``, kept as one-hots of ``a`` and ``b`` (``ceil(n / n2) + n2`` words per row instead
+    of ``n``): the shuffle carries ``a`` and ``b`` as two payload columns (8 n bytes more
+    per shuffle) and both one-hots open in the one-hot's single round."""
     _require_secret(x, "top_k")
     axis = _axis(x, axis) if x.ndim else None
     if axis is None:
@@ -266,6 +271,11 @@ def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True,
     k = int(k)
     if not 0 <= k <= n:
         raise ValueError(f"top-k with k={k} over {n} entries")
+    if factor is not None:
+        if not isinstance(factor, (int, np.integer)) or isinstance(factor, bool) or factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor!r}")
+        if ordered:
+            raise ValueError("a factored top-k is a set of rows: pass ordered=False")
     l = max(1, int(n - 1).bit_length())
     if l > 18:
         raise ValueError(f"top_k supports up to 2^18 entries along the axis, got {n}")
@@ -275,15 +285,28 @@ def top_k(x, k: int, axis: int = -1, budget: float = 1.0, ordered: bool = True,
         pair, U, batch, _ = _rows(x, axis)
         Rn = U.shape[0]
         if k == 0 or k == n:                  # nothing secret to choose: public rows
+            if factor is not None:
+                f = FactoredOneHot.from_indices(np.broadcast_to(np.arange(k), batch + (k,)),
+                                                n, factor)
+                return FactoredOneHot(_public_native(party, f.parts), f.n1, f.n2, n)
             eye = np.broadcast_to(np.eye(n, dtype=np.int64)[:k], (Rn, k, n))
             return _public_native(party, eye.reshape(batch + (k, n)))
         keys = U << np.uint64(l)
         keys = keys + _public_pair(pair, np.broadcast_to(
             np.arange(n - 1, -1, -1, dtype=np.int64).astype(RING), keys.shape))
-        idx = np.broadcast_to(_public_pair(pair, np.arange(n)), keys.shape)
-        S = shuffle(pair, np.stack([keys, idx], axis=-1), "topk.shuffle")
+        j = np.arange(n)
+        cols = [j] if factor is None else [j // factor, j % factor]
+        idx = [np.broadcast_to(_public_pair(pair, c), keys.shape) for c in cols]
+        S = shuffle(pair, np.stack([keys] + idx, axis=-1), "topk.shuffle")
         sel = _pick_top(pair, S[..., 0], k, budget)
-        I = S[np.arange(Rn)[:, None], sel, 1]
+        I = [S[np.arange(Rn)[:, None], sel, 1 + c].reshape(-1) for c in range(len(cols))]
+        if factor is not None:
+            n1 = -(-n // int(factor))
+            da, db = _onehot_rows_many(party, pair, [(I[0], n1), (I[1], int(factor))])
+            data = np.concatenate([da, db], axis=-1)
+            return FactoredOneHot(_from_native(party, data, batch + (k, n1 + int(factor))),
+                                  n1, int(factor), n)
+        I = I[0].reshape(Rn, k)
         if ordered:
             I = _sort_small(pair, I, l + 1)
         data = _onehot_rows(party, pair, I.reshape(-1), n)

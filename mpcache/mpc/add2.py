@@ -35,6 +35,7 @@ DEALER = 2
 class Add2(Protocol):
     name = "add2"
     slots = 1
+    products_open_operands = True
 
     def __init__(self, party):
         super().__init__(party)

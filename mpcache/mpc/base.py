@@ -68,6 +68,11 @@ class Protocol:
     #: False only for the add2 dealer, which holds no shares.
     active = True
 
+    #: Whether a product's cost is its operands (True: add2's Beaver products open both
+    #: operands masked) or its output (False: rep3 re-shares the output).  Callers that can
+    #: shape a product either way read it (a factored one-hot: functions/factored.py).
+    products_open_operands = False
+
     # -- sharing (``g``: the arithmetic or the XOR group, same protocol) -----------------
     def share(self, x: np.ndarray | None, owner: int, g: Group = ARITH) -> np.ndarray:
         raise NotImplementedError

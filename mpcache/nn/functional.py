@@ -209,7 +209,8 @@ def top_k_indices(x, k: int, axis: int = -1) -> np.ndarray:
     return np.moveaxis(np.sort(order, axis=-1), -1, axis)
 
 
-def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True, budget: float = 1.0):
+def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True, budget: float = 1.0,
+                 factor: int | None = None):
     """One-hot selection matrix of the ``k`` largest entries along ``axis``.
 
     ``x`` [..., n] (``axis`` moved last) -> ``[..., k, n]``: row j is the one-hot of the j-th
@@ -226,14 +227,25 @@ def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True, budget: float 
     Plaintext keeps ascending order, one of the allowed orders.
 
     ``budget`` (MPC only): the secret top-k's comparisons per selection level in units of
-    n -- more comparisons, fewer levels (rounds); the choice is the same."""
+    n -- more comparisons, fewer levels (rounds); the choice is the same.
+
+    ``factor=n2`` (with ``ordered=False``): the rows as a
+    :class:`~mpcache.functions.factored.FactoredOneHot` (two one-hots of ``j // n2`` and
+    ``j % n2`` per row; the same rows), for plaintext and secret ``x`` alike."""
+    if factor is not None and ordered:
+        raise ValueError("a factored top-k is a set of rows: pass ordered=False")
     if is_plain(x):
         z = np.moveaxis(np.asarray(x), axis, -1)
         idx = top_k_indices(z, k, axis=-1)
+        if factor is not None:
+            from ..functions.factored import FactoredOneHot
+            return FactoredOneHot.from_indices(idx, z.shape[-1], factor)
         out = np.zeros(z.shape[:-1] + (int(k), z.shape[-1]),
                        dtype=z.dtype if z.dtype.kind == "f" else np.float64)
         np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
         return out
+    if factor is not None:
+        return x.top_k(k, axis=axis, ordered=False, budget=budget, factor=factor)
     return x.top_k(k, axis=axis, ordered=ordered, budget=budget)
 
 

@@ -35,15 +35,24 @@ import numpy as np
 
 from . import functional as F
 from .policies import base as _base
-from .selected_rows import SelectedRows
+from .selected_rows import SelectedRows, gather_factor
 
-__all__ = ["MPC_KNOBS", "instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
+__all__ = ["MPC_KNOBS", "mpc_options", "instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
            "share_state", "precompute_bounds", "persist_bounds", "selected_clusters",
            "share_stats"]
 
 #: Policy knobs (``NAME:knob=val``) that only :func:`instrument` reads, not the policies:
 #: they change the MPC cost, never the plaintext choice.
-MPC_KNOBS = ("mpc_lazy",)
+MPC_KNOBS = ("mpc_lazy", "mpc_factor")
+
+
+def mpc_options(knobs: dict) -> dict:
+    """:func:`instrument`'s keyword arguments from a policy's MPC-only knobs:
+    ``mpc_lazy`` (default on: attention selects score columns when that moves fewer words)
+    and ``mpc_factor`` (default on: add2's lazy selection takes the fine choice's one-hot
+    as two small one-hots, :func:`~mpcache.nn.selected_rows.gather_factor`)."""
+    return {"lazy": bool(knobs.get("mpc_lazy", True)),
+            "factor": bool(knobs.get("mpc_factor", True))}
 
 #: Policy attributes (lists per layer) that hold secret values after prefill.
 SECRET_STATE = {"h2o": ("acc", "evicted"), "snapkv": ("score",)}
@@ -70,10 +79,12 @@ def install_gather_scope() -> None:
     _installed = True
 
 
-def instrument(policy, lazy: bool = True):
+def instrument(policy, lazy: bool = True, factor: bool = True):
     """Put a policy's decode-time work into cost scopes (see the module docstring) and route
     MPCache's cluster gather through :func:`_cluster_gather` (``lazy=False`` always gathers
-    rows instead of letting attention select score columns).  Returns the same object."""
+    rows instead of letting attention select score columns; ``factor=False`` keeps the
+    dense one-hot where :func:`~mpcache.nn.selected_rows.gather_factor` would factor it).
+    Returns the same object."""
     install_gather_scope()
     if getattr(policy, "_mpc_instrumented", False):
         return policy
@@ -90,6 +101,8 @@ def instrument(policy, lazy: bool = True):
     policy.select, policy.after_step = select, after_step
     if hasattr(policy, "_gather"):
         policy._gather = _cluster_gather(policy, policy._gather, lazy)
+    if lazy and factor and hasattr(policy, "onehot_factor"):
+        policy.onehot_factor = gather_factor
     policy._mpc_instrumented = True
     return policy
 

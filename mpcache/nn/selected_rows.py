@@ -31,14 +31,47 @@ public (they follow from the public budget and shapes).
 Rounds per layer: gathered 1 (gather) + 2 (fused product) for the scores and the same for
 the context; lazy 1 + 1 + truncation (rep3 2, add2 1) for the scores, 1 + 2 for the
 context.  The gathers and selections are counted in cost scope ``gather``.
+
+add2 opens a product's operands, so the lazy path's selection opens ``G`` itself (``k NC``
+words per one-hot head, once: :meth:`SelectedRows._onehot_right`).  A ``G`` that comes as
+two small one-hots (:class:`~mpcache.functions.factored.FactoredOneHot`, chosen by
+:func:`gather_factor`) opens ``k (n1 + n2)`` words for them and ``k r c n1`` per
+intermediate instead, for one more round in the scores and one in the context.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..functions.factored import FactoredOneHot, block_width
 from . import functional as F
 
-__all__ = ["SelectedRows", "attention_scores", "attention_context"]
+__all__ = ["SelectedRows", "attention_scores", "attention_context", "gather_factor",
+           "lazy_pays"]
+
+
+def lazy_pays(r: int, n_clusters: int, cluster: int, k: int, d: int) -> bool:
+    """Whether selecting score columns moves fewer words than gathering rows: ``r P < k c
+    d`` (``P = n_clusters cluster`` pool rows, ``r`` query rows per one-hot head, head dim
+    ``d``).  A public decision on public sizes."""
+    return r * n_clusters * cluster < k * cluster * d
+
+
+def gather_factor(scores, n: int, k: int, cluster: int, d: int) -> int | None:
+    """The block width ``n2`` for a top-k of ``k`` among ``n`` candidate clusters whose
+    one-hot will select ``cluster`` score columns per query head (a decoding step: one
+    query row; head dim ``d``), or None for the dense one-hot.  Factored
+    (functions/factored.py) when the protocol's products cost their operands (add2), the
+    attention takes the lazy path (:func:`lazy_pays`; the gathered path would multiply
+    the factors out) and the factored selection opens fewer words, ``n1 + n2 + 2 cluster
+    n1 < n`` per row (the factors once, the intermediates of the score selection and of
+    the context scatter); rep3 and plaintext keep the dense form.  Public sizes only."""
+    if F.is_plain(scores) or not scores.party.protocol.products_open_operands:
+        return None
+    if not lazy_pays(1, n, cluster, k, d):
+        return None
+    n2 = block_width(n, cluster)
+    n1 = -(-int(n) // n2)
+    return n2 if n1 + n2 + 2 * int(cluster) * n1 < int(n) else None
 
 
 class SelectedRows:
@@ -84,6 +117,17 @@ class SelectedRows:
         return self.onehot
 
     @property
+    def factored(self) -> bool:
+        """Whether ``G`` came as two small one-hots (:func:`gather_factor`): the lazy
+        selection and scatter then run as two products each
+        (:meth:`FactoredOneHot.contract` / :meth:`~FactoredOneHot.scatter`)."""
+        return isinstance(self.onehot, FactoredOneHot)
+
+    def _dense(self):
+        """``G`` as dense rows (the gathered path; a factored ``G`` is multiplied out)."""
+        return self.onehot.dense() if self.factored else self.onehot
+
+    @property
     def shape(self) -> tuple:
         h, _, d = (int(v) for v in self.x.shape)
         return (h * self.g, self.head + self.k * self.c + self.w, d)
@@ -106,7 +150,7 @@ class SelectedRows:
         decision on public sizes."""
         if self.mode is not None:
             return bool(self.mode)
-        return r * self.nc * self.c < self.k * self.c * int(self.x.shape[2])
+        return lazy_pays(r, self.nc, self.c, self.k, int(self.x.shape[2]))
 
     def _parts(self):
         n, pe = int(self.x.shape[1]), self.start + self.nc * self.c
@@ -118,7 +162,7 @@ class SelectedRows:
             head, pool, tail = self._parts()
             hx, d = int(self.x.shape[0]), int(self.x.shape[2])
             with F.scope(self.onehot, "gather"):
-                mid = self._grouped(self.onehot) @ pool.reshape(hx, self.nc, self.c * d)
+                mid = self._grouped(self._dense()) @ pool.reshape(hx, self.nc, self.c * d)
             self._rows = F.concatenate([self._per_query_head(head),
                                         mid.reshape(hx * self.g, self.k * self.c, d),
                                         self._per_query_head(tail)], axis=1)
@@ -140,8 +184,10 @@ class SelectedRows:
         full = full.reshape(h, r, int(self.x.shape[1]))
         pool = full[:, :, s:s + nc * c].reshape(h, r, nc, c)                 # [h, r, nc, c]
         with F.scope(self.onehot, "gather"):                                 # (G pool)^T
-            mid = pool.transpose((0, 1, 3, 2)).reshape(h, r * c, nc) @ \
-                self._onehot_right().transpose((0, 2, 1))                   # [h, r c, k]
+            cols = pool.transpose((0, 1, 3, 2)).reshape(h, r * c, nc)
+            g = self._onehot_right()
+            mid = g.contract(cols) if self.factored else \
+                cols @ g.transpose((0, 2, 1))                               # [h, r c, k]
         mid = mid.reshape(h, r, c, k).transpose((0, 1, 3, 2)).reshape(h, r, k * c)
         tail = full[:, :, int(self.x.shape[1]) - self.w:]                     # gaps dropped
         out = F.concatenate([full[:, :, :self.head], mid, tail], axis=2)
@@ -155,7 +201,9 @@ class SelectedRows:
         hd, nc, c, k = self.head, self.nc, self.c, self.k
         mid = probs[:, :, hd:hd + k * c].reshape(h, r, k, c).transpose((0, 1, 3, 2))
         with F.scope(self.onehot, "gather"):                                 # scatter back
-            pool = mid.reshape(h, r * c, k) @ self._onehot_right()           # [h, r c, nc]
+            g = self._onehot_right()
+            mid = mid.reshape(h, r * c, k)
+            pool = g.scatter(mid) if self.factored else mid @ g             # [h, r c, nc]
         pool = pool.reshape(h, r, c, nc).transpose((0, 1, 3, 2)).reshape(h, r, nc * c)
         parts = [probs[:, :, :hd]]
         if self.start > hd:                  # public zeros: exact, local under MPC

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mpcache
+from mpcache.functions.factored import FactoredOneHot
 from mpcache.nn.selected_rows import SelectedRows, attention_context, attention_scores
 from mpcache.mpc.costs import cost
 
@@ -160,3 +161,95 @@ def test_add2_opens_the_one_hot_once():
     sg, cg = res.scope("scores/gather"), res.scope("context/gather")
     assert (sg["bytes_sent"], sg["rounds"]) == (8 * H * K * NC + 8 * H * r * C * NC, 2)
     assert (cg["bytes_sent"], cg["rounds"]) == (8 * H * r * C * K, 1)
+
+
+# -- a factored one-hot (functions/factored.py): add2's cheaper lazy selection -----------------
+NCF, KF, N2 = 29, 3, 8                   # 29 clusters: 4 blocks of 8, the last one padded
+NF = S + NCF * C + W
+
+
+def _factored_case(seed, r, d):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(H, NF, d))
+    idx = np.stack([rng.choice(NCF, KF, replace=False) for _ in range(H)])  # any row order
+    q = rng.normal(size=(H, r, d))
+    p = rng.random(size=(H, r, S + KF * C + W))
+    p /= p.sum(-1, keepdims=True)
+    G = np.zeros((H, KF, NCF))
+    np.put_along_axis(G, idx[..., None], 1.0, axis=-1)
+    return x, idx, G, q, p
+
+
+def _factored_job(party, x, idx, G, q, p, lazy, factored):
+    own = party.id == 0
+    xs = party.share(x if own else None, owner=0)
+    if factored:
+        f = FactoredOneHot.from_indices(idx, NCF, N2)
+        g = FactoredOneHot(party.share(f.parts if own else None, owner=0, integer=True),
+                           f.n1, f.n2, NCF)
+    else:
+        g = party.share(G if own else None, owner=0, integer=True)
+    qs = party.share(q if own else None, owner=0)
+    ps = party.share(p if own else None, owner=0)
+    rows = SelectedRows(xs, g, S, NCF, C, W, lazy=lazy)
+    assert rows.factored == factored
+    with party.scope("scores"):
+        sc = attention_scores(qs, rows)
+    with party.scope("context"):
+        cx = attention_context(ps, rows)
+    return sc.reveal(to=0), cx.reveal(to=0)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_factored_one_hot_same_scores_and_context(lazy, protocol):
+    """Plaintext: the factored selection equals the dense one exactly; secret (both
+    protocols): the same ring values before the one truncation (an ulp apart)."""
+    x, idx, G, q, p = _factored_case(5, 1, 8)
+    fac = SelectedRows(x, FactoredOneHot.from_indices(idx, NCF, N2), S, NCF, C, W, lazy=lazy)
+    dense = SelectedRows(x, G, S, NCF, C, W, lazy=lazy)
+    np.testing.assert_allclose(attention_scores(q, fac), attention_scores(q, dense), atol=1e-12)
+    np.testing.assert_allclose(attention_context(p, fac), attention_context(p, dense),
+                               atol=1e-12)
+    out = [mpcache.Session(protocol, seed=0).run(_factored_job, x, idx, G, q, p, lazy,
+                                                 f).output for f in (False, True)]
+    np.testing.assert_allclose(out[1][0], out[0][0], atol=2 * 2.0 ** -18)
+    np.testing.assert_allclose(out[1][1], out[0][1], atol=2 * 2.0 ** -18)
+    np.testing.assert_allclose(out[1][0], attention_scores(q, dense), atol=2e-4)
+
+
+def test_add2_factored_bytes_and_rounds():
+    """add2, lazy path, per party: the factors persisted once (k (n1 + n2) words per head,
+    1 round); scores: the padded pool columns (r c n1 n2) and the intermediate
+    (k r c n1) open in two products; context: p (k r c) and the intermediate (k r c n1).
+    Against the dense one-hot's k NC + r c NC and k r c: fewer words, one more round each."""
+    r, d = 1, 8
+    x, idx, G, q, p = _factored_case(1, r, d)
+    n1 = -(-NCF // N2)
+    got = {}
+    for f in (False, True):
+        res = mpcache.Session("add2", seed=0).run(_factored_job, x, idx, G, q, p, True, f)
+        got[f] = [(res.scope(s)["bytes_sent"], res.scope(s)["rounds"])
+                  for s in ("scores/gather", "context/gather")]
+    words = H * KF * (n1 + N2) + H * r * C * n1 * N2 + H * KF * r * C * n1
+    assert got[True] == [(8 * words, 3), (8 * (H * KF * r * C + H * r * C * n1 * KF), 2)]
+    assert got[False] == [(8 * (H * KF * NCF + H * r * C * NCF), 2), (8 * H * r * C * KF, 1)]
+
+
+def test_gather_factor_rule():
+    """Factored only for secret add2 scores, on the lazy path, when it opens fewer words."""
+    from mpcache.nn.selected_rows import gather_factor, lazy_pays
+
+    class Proto:
+        def __init__(self, opens):
+            self.products_open_operands = opens
+
+    class Scores:                      # a stand-in: the rule reads only the protocol
+        def __init__(self, opens):
+            self.party = type("P", (), {"protocol": Proto(opens)})()
+
+    assert gather_factor(np.zeros((1, 506)), 506, 45, 4, 64) is None      # plaintext
+    assert gather_factor(Scores(False), 506, 45, 4, 64) is None           # rep3
+    assert gather_factor(Scores(True), 506, 45, 4, 64) == 64              # add2 at 2048
+    assert not lazy_pays(1, 93, 4, 9, 8)
+    assert gather_factor(Scores(True), 93, 9, 4, 8) is None               # gathered path
+    assert gather_factor(Scores(True), 20, 9, 4, 64) is None              # too small to pay

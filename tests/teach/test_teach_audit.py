@@ -40,6 +40,13 @@ def _gather(p, x, y):
     return oh @ y.reshape(128, 16)
 
 
+def _factored_gather(p, x, y):
+    """add2's factored selection (functions/factored.py): top-k's two small one-hots,
+    persisted, a score selection and a scatter through them."""
+    g = x.reshape(16, 128).top_k(4, ordered=False, factor=16).persist()
+    return g.scatter(g.contract(y.reshape(16, 1, 128)))
+
+
 # op name -> (op, secrets_a, secrets_b, integer, needs[, audit keyword arguments])
 OPS = {
     "share": (lambda p, x: x, A0, A1, (), None),
@@ -86,6 +93,11 @@ OPS = {
     # compare the blocks that line up
     "top_k": (lambda p, x: x.reshape(4, 2048).top_k(16), C0 + np.arange(N8) % 7, C1, (),
               "top_k", {"strict_structure": False}),
+    "top_k_factored": (lambda p, x: x.reshape(4, 2048).top_k(16, ordered=False,
+                                                             factor=64).parts,
+                       C0 + np.arange(N8) % 7, C1, (), "top_k", {"strict_structure": False}),
+    "gather_factored": (_factored_gather, (A0, B0), (A1, B1), (), "top_k",
+                        {"strict_structure": False}),
 }
 
 
@@ -244,6 +256,10 @@ OLD_LEAKS = {
                                            rng.uniform(-100, 100, _ROWS.size)),
                                   dict(observer=0, owner=1, strict_structure=False),
                                   r"onehot\.open"),
+    # the same opening for the factored top-k's two indices (one message, two moduli)
+    "topk_factored_indices_to_P0": ("ring", ("rep3", lambda p, x: x.reshape(256, 16).top_k(
+        4, ordered=False, factor=4).parts, _ROWS, rng.uniform(-100, 100, _ROWS.size)),
+        dict(observer=0, owner=1, strict_structure=False), r"onehot\.open"),
     # add2: raw shares of a revealed product reach the dealer (same product, other factors)
     "add2_reveal_to_dealer": ("reveal", ("add2", lambda p, x, y: x * y,
                                          (np.full(N, 2, np.int64), np.full(N, 3, np.int64)),

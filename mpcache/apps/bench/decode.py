@@ -148,7 +148,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     per case the token ids and (``reveal_selection``) MPCache's chosen clusters per step.
     ``score_bound``: as :func:`~mpcache.nn.private.share_decoder` (the estimate's twins
     pass the modelled architecture's exponent)."""
-    from ...nn.mpc_policies import (instrument, persist_bounds, precompute_bounds,
+    from ...nn.mpc_policies import (instrument, mpc_options, persist_bounds, precompute_bounds,
                                    selected_clusters, share_state, share_stats)
     from ...nn.policies import make_policy
     from ...nn.private import share_decoder
@@ -158,7 +158,8 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
     for i, case in enumerate(cases):
         name = case["policy"]
         kw = dict(case.get("kw", {}))
-        mpc = {"lazy": bool(kw.pop("mpc_lazy", True))}       # MPC-only knob (gather)
+        mpc = mpc_options(kw)                                # MPC-only knobs (gather)
+        kw = {k: v for k, v in kw.items() if k not in MPC_KNOBS}
         pol = None if name == "full" else instrument(make_policy(name, case["budget"], **kw),
                                                      **mpc)
         asked = (_record_queries(pol, keep=lambda q: q)       # audit: the secret queries

@@ -115,16 +115,20 @@ class Selection:
 DECODE_TOPK_BUDGET = 8.0
 
 
-def select(scores, k: int, fast: bool = True, ordered: bool = True) -> Selection:
+def select(scores, k: int, fast: bool = True, ordered: bool = True,
+           factor: int | None = None) -> Selection:
     """Top-``k`` along the last axis of ``scores`` [h, n] (k public).  ``ordered=False``
     (a decoding step's choice, used only through this Selection's gather / scatter /
     indicator): the rows may come in any order (:func:`~mpcache.nn.functional.top_k_onehot`;
     under MPC a cheaper top-k).  Static eviction keeps ``ordered=True``: it compacts the
-    cache, whose neighbouring tokens must stay neighbours."""
-    if fast and F.is_plain(scores):
+    cache, whose neighbouring tokens must stay neighbours.  ``factor`` (unordered only): the
+    one-hot as two small one-hots (:func:`~mpcache.nn.functional.top_k_onehot`), for the
+    fast path as for the others."""
+    if fast and F.is_plain(scores) and factor is None:
         return Selection(index=F.top_k_indices(scores, k, axis=-1))
     budget = 1.0 if ordered else DECODE_TOPK_BUDGET
-    return Selection(onehot=F.top_k_onehot(scores, k, axis=-1, ordered=ordered, budget=budget))
+    return Selection(onehot=F.top_k_onehot(scores, k, axis=-1, ordered=ordered, budget=budget,
+                                           factor=factor))
 
 
 def expand_heads(x, heads: int):

@@ -457,12 +457,24 @@ class MPCache(Policy):
                 return self._score(qg, ops)
         if not p["two"]:
             ops = {k: st["f"][k][:, :p["nf"]] for k in names}
-            return select(self._dilated(score(ops), qg), p["k"], self.fast, ordered=False)
+            return self._select_fine(self._dilated(score(ops), qg), p, keys)
         nc, k1, m, rest = p["nc"], p["k1"], p["m"], p["rest"]
         sel_c = select(score({k: st["c"][k][:, :nc] for k in names}), k1, self.fast,
                        ordered=False)
         fine = self._dilated(score({k: st["f"][k][:, :p["nf"]] for k in names}), qg)
-        return select(fine + self._coarse_mask(sel_c, p), p["k"], self.fast, ordered=False)
+        return self._select_fine(fine + self._coarse_mask(sel_c, p), p, keys)
+
+    #: ``(scores, n, k, cluster, d) -> n2 | None``: whether the fine choice's one-hot comes
+    #: as two small one-hots (functions/factored.py) -- set by the MPC glue
+    #: (:func:`mpcache.nn.mpc_policies.instrument`: add2's lazy gathers); None: dense.
+    onehot_factor = None
+
+    def _select_fine(self, scores, p, keys):
+        """The step's choice of ``k`` fine clusters (a set: unordered)."""
+        rule = self.onehot_factor
+        factor = None if rule is None else rule(scores, p["nf"], p["k"], self.cluster,
+                                                int(keys.shape[2]))
+        return select(scores, p["k"], self.fast, ordered=False, factor=factor)
 
     @staticmethod
     def _coarse_mask(sel_c, p):
