@@ -101,6 +101,8 @@ def instrument(policy, lazy: bool = True, factor: bool = True):
     policy.select, policy.after_step = select, after_step
     if hasattr(policy, "_gather"):
         policy._gather = _cluster_gather(policy, policy._gather, lazy)
+    if isinstance(policy, _base.ScoredPolicy) and lazy:
+        policy._rows = _scored_rows(policy._rows)
     if lazy and factor and hasattr(policy, "onehot_factor"):
         policy.onehot_factor = gather_factor
     policy._mpc_instrumented = True
@@ -123,6 +125,20 @@ def _cluster_gather(policy, orig, lazy: bool):
                             lazy=None if lazy else False, head=p["s"])
 
     return gather
+
+
+def _scored_rows(orig):
+    """H2O's, SnapKV's and token top-k's chosen rows (then the tail rows) as a
+    :class:`SelectedRows` with one-row clusters: attention selects score columns or gathers
+    rows, whichever moves fewer words (as MPCache's clusters; a factored one-hot selects
+    through its factors).  Plaintext and index selections take the policy's own rows."""
+
+    def rows(sel, x, c):
+        if sel.onehot is None or F.is_plain(sel.onehot):
+            return orig(sel, x, c)
+        return SelectedRows(x, sel.onehot, 0, c, 1, int(x.shape[1]) - c, head=0)
+
+    return rows
 
 
 def split_breakdown(res, prefix: str) -> dict:

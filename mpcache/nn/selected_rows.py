@@ -56,22 +56,25 @@ def lazy_pays(r: int, n_clusters: int, cluster: int, k: int, d: int) -> bool:
     return r * n_clusters * cluster < k * cluster * d
 
 
-def gather_factor(scores, n: int, k: int, cluster: int, d: int) -> int | None:
+def gather_factor(scores, n: int, k: int, cluster: int, d: int, rows: int = 1) -> int | None:
     """The block width ``n2`` for a top-k of ``k`` among ``n`` candidate clusters whose
-    one-hot will select ``cluster`` score columns per query head (a decoding step: one
-    query row; head dim ``d``), or None for the dense one-hot.  Factored
+    one-hot will select ``rows x cluster`` score columns (``rows``: query rows per one-hot
+    head -- 1 for a choice per query head at decode, the group for one per KV head; head
+    dim ``d``), or None for the dense one-hot.  Factored
     (functions/factored.py) when the protocol's products cost their operands (add2), the
-    attention takes the lazy path (:func:`lazy_pays`; the gathered path would multiply
-    the factors out) and the factored selection opens fewer words, ``n1 + n2 + 2 cluster
-    n1 < n`` per row (the factors once, the intermediates of the score selection and of
-    the context scatter); rep3 and plaintext keep the dense form.  Public sizes only."""
+    attention takes the lazy path (:func:`lazy_pays`; the gathered path would multiply the
+    factors out) and the factored selection opens fewer words, ``n1 + n2 + 2 w n1 < n``
+    per row with ``w = rows x cluster`` (the factors once, the intermediates of the score
+    selection and of the context scatter); rep3 and plaintext keep the dense form.  Public
+    sizes only."""
     if F.is_plain(scores) or not scores.party.protocol.products_open_operands:
         return None
-    if not lazy_pays(1, n, cluster, k, d):
+    if not lazy_pays(rows, n, cluster, k, d):
         return None
-    n2 = block_width(n, cluster)
+    w = int(rows) * int(cluster)
+    n2 = block_width(n, w)
     n1 = -(-int(n) // n2)
-    return n2 if n1 + n2 + 2 * int(cluster) * n1 < int(n) else None
+    return n2 if n1 + n2 + 2 * w * n1 < int(n) else None
 
 
 class SelectedRows:

@@ -399,3 +399,64 @@ def test_add2_factored_choice_same_rows_fewer_bytes(protocol):
         assert fac["rounds"] == dense["rounds"] + 2 * 2          # 2 selecting layers
     else:
         assert (fac["bytes_sent"], fac["rounds"]) == (dense["bytes_sent"], dense["rounds"])
+
+
+def test_baselines_select_lazily_and_factored(protocol):
+    """H2O, SnapKV and token top-k (per KV head and per query head) on a model with head
+    dim 32, where selecting score columns pays: the chosen rows reach attention as a
+    SelectedRows with one-row clusters, factored under add2 -- the same tokens as
+    plaintext, and under add2 far fewer bytes than the dense one-hot (``mpc_factor=0``)
+    or the gathered rows (``mpc_lazy=0``)."""
+    cfg = DecoderConfig(vocab_size=61, hidden_size=128, n_layers=2, n_heads=4, n_kv_heads=2,
+                        mlp_hidden=48, arch="llama", rope_theta=1000.0, max_positions=512)
+    dec = Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, N + 1)
+    pres = calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
+    specs = [("h2o", {}), ("snapkv", {}), ("topk", {}), ("topk", {"per_head": "query"}),
+             ("topk", {"mpc_factor": 0}), ("topk", {"mpc_lazy": 0})]
+    cases, refs = [], []
+    for name, kw in specs:
+        c, r = make_case(dec, ids, N, name, 0.125, static="plaintext", steps=2, kw=kw)
+        cases.append(c)
+        refs.append(r)
+    res = mpcache.Session(protocol, timeout=300, seed=0).run(
+        policy_cases_job, cfg, dec.weights, pres, cases)
+    for i, ((name, kw), ref) in enumerate(zip(specs, refs)):
+        assert res.output[i]["tokens"] == ref["tokens"], (name, kw)
+    gather = [split_breakdown(res, f"c{i}/decode")["gather"]["bytes_sent"]
+              for i in range(len(specs))]
+    assert res.scope("c2/decode/attn_scores/gather")["calls"] == 2     # lazy, each layer
+    if protocol == "add2":
+        assert gather[2] < 0.5 * gather[4] and gather[4] < 0.6 * gather[5]
+    else:                                         # rep3: never factored
+        assert gather[2] == gather[4] < gather[5]
+
+
+def test_case_end_waits_for_its_own_case_only():
+    """bench decode's case end waits until no party is inside a measured step of THAT
+    case: a party already in the next case's step (it needs this party's messages) must
+    not hold it back -- that deadlocked until a 60 s timeout before."""
+    import threading
+    from mpcache.apps.bench.decode import _gc_paused, _steps_done
+    inside, release = threading.Event(), threading.Event()
+
+    def next_case_step():
+        with _gc_paused(("s", 1)):
+            inside.set()
+            release.wait(30)
+
+    t = threading.Thread(target=next_case_step)
+    t.start()
+    inside.wait(30)
+    done = threading.Thread(target=_steps_done, args=(("s", 0), None))
+    done.start()
+    done.join(10)
+    assert not done.is_alive()             # case 0 ended although case 1 is mid-step
+    blocked = threading.Thread(target=_steps_done, args=(("s", 1), None))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()              # case 1 waits for its own step
+    release.set()
+    t.join(10)
+    blocked.join(10)
+    assert not blocked.is_alive()

@@ -41,6 +41,7 @@ sharing (:func:`policy_cases_job`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import resource
@@ -203,7 +204,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
             tok = party.share(oh, owner=client, integer=True)
             toks, sels, qs = [], [], []
             for j in range(case.get("steps", 1)):
-                with party.latency_bound(), _gc_paused(), \
+                with party.latency_bound(), _gc_paused((id(cases), i)), \
                         party.scope("decode" if j == 0 else f"decode{j}", cpu=True):
                     logits = dec.decode_step(tok)
                     with party.scope("sample"):
@@ -216,7 +217,7 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
                 tok = onehot.reshape(1, config.vocab_size)
         # this party's clean-up would stall a party still in its last measured step
         # (one interpreter lock): wait for the others first
-        _steps_done()
+        _steps_done((id(cases), i))
         dec.cache = None
         _release(cache, pol)
         del cache, pol, stats, logits, onehot, tok
@@ -227,39 +228,46 @@ def policy_cases_job(party, config, weights, prescales, cases, client=0, owner=1
 
 
 _GC_LOCK = threading.Condition()
-_GC_USERS = [0, True]          # parties inside a measured step; the collector's prior state
+#: parties inside a measured step, per case key; the collector's prior state
+_GC_USERS: collections.Counter = collections.Counter()
+_GC_PRIOR = [True]
 
 
 @contextlib.contextmanager
-def _gc_paused():
+def _gc_paused(key=None):
     """The cyclic garbage collector off while any party is inside a measured step (as
     ``timeit`` does): a collection stops all three party threads at a random point, adding
     0.05-0.1 s to whichever step it lands in (seen on the 'sample' scope).  Everything a
     step frees without cycles is still freed at once (reference counting); the collector
-    runs after the case (``gc.collect()`` below)."""
+    runs after the case (``gc.collect()`` below).  ``key``: the case the step belongs to
+    (:func:`_steps_done` waits for that case only)."""
     with _GC_LOCK:
-        if _GC_USERS[0] == 0:
-            _GC_USERS[1] = gc.isenabled()
+        if not sum(_GC_USERS.values()):
+            _GC_PRIOR[0] = gc.isenabled()
             gc.disable()
-        _GC_USERS[0] += 1
+        _GC_USERS[key] += 1
     try:
         yield
     finally:
         with _GC_LOCK:
-            _GC_USERS[0] -= 1
-            if _GC_USERS[0] == 0:
-                if _GC_USERS[1]:
-                    gc.enable()
-                _GC_LOCK.notify_all()
+            _GC_USERS[key] -= 1
+            if not _GC_USERS[key]:
+                del _GC_USERS[key]
+            if not sum(_GC_USERS.values()) and _GC_PRIOR[0]:
+                gc.enable()
+            _GC_LOCK.notify_all()
 
 
-def _steps_done(timeout: float = 60.0) -> None:
-    """Wait until no party of this process is inside a measured step.  A case's end
-    frees its shares and runs the collector, tens of ms holding the interpreter lock; a
-    party that got there first stalled the others' last step (measured: the last of 5
-    steps had ~0.1 s more idle time than the others in every configuration)."""
+def _steps_done(key=None, timeout: float = 60.0) -> None:
+    """Wait until no party of this process is inside a measured step of case ``key``.  A
+    case's end frees its shares and runs the collector, tens of ms holding the interpreter
+    lock; a party that got there first stalled the others' last step (measured: the last
+    of 5 steps had ~0.1 s more idle time than the others in every configuration).  Only
+    this case's steps: a party that already entered the NEXT case's step needs this
+    party's messages, so waiting for it deadlocked until the timeout (60 s added to that
+    step, seen with six policy cases in one session)."""
     with _GC_LOCK:
-        _GC_LOCK.wait_for(lambda: _GC_USERS[0] == 0, timeout)
+        _GC_LOCK.wait_for(lambda: not _GC_USERS[key], timeout)
 
 
 def _pregrow(cache) -> None:

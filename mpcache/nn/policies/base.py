@@ -98,6 +98,8 @@ class Selection:
         """Per-selected-row values ``[h, k]`` back onto the n rows (zeros elsewhere)."""
         if self.onehot is not None:
             h, k = vals.shape[0], vals.shape[1]
+            if hasattr(self.onehot, "scatter"):         # two small one-hots (factored)
+                return self.onehot.scatter(vals.reshape(h, 1, k)).reshape(h, n)
             return (vals.reshape(h, 1, k) @ self.onehot).reshape(h, n)
         out = np.zeros(self.index.shape[:-1] + (n,), dtype=np.asarray(vals).dtype)
         np.put_along_axis(out, self.index, vals, axis=-1)
@@ -293,6 +295,11 @@ class ScoredPolicy(Policy):
     def chosen(self, layer: int, sel, c: int) -> None:
         """This step's :class:`Selection` over rows ``[0, c)``; ``sel`` None: all rows read."""
 
+    #: ``(scores, n, k, cluster, d, rows) -> n2 | None``: whether the step's one-hot comes
+    #: as two small one-hots (functions/factored.py) -- set by the MPC glue
+    #: (:func:`mpcache.nn.mpc_policies.instrument`: add2's lazy selections); None: dense.
+    onehot_factor = None
+
     def select(self, cache, layer, query):
         keys, values = cache.keys(layer), cache.values(layer)
         n = int(keys.shape[1])
@@ -301,9 +308,18 @@ class ScoredPolicy(Policy):
             self.chosen(layer, None, n)
             return keys, values
         scores, k, c = plan
-        sel = select(scores, k, self.fast, ordered=False)
+        rule = self.onehot_factor
+        factor = None if rule is None else rule(
+            scores, c, k, 1, int(keys.shape[2]),
+            rows=max(1, int(query.shape[0]) // int(scores.shape[0])))
+        sel = select(scores, k, self.fast, ordered=False, factor=factor)
         self.chosen(layer, sel, c)
-        return _chosen_then_tail(sel, keys, c), _chosen_then_tail(sel, values, c)
+        return self._rows(sel, keys, c), self._rows(sel, values, c)
+
+    def _rows(self, sel, x, c: int):
+        """The rows of ``x[:, :c]`` that ``sel`` chose, then ``x[:, c:]`` (the MPC glue
+        hands attention a lazy :class:`~mpcache.nn.selected_rows.SelectedRows` instead)."""
+        return _chosen_then_tail(sel, x, c)
 
 
 def _chosen_then_tail(sel: Selection, x, c: int):
