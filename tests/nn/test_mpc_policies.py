@@ -24,6 +24,17 @@ def tiny(n_layers=4):
     return Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
 
 
+def model_of(hidden: int, layers: int, heads: int, ids_seed: int):
+    """A random llama-style decoder (2 KV heads) with its prompt ids and prescales, for the
+    tests whose head dim must make the lazy selection pay."""
+    cfg = DecoderConfig(vocab_size=61, hidden_size=hidden, n_layers=layers, n_heads=heads,
+                        n_kv_heads=2, mlp_hidden=48, arch="llama", rope_theta=1000.0,
+                        max_positions=512)
+    dec = Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
+    ids = np.random.default_rng(ids_seed).integers(0, cfg.vocab_size, N + 1)
+    return dec, ids, calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
+
+
 @pytest.fixture(scope="module")
 def model():
     dec = tiny()
@@ -195,11 +206,8 @@ def test_lazy_columns_same_tokens_fewer_bytes(protocol):
     """A model where selecting score columns moves fewer words than gathering the chosen
     clusters (one query head per KV head, head dim 32: r P < k c d, nn/selected_rows.py):
     same tokens and clusters as plaintext, and fewer bytes than ``mpc_lazy=false``."""
-    cfg = DecoderConfig(vocab_size=61, hidden_size=64, n_layers=2, n_heads=2, n_kv_heads=2,
-                        mlp_hidden=48, arch="llama", rope_theta=1000.0, max_positions=512)
-    dec = Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
-    ids = np.random.default_rng(2).integers(0, cfg.vocab_size, N + 1)
-    pres = calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
+    dec, ids, pres = model_of(hidden=64, layers=2, heads=2, ids_seed=2)
+    cfg = dec.config
     cases, refs = [], []
     for kw in (PAPER, {**PAPER, "mpc_lazy": False}):
         c, r = make_case(dec, ids, N, "mpcache", 0.125, steps=2, kw=kw)
@@ -366,11 +374,8 @@ def test_add2_factored_choice_same_rows_fewer_bytes(protocol):
     fine choice's one-hot comes factored (functions/factored.py) -- the same clusters and
     tokens as plaintext, fewer gather bytes than the dense one-hot (``mpc_factor=0``) for
     two more rounds per selecting layer; rep3 keeps the dense one-hot (same cost both)."""
-    cfg = DecoderConfig(vocab_size=61, hidden_size=64, n_layers=4, n_heads=4, n_kv_heads=2,
-                        mlp_hidden=48, arch="llama", rope_theta=1000.0, max_positions=512)
-    dec = Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
-    ids = np.random.default_rng(2).integers(0, cfg.vocab_size, N + 1)
-    pres = calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
+    dec, ids, pres = model_of(hidden=64, layers=4, heads=4, ids_seed=2)
+    cfg = dec.config
     cases, refs = [], []
     for kw in ({}, {"mpc_factor": 0}):
         c, r = make_case(dec, ids, N, "mpcache", 0.125, static="plaintext", steps=2, kw=kw)
@@ -407,11 +412,8 @@ def test_baselines_select_lazily_and_factored(protocol):
     SelectedRows with one-row clusters, factored under add2 -- the same tokens as
     plaintext, and under add2 far fewer bytes than the dense one-hot (``mpc_factor=0``)
     or the gathered rows (``mpc_lazy=0``)."""
-    cfg = DecoderConfig(vocab_size=61, hidden_size=128, n_layers=2, n_heads=4, n_kv_heads=2,
-                        mlp_hidden=48, arch="llama", rope_theta=1000.0, max_positions=512)
-    dec = Decoder(cfg, random_weights(cfg, seed=0, std=0.3))
-    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, N + 1)
-    pres = calibrate_prescales(dec, np.arange(64) % cfg.vocab_size)
+    dec, ids, pres = model_of(hidden=128, layers=2, heads=4, ids_seed=1)
+    cfg = dec.config
     specs = [("h2o", {}), ("snapkv", {}), ("topk", {}), ("topk", {"per_head": "query"}),
              ("topk", {"mpc_factor": 0}), ("topk", {"mpc_lazy": 0})]
     cases, refs = [], []
