@@ -28,7 +28,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FactoredOneHot", "block_width", "factor_indices"]
+__all__ = ["FactoredOneHot", "block_width", "factor_indices", "opened_words"]
+
+
+def opened_words(n: int, n2: int, m: int) -> int:
+    """Words add2 opens per one-hot row for a factored selection and scatter of ``m``-wide
+    operands over ``n`` entries in blocks of ``n2``: the factors (``n1 + n2``, once) and
+    the two intermediates (``m n1`` each); the dense one-hot opens ``n``."""
+    n1 = -(-int(n) // int(n2))
+    return n1 + int(n2) + 2 * int(m) * n1
 
 
 def block_width(n: int, m: int) -> int:
@@ -39,14 +47,8 @@ def block_width(n: int, m: int) -> int:
     n, m = int(n), int(m)
     if n < 1 or m < 1:
         raise ValueError(f"block_width needs n >= 1 and m >= 1, got n={n}, m={m}")
-    best = None
-    for e in range(0, max(1, (n - 1).bit_length()) + 1):
-        n2 = 1 << e
-        n1 = -(-n // n2)
-        cost = n1 + n2 + 2 * m * n1
-        if best is None or cost < best[0]:
-            best = (cost, n2)
-    return best[1]
+    widths = [1 << e for e in range(0, max(1, (n - 1).bit_length()) + 1)]
+    return min(widths, key=lambda n2: (opened_words(n, n2, m), n2))
 
 
 def factor_indices(index, n: int, n2: int) -> np.ndarray:
@@ -179,4 +181,3 @@ def _t(x):
     """Swap the last two axes (numpy or SecretTensor)."""
     nd = len(x.shape)
     return x.transpose(tuple(range(nd - 2)) + (nd - 1, nd - 2))
-

@@ -466,8 +466,7 @@ def _onehot_rows_many(party, pair: Pair, items) -> list:
         v = np.concatenate([idx - r for (idx, _), (_, r) in zip(items, rs)])
         mods = np.concatenate([np.full(int(idx.shape[0]), N, np.uint64)
                                for (idx, _), N in zip(items, Ns)])
-        e = _open_mod(pair, v, mods if len(items) > 1 else Ns[0],
-                      to_dealer=proto.name == "rep3")
+        e = _open_mod(pair, v, mods, to_dealer=proto.name == "rep3")
         out, at = [], 0
         for (idx, n), (R, _) in zip(items, rs):
             M = int(idx.shape[0])

@@ -37,9 +37,9 @@ from . import functional as F
 from .policies import base as _base
 from .selected_rows import SelectedRows, gather_factor
 
-__all__ = ["MPC_KNOBS", "mpc_options", "instrument", "install_gather_scope", "split_breakdown", "SECRET_STATE",
-           "share_state", "precompute_bounds", "persist_bounds", "selected_clusters",
-           "share_stats"]
+__all__ = ["MPC_KNOBS", "mpc_options", "instrument", "install_gather_scope", "split_breakdown",
+           "SECRET_STATE", "share_state", "precompute_bounds", "persist_bounds",
+           "selected_clusters", "share_stats"]
 
 #: Policy knobs (``NAME:knob=val``) that only :func:`instrument` reads, not the policies:
 #: they change the MPC cost, never the plaintext choice.
@@ -103,7 +103,7 @@ def instrument(policy, lazy: bool = True, factor: bool = True):
         policy._gather = _cluster_gather(policy, policy._gather, lazy)
     if isinstance(policy, _base.ScoredPolicy) and lazy:
         policy._rows = _scored_rows(policy._rows)
-    if lazy and factor and hasattr(policy, "onehot_factor"):
+    if lazy and factor:
         policy.onehot_factor = gather_factor
     policy._mpc_instrumented = True
     return policy

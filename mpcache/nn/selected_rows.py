@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functions.factored import FactoredOneHot, block_width
+from ..functions.factored import FactoredOneHot, block_width, opened_words
 from . import functional as F
 
 __all__ = ["SelectedRows", "attention_scores", "attention_context", "gather_factor",
@@ -73,8 +73,7 @@ def gather_factor(scores, n: int, k: int, cluster: int, d: int, rows: int = 1) -
         return None
     w = int(rows) * int(cluster)
     n2 = block_width(n, w)
-    n1 = -(-int(n) // n2)
-    return n2 if n1 + n2 + 2 * w * n1 < int(n) else None
+    return n2 if opened_words(n, n2, w) < int(n) else None
 
 
 class SelectedRows:

@@ -270,6 +270,21 @@ class Policy:
         self.prefilled = True
 
     # ------------------------------------------------------------- helpers
+    #: ``(scores, n, k, cluster, d, rows) -> n2 | None``: whether a decoding step's one-hot
+    #: comes as two small one-hots (functions/factored.py) -- set by the MPC glue
+    #: (:func:`mpcache.nn.mpc_policies.instrument`: add2's lazy selections); None: dense.
+    onehot_factor = None
+
+    def step_factor(self, scores, n: int, k: int, cluster: int, keys, query):
+        """:attr:`onehot_factor`'s answer for a step choosing ``k`` of ``n`` candidates of
+        ``cluster`` rows (``scores`` [one-hot heads, n]; the query rows per one-hot head
+        and the head dim follow from ``query`` and ``keys``), or None."""
+        rule = self.onehot_factor
+        if rule is None:
+            return None
+        return rule(scores, n, k, cluster, int(keys.shape[2]),
+                    rows=max(1, int(query.shape[0]) // int(scores.shape[0])))
+
     @staticmethod
     def group_query(query, n_kv: int):
         """Decode query ``[n_heads, 1, hd]`` -> ``[n_kv, group, hd]`` (GQA grouping)."""
@@ -295,11 +310,6 @@ class ScoredPolicy(Policy):
     def chosen(self, layer: int, sel, c: int) -> None:
         """This step's :class:`Selection` over rows ``[0, c)``; ``sel`` None: all rows read."""
 
-    #: ``(scores, n, k, cluster, d, rows) -> n2 | None``: whether the step's one-hot comes
-    #: as two small one-hots (functions/factored.py) -- set by the MPC glue
-    #: (:func:`mpcache.nn.mpc_policies.instrument`: add2's lazy selections); None: dense.
-    onehot_factor = None
-
     def select(self, cache, layer, query):
         keys, values = cache.keys(layer), cache.values(layer)
         n = int(keys.shape[1])
@@ -308,10 +318,7 @@ class ScoredPolicy(Policy):
             self.chosen(layer, None, n)
             return keys, values
         scores, k, c = plan
-        rule = self.onehot_factor
-        factor = None if rule is None else rule(
-            scores, c, k, 1, int(keys.shape[2]),
-            rows=max(1, int(query.shape[0]) // int(scores.shape[0])))
+        factor = self.step_factor(scores, c, k, 1, keys, query)
         sel = select(scores, k, self.fast, ordered=False, factor=factor)
         self.chosen(layer, sel, c)
         return self._rows(sel, keys, c), self._rows(sel, values, c)

@@ -464,17 +464,10 @@ class MPCache(Policy):
         fine = self._dilated(score({k: st["f"][k][:, :p["nf"]] for k in names}), qg)
         return self._select_fine(fine + self._coarse_mask(sel_c, p), p, keys, query)
 
-    #: ``(scores, n, k, cluster, d, rows) -> n2 | None``: whether the fine choice's one-hot comes
-    #: as two small one-hots (functions/factored.py) -- set by the MPC glue
-    #: (:func:`mpcache.nn.mpc_policies.instrument`: add2's lazy gathers); None: dense.
-    onehot_factor = None
-
     def _select_fine(self, scores, p, keys, query):
-        """The step's choice of ``k`` fine clusters (a set: unordered)."""
-        rule = self.onehot_factor
-        factor = None if rule is None else rule(
-            scores, p["nf"], p["k"], self.cluster, int(keys.shape[2]),
-            rows=max(1, int(query.shape[0]) // int(scores.shape[0])))
+        """The step's choice of ``k`` fine clusters (a set: unordered; factored where
+        :meth:`step_factor` says so)."""
+        factor = self.step_factor(scores, p["nf"], p["k"], self.cluster, keys, query)
         return select(scores, p["k"], self.fast, ordered=False, factor=factor)
 
     @staticmethod
