@@ -45,7 +45,11 @@ def test_defaults_are_frozen_and_paper_preset_is_the_paper_design():
     assert make_policy("mpcache", 0.1, preset="paper", cluster=8).cluster == 8
     with pytest.raises(ValueError):
         make_policy("mpcache", 0.1, preset="nope")
-    assert set(PRESETS) >= {"paper", "code"}
+    assert set(PRESETS) >= {"paper", "code", "accurate"}
+    acc, dflt = make_policy("mpcache", 0.1, preset="accurate"), make_policy("mpcache", 0.1)
+    assert (acc.bound, acc.rest) == ("token_max", "mean")
+    assert (acc.cluster, acc.levels, acc.per_head, acc.dense_layers, acc.static_keep) == \
+        (dflt.cluster, dflt.levels, dflt.per_head, dflt.dense_layers, dflt.static_keep)
 
 
 # ---------------------------------------------------------------------- coarse stage
@@ -218,7 +222,8 @@ def test_cover_two_level_can_choose_a_cluster_after_the_last_coarse_one():
 # ---------------------------------------------------------------------- in the decoder
 KNOBS = [dict(), dict(per_head="group"), dict(edges="grid"), dict(dense_layers=0),
          dict(share_layers="head"), dict(share_layers="layer"), dict(static_tau=1e-3),
-         dict(bound="exact_max", levels=1), dict(preset="paper"), dict(preset="code")]
+         dict(bound="exact_max", levels=1), dict(preset="paper"), dict(preset="code"),
+         dict(preset="accurate")]
 
 
 @pytest.mark.parametrize("kw", KNOBS)
@@ -239,6 +244,9 @@ def test_knobs_onehot_equals_fast_and_selecting_layers_read_exactly_b(kw):
 
         def observe(self, cache, layer, probs):
             self.p.observe(cache, layer, probs)
+
+        def __getattr__(self, name):         # the rest (rest='mean''s summary) as is
+            return getattr(self.p, name)
 
     fast = make_policy("mpcache", 0.25, fast=True, **kw)
     a = run(m, ids, Spy(fast))
