@@ -27,10 +27,11 @@ L1=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,levels
 GR=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,per_head=group,share_layers=false,static_keep=1.0
 G1=mpcache:cluster=4,coarse=16,coarse_keep=0.5,dense_layers=2,edges=cover,levels=1,per_head=group,share_layers=false,static_keep=1.0
 mpcache eval frontier --json docs/eval/2k-main.json docs/eval/2k-faithful.json \
-    docs/eval/2k-faithful-b.json docs/eval/2k-token-max.json --override docs/eval/2k-select.json docs/eval/2k-levels1.json docs/eval/2k-group-levels1.json \
+    docs/eval/2k-faithful-b.json docs/eval/2k-token-max.json docs/eval/2k-accurate.json --override docs/eval/2k-select.json docs/eval/2k-levels1.json docs/eval/2k-group-levels1.json \
     --cost docs/eval/frontier-2k-cost.json \
     --alias mpcache:levels=2=$M4 mpcache:levels=1=$L1 mpcache:levels=2,per_head=group=$GR \
     mpcache:per_head=group=$G1 \
     --context 2K --budget 0.05 0.1 --policy full streaming h2o snapkv quest topk \
     mpcache:preset=paper $M4 $L1 $GR $G1 mpcache:bound=token_max \
+    mpcache:bound=token_max,rest=mean \
     --out docs/eval/frontier-2k.png --md docs/eval/frontier-2k.md

@@ -10,7 +10,7 @@ G1="full streaming h2o snapkv quest"
 G2="topk mpcache mpcache:levels=1 mpcache:per_head=group mpcache:preset=paper"
 # the two-level specs the 2K accuracy files were written with (levels was 2 then)
 G3="mpcache:levels=2 mpcache:levels=2,per_head=group"
-G4="mpcache:bound=token_max"
+G4="mpcache:bound=token_max mpcache:bound=token_max,rest=mean"
 for run in rep3:0.1 rep3:0.05 add2:0.1; do
   proto=${run%%:*}; b=${run##*:}
   for g in 1 2 3 4; do
