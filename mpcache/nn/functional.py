@@ -244,9 +244,7 @@ def top_k_onehot(x, k: int, axis: int = -1, ordered: bool = True, budget: float 
                        dtype=z.dtype if z.dtype.kind == "f" else np.float64)
         np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
         return out
-    if factor is not None:
-        return x.top_k(k, axis=axis, ordered=False, budget=budget, factor=factor)
-    return x.top_k(k, axis=axis, ordered=ordered, budget=budget)
+    return x.top_k(k, axis=axis, ordered=ordered, budget=budget, factor=factor)
 
 
 def max(x, axis: int = -1, keepdims: bool = False,  # noqa: A001 - mirrors numpy's name
